@@ -1,0 +1,330 @@
+//! Configuration: the TOML file a user writes, with documented defaults.
+//!
+//! Loading (`load.rs`) expands `${VAR}` / `${VAR:-default}`, reports unknown
+//! keys and type errors with their TOML path, then `validate.rs` checks the
+//! meaning; every problem found is reported at once.
+
+mod load;
+mod types;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, Problem};
+pub use types::{ByteSize, Duration, Secret};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub quic: QuicConfig,
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: the public listener (TCP for HTTP/1.1 + HTTP/2, UDP for HTTP/3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address for both TCP and UDP. Default `127.0.0.1:8443`.
+    pub listen: SocketAddr,
+    /// How long in-flight requests may run after a shutdown signal. Default 30s.
+    pub shutdown_timeout: Duration,
+    /// Largest request body accepted, counted on the bytes received. Default 8MB.
+    pub max_request_body: ByteSize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            shutdown_timeout: Duration::secs(30),
+            max_request_body: ByteSize::mib(8),
+        }
+    }
+}
+
+/// `[tls]`: the certificate served on both listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Relative paths are relative to the config file.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When the files do not exist, generate a development CA and certificate
+    /// for `dev_hosts` (never use this in production). Default false.
+    pub generate_dev_cert: bool,
+    /// Host names the generated development certificate is valid for.
+    pub dev_hosts: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: PathBuf::from("certs/cert.pem"),
+            key: PathBuf::from("certs/key.pem"),
+            generate_dev_cert: false,
+            dev_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+/// Congestion controller for QUIC connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    Cubic,
+    Newreno,
+    Bbr,
+}
+
+/// `[quic]`: the HTTP/3 endpoint and its transport tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QuicConfig {
+    /// Serve HTTP/3 on UDP. Default true.
+    pub enabled: bool,
+    /// Flow-control window per stream. Default 6MB.
+    pub stream_receive_window: ByteSize,
+    /// Flow-control window per connection (never unbounded). Default 15MB.
+    pub receive_window: ByteSize,
+    /// Data buffered for sending per connection. Default 15MB.
+    pub send_window: ByteSize,
+    /// Concurrent requests per connection. Default 100.
+    pub max_concurrent_bidi_streams: u32,
+    /// Concurrent unidirectional streams (HTTP/3 needs at least 3). Default 100.
+    pub max_concurrent_uni_streams: u32,
+    /// Close a connection idle this long. Default 30s.
+    pub idle_timeout: Duration,
+    /// Send keep-alive packets this often (unset: never).
+    pub keep_alive_interval: Option<Duration>,
+    /// UDP socket receive buffer. Default 8MB.
+    pub udp_recv_buffer: ByteSize,
+    /// UDP socket send buffer. Default 8MB.
+    pub udp_send_buffer: ByteSize,
+    /// Largest request header section accepted (HTTP/3 SETTINGS). Default 64KB.
+    pub max_field_section_size: ByteSize,
+    /// cubic | newreno | bbr. Default cubic.
+    pub congestion: Congestion,
+    /// Probe for a larger path MTU. Default true.
+    pub mtu_discovery: bool,
+    /// `ma=` of the Alt-Svc header advertising HTTP/3. Default 24h.
+    pub alt_svc_max_age: Duration,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            enabled: true,
+            stream_receive_window: ByteSize::mib(6),
+            receive_window: ByteSize::mib(15),
+            send_window: ByteSize::mib(15),
+            max_concurrent_bidi_streams: 100,
+            max_concurrent_uni_streams: 100,
+            idle_timeout: Duration::secs(30),
+            keep_alive_interval: None,
+            udp_recv_buffer: ByteSize::mib(8),
+            udp_send_buffer: ByteSize::mib(8),
+            max_field_section_size: ByteSize::kib(64),
+            congestion: Congestion::Cubic,
+            mtu_discovery: true,
+            alt_svc_max_age: Duration::secs(86_400),
+        }
+    }
+}
+
+/// `[http]`: HTTP/1.1 and HTTP/2 over TLS on TCP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Largest request header section accepted. Default 64KB.
+    pub max_header_bytes: ByteSize,
+    /// Time allowed for the TLS handshake and the request headers. Default 10s.
+    pub header_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection. Default 100.
+    pub max_concurrent_streams: u32,
+    /// HTTP/1.1 keep-alive. Default true.
+    pub keep_alive: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_header_bytes: ByteSize::kib(64),
+            header_read_timeout: Duration::secs(10),
+            max_concurrent_streams: 100,
+            keep_alive: true,
+        }
+    }
+}
+
+/// `[admin]`: health and readiness on a separate (loopback) address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Serve the admin endpoints. Default true.
+    pub enabled: bool,
+    /// Default `127.0.0.1:9901`.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// `[log]`: format and level (`RUST_LOG` overrides the level).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// human | json. Default json.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `h3gate=debug,info`. Default info.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI, or any OpenAI-compatible server (vLLM, Groq, LM Studio …) via `base_url`.
+    Openai,
+    /// Built-in mock that answers like OpenAI, in-process.
+    Mock,
+}
+
+/// `[[providers]]`: an upstream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL including the API version path. Default `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer`. Use `${OPENAI_API_KEY}`.
+    pub api_key: Secret,
+    /// Models this provider serves, listed by `/v1/models` for wildcard routes.
+    pub models: Vec<String>,
+    pub timeouts: ProviderTimeouts,
+    /// Behaviour of the built-in mock (kind = "mock" only).
+    pub mock: MockConfig,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            name: String::new(),
+            kind: ProviderKind::Openai,
+            base_url: "https://api.openai.com/v1".into(),
+            api_key: Secret::default(),
+            models: Vec::new(),
+            timeouts: ProviderTimeouts::default(),
+            mock: MockConfig::default(),
+        }
+    }
+}
+
+/// `[providers.timeouts]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderTimeouts {
+    /// TCP + TLS connect. Default 5s.
+    pub connect: Duration,
+    /// From sending the request to the response headers. Default 60s.
+    pub first_byte: Duration,
+    /// Longest silence between two chunks of a response body. Default 60s.
+    pub idle: Duration,
+    /// Whole exchange, streaming included. Default 10m.
+    pub total: Duration,
+}
+
+impl Default for ProviderTimeouts {
+    fn default() -> Self {
+        ProviderTimeouts {
+            connect: Duration::secs(5),
+            first_byte: Duration::secs(60),
+            idle: Duration::secs(60),
+            total: Duration::secs(600),
+        }
+    }
+}
+
+/// `[providers.mock]`: how the built-in mock answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MockConfig {
+    /// Delay before the first token (or the whole non-streaming answer). Default 0s.
+    pub first_token_latency: Duration,
+    /// Streaming speed after the first token; 0 = as fast as possible. Default 0.
+    pub tokens_per_second: u32,
+    /// Tokens in an answer when the request sets no `max_tokens`. Default 16.
+    pub completion_tokens: u32,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            first_token_latency: Duration::secs(0),
+            tokens_per_second: 0,
+            completion_tokens: 16,
+        }
+    }
+}
+
+/// `[[routes]]`: a model name (exact, glob like `gpt-*`, or `*`) and its targets, in order.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouteConfig {
+    pub model: String,
+    pub targets: Vec<String>,
+}
+
+impl Config {
+    /// Reads, expands, decodes and validates a configuration file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        load::load_file(path)
+    }
+
+    /// Decodes and validates configuration text. Relative paths are resolved
+    /// against `base_dir`; `${VAR}` is looked up with `env`.
+    pub fn from_toml(
+        text: &str,
+        base_dir: &std::path::Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        load::from_toml(text, base_dir, env)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

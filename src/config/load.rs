@@ -1,0 +1,283 @@
+//! From TOML text to a checked [`Config`]: environment expansion, decoding
+//! section by section (so one bad section does not hide the others), unknown
+//! keys, then validation. Every problem carries its TOML path.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use toml::Value;
+
+use super::Config;
+
+/// One thing wrong with the configuration, at a TOML path like `quic.receive_window`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration:\n{}", format_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(p) => p,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(super) fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or_else(|| Path::new("."));
+    from_toml(&text, base, &|k| std::env::var(k).ok())
+}
+
+pub(super) fn from_toml(
+    text: &str,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(ConfigError::Invalid(vec![Problem {
+                path: String::new(),
+                message: format!("not valid TOML: {}", e.to_string().trim()),
+            }]))
+        }
+    };
+    for (key, value) in table.iter_mut() {
+        expand_env(value, key.clone(), env, &mut problems);
+    }
+
+    let mut config = Config::default();
+    macro_rules! section {
+        ($name:ident) => {
+            if let Some(v) = table.remove(stringify!($name)) {
+                if let Some(decoded) = decode(v, stringify!($name), &mut problems) {
+                    config.$name = decoded;
+                }
+            }
+        };
+    }
+    section!(server);
+    section!(tls);
+    section!(quic);
+    section!(http);
+    section!(admin);
+    section!(log);
+    config.providers = decode_array(table.remove("providers"), "providers", &mut problems);
+    config.routes = decode_array(table.remove("routes"), "routes", &mut problems);
+    for key in table.keys() {
+        problems.push(Problem {
+            path: key.clone(),
+            message: "unknown section".into(),
+        });
+    }
+
+    config.tls.cert = base_dir.join(&config.tls.cert);
+    config.tls.key = base_dir.join(&config.tls.key);
+
+    problems.extend(super::validate::validate(&config));
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+/// Decodes one value, reporting unknown keys and the first type error inside it.
+fn decode<T: DeserializeOwned>(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut note = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+    let de = serde_ignored::Deserializer::new(value, &mut note);
+    let result = serde_path_to_error::deserialize::<_, T>(de);
+    for u in unknown {
+        problems.push(Problem {
+            path: join(path, &u),
+            message: "unknown key".into(),
+        });
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            problems.push(Problem {
+                path: join(path, if inner == "." { "" } else { &inner }),
+                message: e.into_inner().to_string(),
+            });
+            None
+        }
+    }
+}
+
+fn decode_array<T: DeserializeOwned>(
+    value: Option<Value>,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<T> {
+    match value {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| decode(v, &format!("{path}[{i}]"), problems))
+            .collect(),
+        Some(other) => {
+            problems.push(Problem {
+                path: path.into(),
+                message: format!(
+                    "expected an array of tables ([[{path}]]), found {}",
+                    other.type_str()
+                ),
+            });
+            Vec::new()
+        }
+    }
+}
+
+fn join(base: &str, rest: &str) -> String {
+    match (base.is_empty(), rest.is_empty()) {
+        (_, true) => base.to_string(),
+        (true, false) => rest.to_string(),
+        (false, false) if rest.starts_with('[') => format!("{base}{rest}"),
+        (false, false) => format!("{base}.{rest}"),
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string value. `$$` is a literal `$`.
+fn expand_env(
+    value: &mut Value,
+    path: String,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    match value {
+        Value::String(s) => match expand_str(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err(message) => problems.push(Problem { path, message }),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(item, format!("{path}[{i}]"), env, problems);
+            }
+        }
+        Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                expand_env(v, format!("{path}.{k}"), env, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !s.contains('$') {
+        return Ok(s.to_string());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated ${{...}} in {s:?}"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid variable name {name:?} in ${{...}}"));
+            }
+            match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                    ))
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "KEY" => Some("value".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expansion() {
+        assert_eq!(expand_str("a ${KEY} b", &env).unwrap(), "a value b");
+        assert_eq!(expand_str("${MISSING:-dflt}", &env).unwrap(), "dflt");
+        assert_eq!(expand_str("${EMPTY:-dflt}", &env).unwrap(), "dflt");
+        assert_eq!(expand_str("$$5 and $x", &env).unwrap(), "$5 and $x");
+        assert!(expand_str("${MISSING}", &env)
+            .unwrap_err()
+            .contains("MISSING"));
+        assert!(expand_str("${KEY", &env).is_err());
+        assert!(expand_str("${bad-name}", &env).is_err());
+    }
+
+    #[test]
+    fn join_paths() {
+        assert_eq!(join("quic", "receive_window"), "quic.receive_window");
+        assert_eq!(join("routes", "[0]"), "routes[0]");
+        assert_eq!(join("routes[0]", "targets[1]"), "routes[0].targets[1]");
+        assert_eq!(join("server", ""), "server");
+    }
+}

@@ -1,0 +1,167 @@
+//! What a decoded configuration must mean to be served. Every rule reports
+//! its own problem; nothing stops at the first one.
+
+use std::collections::HashSet;
+
+use super::load::Problem;
+use super::{Config, ProviderKind};
+
+/// The largest value a QUIC variable-length integer can carry (2^62 - 1).
+const VARINT_MAX: u64 = (1 << 62) - 1;
+
+pub(super) fn validate(c: &Config) -> Vec<Problem> {
+    let mut p = Problems::default();
+
+    if c.server.shutdown_timeout.is_zero() {
+        p.add("server.shutdown_timeout", "must be greater than zero");
+    }
+    if c.server.max_request_body.get() == 0 {
+        p.add("server.max_request_body", "must be greater than zero");
+    }
+
+    if c.tls.generate_dev_cert && c.tls.dev_hosts.is_empty() {
+        p.add(
+            "tls.dev_hosts",
+            "needs at least one host name for the development certificate",
+        );
+    }
+    if !c.tls.generate_dev_cert {
+        for (path, file) in [("tls.cert", &c.tls.cert), ("tls.key", &c.tls.key)] {
+            if !file.is_file() {
+                p.add(path, format!("file {} does not exist", file.display()));
+            }
+        }
+    }
+
+    let q = &c.quic;
+    for (path, v) in [
+        ("quic.stream_receive_window", q.stream_receive_window.get()),
+        ("quic.receive_window", q.receive_window.get()),
+        ("quic.send_window", q.send_window.get()),
+    ] {
+        if v == 0 {
+            p.add(path, "must be greater than zero");
+        } else if v > VARINT_MAX {
+            p.add(path, "is larger than QUIC allows (2^62 - 1)");
+        }
+    }
+    if q.receive_window < q.stream_receive_window {
+        p.add(
+            "quic.receive_window",
+            "must be at least quic.stream_receive_window (one stream could not use its window)",
+        );
+    }
+    if q.max_concurrent_bidi_streams == 0 {
+        p.add("quic.max_concurrent_bidi_streams", "must be at least 1");
+    }
+    if q.max_concurrent_uni_streams < 3 {
+        p.add(
+            "quic.max_concurrent_uni_streams",
+            "must be at least 3 (HTTP/3 control and QPACK streams)",
+        );
+    }
+    if q.idle_timeout.is_zero() {
+        p.add("quic.idle_timeout", "must be greater than zero");
+    }
+    if let Some(k) = q.keep_alive_interval {
+        if k.is_zero() || k >= q.idle_timeout {
+            p.add(
+                "quic.keep_alive_interval",
+                "must be greater than zero and shorter than quic.idle_timeout",
+            );
+        }
+    }
+    if q.max_field_section_size.get() < 1024 {
+        p.add("quic.max_field_section_size", "must be at least 1KB");
+    }
+
+    if c.http.max_header_bytes.get() < 1024 {
+        p.add("http.max_header_bytes", "must be at least 1KB");
+    }
+    if c.http.header_read_timeout.is_zero() {
+        p.add("http.header_read_timeout", "must be greater than zero");
+    }
+    if c.http.max_concurrent_streams == 0 {
+        p.add("http.max_concurrent_streams", "must be at least 1");
+    }
+
+    if c.admin.enabled && c.admin.listen == c.server.listen {
+        p.add("admin.listen", "must differ from server.listen");
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
+        p.add("log.level", format!("not a valid level or filter: {e}"));
+    }
+
+    let mut names = HashSet::new();
+    for (i, provider) in c.providers.iter().enumerate() {
+        let at = |k: &str| format!("providers[{i}].{k}");
+        if provider.name.is_empty() {
+            p.add(at("name"), "is required");
+        } else if !names.insert(provider.name.as_str()) {
+            p.add(
+                at("name"),
+                format!("duplicate provider name {:?}", provider.name),
+            );
+        }
+        if provider.kind == ProviderKind::Openai {
+            match reqwest::Url::parse(&provider.base_url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                Ok(_) => p.add(at("base_url"), "must be an http:// or https:// URL"),
+                Err(e) => p.add(at("base_url"), format!("not a valid URL: {e}")),
+            }
+        }
+        let t = &provider.timeouts;
+        for (k, d) in [
+            ("timeouts.connect", t.connect),
+            ("timeouts.first_byte", t.first_byte),
+            ("timeouts.idle", t.idle),
+            ("timeouts.total", t.total),
+        ] {
+            if d.is_zero() {
+                p.add(at(k), "must be greater than zero");
+            }
+        }
+    }
+
+    if c.routes.is_empty() {
+        p.add("routes", "at least one [[routes]] entry is required");
+    }
+    let mut models = HashSet::new();
+    for (i, route) in c.routes.iter().enumerate() {
+        if route.model.is_empty() {
+            p.add(format!("routes[{i}].model"), "is required");
+        } else if !models.insert(route.model.as_str()) {
+            p.add(
+                format!("routes[{i}].model"),
+                format!("duplicate route for model {:?}", route.model),
+            );
+        }
+        if route.targets.is_empty() {
+            p.add(
+                format!("routes[{i}].targets"),
+                "needs at least one provider",
+            );
+        }
+        for (j, target) in route.targets.iter().enumerate() {
+            if !c.providers.iter().any(|pr| &pr.name == target) {
+                p.add(
+                    format!("routes[{i}].targets[{j}]"),
+                    format!("no provider named {target:?}"),
+                );
+            }
+        }
+    }
+    p.0
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}

@@ -1,0 +1,270 @@
+//! Request errors: one enum, one exhaustive match to a status and an
+//! OpenAI-style JSON body `{"error":{"message","type","code"}}`.
+//!
+//! Messages are written for the client: they never carry internal details,
+//! upstream addresses or secrets.
+
+use http::StatusCode;
+use serde::Serialize;
+
+use crate::exchange::{json, Response};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {0} is not allowed on this path")]
+    MethodNotAllowed(String),
+    #[error("the model `{0}` does not exist or is not served by this gateway")]
+    ModelNotFound(String),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("the request body could not be read completely")]
+    BodyIncomplete,
+    #[error("the upstream provider could not be reached")]
+    UpstreamUnreachable,
+    #[error("the upstream provider did not answer in time")]
+    UpstreamTimeout,
+    #[error("the gateway's credentials were refused by the upstream provider")]
+    UpstreamAuth,
+    #[error("the upstream provider returned an invalid response")]
+    UpstreamInvalid,
+    /// An error status from the provider, passed through with a sanitised message.
+    #[error("{message}")]
+    Upstream {
+        status: StatusCode,
+        message: String,
+        kind: String,
+        code: Option<String>,
+    },
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::InvalidJson(_)
+            | GatewayError::InvalidRequest(_)
+            | GatewayError::BodyIncomplete => StatusCode::BAD_REQUEST,
+            GatewayError::NotFound { .. } | GatewayError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamUnreachable
+            | GatewayError::UpstreamAuth
+            | GatewayError::UpstreamInvalid => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream { status, .. } => *status,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI error `type`.
+    pub fn kind(&self) -> &str {
+        match self {
+            GatewayError::InvalidJson(_)
+            | GatewayError::InvalidRequest(_)
+            | GatewayError::BodyIncomplete
+            | GatewayError::NotFound { .. }
+            | GatewayError::MethodNotAllowed(_)
+            | GatewayError::ModelNotFound(_)
+            | GatewayError::PayloadTooLarge { .. } => "invalid_request_error",
+            GatewayError::UpstreamUnreachable
+            | GatewayError::UpstreamTimeout
+            | GatewayError::UpstreamAuth
+            | GatewayError::UpstreamInvalid => "upstream_error",
+            GatewayError::Upstream { kind, .. } => kind,
+            GatewayError::Internal => "server_error",
+        }
+    }
+
+    /// The OpenAI error `code`: a stable, machine-readable name.
+    pub fn code(&self) -> Option<&str> {
+        Some(match self {
+            GatewayError::InvalidJson(_) => "invalid_json",
+            GatewayError::InvalidRequest(_) => "invalid_request",
+            GatewayError::BodyIncomplete => "body_incomplete",
+            GatewayError::NotFound { .. } => "not_found",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::PayloadTooLarge { .. } => "request_too_large",
+            GatewayError::UpstreamUnreachable => "upstream_unreachable",
+            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::UpstreamAuth => "upstream_auth_failed",
+            GatewayError::UpstreamInvalid => "upstream_invalid_response",
+            GatewayError::Upstream { code, .. } => return code.as_deref(),
+            GatewayError::Internal => "internal_error",
+        })
+    }
+
+    /// The JSON body: `{"error":{"message","type","code","request_id"}}`.
+    pub fn body(&self, request_id: &str) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Outer<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: String,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            code: Option<&'a str>,
+            request_id: &'a str,
+        }
+        let outer = Outer {
+            error: Inner {
+                message: self.to_string(),
+                kind: self.kind(),
+                code: self.code(),
+                request_id,
+            },
+        };
+        serde_json::to_vec(&outer).unwrap_or_else(|_| b"{\"error\":{}}".to_vec())
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response {
+        json(self.status(), self.body(request_id))
+    }
+}
+
+/// Longest upstream error message passed on to the client.
+const MAX_UPSTREAM_MESSAGE: usize = 512;
+
+impl GatewayError {
+    /// Maps an upstream error status and body to the client's error: the
+    /// provider's message, type and code survive (sanitised: anything that
+    /// looks like a credential is masked, long text cut); a refused gateway
+    /// credential (401/403) becomes a 502, since the client cannot fix it.
+    pub fn from_upstream(status: StatusCode, body: &[u8]) -> GatewayError {
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return GatewayError::UpstreamAuth;
+        }
+        #[derive(serde::Deserialize)]
+        struct Outer {
+            error: Inner,
+        }
+        #[derive(serde::Deserialize)]
+        struct Inner {
+            message: Option<String>,
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            code: Option<serde_json::Value>,
+        }
+        let parsed = serde_json::from_slice::<Outer>(body).ok().map(|o| o.error);
+        let message = parsed
+            .as_ref()
+            .and_then(|e| e.message.as_deref())
+            .map(scrub)
+            .unwrap_or_else(|| {
+                format!(
+                    "the upstream provider answered with status {}",
+                    status.as_u16()
+                )
+            });
+        let ident = |s: &str| {
+            (!s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'))
+            .then(|| s.to_string())
+        };
+        let kind = parsed
+            .as_ref()
+            .and_then(|e| e.kind.as_deref())
+            .and_then(ident)
+            .unwrap_or_else(|| "upstream_error".into());
+        let code = parsed.and_then(|e| match e.code {
+            Some(serde_json::Value::String(s)) => ident(&s),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        });
+        GatewayError::Upstream {
+            status,
+            message,
+            kind,
+            code,
+        }
+    }
+}
+
+/// Masks credential-looking words (`sk-…`, `h3g_…`, `Bearer …`, long opaque
+/// tokens) and caps the length.
+fn scrub(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_UPSTREAM_MESSAGE));
+    let mut after_bearer = false;
+    for (i, word) in message.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let bare = word
+            .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '-' && c != '*');
+        let opaque = bare.len() >= 24
+            && bare.bytes().any(|b| b.is_ascii_digit())
+            && bare
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'*');
+        let secret = after_bearer
+            || bare.starts_with("sk-")
+            || bare.starts_with("sk_")
+            || bare.starts_with("h3g_")
+            || opaque;
+        after_bearer = bare.eq_ignore_ascii_case("bearer");
+        out.push_str(if secret { "[redacted]" } else { word });
+        if out.len() > MAX_UPSTREAM_MESSAGE {
+            let mut cut = MAX_UPSTREAM_MESSAGE;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_errors_are_sanitised() {
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-abc123. Bearer xyz","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+        let e = GatewayError::from_upstream(StatusCode::BAD_REQUEST, body);
+        let msg = e.to_string();
+        assert!(!msg.contains("sk-proj") && !msg.contains("xyz"), "{msg}");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.kind(), "invalid_request_error");
+        assert_eq!(e.code(), Some("invalid_api_key"));
+
+        let e = GatewayError::from_upstream(StatusCode::UNAUTHORIZED, body);
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+
+        let e = GatewayError::from_upstream(StatusCode::SERVICE_UNAVAILABLE, b"<html>oops</html>");
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.to_string().contains("503"));
+
+        let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "word ".repeat(500));
+        assert!(
+            GatewayError::from_upstream(StatusCode::BAD_REQUEST, long.as_bytes())
+                .to_string()
+                .len()
+                < 600
+        );
+    }
+
+    #[test]
+    fn body_is_openai_shaped() {
+        let e = GatewayError::ModelNotFound("nope".into());
+        let v: serde_json::Value = serde_json::from_slice(&e.body("req-1")).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["request_id"], "req-1");
+        assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+    }
+}

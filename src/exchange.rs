@@ -1,0 +1,126 @@
+//! The protocol-independent request and response the listeners hand to the
+//! pipeline, and the body type both directions stream through.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// Error type of a streamed body.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streamed body: request bodies from clients, response bodies to them.
+pub type Body = UnsyncBoxBody<Bytes, BodyError>;
+
+/// The response the pipeline returns to a listener.
+pub type Response = http::Response<Body>;
+
+/// The protocol a request arrived on. Labels in logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Http3,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1.1",
+            Protocol::Http2 => "h2",
+            Protocol::Http3 => "h3",
+        }
+    }
+}
+
+/// One request, as every listener delivers it to [`crate::pipeline::handle`].
+pub struct GatewayRequest {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    /// Streamed as it arrives; the pipeline counts and bounds it.
+    pub body: Body,
+    pub protocol: Protocol,
+    /// The socket peer (the client, or the proxy in front of us).
+    pub peer: SocketAddr,
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A JSON response with the given status.
+pub fn json(status: http::StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut resp = http::Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Connection-specific header fields, which HTTP/2 and HTTP/3 forbid
+/// (RFC 9113 §8.2.2, RFC 9114 §4.2) and which never cross a proxy.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes connection-specific fields (and `TE` unless it is `trailers`).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION).cloned() {
+        if let Ok(list) = connection.to_str() {
+            for name in list.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_specific_fields() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-private".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert(header::TE, "gzip".parse().unwrap());
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key(header::TE));
+    }
+}

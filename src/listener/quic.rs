@@ -1,0 +1,328 @@
+//! HTTP/3 on UDP: a quinn endpoint tuned from `[quic]`, an h3 server per
+//! connection, and the adapter between an h3 request stream and the
+//! pipeline's streamed request and response.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h3::error::Code;
+use h3::server::{RequestResolver, RequestStream};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use tokio_util::task::TaskTracker;
+
+use super::SharedState;
+use crate::config::{Congestion, QuicConfig};
+use crate::exchange::{strip_hop_by_hop, Body, BodyError, GatewayRequest, Protocol, Response};
+use crate::pipeline;
+use crate::shutdown::Shutdown;
+
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QuicSetupError {
+    #[error("[quic] {0} is out of range")]
+    Range(&'static str),
+    #[error("TLS configuration cannot be used for QUIC: {0}")]
+    Crypto(String),
+    #[error("cannot start the QUIC endpoint: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Applies the configured UDP socket buffers, reads them back and warns,
+/// with the fix, when the kernel capped them.
+pub fn configure_udp_buffers(socket: &std::net::UdpSocket, cfg: &QuicConfig) {
+    let sock = socket2::SockRef::from(socket);
+    let want_recv = cfg.udp_recv_buffer.as_usize();
+    let want_send = cfg.udp_send_buffer.as_usize();
+    let _ = sock.set_recv_buffer_size(want_recv);
+    let _ = sock.set_send_buffer_size(want_send);
+    // Linux reports twice the usable size it granted.
+    let got_recv = sock.recv_buffer_size().unwrap_or(0);
+    let got_send = sock.send_buffer_size().unwrap_or(0);
+    if got_recv < want_recv {
+        tracing::warn!(
+            requested = want_recv,
+            granted = got_recv,
+            "the kernel capped the UDP receive buffer; HTTP/3 throughput may suffer. Fix: sysctl -w net.core.rmem_max={want_recv}"
+        );
+    }
+    if got_send < want_send {
+        tracing::warn!(
+            requested = want_send,
+            granted = got_send,
+            "the kernel capped the UDP send buffer; HTTP/3 throughput may suffer. Fix: sysctl -w net.core.wmem_max={want_send}"
+        );
+    }
+}
+
+/// The transport parameters from `[quic]`.
+pub fn transport_config(cfg: &QuicConfig) -> Result<TransportConfig, QuicSetupError> {
+    let varint = |v: u64, what| VarInt::from_u64(v).map_err(|_| QuicSetupError::Range(what));
+    let mut t = TransportConfig::default();
+    t.stream_receive_window(varint(
+        cfg.stream_receive_window.get(),
+        "stream_receive_window",
+    )?)
+    .receive_window(varint(cfg.receive_window.get(), "receive_window")?)
+    .send_window(cfg.send_window.get())
+    .max_concurrent_bidi_streams(VarInt::from_u32(cfg.max_concurrent_bidi_streams))
+    .max_concurrent_uni_streams(VarInt::from_u32(cfg.max_concurrent_uni_streams))
+    .max_idle_timeout(Some(
+        IdleTimeout::try_from(cfg.idle_timeout.get())
+            .map_err(|_| QuicSetupError::Range("idle_timeout"))?,
+    ))
+    .keep_alive_interval(cfg.keep_alive_interval.map(|d| d.get()));
+    if !cfg.mtu_discovery {
+        t.mtu_discovery_config(None);
+    }
+    match cfg.congestion {
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        Congestion::Newreno => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
+        }
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+    };
+    Ok(t)
+}
+
+/// Builds the quinn endpoint on an already-bound UDP socket.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    cfg: &QuicConfig,
+    tls: rustls::ServerConfig,
+) -> Result<quinn::Endpoint, QuicSetupError> {
+    configure_udp_buffers(&socket, cfg);
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config(cfg)?));
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok(endpoint)
+}
+
+#[derive(Clone)]
+pub struct QuicListener {
+    pub state: SharedState,
+    pub max_field_section_size: u64,
+    pub shutdown: Shutdown,
+}
+
+impl QuicListener {
+    /// Accepts connections until the drain starts, then refuses new ones.
+    pub async fn serve(self, endpoint: quinn::Endpoint) {
+        loop {
+            let incoming = tokio::select! {
+                _ = self.shutdown.draining() => break,
+                incoming = endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            let this = self.clone();
+            self.shutdown
+                .spawn(async move { this.connection(incoming).await });
+        }
+        endpoint.set_server_config(None);
+        tracing::debug!("quic endpoint stopped accepting");
+    }
+
+    async fn connection(self, incoming: quinn::Incoming) {
+        let peer = incoming.remote_address();
+        if self.shutdown.is_draining() {
+            incoming.refuse();
+            return;
+        }
+        let conn = tokio::select! {
+            _ = self.shutdown.forced() => return,
+            c = incoming => match c {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+                    return;
+                }
+            },
+        };
+        let mut h3: H3Conn = match h3::server::builder()
+            .max_field_section_size(self.max_field_section_size)
+            .build(h3_quinn::Connection::new(conn.clone()))
+            .await
+        {
+            Ok(h3) => h3,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "HTTP/3 setup failed");
+                return;
+            }
+        };
+
+        let requests = TaskTracker::new();
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.draining(), if !draining => {
+                    // GOAWAY: requests already received complete; no new ones start.
+                    draining = true;
+                    requests.close();
+                    let _ = h3.shutdown(0).await;
+                }
+                _ = requests.wait(), if draining => break,
+                _ = self.shutdown.forced() => break,
+                accepted = h3.accept() => match accepted {
+                    Ok(Some(resolver)) => {
+                        let state = self.state.clone();
+                        requests.spawn(request(resolver, state, peer));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if !e.is_h3_no_error() {
+                            tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+        requests.close();
+        tokio::select! {
+            _ = requests.wait() => {}
+            _ = self.shutdown.forced() => {}
+        }
+        conn.close(VarInt::from_u32(H3_NO_ERROR), b"");
+    }
+}
+
+/// The HTTP/3 code for a clean close.
+const H3_NO_ERROR: u32 = 0x100;
+
+async fn request(
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    state: SharedState,
+    peer: SocketAddr,
+) {
+    // h3 answers 431 itself when the header section exceeds the limit.
+    let (req, stream) = match resolver.resolve_request().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/3 request rejected");
+            return;
+        }
+    };
+    let (mut send, recv) = stream.split();
+    let (parts, ()) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    let head_only = parts.method == http::Method::HEAD;
+    let request = GatewayRequest {
+        method: parts.method,
+        uri: parts.uri,
+        headers,
+        body: Body::new(H3RequestBody {
+            stream: recv,
+            done: false,
+        }),
+        protocol: Protocol::Http3,
+        peer,
+    };
+    let state = state.load_full();
+    let resp = pipeline::handle(&state, request).await;
+    if let Err(e) = send_response(&mut send, resp, head_only).await {
+        tracing::debug!(%peer, error = %e, "HTTP/3 response not delivered");
+    }
+}
+
+/// Writes the response: HEADERS, then DATA frames as the body yields them
+/// (each write waits for flow control: backpressure), then FIN. A body error
+/// resets the stream so the client sees the failure.
+async fn send_response(
+    send: &mut SendHalf,
+    resp: Response,
+    head_only: bool,
+) -> Result<(), h3::error::StreamError> {
+    let (parts, mut body) = resp.into_parts();
+    let mut head = http::Response::from_parts(parts, ());
+    strip_hop_by_hop(head.headers_mut());
+    send.send_response(head).await?;
+    if !head_only {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) if !data.is_empty() => send.send_data(data).await?,
+                    Ok(_) => {}
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            send.send_trailers(trailers).await?;
+                        }
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "response body failed; resetting the HTTP/3 stream");
+                    send.stop_stream(Code::H3_INTERNAL_ERROR);
+                    return Ok(());
+                }
+            }
+        }
+    }
+    send.finish().await
+}
+
+/// An HTTP/3 request body, streamed. Dropped unread, it asks the client to
+/// stop sending with `H3_NO_ERROR` (RFC 9114 §4.1) instead of a bare reset.
+struct H3RequestBody {
+    stream: RecvHalf,
+    done: bool,
+}
+
+impl HttpBody for H3RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.stream.poll_recv_data(cx) {
+            Poll::Ready(Ok(Some(mut buf))) => {
+                let bytes = buf.copy_to_bytes(buf.remaining());
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Poll::Ready(Ok(None)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+impl Drop for H3RequestBody {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stream.stop_sending(Code::H3_NO_ERROR);
+        }
+    }
+}

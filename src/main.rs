@@ -1,0 +1,155 @@
+//! The `h3gate` command: parse arguments, load the configuration, start
+//! logging, run until a signal. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use h3gate::config::Config;
+use h3gate::{server, telemetry, tls};
+
+/// HTTP/3-first edge gateway for LLM APIs.
+///
+/// Serves an OpenAI-compatible API over HTTP/3 (QUIC), HTTP/2 and HTTP/1.1
+/// on one address and forwards to upstream providers, streaming answers back.
+/// With no subcommand, `h3gate` serves ./config.toml.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGINT or SIGTERM (then drain gracefully).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = "config.toml", env = "H3GATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print the effective configuration
+    /// (secrets redacted). Exits non-zero, listing every problem, if invalid.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = "config.toml", env = "H3GATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Write a self-signed development CA (ca.pem) and a certificate
+    /// (cert.pem, key.pem) it signed, for the given host names. Not for production.
+    Certs {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Host names or IP addresses the certificate is valid for.
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        hosts: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    // First thing: one crypto provider for rustls, quinn and reqwest (ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve {
+        config: PathBuf::from("config.toml"),
+    }) {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+        Command::Certs { out, hosts } => certs(out, hosts),
+    }
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("h3gate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("h3gate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listeners = server::Listeners::bind(&config)?;
+        let stop = CancellationToken::new();
+        tokio::spawn(signals(stop.clone()));
+        server::run(config, listeners, stop).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "h3gate could not start");
+            eprintln!("h3gate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `stop` on SIGINT or SIGTERM.
+async fn signals(stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("signal received");
+    stop.cancel();
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match Config::load(&path) {
+        Ok(c) => {
+            print!("{}", c.to_redacted_toml());
+            eprintln!("h3gate: {} is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("h3gate: {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn certs(out: PathBuf, hosts: Vec<String>) -> ExitCode {
+    let result = tls::generate_dev_cert(&hosts)
+        .and_then(|c| c.write(&out, &out.join("cert.pem"), &out.join("key.pem")));
+    match result {
+        Ok(()) => {
+            println!(
+                "wrote {dir}/{ca} (trust this CA), {dir}/cert.pem and {dir}/key.pem for {hosts}",
+                dir = out.display(),
+                ca = tls::DEV_CA_FILE,
+                hosts = hosts.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("h3gate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

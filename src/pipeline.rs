@@ -1,0 +1,335 @@
+//! The one request pipeline every protocol feeds. Read it top to bottom:
+//!
+//! ```text
+//! request id → route by path → read body (bounded, counted as it streams)
+//!   → parse `model`/`stream` → route (model → ordered targets)
+//!   → forward with failover (only before the first byte) → stream back → access log
+//! ```
+//!
+//! Each step returns early with a [`GatewayError`]; [`handle`] turns it into
+//! the JSON error response. Nothing here knows which protocol carried the request.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use crate::access::{Entry, Logged, Record};
+use crate::error::GatewayError;
+use crate::exchange::{json, Body, GatewayRequest, Response};
+use crate::provider::{Endpoint, Provider, UpstreamCall, UpstreamError};
+use crate::relay::RelayBody;
+use crate::routing::Route;
+use crate::state::State;
+
+/// Upstream error bodies are read up to this size to build the client's error.
+const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
+
+/// What the steps learn about a request, for its access-log line.
+#[derive(Default)]
+struct Facts {
+    model: Option<String>,
+    target: Option<String>,
+    request_bytes: u64,
+}
+
+/// Handles one request from any listener and returns the response to send.
+pub async fn handle(state: &State, req: GatewayRequest) -> Response {
+    let started = Instant::now();
+    let request_id = request_id(&req.headers);
+    let (protocol, method, path) = (req.protocol, req.method.clone(), req.uri.path().to_owned());
+    let record = Arc::new(Record::default());
+    let mut facts = Facts::default();
+
+    let mut resp = match dispatch(state, req, &request_id, &record, &mut facts).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(request_id = %request_id, error = %e, "request failed");
+            e.into_response(&request_id)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let entry = Entry {
+        request_id,
+        protocol,
+        method,
+        path,
+        status: resp.status(),
+        model: facts.model,
+        target: facts.target,
+        request_bytes: facts.request_bytes,
+        started,
+        record,
+    };
+    resp.map(|body| Body::new(Logged::new(body, entry)))
+}
+
+async fn dispatch(
+    state: &State,
+    req: GatewayRequest,
+    request_id: &str,
+    record: &Arc<Record>,
+    facts: &mut Facts,
+) -> Result<Response, GatewayError> {
+    let path = req.uri.path();
+    match (&req.method, path) {
+        (&Method::GET | &Method::HEAD, "/health") => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),
+        (&Method::GET, "/v1/models") => Ok(models(state)),
+        (&Method::POST, _) => match Endpoint::from_public_path(path) {
+            Some(endpoint) => proxy(state, req, endpoint, request_id, record, facts).await,
+            None => Err(not_found(&req)),
+        },
+        (m, "/health" | "/v1/models") => Err(GatewayError::MethodNotAllowed(m.to_string())),
+        (m, p) if Endpoint::from_public_path(p).is_some() => {
+            Err(GatewayError::MethodNotAllowed(m.to_string()))
+        }
+        _ => Err(not_found(&req)),
+    }
+}
+
+fn not_found(req: &GatewayRequest) -> GatewayError {
+    GatewayError::NotFound {
+        method: req.method.to_string(),
+        path: req.uri.path().chars().take(256).collect(),
+    }
+}
+
+/// The fields routing needs; the rest of the body is forwarded untouched.
+#[derive(Deserialize)]
+struct Routing {
+    model: Option<String>,
+    #[serde(default)]
+    stream: bool,
+}
+
+async fn proxy(
+    state: &State,
+    req: GatewayRequest,
+    endpoint: Endpoint,
+    request_id: &str,
+    record: &Arc<Record>,
+    facts: &mut Facts,
+) -> Result<Response, GatewayError> {
+    let limit = state.config.server.max_request_body.get();
+    let body = read_body(req.body, &req.headers, limit).await?;
+    facts.request_bytes = body.len() as u64;
+
+    let routing: Routing = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            GatewayError::InvalidRequest(format!("invalid request: {e}"))
+        }
+        _ => GatewayError::InvalidJson(e.to_string()),
+    })?;
+    let model = routing.model.filter(|m| !m.is_empty()).ok_or_else(|| {
+        GatewayError::InvalidRequest("you must provide a `model` parameter".into())
+    })?;
+    facts.model = Some(model.clone());
+    let route = state
+        .router
+        .resolve(&model)
+        .ok_or_else(|| GatewayError::ModelNotFound(model.clone()))?;
+
+    let call = UpstreamCall {
+        endpoint,
+        body,
+        stream: routing.stream && endpoint != Endpoint::Embeddings,
+        request_id,
+    };
+    forward(route, &call, record, facts).await
+}
+
+/// Reads the request body, refusing it as soon as it is known to exceed
+/// `limit`: from `Content-Length`, or while counting the streamed bytes.
+async fn read_body(
+    mut body: Body,
+    headers: &http::HeaderMap,
+    limit: u64,
+) -> Result<Bytes, GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let capacity = declared.unwrap_or(0).min(limit);
+    let mut buf = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| GatewayError::BodyIncomplete)?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() as u64 + data.len() as u64 > limit {
+                return Err(GatewayError::PayloadTooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Upstream statuses worth trying the next target for (the request was not
+/// processed, or the provider is overloaded).
+fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504 | 529)
+}
+
+/// Tries the route's targets in order. A target is left for the next only
+/// before anything has been sent to the client: on a connect error, a
+/// timeout before the response headers, or a retryable status.
+async fn forward(
+    route: &Route,
+    call: &UpstreamCall<'_>,
+    record: &Arc<Record>,
+    facts: &mut Facts,
+) -> Result<Response, GatewayError> {
+    let mut last = GatewayError::UpstreamUnreachable;
+    let count = route.targets.len();
+    for (i, target) in route.targets.iter().enumerate() {
+        let has_next = i + 1 < count;
+        let started = Instant::now();
+        facts.target = Some(target.name().to_owned());
+        match target.send(call).await {
+            Ok(up) if up.status.is_success() => {
+                return Ok(relay(target, up, started, record));
+            }
+            Ok(up) => {
+                let status = up.status;
+                let body = read_error_body(up.body).await;
+                let err = GatewayError::from_upstream(status, &body);
+                tracing::warn!(
+                    request_id = call.request_id,
+                    target = target.name(),
+                    status = status.as_u16(),
+                    "upstream answered with an error"
+                );
+                if !(has_next && retryable(status)) {
+                    return Err(err);
+                }
+                last = err;
+            }
+            Err(e) => {
+                tracing::warn!(request_id = call.request_id, target = target.name(), error = %e, "upstream attempt failed");
+                last = match e {
+                    UpstreamError::Timeout(_) => GatewayError::UpstreamTimeout,
+                    UpstreamError::Connect(_) => GatewayError::UpstreamUnreachable,
+                    UpstreamError::Failed(_) => GatewayError::UpstreamInvalid,
+                };
+            }
+        }
+    }
+    Err(last)
+}
+
+fn relay(
+    target: &Provider,
+    up: crate::provider::UpstreamResponse,
+    started: Instant,
+    record: &Arc<Record>,
+) -> Response {
+    let sse = up
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = RelayBody::new(up.body, sse, target.timeouts(), started, record.clone());
+    let mut resp = http::Response::new(Body::new(body));
+    *resp.status_mut() = up.status;
+    *resp.headers_mut() = up.headers;
+    if sse {
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    if let Ok(v) = HeaderValue::from_str(target.name()) {
+        resp.headers_mut().insert("x-h3gate-target", v);
+    }
+    resp
+}
+
+/// Reads at most [`MAX_UPSTREAM_ERROR_BODY`] bytes of an upstream error body.
+async fn read_error_body(mut body: Body) -> Bytes {
+    let mut buf = BytesMut::new();
+    let read = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                buf.extend_from_slice(&d);
+                if buf.len() >= MAX_UPSTREAM_ERROR_BODY {
+                    break;
+                }
+            }
+        }
+    };
+    // An error body that trickles is not worth waiting for.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
+    buf.truncate(MAX_UPSTREAM_ERROR_BODY);
+    buf.freeze()
+}
+
+fn models(state: &State) -> Response {
+    #[derive(serde::Serialize)]
+    struct Model<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        owned_by: &'static str,
+    }
+    let names = state.router.model_names();
+    let data: Vec<Model> = names
+        .iter()
+        .map(|id| Model {
+            id,
+            object: "model",
+            created: 0,
+            owned_by: "h3gate",
+        })
+        .collect();
+    let body = serde_json::json!({"object": "list", "data": data});
+    json(StatusCode::OK, body.to_string())
+}
+
+/// Reuses a sane incoming `x-request-id` (1–128 characters of `[A-Za-z0-9._:-]`),
+/// otherwise makes a new random one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").map(|v| v.as_bytes()) {
+        if (1..=128).contains(&v.len())
+            && v.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(b))
+        {
+            // Checked ASCII above.
+            return String::from_utf8_lossy(v).into_owned();
+        }
+    }
+    new_request_id()
+}
+
+fn new_request_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 12];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    let mut s = String::with_capacity(28);
+    s.push_str("req_");
+    for byte in b {
+        s.push_str(&format!("{byte:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", "abc-123".parse().unwrap());
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", "bad id with spaces".parse().unwrap());
+        let generated = request_id(&h);
+        assert!(generated.starts_with("req_") && generated.len() == 28);
+        assert_ne!(generated, request_id(&h));
+    }
+}

@@ -1,0 +1,150 @@
+//! Upstream providers behind one enum. Each variant lives in its own file
+//! under `provider/` and turns an [`UpstreamCall`] into an
+//! [`UpstreamResponse`] whose body streams as the provider produces it.
+
+pub mod mock;
+pub mod openai;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use crate::config::{ProviderConfig, ProviderKind, ProviderTimeouts};
+use crate::exchange::Body;
+
+/// The OpenAI-style API operation a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// Path below the provider's base URL (which includes `/v1`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    /// The public path this endpoint is served on.
+    pub fn from_public_path(path: &str) -> Option<Endpoint> {
+        match path {
+            "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/v1/completions" => Some(Endpoint::Completions),
+            "/v1/embeddings" => Some(Endpoint::Embeddings),
+            _ => None,
+        }
+    }
+}
+
+/// One request to send upstream.
+pub struct UpstreamCall<'a> {
+    pub endpoint: Endpoint,
+    /// The client's JSON body, forwarded as is.
+    pub body: Bytes,
+    pub stream: bool,
+    pub request_id: &'a str,
+}
+
+/// The upstream's answer: status, the headers worth passing on, and the body
+/// still streaming.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+/// Why an upstream attempt failed before a response arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("no response headers within {0:?}")]
+    Timeout(Duration),
+    #[error("request failed: {0}")]
+    Failed(String),
+}
+
+#[derive(Debug)]
+pub enum Provider {
+    OpenAi(openai::OpenAi),
+    Mock(mock::Mock),
+}
+
+impl Provider {
+    /// Builds a provider from its configuration. `clients` shares one pooled
+    /// HTTP client between providers with the same connect timeout.
+    pub fn build(cfg: &ProviderConfig, clients: &mut HttpClients) -> Result<Provider, String> {
+        Ok(match cfg.kind {
+            ProviderKind::Openai => Provider::OpenAi(openai::OpenAi::new(
+                cfg,
+                clients.get(cfg.timeouts.connect.get())?,
+            )?),
+            ProviderKind::Mock => Provider::Mock(mock::Mock::new(cfg)),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Provider::OpenAi(p) => &p.name,
+            Provider::Mock(p) => &p.name,
+        }
+    }
+
+    pub fn timeouts(&self) -> &ProviderTimeouts {
+        match self {
+            Provider::OpenAi(p) => &p.timeouts,
+            Provider::Mock(p) => &p.timeouts,
+        }
+    }
+
+    /// Models this provider declares (for `/v1/models` under wildcard routes).
+    pub fn models(&self) -> &[String] {
+        match self {
+            Provider::OpenAi(p) => &p.models,
+            Provider::Mock(p) => &p.models,
+        }
+    }
+
+    /// Sends the call; resolves when the response headers have arrived.
+    pub async fn send(&self, call: &UpstreamCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+        match self {
+            Provider::OpenAi(p) => p.send(call).await,
+            Provider::Mock(p) => p.send(call).await,
+        }
+    }
+}
+
+/// Pooled upstream HTTP clients (rustls, HTTP/1.1 and HTTP/2), one per
+/// distinct connect timeout, so providers share connections where they can.
+#[derive(Default)]
+pub struct HttpClients {
+    by_connect_timeout: HashMap<Duration, reqwest::Client>,
+}
+
+impl HttpClients {
+    fn get(&mut self, connect_timeout: Duration) -> Result<reqwest::Client, String> {
+        if let Some(c) = self.by_connect_timeout.get(&connect_timeout) {
+            return Ok(c.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .http2_adaptive_window(true)
+            .user_agent(concat!("h3gate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        self.by_connect_timeout
+            .insert(connect_timeout, client.clone());
+        Ok(client)
+    }
+}

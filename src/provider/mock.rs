@@ -1,0 +1,333 @@
+//! The built-in mock provider: answers in-process exactly like OpenAI (chat
+//! completions JSON and SSE chunks ending in `data: [DONE]`, completions,
+//! embeddings, realistic `usage`), with configurable latency to the first
+//! token and tokens per second. The wire-format builders here are public so
+//! test and benchmark upstreams speak the very same format.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{Endpoint, UpstreamCall, UpstreamError, UpstreamResponse};
+use crate::config::{MockConfig, ProviderConfig, ProviderTimeouts};
+use crate::exchange::{full, BodyError};
+use crate::sse;
+
+#[derive(Debug)]
+pub struct Mock {
+    pub name: String,
+    pub timeouts: ProviderTimeouts,
+    pub models: Vec<String>,
+    cfg: MockConfig,
+}
+
+/// The fields of a request the mock looks at.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct MockRequest {
+    pub model: String,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub stream_options: Option<StreamOptions>,
+    pub input: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct StreamOptions {
+    pub include_usage: bool,
+}
+
+impl Mock {
+    pub fn new(cfg: &ProviderConfig) -> Self {
+        Mock {
+            name: cfg.name.clone(),
+            timeouts: cfg.timeouts.clone(),
+            models: cfg.models.clone(),
+            cfg: cfg.mock.clone(),
+        }
+    }
+
+    pub async fn send(&self, call: &UpstreamCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+        let req: MockRequest = serde_json::from_slice(&call.body).unwrap_or_default();
+        let n = req
+            .max_completion_tokens
+            .or(req.max_tokens)
+            .unwrap_or(self.cfg.completion_tokens)
+            .clamp(1, 4096);
+        let prompt_tokens = estimate_tokens(call.body.len());
+        let answer = Answer::new(&req.model, call.endpoint, prompt_tokens, n);
+
+        if call.endpoint == Endpoint::Embeddings {
+            return Ok(json_response(embeddings(
+                &req.model,
+                &req.input,
+                prompt_tokens,
+            )));
+        }
+        if !call.stream {
+            tokio::time::sleep(self.cfg.first_token_latency.get()).await;
+            return Ok(json_response(answer.complete()));
+        }
+        let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+        let first = self.cfg.first_token_latency.get();
+        let gap = match self.cfg.tokens_per_second {
+            0 => Duration::ZERO,
+            tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
+        };
+        let events = answer.stream_events(include_usage);
+        let stream = futures_util::stream::unfold(0usize, move |i| {
+            let ev = events.get(i).cloned();
+            async move {
+                let ev = ev?;
+                let delay = if i == 0 { first } else { gap };
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Some((
+                    Ok::<_, BodyError>(http_body::Frame::data(Bytes::from(ev))),
+                    i + 1,
+                ))
+            }
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        Ok(UpstreamResponse {
+            status: StatusCode::OK,
+            headers,
+            body: StreamBody::new(stream).boxed_unsync(),
+        })
+    }
+}
+
+fn json_response(v: Value) -> UpstreamResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    UpstreamResponse {
+        status: StatusCode::OK,
+        headers,
+        body: full(v.to_string()),
+    }
+}
+
+/// A rough token estimate from a byte count (about four bytes a token).
+pub fn estimate_tokens(bytes: usize) -> u32 {
+    u32::try_from(bytes / 4).unwrap_or(u32::MAX).max(1)
+}
+
+const WORDS: [&str; 16] = [
+    "The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ",", " and",
+    " the", " gateway", " streams", " it", ".",
+];
+
+/// The `i`-th token of every mock answer.
+pub fn token(i: usize) -> &'static str {
+    WORDS[i % WORDS.len()]
+}
+
+/// One mock answer: its identity and the tokens it is made of.
+pub struct Answer {
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    pub endpoint: Endpoint,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+impl Answer {
+    pub fn new(
+        model: &str,
+        endpoint: Endpoint,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    ) -> Self {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let prefix = if endpoint == Endpoint::Completions {
+            "cmpl"
+        } else {
+            "chatcmpl"
+        };
+        Answer {
+            id: format!("{prefix}-mock{created:x}{:04x}", rand_u16()),
+            model: if model.is_empty() {
+                "mock".into()
+            } else {
+                model.into()
+            },
+            created,
+            endpoint,
+            prompt_tokens,
+            completion_tokens,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        (0..self.completion_tokens as usize).map(token).collect()
+    }
+
+    fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+
+    /// The non-streaming response body.
+    pub fn complete(&self) -> Value {
+        let choice = if self.endpoint == Endpoint::Completions {
+            json!({"index": 0, "text": self.text(), "logprobs": null, "finish_reason": "length"})
+        } else {
+            json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": self.text(), "refusal": null},
+                "logprobs": null,
+                "finish_reason": "length",
+            })
+        };
+        json!({
+            "id": self.id,
+            "object": if self.endpoint == Endpoint::Completions { "text_completion" } else { "chat.completion" },
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": "fp_h3gate_mock",
+            "choices": [choice],
+            "usage": self.usage(),
+        })
+    }
+
+    /// One streamed chunk as an SSE event. `delta` is the token, `None` for
+    /// the role-only first chat chunk; `finish` marks the last choice chunk.
+    pub fn chunk(&self, delta: Option<&str>, finish: bool) -> String {
+        let finish_reason = if finish { json!("length") } else { Value::Null };
+        let body = if self.endpoint == Endpoint::Completions {
+            json!({
+                "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish_reason}],
+            })
+        } else {
+            let d = match (delta, finish) {
+                (_, true) => json!({}),
+                (None, false) => json!({"role": "assistant", "content": "", "refusal": null}),
+                (Some(t), false) => json!({"content": t}),
+            };
+            json!({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "system_fingerprint": "fp_h3gate_mock",
+                "choices": [{"index": 0, "delta": d, "logprobs": null, "finish_reason": finish_reason}],
+            })
+        };
+        sse::encode(None, &body.to_string())
+    }
+
+    /// The final usage-only chunk OpenAI sends with `stream_options.include_usage`.
+    pub fn usage_chunk(&self) -> String {
+        let object = if self.endpoint == Endpoint::Completions {
+            "text_completion"
+        } else {
+            "chat.completion.chunk"
+        };
+        let body = json!({
+            "id": self.id, "object": object, "created": self.created, "model": self.model,
+            "choices": [], "usage": self.usage(),
+        });
+        sse::encode(None, &body.to_string())
+    }
+
+    /// Every event of the stream, in order, ending with `data: [DONE]`.
+    pub fn stream_events(&self, include_usage: bool) -> Vec<String> {
+        let mut events = Vec::with_capacity(self.completion_tokens as usize + 4);
+        if self.endpoint == Endpoint::ChatCompletions {
+            events.push(self.chunk(None, false));
+        }
+        for i in 0..self.completion_tokens as usize {
+            events.push(self.chunk(Some(token(i)), false));
+        }
+        events.push(self.chunk(None, true));
+        if include_usage {
+            events.push(self.usage_chunk());
+        }
+        events.push(DONE.to_string());
+        events
+    }
+}
+
+/// The event that ends an OpenAI stream.
+pub const DONE: &str = "data: [DONE]\n\n";
+
+/// An embeddings response: one deterministic 8-dimensional vector per input.
+pub fn embeddings(model: &str, input: &Option<Value>, prompt_tokens: u32) -> Value {
+    let inputs: Vec<String> = match input {
+        Some(Value::Array(items)) => items.iter().map(|v| v.to_string()).collect(),
+        Some(v) => vec![v.to_string()],
+        None => vec![String::new()],
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+            let vector: Vec<f64> = digest.as_ref()[..8]
+                .iter()
+                .map(|b| f64::from(*b) / 255.0 - 0.5)
+                .collect();
+            json!({"object": "embedding", "index": i, "embedding": vector})
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": if model.is_empty() { "mock" } else { model },
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    })
+}
+
+fn rand_u16() -> u16 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u16::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_text_equals_complete_text() {
+        let a = Answer::new("m", Endpoint::ChatCompletions, 10, 5);
+        let mut text = String::new();
+        let mut p = sse::Parser::new(1 << 16);
+        for ev in a.stream_events(true) {
+            p.push(ev.as_bytes()).unwrap();
+        }
+        let mut last = String::new();
+        while let Some(ev) = p.next_event().unwrap() {
+            if ev.data == "[DONE]" {
+                last = ev.data;
+                continue;
+            }
+            let v: Value = serde_json::from_str(&ev.data).unwrap();
+            if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                text.push_str(t);
+            }
+        }
+        assert_eq!(last, "[DONE]");
+        assert_eq!(text, a.complete()["choices"][0]["message"]["content"]);
+        assert_eq!(a.complete()["usage"]["total_tokens"], 15);
+    }
+}

@@ -1,0 +1,215 @@
+//! Streaming an upstream response body back to the client, chunk by chunk,
+//! with the provider's idle and total timeouts, and with an explicit ending
+//! when the upstream fails mid-stream: an SSE stream gets an OpenAI-style
+//! `data: {"error":…}` event (and no `[DONE]`), any other body ends in a
+//! stream error (a reset on HTTP/2 and HTTP/3, a truncated message on
+//! HTTP/1.1) — never a clean-looking end.
+//!
+//! Dropping a `RelayBody` (the client went away) drops the upstream request
+//! with it, so an abandoned completion stops costing money.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use serde::Deserialize;
+use tokio::time::{Instant, Sleep};
+
+use crate::access::Record;
+use crate::config::ProviderTimeouts;
+use crate::exchange::{Body, BodyError};
+use crate::sse;
+
+/// Largest SSE event the relay inspects; larger ones pass through unread.
+const MAX_OBSERVED_EVENT: usize = 1 << 20;
+
+pub struct RelayBody {
+    inner: Option<Body>,
+    watch: Option<SseWatch>,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    record: Arc<Record>,
+}
+
+struct SseWatch {
+    parser: sse::Parser,
+    done: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("upstream stream failed: {0}")]
+    Upstream(BodyError),
+    #[error("upstream ended the stream without [DONE]")]
+    Truncated,
+    #[error("upstream sent nothing for {0:?}")]
+    Idle(Duration),
+    #[error("upstream exceeded its total time limit")]
+    Total,
+}
+
+impl RelayBody {
+    /// `sse`: the body is an event stream (errors become an error event).
+    /// `started`: when the upstream call began (the total limit counts from it).
+    pub fn new(
+        inner: Body,
+        sse: bool,
+        timeouts: &ProviderTimeouts,
+        started: Instant,
+        record: Arc<Record>,
+    ) -> Self {
+        let idle = timeouts.idle.get();
+        RelayBody {
+            inner: Some(inner),
+            watch: sse.then(|| SseWatch {
+                parser: sse::Parser::new(MAX_OBSERVED_EVENT),
+                done: false,
+            }),
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            deadline: Box::pin(tokio::time::sleep_until(started + timeouts.total.get())),
+            record,
+        }
+    }
+
+    fn observe(&mut self, data: &Bytes) {
+        let Some(w) = self.watch.as_mut() else { return };
+        let mut ok = w.parser.push(data).is_ok();
+        while ok {
+            match w.parser.next_event() {
+                Ok(Some(ev)) if ev.data == "[DONE]" => w.done = true,
+                Ok(Some(ev)) => {
+                    if ev.data.contains("\"usage\"") {
+                        if let Ok(u) = serde_json::from_str::<UsageOnly>(&ev.data) {
+                            if let Some(u) = u.usage {
+                                self.record.set_usage(u.prompt_tokens, u.completion_tokens);
+                            }
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => ok = false,
+            }
+        }
+        if !ok {
+            // An event too large to inspect: stop watching, keep relaying.
+            self.watch = None;
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.inner = None;
+        self.record.mark_upstream_failure();
+        tracing::warn!(error = %failure, "upstream response failed mid-stream");
+        if self.watch.is_some() {
+            self.watch = None;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(error_event(&failure))))))
+        } else {
+            Poll::Ready(Some(Err(Box::new(failure))))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageOnly {
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+/// The OpenAI-style error event that ends a failed stream.
+fn error_event(failure: &Failure) -> String {
+    let (message, code) = match failure {
+        Failure::Upstream(_) => (
+            "the upstream provider failed mid-stream",
+            "upstream_stream_error",
+        ),
+        Failure::Truncated => (
+            "the upstream provider ended the stream early",
+            "upstream_stream_truncated",
+        ),
+        Failure::Idle(_) => (
+            "the upstream provider stalled mid-stream",
+            "upstream_idle_timeout",
+        ),
+        Failure::Total => (
+            "the upstream provider exceeded its time limit",
+            "upstream_timeout",
+        ),
+    };
+    let body = serde_json::json!({
+        "error": {"message": message, "type": "upstream_error", "code": code}
+    });
+    sse::encode(None, &body.to_string())
+}
+
+impl HttpBody for RelayBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.observe(data);
+                }
+                let next = Instant::now() + this.idle;
+                this.idle_timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(Failure::Upstream(e)),
+            Poll::Ready(None) => {
+                if this.watch.as_ref().is_some_and(|w| !w.done) {
+                    return this.fail(Failure::Truncated);
+                }
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    return this.fail(Failure::Total);
+                }
+                if this.idle_timer.as_mut().poll(cx).is_ready() {
+                    let idle = this.idle;
+                    return this.fail(Failure::Idle(idle));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // A watched stream that ends without `[DONE]` still owes an error event.
+        match &self.inner {
+            None => true,
+            Some(b) => self.watch.is_none() && b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            // A watched stream may gain an error event: no exact size then.
+            Some(b) if self.watch.is_none() => b.size_hint(),
+            Some(_) => SizeHint::default(),
+            None => SizeHint::with_exact(0),
+        }
+    }
+}

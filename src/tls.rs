@@ -1,0 +1,200 @@
+//! Certificates and the rustls configurations of both listeners.
+//!
+//! The certificate sits behind an atomic swap ([`CertStore`]) that both
+//! listeners resolve through, so a new certificate can be installed without
+//! rebuilding either listener.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The certificate both listeners serve, swappable at run time.
+#[derive(Debug)]
+pub struct CertStore {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertStore {
+    pub fn new(key: CertifiedKey) -> Self {
+        CertStore {
+            current: ArcSwap::from_pointee(key),
+        }
+    }
+
+    /// Installs a new certificate; connections already established keep theirs.
+    pub fn replace(&self, key: CertifiedKey) {
+        self.current.store(Arc::new(key));
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Loads the configured certificate chain and key, generating a development
+/// pair first when configured so and the files are absent.
+pub fn load_certified_key(cfg: &TlsConfig) -> Result<CertifiedKey, TlsError> {
+    if cfg.generate_dev_cert && !cfg.cert.exists() && !cfg.key.exists() {
+        let dir = cfg.cert.parent().unwrap_or_else(|| Path::new("."));
+        let generated = generate_dev_cert(&cfg.dev_hosts)?;
+        generated.write(dir, &cfg.cert, &cfg.key)?;
+        tracing::warn!(
+            cert = %cfg.cert.display(),
+            ca = %dir.join(DEV_CA_FILE).display(),
+            hosts = ?cfg.dev_hosts,
+            "generated a development certificate (first run); trust its CA to connect, never use it in production"
+        );
+    }
+    let certs = CertificateDer::pem_file_iter(&cfg.cert)
+        .map_err(|e| pem_error(&cfg.cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(&cfg.cert, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid {
+            path: cfg.cert.clone(),
+            message: "no CERTIFICATE block found".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| pem_error(&cfg.key, e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::Invalid {
+        path: cfg.key.clone(),
+        message: format!("key does not match the certificate or is unsupported: {e}"),
+    })
+}
+
+fn pem_error(path: &Path, e: rustls_pki_types::pem::Error) -> TlsError {
+    match e {
+        rustls_pki_types::pem::Error::Io(source) => TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => TlsError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("not valid PEM: {other}"),
+        },
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// TLS for HTTP/3: TLS 1.3 only, ALPN `h3`. Early data stays refused
+/// (`max_early_data_size` 0) until 0-RTT with replay protection is enabled.
+pub fn quic_server_config(certs: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    cfg.alpn_protocols = vec![b"h3".to_vec()];
+    cfg.max_early_data_size = 0;
+    Ok(cfg)
+}
+
+/// TLS for HTTP/1.1 and HTTP/2 on TCP: TLS 1.2 and 1.3, ALPN `h2`, `http/1.1`.
+pub fn tcp_server_config(certs: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// File name of the development CA written next to the certificate.
+pub const DEV_CA_FILE: &str = "ca.pem";
+
+/// A development CA and a server certificate it signed.
+pub struct DevCert {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Generates a development CA and a server certificate for `hosts` (names or IPs).
+pub fn generate_dev_cert(hosts: &[String]) -> Result<DevCert, TlsError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
+        KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "h3gate development CA");
+    ca_params.distinguished_name = dn;
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+
+    let mut leaf = CertificateParams::new(hosts.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "h3gate development certificate");
+    leaf.distinguished_name = dn;
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &ca)?;
+    Ok(DevCert {
+        ca_pem: ca.pem(),
+        cert_pem: format!("{}{}", cert.pem(), ca.pem()),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+impl DevCert {
+    /// Writes `ca.pem` into `dir`, the chain to `cert` and the key (mode 0600) to `key`.
+    pub fn write(&self, dir: &Path, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let w = |path: &Path, contents: &str, private: bool| -> Result<(), TlsError> {
+            let err = |source| TlsError::Write {
+                path: path.to_path_buf(),
+                source,
+            };
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(err)?;
+            }
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            if private {
+                use std::os::unix::fs::OpenOptionsExt;
+                opts.mode(0o600);
+            }
+            #[cfg(not(unix))]
+            let _ = private;
+            use std::io::Write;
+            let mut f = opts.open(path).map_err(err)?;
+            f.write_all(contents.as_bytes()).map_err(err)?;
+            f.sync_all().map_err(err)
+        };
+        w(&dir.join(DEV_CA_FILE), &self.ca_pem, false)?;
+        w(key, &self.key_pem, true)?;
+        w(cert, &self.cert_pem, false)
+    }
+}
