@@ -155,8 +155,10 @@ async fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let too_large = || GatewayError::PayloadTooLarge { limit };
     if declared.is_some_and(|n| n > limit) {
-        return Err(GatewayError::PayloadTooLarge { limit });
+        discard(body).await;
+        return Err(too_large());
     }
     let capacity = declared.unwrap_or(0).min(limit);
     let mut buf = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
@@ -164,12 +166,32 @@ async fn read_body(
         let frame = frame.map_err(|_| GatewayError::BodyIncomplete)?;
         if let Ok(data) = frame.into_data() {
             if buf.len() as u64 + data.len() as u64 > limit {
-                return Err(GatewayError::PayloadTooLarge { limit });
+                discard(body).await;
+                return Err(too_large());
             }
             buf.extend_from_slice(&data);
         }
     }
     Ok(buf.freeze())
+}
+
+/// Reads and drops what is left of a refused body, within bounds, so the
+/// client receives the error response instead of a reset (HTTP/1.1 closes
+/// the connection, HTTP/3 streams end cleanly). A larger or slower body is
+/// abandoned.
+async fn discard(mut body: Body) {
+    const MAX_BYTES: u64 = 1 << 20;
+    const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > MAX_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(MAX_TIME, drain).await;
 }
 
 /// Upstream statuses worth trying the next target for (the request was not

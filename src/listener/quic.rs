@@ -201,12 +201,28 @@ impl QuicListener {
             _ = requests.wait() => {}
             _ = self.shutdown.forced() => {}
         }
+        if draining {
+            // The last responses may still be in flight: closing now would
+            // discard them. Give the peer a few round trips to receive them
+            // (or to close first itself).
+            let linger = (conn.rtt() * 8).clamp(LINGER_MIN, LINGER_MAX);
+            tokio::select! {
+                _ = conn.closed() => {}
+                _ = tokio::time::sleep(linger) => {}
+                _ = self.shutdown.forced() => {}
+            }
+        }
         conn.close(VarInt::from_u32(H3_NO_ERROR), b"");
     }
 }
 
 /// The HTTP/3 code for a clean close.
 const H3_NO_ERROR: u32 = 0x100;
+
+/// Bounds of the wait, during a drain, between a connection's last response
+/// and its close.
+const LINGER_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const LINGER_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn request(
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
@@ -233,6 +249,7 @@ async fn request(
         body: Body::new(H3RequestBody {
             stream: recv,
             done: false,
+            reading: false,
         }),
         protocol: Protocol::Http3,
         peer,
@@ -281,9 +298,13 @@ async fn send_response(
 
 /// An HTTP/3 request body, streamed. Dropped unread, it asks the client to
 /// stop sending with `H3_NO_ERROR` (RFC 9114 §4.1) instead of a bare reset.
+/// (The pipeline drains what it refuses, so this is rare.)
 struct H3RequestBody {
     stream: RecvHalf,
     done: bool,
+    /// A read is in flight: h3-quinn holds the QUIC stream inside it and
+    /// panics on `stop_sending` until it completes.
+    reading: bool,
 }
 
 impl HttpBody for H3RequestBody {
@@ -297,7 +318,9 @@ impl HttpBody for H3RequestBody {
         if self.done {
             return Poll::Ready(None);
         }
-        match self.stream.poll_recv_data(cx) {
+        let polled = self.stream.poll_recv_data(cx);
+        self.reading = polled.is_pending();
+        match polled {
             Poll::Ready(Ok(Some(mut buf))) => {
                 let bytes = buf.copy_to_bytes(buf.remaining());
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
@@ -321,7 +344,7 @@ impl HttpBody for H3RequestBody {
 
 impl Drop for H3RequestBody {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && !self.reading {
             self.stream.stop_sending(Code::H3_NO_ERROR);
         }
     }

@@ -1,0 +1,275 @@
+//! Real clients for every protocol: HTTP/3 with h3 + h3-quinn, HTTP/2 and
+//! HTTP/1.1 with reqwest (hyper) over TLS. One interface, so each test case
+//! runs unchanged over all three.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{HeaderMap, Method};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H2,
+    H3,
+}
+
+/// A request body: whole (with Content-Length) or streamed in chunks without one.
+pub enum TestBody {
+    Empty,
+    Json(Value),
+    Bytes(Vec<u8>),
+    Chunked(Vec<Vec<u8>>),
+}
+
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    rx: mpsc::Receiver<Result<Bytes, String>>,
+}
+
+impl TestResponse {
+    /// The next body chunk; `Some(Err)` if the stream failed (reset, cut).
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, String>> {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+            .await
+            .expect("no body chunk within 10 s")
+    }
+
+    /// The whole body; panics if the stream failed.
+    pub async fn text(mut self) -> String {
+        let mut out = Vec::new();
+        while let Some(c) = self.chunk().await {
+            out.extend_from_slice(&c.expect("body stream failed"));
+        }
+        String::from_utf8(out).expect("utf-8 body")
+    }
+
+    /// The whole body and how it ended (`Err` if the stream failed).
+    pub async fn text_and_end(mut self) -> (String, Result<(), String>) {
+        let mut out = Vec::new();
+        while let Some(c) = self.chunk().await {
+            match c {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(e) => return (String::from_utf8_lossy(&out).into_owned(), Err(e)),
+            }
+        }
+        (String::from_utf8_lossy(&out).into_owned(), Ok(()))
+    }
+
+    pub async fn json(self) -> Value {
+        let text = self.text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub struct Client {
+    pub proto: Proto,
+    inner: Inner,
+}
+
+enum Inner {
+    Reqwest {
+        client: reqwest::Client,
+        base: String,
+    },
+    H3 {
+        send: tokio::sync::Mutex<h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>>,
+        authority: String,
+        _endpoint: quinn::Endpoint,
+    },
+}
+
+fn roots(ca_pem: &[u8]) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    roots
+}
+
+impl Client {
+    /// Connects to the gateway: `tcp` for HTTP/1.1 and HTTP/2, `udp` for HTTP/3.
+    pub async fn connect(proto: Proto, tcp: SocketAddr, udp: SocketAddr, ca_pem: &[u8]) -> Client {
+        let inner = match proto {
+            Proto::H1 | Proto::H2 => {
+                let cert = reqwest::Certificate::from_pem(ca_pem).unwrap();
+                let mut b = reqwest::Client::builder()
+                    .tls_certs_only([cert])
+                    .resolve("localhost", tcp)
+                    .pool_max_idle_per_host(4);
+                b = if proto == Proto::H1 {
+                    b.http1_only()
+                } else {
+                    b.http2_prior_knowledge()
+                };
+                Inner::Reqwest {
+                    client: b.build().unwrap(),
+                    base: format!("https://localhost:{}", tcp.port()),
+                }
+            }
+            Proto::H3 => {
+                let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots(ca_pem))
+                .with_no_client_auth();
+                tls.alpn_protocols = vec![b"h3".to_vec()];
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+                let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+                endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+                let conn = endpoint
+                    .connect(udp, "localhost")
+                    .unwrap()
+                    .await
+                    .expect("QUIC handshake");
+                let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+                    .await
+                    .unwrap();
+                tokio::spawn(async move {
+                    let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+                });
+                Inner::H3 {
+                    send: tokio::sync::Mutex::new(send),
+                    authority: format!("localhost:{}", udp.port()),
+                    _endpoint: endpoint,
+                }
+            }
+        };
+        Client { proto, inner }
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.request(Method::GET, path, &[], TestBody::Empty).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> TestResponse {
+        self.request(Method::POST, path, &[], TestBody::Json(body))
+            .await
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: TestBody,
+    ) -> TestResponse {
+        let (tx, rx) = mpsc::channel(64);
+        match &self.inner {
+            Inner::Reqwest { client, base } => {
+                let mut req = client.request(method, format!("{base}{path}"));
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                req = match body {
+                    TestBody::Empty => req,
+                    TestBody::Json(v) => req
+                        .header("content-type", "application/json")
+                        .body(v.to_string()),
+                    TestBody::Bytes(b) => req.body(b),
+                    TestBody::Chunked(chunks) => {
+                        let s = futures_util::stream::iter(
+                            chunks.into_iter().map(Ok::<_, std::io::Error>),
+                        );
+                        req.body(reqwest::Body::wrap_stream(s))
+                    }
+                };
+                let resp = req.send().await.expect("request failed");
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                tokio::spawn(async move {
+                    let mut resp = resp;
+                    loop {
+                        let item = match resp.chunk().await {
+                            Ok(Some(b)) => Ok(b),
+                            Ok(None) => break,
+                            Err(e) => Err(format!("{e:?}")),
+                        };
+                        let failed = item.is_err();
+                        if tx.send(item).await.is_err() || failed {
+                            break; // reader gone: dropping `resp` cancels the request
+                        }
+                    }
+                });
+                TestResponse {
+                    status,
+                    headers,
+                    rx,
+                }
+            }
+            Inner::H3 {
+                send, authority, ..
+            } => {
+                let mut b = http::Request::builder()
+                    .method(method)
+                    .uri(format!("https://{authority}{path}"));
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
+                }
+                let chunks: Vec<Vec<u8>> = match body {
+                    TestBody::Empty => vec![],
+                    TestBody::Json(v) => {
+                        b = b.header("content-type", "application/json");
+                        vec![v.to_string().into_bytes()]
+                    }
+                    TestBody::Bytes(bytes) => {
+                        b = b.header("content-length", bytes.len());
+                        vec![bytes]
+                    }
+                    TestBody::Chunked(c) => c,
+                };
+                // The reader keeps a handle: h3 closes the connection when the last one goes.
+                let keep_alive = send.lock().await.clone();
+                let mut stream = send
+                    .lock()
+                    .await
+                    .send_request(b.body(()).unwrap())
+                    .await
+                    .expect("h3 send_request");
+                for c in chunks {
+                    if stream.send_data(Bytes::from(c)).await.is_err() {
+                        break; // the server may stop reading (413): its answer still comes
+                    }
+                }
+                let _ = stream.finish().await;
+                let resp = stream.recv_response().await.expect("h3 response");
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                tokio::spawn(async move {
+                    let _keep_alive = keep_alive;
+                    loop {
+                        let item = match stream.recv_data().await {
+                            Ok(Some(mut buf)) => Ok(buf.copy_to_bytes(buf.remaining())),
+                            Ok(None) => break,
+                            Err(e) => Err(format!("{e}")),
+                        };
+                        let failed = item.is_err();
+                        if tx.send(item).await.is_err() || failed {
+                            // Reader gone: stop the stream like a browser tab closing.
+                            stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+                            break;
+                        }
+                    }
+                });
+                TestResponse {
+                    status,
+                    headers,
+                    rx,
+                }
+            }
+        }
+    }
+}

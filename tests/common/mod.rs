@@ -1,0 +1,220 @@
+//! The whole gateway in-process on port 0 (TCP, UDP and admin), in front of
+//! the test upstream, with a freshly generated development CA.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod upstream;
+
+use std::net::SocketAddr;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use h3gate::config::Config;
+use h3gate::server::{self, Listeners, StartError};
+
+pub use client::{Client, Proto, TestBody};
+pub use upstream::Upstream;
+
+/// A fake credential for the upstream; the tests check it never leaks.
+pub const UPSTREAM_KEY: &str = "test-upstream-credential-0000";
+
+pub struct Gateway {
+    pub tcp: SocketAddr,
+    pub udp: SocketAddr,
+    pub admin: SocketAddr,
+    pub ca: Vec<u8>,
+    pub upstream: Upstream,
+    stop: CancellationToken,
+    task: Option<JoinHandle<Result<(), StartError>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// The test configuration; `{upstream}`, `{dead}` and `{dir}` are filled in.
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_timeout = "10s"
+max_request_body = "64KB"
+
+[tls]
+cert = "{dir}/cert.pem"
+key = "{dir}/key.pem"
+
+[log]
+format = "human"
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "{upstream}"
+api_key = "${TEST_UPSTREAM_KEY}"
+models = ["gpt-4o-mini"]
+
+[[providers]]
+name = "slowprov"
+kind = "openai"
+base_url = "{upstream}"
+timeouts = { first_byte = "300ms" }
+
+[[providers]]
+name = "dead"
+kind = "openai"
+base_url = "http://{dead}/v1"
+timeouts = { connect = "1s" }
+
+[[providers]]
+name = "mock"
+kind = "mock"
+models = ["mock-1"]
+
+[[routes]]
+model = "gpt-*"
+targets = ["up"]
+
+[[routes]]
+model = "status-*"
+targets = ["up"]
+
+[[routes]]
+model = "gated"
+targets = ["up"]
+
+[[routes]]
+model = "endless"
+targets = ["up"]
+
+[[routes]]
+model = "drop-mid-stream"
+targets = ["up"]
+
+[[routes]]
+model = "slow"
+targets = ["slowprov"]
+
+[[routes]]
+model = "dead"
+targets = ["dead"]
+
+[[routes]]
+model = "failover"
+targets = ["dead", "up"]
+
+[[routes]]
+model = "mock-*"
+targets = ["mock"]
+"#;
+
+pub fn init_logs() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// An address nothing listens on.
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+impl Gateway {
+    pub async fn start() -> Gateway {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the test configuration, changed by `tweak` first.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Gateway {
+        init_logs();
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let dev =
+            h3gate::tls::generate_dev_cert(&["localhost".into(), "127.0.0.1".into()]).unwrap();
+        dev.write(
+            dir.path(),
+            &dir.path().join("cert.pem"),
+            &dir.path().join("key.pem"),
+        )
+        .unwrap();
+        let text = CONFIG
+            .replace("{upstream}", &upstream.base_url())
+            .replace("{dead}", &dead_addr().to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        let env = |k: &str| (k == "TEST_UPSTREAM_KEY").then(|| UPSTREAM_KEY.to_string());
+        let mut config = Config::from_toml(&text, dir.path(), &env).expect("test config is valid");
+        tweak(&mut config);
+
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (tcp_addr, udp_addr, admin_addr) = (
+            tcp.local_addr().unwrap(),
+            udp.local_addr().unwrap(),
+            admin.local_addr().unwrap(),
+        );
+        let listeners = Listeners {
+            tcp,
+            udp: Some(udp),
+            admin: Some(admin),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(server::run(config, listeners, stop.clone()));
+        Gateway {
+            tcp: tcp_addr,
+            udp: udp_addr,
+            admin: admin_addr,
+            ca: dev.ca_pem.into_bytes(),
+            upstream,
+            stop,
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self, proto: Proto) -> Client {
+        Client::connect(proto, self.tcp, self.udp, &self.ca).await
+    }
+
+    /// Starts the graceful drain (like SIGTERM).
+    pub fn begin_shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits for the gateway to finish its drain (bounded).
+    pub async fn stopped(&mut self) -> Result<(), StartError> {
+        let task = self.task.take().expect("already stopped");
+        tokio::time::timeout(std::time::Duration::from_secs(20), task)
+            .await
+            .expect("gateway did not stop within 20 s")
+            .expect("gateway task panicked")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A chat request body.
+pub fn chat(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}],
+        "max_tokens": 5,
+    })
+}
+
+/// Generates one `#[tokio::test]` per protocol for each case `fn(Proto)`.
+#[macro_export]
+macro_rules! over_every_protocol {
+    ($($case:ident),* $(,)?) => {
+        mod h3 { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case($crate::common::Proto::H3).await } )* }
+        mod h2 { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case($crate::common::Proto::H2).await } )* }
+        mod http1 { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case($crate::common::Proto::H1).await } )* }
+    };
+}

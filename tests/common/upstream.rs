@@ -1,0 +1,234 @@
+//! A test upstream that speaks OpenAI's wire format over plain HTTP/1.1 on
+//! loopback, and misbehaves on request. The behaviour is picked by the
+//! request's `model`:
+//!
+//! | model            | behaviour                                                         |
+//! |------------------|-------------------------------------------------------------------|
+//! | anything else    | a normal answer: JSON, or SSE chunks ending in `data: [DONE]`     |
+//! | `gated`          | SSE: first chunk, then waits for [`Upstream::release`], then rest |
+//! | `endless`        | SSE: a chunk every 20 ms (at most 1,000); records when dropped    |
+//! | `drop-mid-stream`| SSE: two chunks, then the connection is cut                       |
+//! | `slow`           | waits 5 s before the response headers                             |
+//! | `status-NNN`     | an OpenAI-shaped error with status NNN (message holds a fake key) |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify};
+
+use h3gate::provider::mock::{Answer, DONE};
+use h3gate::provider::Endpoint;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A request the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Shared {
+    seen: Mutex<Vec<Seen>>,
+    gate: Notify,
+    dropped: AtomicUsize,
+    dropped_notify: Notify,
+    sent_last: AtomicUsize,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(req, s.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, shared }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Lets every `gated` stream send the rest of its chunks.
+    pub fn release(&self) {
+        self.shared.gate.notify_waiters();
+    }
+
+    /// Whether a `gated` stream has sent its last chunk.
+    pub fn sent_last(&self) -> usize {
+        self.shared.sent_last.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until a streaming response was dropped by its reader.
+    pub async fn wait_dropped(&self) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.shared.dropped_notify.notified();
+                if self.shared.dropped.load(Ordering::SeqCst) > 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .is_ok()
+    }
+}
+
+async fn handle(
+    req: hyper::Request<Incoming>,
+    s: Arc<Shared>,
+) -> Result<hyper::Response<RespBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    s.seen.lock().unwrap().push(Seen {
+        path: parts.uri.path().to_string(),
+        headers: parts.headers.clone(),
+        body: json.clone(),
+    });
+    let model = json["model"].as_str().unwrap_or("").to_string();
+    let stream = json["stream"].as_bool().unwrap_or(false);
+    let endpoint = match parts.uri.path() {
+        "/v1/completions" => Endpoint::Completions,
+        "/v1/embeddings" => Endpoint::Embeddings,
+        _ => Endpoint::ChatCompletions,
+    };
+
+    if let Some(code) = model.strip_prefix("status-") {
+        let status: u16 = code.parse().unwrap_or(500);
+        let body = serde_json::json!({"error": {
+            "message": "Rate limit reached. Incorrect API key provided: sk-test-FAKEKEY0123456789abcdef.",
+            "type": if status == 429 { "rate_limit_error" } else { "invalid_request_error" },
+            "param": null,
+            "code": format!("test_{status}"),
+        }});
+        return Ok(respond(status, "application/json", full(body.to_string())));
+    }
+    if model == "slow" {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let answer = Answer::new(&model, endpoint, 7, 5);
+    if endpoint == Endpoint::Embeddings {
+        let body = h3gate::provider::mock::embeddings(&model, &Some(json["input"].clone()), 3);
+        return Ok(respond(200, "application/json", full(body.to_string())));
+    }
+    if !stream {
+        return Ok(respond(
+            200,
+            "application/json",
+            full(answer.complete().to_string()),
+        ));
+    }
+
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    let events = answer.stream_events(false);
+    tokio::spawn(async move {
+        let send = |ev: String| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(Frame::data(Bytes::from(ev)))).await.is_ok() }
+        };
+        match model.as_str() {
+            "gated" => {
+                let released = s.gate.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                let _ = send(events[0].clone()).await;
+                released.await;
+                for ev in &events[1..] {
+                    if !send(ev.clone()).await {
+                        return;
+                    }
+                }
+                s.sent_last.fetch_add(1, Ordering::SeqCst);
+            }
+            "endless" => {
+                for i in 0..1000 {
+                    if !send(answer.chunk(Some(h3gate::provider::mock::token(i)), false)).await {
+                        s.dropped.fetch_add(1, Ordering::SeqCst);
+                        s.dropped_notify.notify_waiters();
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = send(DONE.to_string()).await;
+            }
+            "drop-mid-stream" => {
+                let _ = send(events[0].clone()).await;
+                let _ = send(events[1].clone()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tx.send(Err("upstream cut the connection".into())).await;
+            }
+            _ => {
+                for ev in events {
+                    if !send(ev).await {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let body = StreamBody::new(tokio_stream_from(rx)).boxed();
+    Ok(respond(200, "text/event-stream", body))
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn full(s: String) -> RespBody {
+    http_body_util::Full::new(Bytes::from(s))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn respond(status: u16, content_type: &str, body: RespBody) -> hyper::Response<RespBody> {
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(body)
+        .unwrap()
+}
