@@ -120,28 +120,65 @@ pub(super) fn from_toml(
     }
 }
 
-/// Decodes one value, reporting unknown keys and the first type error inside it.
-fn decode<T: DeserializeOwned>(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<T> {
-    let mut unknown = Vec::new();
-    let mut note = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
-    let de = serde_ignored::Deserializer::new(value, &mut note);
-    let result = serde_path_to_error::deserialize::<_, T>(de);
-    for u in unknown {
+/// Decodes one value, reporting unknown keys and every type error inside it:
+/// after an error, the offending key is removed and decoding tried again.
+fn decode<T: DeserializeOwned>(
+    mut value: Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    const MAX_ATTEMPTS: usize = 32;
+    for _ in 0..MAX_ATTEMPTS {
+        let mut unknown = Vec::new();
+        let mut note = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+        let de = serde_ignored::Deserializer::new(value.clone(), &mut note);
+        let result = serde_path_to_error::deserialize::<_, T>(de);
+        let err = match result {
+            Ok(v) => {
+                for u in unknown {
+                    problems.push(Problem {
+                        path: join(path, &u),
+                        message: "unknown key".into(),
+                    });
+                }
+                return Some(v);
+            }
+            Err(e) => e,
+        };
+        let inner = err.path().to_string();
+        let message = err.into_inner().to_string();
         problems.push(Problem {
-            path: join(path, &u),
-            message: "unknown key".into(),
+            path: join(path, if inner == "." { "" } else { &inner }),
+            // toml appends "in `key`" lines; the path already says where.
+            message: message.lines().next().unwrap_or("").trim().to_string(),
         });
-    }
-    match result {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let inner = e.path().to_string();
-            problems.push(Problem {
-                path: join(path, if inner == "." { "" } else { &inner }),
-                message: e.into_inner().to_string(),
-            });
-            None
+        if inner == "." || !remove_path(&mut value, &inner) {
+            break;
         }
+    }
+    None
+}
+
+/// Removes the value at a serde path like `timeouts.connect` or `targets[1]`.
+fn remove_path(value: &mut Value, path: &str) -> bool {
+    let mut segments: Vec<&str> = path.split('.').collect();
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in segments {
+        let next = match cur {
+            Value::Table(t) => t.get_mut(seg),
+            _ => None,
+        };
+        match next {
+            Some(v) => cur = v,
+            None => return false,
+        }
+    }
+    match cur {
+        Value::Table(t) => t.remove(last).is_some(),
+        _ => false,
     }
 }
 

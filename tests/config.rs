@@ -1,0 +1,185 @@
+//! Configuration loading: every problem reported at once, each with its TOML
+//! path; env expansion; the shipped configuration files are valid.
+
+use std::path::Path;
+
+use h3gate::config::{Config, ConfigError};
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn problems(text: &str) -> Vec<String> {
+    let empty = tempfile::tempdir().unwrap();
+    match Config::from_toml(text, empty.path(), &no_env) {
+        Ok(_) => panic!("expected the configuration to be refused"),
+        Err(e @ ConfigError::Invalid(_)) => e.problems().iter().map(|p| p.to_string()).collect(),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+const VALID_TAIL: &str = r#"
+[tls]
+generate_dev_cert = true
+
+[[providers]]
+name = "mock"
+kind = "mock"
+
+[[routes]]
+model = "*"
+targets = ["mock"]
+"#;
+
+#[test]
+fn every_bad_key_is_named_by_its_path() {
+    let text = format!(
+        r#"
+[server]
+listn = "127.0.0.1:1"
+shutdown_timeout = "soon"
+
+[quic]
+stream_receive_window = "6XB"
+max_concurrent_uni_streams = 2
+congestion = "vegas"
+
+[http]
+keep_alive = "yes"
+
+[unknown_section]
+a = 1
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "not a url"
+timeouts = {{ first_byt = "1s" }}
+
+[[routes]]
+model = "gpt-*"
+targets = ["up", "missing"]
+{VALID_TAIL}"#
+    );
+    let found = problems(&text);
+    let expect = [
+        "server.listn: unknown key",
+        "server.shutdown_timeout: invalid duration",
+        "quic.stream_receive_window: invalid size",
+        "quic.congestion: unknown variant `vegas`",
+        "quic.max_concurrent_uni_streams: must be at least 3",
+        "http.keep_alive: invalid type",
+        "unknown_section: unknown section",
+        "providers[0].timeouts.first_byt: unknown key",
+        "routes[0].targets[1]: no provider named \"missing\"",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn semantic_problems_are_all_reported() {
+    let text = r#"
+[quic]
+stream_receive_window = "16MB"
+receive_window = "8MB"
+max_concurrent_uni_streams = 2
+keep_alive_interval = "1m"
+idle_timeout = "30s"
+
+[[providers]]
+name = "up"
+kind = "openai"
+base_url = "ftp://example.invalid"
+
+[[providers]]
+name = "up"
+kind = "mock"
+
+[[routes]]
+model = "gpt-*"
+targets = ["nowhere"]
+
+[[routes]]
+model = "gpt-*"
+targets = []
+"#;
+    let found = problems(text);
+    for e in [
+        "tls.cert: file",
+        "tls.key: file",
+        "quic.receive_window: must be at least",
+        "quic.max_concurrent_uni_streams: must be at least 3",
+        "quic.keep_alive_interval",
+        "providers[0].base_url: must be an http",
+        "providers[1].name: duplicate",
+        "routes[0].targets[0]: no provider named",
+        "routes[1].model: duplicate",
+        "routes[1].targets: needs at least one",
+    ] {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn env_expansion_and_missing_variables() {
+    let text = format!(
+        r#"
+[server]
+listen = "${{LISTEN:-127.0.0.1:9443}}"
+{VALID_TAIL}
+[[providers]]
+name = "openai"
+kind = "openai"
+api_key = "${{OPENAI_API_KEY}}"
+"#
+    );
+    let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "test-key-not-real".to_string());
+    let c = Config::from_toml(&text, Path::new("."), &env).unwrap();
+    assert_eq!(c.server.listen.port(), 9443);
+    assert_eq!(c.providers[1].api_key.expose(), "test-key-not-real");
+    assert!(
+        !c.to_redacted_toml().contains("test-key-not-real"),
+        "check output redacts secrets"
+    );
+
+    let found = problems(&text);
+    assert!(
+        found.iter().any(|f| f
+            .starts_with("providers[1].api_key: environment variable OPENAI_API_KEY is not set")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn invalid_toml_is_reported() {
+    let found = problems("[server\nlisten = 1");
+    assert!(found[0].contains("not valid TOML"), "{found:?}");
+}
+
+#[test]
+fn shipped_configurations_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Config::load(&root.join("config.toml")).expect("config.toml is valid");
+    // The production example needs its keys and certificate from the environment.
+    let text = std::fs::read_to_string(root.join("deploy/h3gate.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["cert.pem", "key.pem"] {
+        std::fs::write(dir.path().join(f), "").unwrap();
+    }
+    let env = |k: &str| match k {
+        "H3GATE_TLS_DIR" => Some(dir.path().display().to_string()),
+        k if k.ends_with("_API_KEY") => Some("test-key-not-real".into()),
+        _ => None,
+    };
+    let c =
+        Config::from_toml(&text, root, &env).unwrap_or_else(|e| panic!("deploy/h3gate.toml: {e}"));
+    assert_eq!(c.server.listen.port(), 443);
+}
