@@ -307,6 +307,18 @@ pub struct RouteConfig {
     pub targets: Vec<String>,
 }
 
+/// The fuzz target's property, here so tests run it too: any text either
+/// loads or is refused with at least one problem, and never panics.
+#[doc(hidden)]
+pub fn fuzz_check(text: &str) {
+    match Config::from_toml(text, std::path::Path::new("/nonexistent"), &|_| None) {
+        Ok(c) => {
+            let _ = c.to_redacted_toml();
+        }
+        Err(e) => assert!(!e.problems().is_empty()),
+    }
+}
+
 impl Config {
     /// Reads, expands, decodes and validates a configuration file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {

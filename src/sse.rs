@@ -146,6 +146,32 @@ pub fn encode(event: Option<&str>, data: &str) -> String {
     out
 }
 
+/// The fuzz target's property, here so tests run it too: parsing never
+/// panics, and the events do not depend on where the input was split.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    const MAX: usize = 4096;
+    let collect = |chunks: &[&[u8]]| -> Result<Vec<Event>, SseError> {
+        let mut p = Parser::new(MAX);
+        let mut out = Vec::new();
+        for c in chunks {
+            p.push(c)?;
+            while let Some(ev) = p.next_event()? {
+                assert!(ev.data.len() <= MAX);
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    };
+    let whole = collect(&[data]);
+    let split = data.first().map_or(0, |b| usize::from(*b)) % (data.len() + 1);
+    let (a, b) = data.split_at(split);
+    let parts = collect(&[a, b]);
+    if let (Ok(x), Ok(y)) = (&whole, &parts) {
+        assert_eq!(x, y, "events depend on the split point");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +226,18 @@ mod tests {
         let mut p = Parser::new(16);
         let r = p.push(&[b'a'; 64]).and_then(|_| p.next_event().map(|_| ()));
         assert_eq!(r, Err(SseError::TooLarge(16)));
+    }
+
+    #[test]
+    fn fuzz_property_holds_on_seeds() {
+        for seed in [
+            &b""[..],
+            b"data: x\n\n",
+            b"\x05data: a\r\ndata: b\r\n\r\n",
+            b"\x03\r\r\n\n:c\ndata\n\nevent: e\rid: 1\rdata: [DONE]\r\r",
+        ] {
+            fuzz_check(seed);
+        }
     }
 
     #[test]
