@@ -13,6 +13,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::exchange::{Body, BodyError, Protocol};
+use crate::metrics::Metrics;
+use crate::routing::Route;
 
 /// What the streaming part of a request learns (token usage, upstream
 /// failure) for the log line written at its end.
@@ -51,6 +53,9 @@ pub struct Entry {
     pub request_bytes: u64,
     pub started: Instant,
     pub record: Arc<Record>,
+    pub metrics: Arc<Metrics>,
+    /// The route that served the request, if one did.
+    pub route: Option<Arc<Route>>,
 }
 
 /// Wraps a response body; logs the request once the body ends, fails or is dropped.
@@ -81,6 +86,11 @@ impl Logged {
         } else {
             outcome
         };
+        let elapsed = e.started.elapsed();
+        let route_metrics = e.route.as_ref().map_or(&e.metrics.unrouted, |r| &r.metrics);
+        route_metrics.record(e.protocol, e.status.as_u16(), elapsed);
+        e.metrics
+            .request_ended(e.protocol, e.request_bytes, self.bytes);
         let prompt = e.record.prompt_tokens.load(Ordering::Relaxed);
         let completion = e.record.completion_tokens.load(Ordering::Relaxed);
         tracing::info!(
@@ -96,7 +106,7 @@ impl Logged {
             response_bytes = self.bytes,
             prompt_tokens = prompt,
             completion_tokens = completion,
-            duration_ms = e.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
             outcome,
             "request"
         );

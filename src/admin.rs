@@ -1,6 +1,8 @@
 //! The admin listener: plain HTTP/1.1 on its own address (loopback by
 //! default), never on the public port. `/health` says the process is alive;
-//! `/ready` says it should receive traffic (not while draining).
+//! `/ready` says it should receive traffic (not while draining); `/metrics`
+//! is the Prometheus exposition, behind the admin token when one is set
+//! (required off loopback).
 
 use std::convert::Infallible;
 
@@ -8,13 +10,20 @@ use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::exchange::{json, Response};
+use crate::config::Secret;
+use crate::exchange::{full, json, Response};
 use crate::listener::SharedState;
 use crate::shutdown::Shutdown;
 
-pub async fn serve(listener: TcpListener, state: SharedState, shutdown: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    state: SharedState,
+    prometheus: PrometheusHandle,
+    shutdown: Shutdown,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.draining() => break,
@@ -26,10 +35,11 @@ pub async fn serve(listener: TcpListener, state: SharedState, shutdown: Shutdown
         };
         let state = state.clone();
         let sd = shutdown.clone();
+        let prometheus = prometheus.clone();
         shutdown.spawn(async move {
             let sd2 = sd.clone();
             let service = service_fn(move |req: hyper::Request<Incoming>| {
-                let resp = route(&req, &state, &sd2);
+                let resp = route(&req, &state, &prometheus, &sd2);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -48,8 +58,32 @@ pub async fn serve(listener: TcpListener, state: SharedState, shutdown: Shutdown
     }
 }
 
-fn route(req: &hyper::Request<Incoming>, state: &SharedState, shutdown: &Shutdown) -> Response {
+fn route(
+    req: &hyper::Request<Incoming>,
+    state: &SharedState,
+    prometheus: &PrometheusHandle,
+    shutdown: &Shutdown,
+) -> Response {
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            if !authorized(req.headers(), &state.load().config.admin.token) {
+                let mut resp = json(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":{"message":"a valid admin bearer token is required","type":"authentication_error","code":"unauthorized"}}"#,
+                );
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                return resp;
+            }
+            let mut resp = http::Response::new(full(prometheus.render()));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
         (&Method::GET, "/ready") => {
             if shutdown.is_draining() {
@@ -69,4 +103,21 @@ fn route(req: &hyper::Request<Incoming>, state: &SharedState, shutdown: &Shutdow
             r#"{"error":{"message":"not found","type":"invalid_request_error","code":"not_found"}}"#,
         ),
     }
+}
+
+/// Whether the request carries the admin token (compared in constant time).
+/// Without a configured token (loopback only, see config validation) it is open.
+fn authorized(headers: &http::HeaderMap, token: &Secret) -> bool {
+    if token.is_empty() {
+        return true;
+    }
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes());
+    let got = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
+    // Hashing first makes the comparison length-independent too.
+    subtle::ConstantTimeEq::ct_eq(expected.as_ref(), got.as_ref()).into()
 }

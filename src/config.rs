@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Largest request body accepted, counted on the bytes received. Default 8MB.
     pub max_request_body: ByteSize,
+    /// Add a `Server-Timing` header (gateway and upstream durations). Default false.
+    pub server_timing: bool,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +50,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             shutdown_timeout: Duration::secs(30),
             max_request_body: ByteSize::mib(8),
+            server_timing: false,
         }
     }
 }
@@ -167,7 +170,7 @@ impl Default for HttpConfig {
     }
 }
 
-/// `[admin]`: health and readiness on a separate (loopback) address.
+/// `[admin]`: health, readiness and metrics on a separate (loopback) address.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AdminConfig {
@@ -175,6 +178,9 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Default `127.0.0.1:9901`.
     pub listen: SocketAddr,
+    /// Bearer token for `/metrics` (and admin actions). Required when
+    /// `listen` is not a loopback address. Use `${H3GATE_ADMIN_TOKEN}`.
+    pub token: Secret,
 }
 
 impl Default for AdminConfig {
@@ -182,6 +188,7 @@ impl Default for AdminConfig {
         AdminConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            token: Secret::default(),
         }
     }
 }

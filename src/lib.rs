@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod listener;
+pub mod metrics;
 pub mod pipeline;
 pub mod provider;
 pub mod relay;

@@ -10,6 +10,7 @@
 //! the JSON error response. Nothing here knows which protocol carried the request.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
@@ -17,10 +18,12 @@ use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::access::{Entry, Logged, Record};
 use crate::error::GatewayError;
 use crate::exchange::{json, Body, GatewayRequest, Response};
+use crate::metrics::{self, Attempt};
 use crate::provider::{Endpoint, Provider, UpstreamCall, UpstreamError};
 use crate::relay::RelayBody;
 use crate::routing::Route;
@@ -29,12 +32,15 @@ use crate::state::State;
 /// Upstream error bodies are read up to this size to build the client's error.
 const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
 
-/// What the steps learn about a request, for its access-log line.
+/// What the steps learn about a request, for its log line and metrics.
 #[derive(Default)]
 struct Facts {
     model: Option<String>,
+    route: Option<Arc<Route>>,
     target: Option<String>,
     request_bytes: u64,
+    /// Time spent waiting for upstream response headers, all attempts.
+    upstream_wait: Duration,
 }
 
 /// Handles one request from any listener and returns the response to send.
@@ -44,8 +50,13 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
     let (protocol, method, path) = (req.protocol, req.method.clone(), req.uri.path().to_owned());
     let record = Arc::new(Record::default());
     let mut facts = Facts::default();
+    state.metrics.request_started(protocol);
 
-    let mut resp = match dispatch(state, req, &request_id, &record, &mut facts).await {
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let dispatched = dispatch(state, req, &request_id, &record, &mut facts)
+        .instrument(span)
+        .await;
+    let mut resp = match dispatched {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(request_id = %request_id, error = %e, "request failed");
@@ -54,6 +65,19 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    // The latency the gateway adds: everything but waiting on upstreams.
+    let overhead = started.elapsed().saturating_sub(facts.upstream_wait);
+    state.metrics.overhead(protocol, overhead);
+    if state.config.server.server_timing {
+        let timing = format!(
+            "gateway;dur={:.3}, upstream;dur={:.3}",
+            overhead.as_secs_f64() * 1000.0,
+            facts.upstream_wait.as_secs_f64() * 1000.0
+        );
+        if let Ok(v) = HeaderValue::from_str(&timing) {
+            resp.headers_mut().insert("server-timing", v);
+        }
     }
     let entry = Entry {
         request_id,
@@ -66,6 +90,8 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
         request_bytes: facts.request_bytes,
         started,
         record,
+        metrics: state.metrics.clone(),
+        route: facts.route,
     };
     resp.map(|body| Body::new(Logged::new(body, entry)))
 }
@@ -133,7 +159,10 @@ async fn proxy(
     let route = state
         .router
         .resolve(&model)
-        .ok_or_else(|| GatewayError::ModelNotFound(model.clone()))?;
+        .ok_or_else(|| GatewayError::ModelNotFound(model.clone()))?
+        .clone();
+    facts.route = Some(route.clone());
+    let model_label: Arc<str> = state.router.model_label(&model, &route).into();
 
     let call = UpstreamCall {
         endpoint,
@@ -141,7 +170,7 @@ async fn proxy(
         stream: routing.stream && endpoint != Endpoint::Embeddings,
         request_id,
     };
-    forward(route, &call, record, facts).await
+    forward(&route, &call, &model_label, record, facts).await
 }
 
 /// Reads the request body, refusing it as soon as it is known to exceed
@@ -206,20 +235,31 @@ fn retryable(status: StatusCode) -> bool {
 async fn forward(
     route: &Route,
     call: &UpstreamCall<'_>,
+    model_label: &Arc<str>,
     record: &Arc<Record>,
     facts: &mut Facts,
 ) -> Result<Response, GatewayError> {
     let mut last = GatewayError::UpstreamUnreachable;
     let count = route.targets.len();
     for (i, target) in route.targets.iter().enumerate() {
+        if i > 0 {
+            metrics::failover(&route.pattern);
+        }
         let has_next = i + 1 < count;
         let started = Instant::now();
         facts.target = Some(target.name().to_owned());
-        match target.send(call).await {
+        let sent = target.send(call).await;
+        let waited = started.elapsed();
+        facts.upstream_wait += waited;
+        let m = target.metrics();
+        match sent {
             Ok(up) if up.status.is_success() => {
-                return Ok(relay(target, up, started, record));
+                m.attempt(Attempt::Success);
+                m.first_byte.record(waited.as_secs_f64());
+                return Ok(relay(target, up, started, model_label, record));
             }
             Ok(up) => {
+                m.attempt(Attempt::ErrorStatus);
                 let status = up.status;
                 let body = read_error_body(up.body).await;
                 let err = GatewayError::from_upstream(status, &body);
@@ -236,11 +276,15 @@ async fn forward(
             }
             Err(e) => {
                 tracing::warn!(request_id = call.request_id, target = target.name(), error = %e, "upstream attempt failed");
-                last = match e {
-                    UpstreamError::Timeout(_) => GatewayError::UpstreamTimeout,
-                    UpstreamError::Connect(_) => GatewayError::UpstreamUnreachable,
-                    UpstreamError::Failed(_) => GatewayError::UpstreamInvalid,
+                let (outcome, err) = match e {
+                    UpstreamError::Timeout(_) => (Attempt::Timeout, GatewayError::UpstreamTimeout),
+                    UpstreamError::Connect(_) => {
+                        (Attempt::ConnectError, GatewayError::UpstreamUnreachable)
+                    }
+                    UpstreamError::Failed(_) => (Attempt::Failed, GatewayError::UpstreamInvalid),
                 };
+                m.attempt(outcome);
+                last = err;
             }
         }
     }
@@ -248,9 +292,10 @@ async fn forward(
 }
 
 fn relay(
-    target: &Provider,
+    target: &Arc<Provider>,
     up: crate::provider::UpstreamResponse,
     started: Instant,
+    model_label: &Arc<str>,
     record: &Arc<Record>,
 ) -> Response {
     let sse = up
@@ -258,7 +303,14 @@ fn relay(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = RelayBody::new(up.body, sse, target.timeouts(), started, record.clone());
+    let body = RelayBody::new(
+        up.body,
+        sse,
+        target.clone(),
+        started,
+        model_label.clone(),
+        record.clone(),
+    );
     let mut resp = http::Response::new(Body::new(body));
     *resp.status_mut() = up.status;
     *resp.headers_mut() = up.headers;

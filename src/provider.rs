@@ -13,6 +13,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::config::{ProviderConfig, ProviderKind, ProviderTimeouts};
 use crate::exchange::Body;
+use crate::metrics::ProviderMetrics;
 
 /// The OpenAI-style API operation a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,27 @@ pub enum UpstreamError {
     Failed(String),
 }
 
+/// What every provider has, whatever its kind.
+#[derive(Debug)]
+pub struct Common {
+    pub name: String,
+    pub timeouts: ProviderTimeouts,
+    /// Models this provider declares (for `/v1/models` under wildcard routes).
+    pub models: Vec<String>,
+    pub metrics: ProviderMetrics,
+}
+
+impl Common {
+    fn new(cfg: &ProviderConfig) -> Self {
+        Common {
+            name: cfg.name.clone(),
+            timeouts: cfg.timeouts.clone(),
+            models: cfg.models.clone(),
+            metrics: ProviderMetrics::new(&cfg.name),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Provider {
     OpenAi(openai::OpenAi),
@@ -83,33 +105,31 @@ impl Provider {
     pub fn build(cfg: &ProviderConfig, clients: &mut HttpClients) -> Result<Provider, String> {
         Ok(match cfg.kind {
             ProviderKind::Openai => Provider::OpenAi(openai::OpenAi::new(
+                Common::new(cfg),
                 cfg,
                 clients.get(cfg.timeouts.connect.get())?,
             )?),
-            ProviderKind::Mock => Provider::Mock(mock::Mock::new(cfg)),
+            ProviderKind::Mock => Provider::Mock(mock::Mock::new(Common::new(cfg), cfg)),
         })
     }
 
-    pub fn name(&self) -> &str {
+    pub fn common(&self) -> &Common {
         match self {
-            Provider::OpenAi(p) => &p.name,
-            Provider::Mock(p) => &p.name,
+            Provider::OpenAi(p) => &p.common,
+            Provider::Mock(p) => &p.common,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.common().name
     }
 
     pub fn timeouts(&self) -> &ProviderTimeouts {
-        match self {
-            Provider::OpenAi(p) => &p.timeouts,
-            Provider::Mock(p) => &p.timeouts,
-        }
+        &self.common().timeouts
     }
 
-    /// Models this provider declares (for `/v1/models` under wildcard routes).
-    pub fn models(&self) -> &[String] {
-        match self {
-            Provider::OpenAi(p) => &p.models,
-            Provider::Mock(p) => &p.models,
-        }
+    pub fn metrics(&self) -> &ProviderMetrics {
+        &self.common().metrics
     }
 
     /// Sends the call; resolves when the response headers have arrived.

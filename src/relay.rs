@@ -20,20 +20,30 @@ use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
 use crate::access::Record;
-use crate::config::ProviderTimeouts;
 use crate::exchange::{Body, BodyError};
+use crate::provider::Provider;
 use crate::sse;
 
 /// Largest SSE event the relay inspects; larger ones pass through unread.
 const MAX_OBSERVED_EVENT: usize = 1 << 20;
+/// Largest JSON body kept (as shared chunks, no copy) to read its `usage`.
+const MAX_OBSERVED_JSON: usize = 1 << 20;
 
 pub struct RelayBody {
     inner: Option<Body>,
     watch: Option<SseWatch>,
+    /// Non-SSE body chunks, kept to read `usage` at the end.
+    json: Option<Vec<Bytes>>,
+    json_len: usize,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
+    target: Arc<Provider>,
+    model_label: Arc<str>,
     record: Arc<Record>,
+    started: Instant,
+    last_chunk: Option<Instant>,
+    span: tracing::Span,
 }
 
 struct SseWatch {
@@ -56,39 +66,72 @@ enum Failure {
 impl RelayBody {
     /// `sse`: the body is an event stream (errors become an error event).
     /// `started`: when the upstream call began (the total limit counts from it).
+    /// `model_label`: the bounded model name for token metrics.
     pub fn new(
         inner: Body,
         sse: bool,
-        timeouts: &ProviderTimeouts,
+        target: Arc<Provider>,
         started: Instant,
+        model_label: Arc<str>,
         record: Arc<Record>,
     ) -> Self {
+        let timeouts = target.timeouts();
         let idle = timeouts.idle.get();
+        let deadline = started + timeouts.total.get();
         RelayBody {
             inner: Some(inner),
             watch: sse.then(|| SseWatch {
                 parser: sse::Parser::new(MAX_OBSERVED_EVENT),
                 done: false,
             }),
+            json: (!sse).then(Vec::new),
+            json_len: 0,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
-            deadline: Box::pin(tokio::time::sleep_until(started + timeouts.total.get())),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            target,
+            model_label,
             record,
+            started,
+            last_chunk: None,
+            span: tracing::Span::current(),
         }
     }
 
+    fn usage(&self, u: Usage) {
+        self.record.set_usage(u.prompt_tokens, u.completion_tokens);
+        self.target
+            .metrics()
+            .tokens(&self.model_label, u.prompt_tokens, u.completion_tokens);
+    }
+
     fn observe(&mut self, data: &Bytes) {
+        let now = Instant::now();
+        let m = self.target.metrics();
+        match self.last_chunk {
+            None => m.first_token.record((now - self.started).as_secs_f64()),
+            Some(prev) => m.chunk_gap.record((now - prev).as_secs_f64()),
+        }
+        self.last_chunk = Some(now);
+        if let Some(chunks) = self.json.as_mut() {
+            self.json_len += data.len();
+            if self.json_len <= MAX_OBSERVED_JSON {
+                chunks.push(data.clone());
+            } else {
+                self.json = None;
+            }
+            return;
+        }
         let Some(w) = self.watch.as_mut() else { return };
         let mut ok = w.parser.push(data).is_ok();
         while ok {
+            let Some(w) = self.watch.as_mut() else { return };
             match w.parser.next_event() {
                 Ok(Some(ev)) if ev.data == "[DONE]" => w.done = true,
                 Ok(Some(ev)) => {
                     if ev.data.contains("\"usage\"") {
-                        if let Ok(u) = serde_json::from_str::<UsageOnly>(&ev.data) {
-                            if let Some(u) = u.usage {
-                                self.record.set_usage(u.prompt_tokens, u.completion_tokens);
-                            }
+                        if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_str(&ev.data) {
+                            self.usage(u);
                         }
                     }
                 }
@@ -102,10 +145,23 @@ impl RelayBody {
         }
     }
 
+    /// At a clean end: the usage of a JSON body.
+    fn finish(&mut self) {
+        if let Some(chunks) = self.json.take() {
+            let body: Vec<u8> = chunks.concat();
+            if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_slice(&body) {
+                self.usage(u);
+            }
+        }
+    }
+
     fn fail(&mut self, failure: Failure) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.inner = None;
+        self.json = None;
         self.record.mark_upstream_failure();
-        tracing::warn!(error = %failure, "upstream response failed mid-stream");
+        self.target.metrics().stream_error(failure.reason());
+        let _span = self.span.enter();
+        tracing::warn!(target = self.target.name(), error = %failure, "upstream response failed mid-stream");
         if self.watch.is_some() {
             self.watch = None;
             Poll::Ready(Some(Ok(Frame::data(Bytes::from(error_event(&failure))))))
@@ -126,6 +182,17 @@ struct Usage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+}
+
+impl Failure {
+    fn reason(&self) -> &'static str {
+        match self {
+            Failure::Upstream(_) => "upstream_error",
+            Failure::Truncated => "truncated",
+            Failure::Idle(_) => "idle_timeout",
+            Failure::Total => "total_timeout",
+        }
+    }
 }
 
 /// The OpenAI-style error event that ends a failed stream.
@@ -181,6 +248,7 @@ impl HttpBody for RelayBody {
                     return this.fail(Failure::Truncated);
                 }
                 this.inner = None;
+                this.finish();
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -197,11 +265,9 @@ impl HttpBody for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        // A watched stream that ends without `[DONE]` still owes an error event.
-        match &self.inner {
-            None => true,
-            Some(b) => self.watch.is_none() && b.is_end_stream(),
-        }
+        // Polled to the end always: a watched stream that ends without
+        // `[DONE]` still owes an error event, a JSON body its usage.
+        self.inner.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -2,10 +2,11 @@
 //! `*` (e.g. `gpt-*`) or `*` alone. Exact names win; among globs the more
 //! specific (more literal characters) wins, then the one written first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::config::RouteConfig;
+use crate::metrics::RouteMetrics;
 use crate::provider::Provider;
 
 #[derive(Debug)]
@@ -14,6 +15,7 @@ pub struct Route {
     pub pattern: String,
     /// Targets in priority order.
     pub targets: Vec<Arc<Provider>>,
+    pub metrics: RouteMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -21,6 +23,8 @@ pub struct Router {
     exact: HashMap<String, Arc<Route>>,
     /// Most specific first.
     globs: Vec<Arc<Route>>,
+    /// Names of [`Router::model_names`]: safe as metric labels.
+    known: HashSet<String>,
 }
 
 impl Router {
@@ -35,6 +39,7 @@ impl Router {
                     .iter()
                     .filter_map(|t| providers.get(t).cloned())
                     .collect(),
+                metrics: RouteMetrics::new(&rc.model),
             });
             if rc.model.contains('*') {
                 router.globs.push(route);
@@ -46,7 +51,18 @@ impl Router {
         router
             .globs
             .sort_by_key(|r| std::cmp::Reverse(r.pattern.chars().filter(|c| *c != '*').count()));
+        router.known = router.model_names().into_iter().collect();
         router
+    }
+
+    /// A bounded label for `model` on `route`: the model itself when the
+    /// gateway knows it, else the route pattern (clients choose model names).
+    pub fn model_label<'a>(&self, model: &'a str, route: &'a Route) -> &'a str {
+        if self.known.contains(model) {
+            model
+        } else {
+            &route.pattern
+        }
     }
 
     pub fn resolve(&self, model: &str) -> Option<&Arc<Route>> {
@@ -61,7 +77,7 @@ impl Router {
         let mut names: Vec<String> = self.exact.keys().cloned().collect();
         for route in &self.globs {
             for target in &route.targets {
-                for m in target.models() {
+                for m in &target.common().models {
                     if glob_match(&route.pattern, m)
                         && self.resolve(m).is_some_and(|r| Arc::ptr_eq(r, route))
                     {
@@ -125,10 +141,9 @@ mod tests {
                 models: vec!["gpt-4o".into(), "llama".into()],
                 ..Default::default()
             };
-            providers.insert(
-                name.to_string(),
-                Arc::new(Provider::Mock(crate::provider::mock::Mock::new(&cfg))),
-            );
+            let mut clients = crate::provider::HttpClients::default();
+            let provider = Provider::build(&cfg, &mut clients).unwrap();
+            providers.insert(name.to_string(), Arc::new(provider));
         }
         let routes = [
             RouteConfig {

@@ -107,7 +107,12 @@ pub async fn run(
     listeners: Listeners,
     stop: CancellationToken,
 ) -> Result<(), StartError> {
-    let certs = Arc::new(CertStore::new(tls::load_certified_key(&config.tls)?));
+    let prometheus = crate::metrics::install();
+    let key = tls::load_certified_key(&config.tls)?;
+    if let Some(expiry) = tls::not_after(&key) {
+        crate::metrics::certificate_expiry(expiry);
+    }
+    let certs = Arc::new(CertStore::new(key));
     let grace = config.server.shutdown_timeout.get();
     let http_config = config.http.clone();
     let quic_config = config.quic.clone();
@@ -147,8 +152,24 @@ pub async fn run(
         admin.set_nonblocking(true)?;
         let admin = tokio::net::TcpListener::from_std(admin)?;
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
-        shutdown.spawn(crate::admin::serve(admin, state.clone(), shutdown.clone()));
+        shutdown.spawn(crate::admin::serve(
+            admin,
+            state.clone(),
+            prometheus.clone(),
+            shutdown.clone(),
+        ));
     }
+    // Histograms need periodic upkeep when rendered on demand.
+    let upkeep = shutdown.clone();
+    shutdown.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = upkeep.draining() => break,
+                _ = tick.tick() => prometheus.run_upkeep(),
+            }
+        }
+    });
 
     shutdown.draining().await;
     tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::provider::{HttpClients, Provider};
 use crate::routing::Router;
 
@@ -14,6 +15,7 @@ pub struct State {
     pub config: Arc<Config>,
     pub router: Router,
     pub providers: HashMap<String, Arc<Provider>>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,7 @@ impl State {
             config: Arc::new(config),
             router,
             providers,
+            metrics: Arc::new(Metrics::default()),
         })
     }
 }

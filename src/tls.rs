@@ -92,6 +92,13 @@ pub fn load_certified_key(cfg: &TlsConfig) -> Result<CertifiedKey, TlsError> {
     })
 }
 
+/// When the served (leaf) certificate expires, as Unix time.
+pub fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 fn pem_error(path: &Path, e: rustls_pki_types::pem::Error) -> TlsError {
     match e {
         rustls_pki_types::pem::Error::Io(source) => TlsError::Read {

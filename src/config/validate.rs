@@ -88,6 +88,15 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     if c.admin.enabled && c.admin.listen == c.server.listen {
         p.add("admin.listen", "must differ from server.listen");
     }
+    if c.admin.enabled && !c.admin.listen.ip().is_loopback() && c.admin.token.is_empty() {
+        p.add(
+            "admin.token",
+            "is required when admin.listen is not a loopback address (set admin.token = \"${H3GATE_ADMIN_TOKEN}\")",
+        );
+    }
+    if !c.admin.token.is_empty() && c.admin.token.expose().len() < 16 {
+        p.add("admin.token", "must be at least 16 characters");
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
         p.add("log.level", format!("not a valid level or filter: {e}"));
     }

@@ -14,10 +14,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use super::SharedState;
 use crate::config::HttpConfig;
-use crate::exchange::{Body, BodyError, GatewayRequest, Protocol};
+use crate::exchange::{BodyError, GatewayRequest, Protocol};
+use crate::metrics;
 use crate::pipeline;
 use crate::shutdown::{Shutdown, TrackedExecutor};
 
@@ -57,6 +59,13 @@ impl HttpListener {
     }
 
     async fn connection(self, tcp: TcpStream, peer: SocketAddr) {
+        metrics::tcp::opened();
+        let span = tracing::info_span!("conn", protocol = "tcp", remote = %peer);
+        self.serve_connection(tcp, peer).instrument(span).await;
+        metrics::tcp::closed();
+    }
+
+    async fn serve_connection(self, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         let handshake = TlsAcceptor::from(self.tls.clone()).accept(tcp);
         let tls = tokio::select! {
@@ -64,11 +73,13 @@ impl HttpListener {
             r = tokio::time::timeout(self.config.header_read_timeout.get(), handshake) => match r {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    metrics::tcp::handshake_failed();
+                    tracing::debug!(error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
+                    metrics::tcp::handshake_failed();
+                    tracing::debug!("TLS handshake timed out");
                     return;
                 }
             },
@@ -76,9 +87,11 @@ impl HttpListener {
 
         let state = self.state.clone();
         let alt_svc = self.alt_svc.clone();
+        let span = tracing::Span::current();
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let state = state.load_full();
             let alt_svc = alt_svc.clone();
+            let span = span.clone();
             async move {
                 let protocol = if req.version() == http::Version::HTTP_2 {
                     Protocol::Http2
@@ -96,11 +109,11 @@ impl HttpListener {
                     protocol,
                     peer,
                 };
-                let mut resp = pipeline::handle(&state, request).await;
+                let mut resp = pipeline::handle(&state, request).instrument(span).await;
                 if let Some(v) = alt_svc {
                     resp.headers_mut().insert(http::header::ALT_SVC, v);
                 }
-                Ok::<_, Infallible>(resp.map(Body::new))
+                Ok::<_, Infallible>(resp)
             }
         });
 
@@ -132,7 +145,7 @@ impl HttpListener {
             }
         };
         if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tracing::debug!(error = %e, "connection ended with an error");
         }
     }
 }

@@ -15,10 +15,12 @@ use http_body_util::BodyExt;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::SharedState;
 use crate::config::{Congestion, QuicConfig};
 use crate::exchange::{strip_hop_by_hop, Body, BodyError, GatewayRequest, Protocol, Response};
+use crate::metrics;
 use crate::pipeline;
 use crate::shutdown::Shutdown;
 
@@ -144,6 +146,7 @@ impl QuicListener {
     async fn connection(self, incoming: quinn::Incoming) {
         let peer = incoming.remote_address();
         if self.shutdown.is_draining() {
+            metrics::quic::refused();
             incoming.refuse();
             return;
         }
@@ -152,11 +155,21 @@ impl QuicListener {
             c = incoming => match c {
                 Ok(c) => c,
                 Err(e) => {
+                    metrics::quic::handshake_failed();
                     tracing::debug!(%peer, error = %e, "QUIC handshake failed");
                     return;
                 }
             },
         };
+        metrics::quic::accepted();
+        let span = tracing::info_span!("conn", protocol = "h3", remote = %peer, conn_id = conn.stable_id());
+        self.serve_connection(conn.clone(), peer)
+            .instrument(span)
+            .await;
+        metrics::quic::closed(&conn.stats());
+    }
+
+    async fn serve_connection(&self, conn: quinn::Connection, peer: SocketAddr) {
         let mut h3: H3Conn = match h3::server::builder()
             .max_field_section_size(self.max_field_section_size)
             .build(h3_quinn::Connection::new(conn.clone()))
@@ -164,7 +177,7 @@ impl QuicListener {
         {
             Ok(h3) => h3,
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "HTTP/3 setup failed");
+                tracing::debug!(error = %e, "HTTP/3 setup failed");
                 return;
             }
         };
@@ -184,12 +197,12 @@ impl QuicListener {
                 accepted = h3.accept() => match accepted {
                     Ok(Some(resolver)) => {
                         let state = self.state.clone();
-                        requests.spawn(request(resolver, state, peer));
+                        requests.spawn(request(resolver, state, peer).in_current_span());
                     }
                     Ok(None) => break,
                     Err(e) => {
                         if !e.is_h3_no_error() {
-                            tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
+                            tracing::debug!(error = %e, "HTTP/3 connection ended");
                         }
                         break;
                     }

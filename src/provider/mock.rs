@@ -12,16 +12,14 @@ use http_body_util::{BodyExt, StreamBody};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Endpoint, UpstreamCall, UpstreamError, UpstreamResponse};
-use crate::config::{MockConfig, ProviderConfig, ProviderTimeouts};
+use super::{Common, Endpoint, UpstreamCall, UpstreamError, UpstreamResponse};
+use crate::config::{MockConfig, ProviderConfig};
 use crate::exchange::{full, BodyError};
 use crate::sse;
 
 #[derive(Debug)]
 pub struct Mock {
-    pub name: String,
-    pub timeouts: ProviderTimeouts,
-    pub models: Vec<String>,
+    pub common: Common,
     cfg: MockConfig,
 }
 
@@ -43,11 +41,9 @@ pub struct StreamOptions {
 }
 
 impl Mock {
-    pub fn new(cfg: &ProviderConfig) -> Self {
+    pub fn new(common: Common, cfg: &ProviderConfig) -> Self {
         Mock {
-            name: cfg.name.clone(),
-            timeouts: cfg.timeouts.clone(),
-            models: cfg.models.clone(),
+            common,
             cfg: cfg.mock.clone(),
         }
     }

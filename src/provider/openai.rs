@@ -7,17 +7,15 @@ use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, StreamBody};
 
-use super::{UpstreamCall, UpstreamError, UpstreamResponse};
-use crate::config::{ProviderConfig, ProviderTimeouts};
+use super::{Common, UpstreamCall, UpstreamError, UpstreamResponse};
+use crate::config::ProviderConfig;
 use crate::exchange::BodyError;
 
 /// Upstream response headers passed on to the client.
 const PASSED_HEADERS: [HeaderName; 2] = [header::CONTENT_TYPE, header::RETRY_AFTER];
 
 pub struct OpenAi {
-    pub name: String,
-    pub timeouts: ProviderTimeouts,
-    pub models: Vec<String>,
+    pub common: Common,
     base_url: String,
     auth: Option<HeaderValue>,
     client: reqwest::Client,
@@ -26,7 +24,7 @@ pub struct OpenAi {
 impl std::fmt::Debug for OpenAi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAi")
-            .field("name", &self.name)
+            .field("name", &self.common.name)
             .field("base_url", &self.base_url)
             .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
             .finish()
@@ -34,7 +32,11 @@ impl std::fmt::Debug for OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(cfg: &ProviderConfig, client: reqwest::Client) -> Result<Self, String> {
+    pub fn new(
+        common: Common,
+        cfg: &ProviderConfig,
+        client: reqwest::Client,
+    ) -> Result<Self, String> {
         let auth = if cfg.api_key.is_empty() {
             None
         } else {
@@ -45,9 +47,7 @@ impl OpenAi {
             Some(v)
         };
         Ok(OpenAi {
-            name: cfg.name.clone(),
-            timeouts: cfg.timeouts.clone(),
-            models: cfg.models.clone(),
+            common,
             base_url: cfg.base_url.trim_end_matches('/').to_string(),
             auth,
             client,
@@ -71,7 +71,7 @@ impl OpenAi {
         if let Some(auth) = &self.auth {
             req = req.header(header::AUTHORIZATION, auth.clone());
         }
-        let first_byte = self.timeouts.first_byte.get();
+        let first_byte = self.common.timeouts.first_byte.get();
         let resp = match tokio::time::timeout(first_byte, req.send()).await {
             Err(_) => return Err(UpstreamError::Timeout(first_byte)),
             Ok(Err(e)) => return Err(classify(e, first_byte)),
