@@ -1,6 +1,6 @@
 //! The whole gateway in-process on port 0 (TCP, UDP and admin), in front of
 //! the test upstream, with a freshly generated development CA.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod client;
 pub mod upstream;

@@ -163,7 +163,8 @@ async fn handle(
     }
 
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-    let events = answer.stream_events(false);
+    let include_usage = json["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let events = answer.stream_events(include_usage);
     tokio::spawn(async move {
         let send = |ev: String| {
             let tx = tx.clone();

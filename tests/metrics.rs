@@ -1,0 +1,233 @@
+//! `/metrics` after real traffic over every protocol: the series move with
+//! the right labels; the admin token guards the endpoint; no secret leaks
+//! into metrics or logs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use common::{chat, Gateway, Proto, UPSTREAM_KEY};
+use h3gate::config::{RouteConfig, Secret};
+use serde_json::json;
+
+over_every_protocol!(traffic_moves_the_series);
+
+const ADMIN_TOKEN: &str = "test-admin-token-not-real-0123";
+
+/// One scraped sample: name, labels, value.
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.trim_matches('"').to_string()))
+                })
+                .collect();
+            Some(Sample { name: name.to_string(), labels, value: value.parse().ok()? })
+        })
+        .collect()
+}
+
+/// The sum of the samples named `name` whose labels include `want`.
+fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .map(|s| s.value)
+        .sum()
+}
+
+async fn scrape(gw: &Gateway, token: Option<&str>) -> (u16, String) {
+    let mut req = reqwest::Client::new().get(format!("http://{}/metrics", gw.admin));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Logs of this test process, as JSON lines, for the no-secrets check.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("debug")
+            .with_writer(move || SharedWriter(writer.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn gateway_with_route(route: &str) -> Gateway {
+    captured_logs(); // first: this binary's log subscriber is the capturing one
+    let route = route.to_string();
+    Gateway::start_with(move |c| {
+        c.routes.push(RouteConfig { model: route, targets: vec!["up".into()] });
+        c.admin.token = Secret::new(ADMIN_TOKEN);
+        c.server.server_timing = true;
+    })
+    .await
+}
+
+async fn traffic_moves_the_series(p: Proto) {
+    let logs = captured_logs();
+    let route = format!("metrics-{p:?}").to_lowercase();
+    let gw = gateway_with_route(&route).await;
+    let c = gw.client(p).await;
+
+    let resp = c.post_json("/v1/chat/completions", chat(&route, false)).await;
+    assert!(resp.header("server-timing").is_some_and(|t| t.starts_with("gateway;dur=")));
+    resp.json().await;
+    let mut body = chat(&route, true);
+    body["stream_options"] = json!({"include_usage": true});
+    c.post_json("/v1/chat/completions", body).await.text().await;
+    c.post_json("/v1/chat/completions", chat("status-400", false)).await.text().await;
+
+    // Request series are recorded when a response ends; the scrape may race
+    // the last one by a moment.
+    let proto = match p {
+        Proto::H1 => "http/1.1",
+        Proto::H2 => "h2",
+        Proto::H3 => "h3",
+    };
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let (status, text) = scrape(&gw, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200);
+        samples = parse(&text);
+        if value(&samples, "h3gate_requests_total", &[("route", &route)]) >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ok = [("protocol", proto), ("route", route.as_str()), ("status_class", "2xx")];
+    assert_eq!(value(&samples, "h3gate_requests_total", &ok), 2.0);
+    assert_eq!(value(&samples, "h3gate_request_duration_seconds_count", &ok), 2.0);
+    let bad = [("protocol", proto), ("route", "status-*"), ("status_class", "4xx")];
+    assert!(value(&samples, "h3gate_requests_total", &bad) >= 1.0);
+    assert!(value(&samples, "h3gate_gateway_overhead_seconds_count", &[("protocol", proto)]) >= 3.0);
+    assert!(value(&samples, "h3gate_request_bytes_total", &[("protocol", proto)]) > 0.0);
+    assert!(value(&samples, "h3gate_response_bytes_total", &[("protocol", proto)]) > 0.0);
+    assert!(value(&samples, "h3gate_upstream_attempts_total", &[("provider", "up"), ("outcome", "success")]) >= 2.0);
+    assert!(value(&samples, "h3gate_upstream_attempts_total", &[("provider", "up"), ("outcome", "error_status")]) >= 1.0);
+    assert!(value(&samples, "h3gate_upstream_first_byte_seconds_count", &[("provider", "up")]) >= 2.0);
+    assert!(value(&samples, "h3gate_upstream_first_token_seconds_count", &[("provider", "up")]) >= 2.0);
+    assert!(value(&samples, "h3gate_upstream_chunk_gap_seconds_count", &[("provider", "up")]) >= 5.0);
+    // Usage from the JSON answer and from the stream's usage chunk: 5 + 5.
+    let tokens = [("direction", "completion"), ("model", route.as_str()), ("provider", "up")];
+    assert_eq!(value(&samples, "h3gate_tokens_total", &tokens), 10.0);
+    assert!(value(&samples, "h3gate_tls_certificate_expiry_timestamp_seconds", &[]) > 1.7e9);
+    assert_eq!(value(&samples, "h3gate_build_info", &[]), 1.0);
+    if p == Proto::H3 {
+        assert!(value(&samples, "h3gate_quic_connections_accepted_total", &[]) >= 1.0);
+        assert!(value(&samples, "h3gate_quic_connections_open", &[]) >= 1.0);
+    }
+
+    // Nothing secret in metrics or logs after this traffic.
+    let (_, text) = scrape(&gw, Some(ADMIN_TOKEN)).await;
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(logs.contains(&route), "the logs were captured");
+    for secret in [UPSTREAM_KEY, ADMIN_TOKEN, "sk-test-FAKEKEY"] {
+        assert!(!text.contains(secret), "{secret} in /metrics");
+        assert!(!logs.contains(secret), "{secret} in logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_guards_metrics() {
+    let gw = gateway_with_route("metrics-token").await;
+    assert_eq!(scrape(&gw, None).await.0, 401);
+    assert_eq!(scrape(&gw, Some("wrong-token-of-some-length")).await.0, 401);
+    let (status, text) = scrape(&gw, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("h3gate_build_info"));
+    // Health and readiness stay open for probes.
+    let health = reqwest::get(format!("http://{}/health", gw.admin)).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[test]
+fn admin_off_loopback_requires_a_token() {
+    let text = r#"
+[tls]
+generate_dev_cert = true
+[admin]
+listen = "0.0.0.0:9901"
+[[providers]]
+name = "m"
+kind = "mock"
+[[routes]]
+model = "*"
+targets = ["m"]
+"#;
+    let err = h3gate::config::Config::from_toml(text, std::path::Path::new("."), &|_| None).unwrap_err();
+    assert!(err.problems().iter().any(|p| p.path == "admin.token"), "{err}");
+    let with_token = text.replace("[admin]", "[admin]\ntoken = \"${ADMIN}\"");
+    let env = |k: &str| (k == "ADMIN").then(|| ADMIN_TOKEN.to_string());
+    h3gate::config::Config::from_toml(&with_token, std::path::Path::new("."), &env).expect("valid with a token");
+}
+
+#[test]
+fn dashboard_and_alerts_use_real_metric_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["deploy/grafana/h3gate.json", "deploy/prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut used = 0;
+        for (i, _) in text.match_indices("h3gate_") {
+            let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let base = ["_bucket", "_count", "_sum"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+            if base == "h3gate_" {
+                continue;
+            }
+            assert!(h3gate::metrics::NAMES.contains(&base), "{file} uses unknown metric {name}");
+            used += 1;
+        }
+        assert!(used >= 5, "{file} uses the gateway's metrics");
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/h3gate.json")).unwrap()).unwrap();
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 8));
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    match std::process::Command::new("promtool").arg("check").arg("rules").arg(root.join("deploy/prometheus/alerts.yml")).output() {
+        Ok(out) => assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        Err(_) if std::env::var_os("CI").is_none() => eprintln!("promtool not installed: skipped (CI installs it)"),
+        Err(e) => panic!("promtool is required in CI: {e}"),
+    }
+}
