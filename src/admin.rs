@@ -1,12 +1,18 @@
 //! The admin listener: plain HTTP/1.1 on its own address (loopback by
-//! default), never on the public port. `/health` says the process is alive;
-//! `/ready` says it should receive traffic (not while draining); `/metrics`
-//! is the Prometheus exposition, behind the admin token when one is set
-//! (required off loopback).
+//! default), never on the public port.
+//!
+//! - `GET /health`: the process is alive.
+//! - `GET /ready`: it should receive traffic (not while draining).
+//! - `GET /metrics`: Prometheus exposition; needs the admin token when one
+//!   is set (required off loopback).
+//! - `POST /admin/reload`: re-read the configuration file; needs the admin
+//!   token (without one configured the admin API is off).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -16,93 +22,139 @@ use tokio::net::TcpListener;
 use crate::config::Secret;
 use crate::exchange::{full, json, Response};
 use crate::listener::SharedState;
+use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 
-pub async fn serve(
-    listener: TcpListener,
-    state: SharedState,
-    prometheus: PrometheusHandle,
-    shutdown: Shutdown,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.draining() => break,
-            a = listener.accept() => a,
-        };
-        let Ok((tcp, _peer)) = accepted else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let state = state.clone();
-        let sd = shutdown.clone();
-        let prometheus = prometheus.clone();
-        shutdown.spawn(async move {
-            let sd2 = sd.clone();
-            let service = service_fn(move |req: hyper::Request<Incoming>| {
-                let resp = route(&req, &state, &prometheus, &sd2);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = sd.draining() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+#[derive(Clone)]
+pub struct Admin {
+    pub state: SharedState,
+    pub prometheus: PrometheusHandle,
+    /// Present when the gateway was started from a configuration file.
+    pub reloader: Option<Arc<Reloader>>,
+    pub shutdown: Shutdown,
+}
+
+impl Admin {
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shutdown.draining() => break,
+                a = listener.accept() => a,
+            };
+            let Ok((tcp, _peer)) = accepted else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let this = self.clone();
+            self.shutdown.spawn(async move {
+                let handler = this.clone();
+                let service = service_fn(move |req: hyper::Request<Incoming>| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler.route(req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(tcp), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = this.shutdown.draining() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
                 }
+            });
+        }
+    }
+
+    async fn route(&self, req: hyper::Request<Incoming>) -> Response {
+        let token = self.state.load().config.admin.token.clone();
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
+            (&Method::GET, "/ready") => self.ready(),
+            (&Method::GET, "/metrics") => {
+                if !authorized(req.headers(), &token) {
+                    return unauthorized();
+                }
+                let mut resp = http::Response::new(full(self.prometheus.render()));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
             }
+            (&Method::POST, "/admin/reload") => {
+                if token.is_empty() {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "admin_disabled",
+                        "the admin API is off: set admin.token to use it (or send SIGHUP)",
+                    );
+                }
+                if !authorized(req.headers(), &token) {
+                    return unauthorized();
+                }
+                self.reload().await
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "not found"),
+        }
+    }
+
+    fn ready(&self) -> Response {
+        if self.shutdown.is_draining() {
+            return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#);
+        }
+        let s = self.state.load();
+        let body = serde_json::json!({
+            "status": "ready",
+            "routes": s.config.routes.len(),
+            "providers": s.providers.len(),
         });
+        json(StatusCode::OK, body.to_string())
+    }
+
+    async fn reload(&self) -> Response {
+        let Some(reloader) = &self.reloader else {
+            return error(
+                StatusCode::CONFLICT,
+                "no_config_file",
+                "this gateway was not started from a configuration file",
+            );
+        };
+        match reloader.reload().await {
+            Ok(report) => {
+                let body = serde_json::json!({"status": "reloaded", "restart_required": report.restart_required});
+                json(StatusCode::OK, body.to_string())
+            }
+            Err(e) => {
+                let problems: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+                let body = serde_json::json!({"error": {
+                    "message": "configuration rejected; the running configuration stays",
+                    "type": "invalid_request_error",
+                    "code": "invalid_config",
+                    "problems": problems,
+                }});
+                json(StatusCode::UNPROCESSABLE_ENTITY, body.to_string())
+            }
+        }
     }
 }
 
-fn route(
-    req: &hyper::Request<Incoming>,
-    state: &SharedState,
-    prometheus: &PrometheusHandle,
-    shutdown: &Shutdown,
-) -> Response {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => {
-            if !authorized(req.headers(), &state.load().config.admin.token) {
-                let mut resp = json(
-                    StatusCode::UNAUTHORIZED,
-                    r#"{"error":{"message":"a valid admin bearer token is required","type":"authentication_error","code":"unauthorized"}}"#,
-                );
-                resp.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer"),
-                );
-                return resp;
-            }
-            let mut resp = http::Response::new(full(prometheus.render()));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            resp
-        }
-        (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        (&Method::GET, "/ready") => {
-            if shutdown.is_draining() {
-                json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
-            } else {
-                let s = state.load();
-                let body = serde_json::json!({
-                    "status": "ready",
-                    "routes": s.config.routes.len(),
-                    "providers": s.providers.len(),
-                });
-                json(StatusCode::OK, body.to_string())
-            }
-        }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            r#"{"error":{"message":"not found","type":"invalid_request_error","code":"not_found"}}"#,
-        ),
-    }
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": code}});
+    json(status, Bytes::from(body.to_string()))
+}
+
+fn unauthorized() -> Response {
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid admin bearer token is required",
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
 }
 
 /// Whether the request carries the admin token (compared in constant time).
@@ -112,7 +164,7 @@ fn authorized(headers: &http::HeaderMap, token: &Secret) -> bool {
         return true;
     }
     let presented = headers
-        .get(http::header::AUTHORIZATION)
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod provider;
 pub mod relay;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod shutdown;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use h3gate::config::Config;
-use h3gate::{server, telemetry, tls};
+use h3gate::{reload, server, telemetry, tls};
 
 /// HTTP/3-first edge gateway for LLM APIs.
 ///
@@ -85,7 +85,7 @@ fn serve(path: PathBuf) -> ExitCode {
         let listeners = server::Listeners::bind(&config)?;
         let stop = CancellationToken::new();
         tokio::spawn(signals(stop.clone()));
-        server::run(config, listeners, stop).await
+        server::run(config, listeners, stop, Some(path)).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,15 +120,20 @@ async fn signals(stop: CancellationToken) {
     stop.cancel();
 }
 
+/// The same checks a reload makes (configuration, certificate, runtime
+/// state), without changing anything.
 fn check(path: PathBuf) -> ExitCode {
-    match Config::load(&path) {
-        Ok(c) => {
-            print!("{}", c.to_redacted_toml());
+    match reload::prepare(&path, false) {
+        Ok(prepared) => {
+            print!("{}", prepared.state.config.to_redacted_toml());
             eprintln!("h3gate: {} is valid", path.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("h3gate: {}: {e}", path.display());
+            eprintln!("h3gate: {} is invalid:", path.display());
+            for p in e.problems() {
+                eprintln!("  - {p}");
+            }
             ExitCode::from(2)
         }
     }

@@ -2,15 +2,17 @@
 //! state, run the listeners until the shutdown token fires, then drain.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::listener::http::{alt_svc, HttpListener};
+use crate::listener::http::HttpListener;
 use crate::listener::quic::{self, QuicListener};
 use crate::listener::SharedState;
+use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 use crate::state::State;
 use crate::tls::{self, CertStore};
@@ -102,10 +104,13 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, StartError> {
 /// Runs the gateway on `listeners` until `stop` is cancelled, then drains:
 /// stop accepting, GOAWAY on HTTP/2 and HTTP/3, let in-flight requests and
 /// streams finish for up to `server.shutdown_timeout`, then close.
+///
+/// With `reload_from`, SIGHUP and `POST /admin/reload` re-read that file.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     stop: CancellationToken,
+    reload_from: Option<PathBuf>,
 ) -> Result<(), StartError> {
     let prometheus = crate::metrics::install();
     let key = tls::load_certified_key(&config.tls)?;
@@ -113,23 +118,17 @@ pub async fn run(
         crate::metrics::certificate_expiry(expiry);
     }
     let certs = Arc::new(CertStore::new(key));
-    let grace = config.server.shutdown_timeout.get();
-    let http_config = config.http.clone();
     let quic_config = config.quic.clone();
     let state: SharedState = Arc::new(ArcSwap::from_pointee(State::build(config)?));
     let shutdown = Shutdown::new(stop);
 
     // HTTP/3 first: the HTTPS listener advertises its port.
     let mut endpoint = None;
-    let mut alt = None;
     if let Some(udp) = listeners.udp {
         let ep = quic::endpoint(udp, &quic_config, tls::quic_server_config(certs.clone())?)?;
-        let addr = ep.local_addr()?;
-        alt = alt_svc(addr.port(), quic_config.alt_svc_max_age.get());
-        tracing::info!(%addr, "HTTP/3 listening (QUIC)");
+        tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
         let listener = QuicListener {
             state: state.clone(),
-            max_field_section_size: quic_config.max_field_section_size.get(),
             shutdown: shutdown.clone(),
         };
         shutdown.spawn(listener.serve(ep.clone()));
@@ -139,25 +138,41 @@ pub async fn run(
     listeners.tcp.set_nonblocking(true)?;
     let tcp = tokio::net::TcpListener::from_std(listeners.tcp)?;
     tracing::info!(addr = %tcp.local_addr()?, "HTTPS listening (HTTP/1.1, HTTP/2)");
+    let h3_port = match &endpoint {
+        Some(ep) => Some(ep.local_addr()?.port()),
+        None => None,
+    };
     let https = HttpListener {
         tls: Arc::new(tls::tcp_server_config(certs.clone())?),
         state: state.clone(),
-        config: http_config,
-        alt_svc: alt,
+        h3_port,
         shutdown: shutdown.clone(),
     };
     shutdown.spawn(https.serve(tcp));
 
+    let reloader = reload_from.map(|path| {
+        Arc::new(Reloader::new(
+            path,
+            state.clone(),
+            certs.clone(),
+            endpoint.clone(),
+        ))
+    });
+    if let Some(r) = &reloader {
+        shutdown.spawn(reload_on_sighup(r.clone(), shutdown.clone()));
+    }
+
     if let Some(admin) = listeners.admin {
         admin.set_nonblocking(true)?;
-        let admin = tokio::net::TcpListener::from_std(admin)?;
-        tracing::info!(addr = %admin.local_addr()?, "admin listening");
-        shutdown.spawn(crate::admin::serve(
-            admin,
-            state.clone(),
-            prometheus.clone(),
-            shutdown.clone(),
-        ));
+        let listener = tokio::net::TcpListener::from_std(admin)?;
+        tracing::info!(addr = %listener.local_addr()?, "admin listening");
+        let admin = crate::admin::Admin {
+            state: state.clone(),
+            prometheus: prometheus.clone(),
+            reloader,
+            shutdown: shutdown.clone(),
+        };
+        shutdown.spawn(admin.serve(listener));
     }
     // Histograms need periodic upkeep when rendered on demand.
     let upkeep = shutdown.clone();
@@ -172,6 +187,8 @@ pub async fn run(
     });
 
     shutdown.draining().await;
+    // The grace period as currently configured (a reload may have changed it).
+    let grace = state.load().config.server.shutdown_timeout.get();
     tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
     let clean = shutdown.drain(grace).await;
     if let Some(ep) = endpoint {
@@ -180,4 +197,30 @@ pub async fn run(
     }
     tracing::info!(clean, "stopped");
     Ok(())
+}
+
+/// Reloads on every SIGHUP until the drain starts.
+async fn reload_on_sighup(reloader: Arc<Reloader>, shutdown: Shutdown) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.draining() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let _ = reloader.reload().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (reloader, shutdown);
 }

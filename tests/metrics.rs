@@ -8,13 +8,11 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use common::{chat, Gateway, Proto, UPSTREAM_KEY};
-use h3gate::config::{RouteConfig, Secret};
+use common::{chat, Gateway, Proto, ADMIN_TOKEN, UPSTREAM_KEY};
+use h3gate::config::RouteConfig;
 use serde_json::json;
 
 over_every_protocol!(traffic_moves_the_series);
-
-const ADMIN_TOKEN: &str = "test-admin-token-not-real-0123";
 
 /// One scraped sample: name, labels, value.
 struct Sample {
@@ -40,7 +38,11 @@ fn parse(text: &str) -> Vec<Sample> {
                     Some((k.to_string(), v.trim_matches('"').to_string()))
                 })
                 .collect();
-            Some(Sample { name: name.to_string(), labels, value: value.parse().ok()? })
+            Some(Sample {
+                name: name.to_string(),
+                labels,
+                value: value.parse().ok()?,
+            })
         })
         .collect()
 }
@@ -49,7 +51,12 @@ fn parse(text: &str) -> Vec<Sample> {
 fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     samples
         .iter()
-        .filter(|s| s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            s.name == name
+                && want
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|s| s.value)
         .sum()
 }
@@ -96,8 +103,10 @@ async fn gateway_with_route(route: &str) -> Gateway {
     captured_logs(); // first: this binary's log subscriber is the capturing one
     let route = route.to_string();
     Gateway::start_with(move |c| {
-        c.routes.push(RouteConfig { model: route, targets: vec!["up".into()] });
-        c.admin.token = Secret::new(ADMIN_TOKEN);
+        c.routes.push(RouteConfig {
+            model: route,
+            targets: vec!["up".into()],
+        });
         c.server.server_timing = true;
     })
     .await
@@ -109,13 +118,20 @@ async fn traffic_moves_the_series(p: Proto) {
     let gw = gateway_with_route(&route).await;
     let c = gw.client(p).await;
 
-    let resp = c.post_json("/v1/chat/completions", chat(&route, false)).await;
-    assert!(resp.header("server-timing").is_some_and(|t| t.starts_with("gateway;dur=")));
+    let resp = c
+        .post_json("/v1/chat/completions", chat(&route, false))
+        .await;
+    assert!(resp
+        .header("server-timing")
+        .is_some_and(|t| t.starts_with("gateway;dur=")));
     resp.json().await;
     let mut body = chat(&route, true);
     body["stream_options"] = json!({"include_usage": true});
     c.post_json("/v1/chat/completions", body).await.text().await;
-    c.post_json("/v1/chat/completions", chat("status-400", false)).await.text().await;
+    c.post_json("/v1/chat/completions", chat("status-400", false))
+        .await
+        .text()
+        .await;
 
     // Request series are recorded when a response ends; the scrape may race
     // the last one by a moment.
@@ -134,23 +150,92 @@ async fn traffic_moves_the_series(p: Proto) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let ok = [("protocol", proto), ("route", route.as_str()), ("status_class", "2xx")];
+    let ok = [
+        ("protocol", proto),
+        ("route", route.as_str()),
+        ("status_class", "2xx"),
+    ];
     assert_eq!(value(&samples, "h3gate_requests_total", &ok), 2.0);
-    assert_eq!(value(&samples, "h3gate_request_duration_seconds_count", &ok), 2.0);
-    let bad = [("protocol", proto), ("route", "status-*"), ("status_class", "4xx")];
+    assert_eq!(
+        value(&samples, "h3gate_request_duration_seconds_count", &ok),
+        2.0
+    );
+    let bad = [
+        ("protocol", proto),
+        ("route", "status-*"),
+        ("status_class", "4xx"),
+    ];
     assert!(value(&samples, "h3gate_requests_total", &bad) >= 1.0);
-    assert!(value(&samples, "h3gate_gateway_overhead_seconds_count", &[("protocol", proto)]) >= 3.0);
-    assert!(value(&samples, "h3gate_request_bytes_total", &[("protocol", proto)]) > 0.0);
-    assert!(value(&samples, "h3gate_response_bytes_total", &[("protocol", proto)]) > 0.0);
-    assert!(value(&samples, "h3gate_upstream_attempts_total", &[("provider", "up"), ("outcome", "success")]) >= 2.0);
-    assert!(value(&samples, "h3gate_upstream_attempts_total", &[("provider", "up"), ("outcome", "error_status")]) >= 1.0);
-    assert!(value(&samples, "h3gate_upstream_first_byte_seconds_count", &[("provider", "up")]) >= 2.0);
-    assert!(value(&samples, "h3gate_upstream_first_token_seconds_count", &[("provider", "up")]) >= 2.0);
-    assert!(value(&samples, "h3gate_upstream_chunk_gap_seconds_count", &[("provider", "up")]) >= 5.0);
+    assert!(
+        value(
+            &samples,
+            "h3gate_gateway_overhead_seconds_count",
+            &[("protocol", proto)]
+        ) >= 3.0
+    );
+    assert!(
+        value(
+            &samples,
+            "h3gate_request_bytes_total",
+            &[("protocol", proto)]
+        ) > 0.0
+    );
+    assert!(
+        value(
+            &samples,
+            "h3gate_response_bytes_total",
+            &[("protocol", proto)]
+        ) > 0.0
+    );
+    assert!(
+        value(
+            &samples,
+            "h3gate_upstream_attempts_total",
+            &[("provider", "up"), ("outcome", "success")]
+        ) >= 2.0
+    );
+    assert!(
+        value(
+            &samples,
+            "h3gate_upstream_attempts_total",
+            &[("provider", "up"), ("outcome", "error_status")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &samples,
+            "h3gate_upstream_first_byte_seconds_count",
+            &[("provider", "up")]
+        ) >= 2.0
+    );
+    assert!(
+        value(
+            &samples,
+            "h3gate_upstream_first_token_seconds_count",
+            &[("provider", "up")]
+        ) >= 2.0
+    );
+    assert!(
+        value(
+            &samples,
+            "h3gate_upstream_chunk_gap_seconds_count",
+            &[("provider", "up")]
+        ) >= 5.0
+    );
     // Usage from the JSON answer and from the stream's usage chunk: 5 + 5.
-    let tokens = [("direction", "completion"), ("model", route.as_str()), ("provider", "up")];
+    let tokens = [
+        ("direction", "completion"),
+        ("model", route.as_str()),
+        ("provider", "up"),
+    ];
     assert_eq!(value(&samples, "h3gate_tokens_total", &tokens), 10.0);
-    assert!(value(&samples, "h3gate_tls_certificate_expiry_timestamp_seconds", &[]) > 1.7e9);
+    assert!(
+        value(
+            &samples,
+            "h3gate_tls_certificate_expiry_timestamp_seconds",
+            &[]
+        ) > 1.7e9
+    );
     assert_eq!(value(&samples, "h3gate_build_info", &[]), 1.0);
     if p == Proto::H3 {
         assert!(value(&samples, "h3gate_quic_connections_accepted_total", &[]) >= 1.0);
@@ -176,7 +261,9 @@ async fn admin_token_guards_metrics() {
     assert_eq!(status, 200);
     assert!(text.contains("h3gate_build_info"));
     // Health and readiness stay open for probes.
-    let health = reqwest::get(format!("http://{}/health", gw.admin)).await.unwrap();
+    let health = reqwest::get(format!("http://{}/health", gw.admin))
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
 }
 
@@ -194,11 +281,16 @@ kind = "mock"
 model = "*"
 targets = ["m"]
 "#;
-    let err = h3gate::config::Config::from_toml(text, std::path::Path::new("."), &|_| None).unwrap_err();
-    assert!(err.problems().iter().any(|p| p.path == "admin.token"), "{err}");
+    let err =
+        h3gate::config::Config::from_toml(text, std::path::Path::new("."), &|_| None).unwrap_err();
+    assert!(
+        err.problems().iter().any(|p| p.path == "admin.token"),
+        "{err}"
+    );
     let with_token = text.replace("[admin]", "[admin]\ntoken = \"${ADMIN}\"");
     let env = |k: &str| (k == "ADMIN").then(|| ADMIN_TOKEN.to_string());
-    h3gate::config::Config::from_toml(&with_token, std::path::Path::new("."), &env).expect("valid with a token");
+    h3gate::config::Config::from_toml(&with_token, std::path::Path::new("."), &env)
+        .expect("valid with a token");
 }
 
 #[test]
@@ -208,26 +300,49 @@ fn dashboard_and_alerts_use_real_metric_names() {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
         let mut used = 0;
         for (i, _) in text.match_indices("h3gate_") {
-            let name: String = text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            let base = ["_bucket", "_count", "_sum"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
             if base == "h3gate_" {
                 continue;
             }
-            assert!(h3gate::metrics::NAMES.contains(&base), "{file} uses unknown metric {name}");
+            assert!(
+                h3gate::metrics::NAMES.contains(&base),
+                "{file} uses unknown metric {name}"
+            );
             used += 1;
         }
         assert!(used >= 5, "{file} uses the gateway's metrics");
     }
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana/h3gate.json")).unwrap()).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/h3gate.json")).unwrap(),
+    )
+    .unwrap();
     assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 8));
 }
 
 #[test]
 fn alert_rules_pass_promtool() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    match std::process::Command::new("promtool").arg("check").arg("rules").arg(root.join("deploy/prometheus/alerts.yml")).output() {
-        Ok(out) => assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        Err(_) if std::env::var_os("CI").is_none() => eprintln!("promtool not installed: skipped (CI installs it)"),
+    match std::process::Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(root.join("deploy/prometheus/alerts.yml"))
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("promtool not installed: skipped (CI installs it)")
+        }
         Err(e) => panic!("promtool is required in CI: {e}"),
     }
 }

@@ -17,7 +17,6 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::SharedState;
-use crate::config::HttpConfig;
 use crate::exchange::{BodyError, GatewayRequest, Protocol};
 use crate::metrics;
 use crate::pipeline;
@@ -28,9 +27,8 @@ use crate::shutdown::{Shutdown, TrackedExecutor};
 pub struct HttpListener {
     pub tls: Arc<rustls::ServerConfig>,
     pub state: SharedState,
-    pub config: HttpConfig,
-    /// `Alt-Svc` value advertising HTTP/3, when it is served.
-    pub alt_svc: Option<HeaderValue>,
+    /// The UDP port HTTP/3 is served on, advertised with `Alt-Svc`.
+    pub h3_port: Option<u16>,
     pub shutdown: Shutdown,
 }
 
@@ -67,10 +65,18 @@ impl HttpListener {
 
     async fn serve_connection(self, tcp: TcpStream, peer: SocketAddr) {
         let _ = tcp.set_nodelay(true);
+        // Settings as of the connection's start (a reload applies to new connections).
+        let (config, alt_max_age) = {
+            let state = self.state.load();
+            (
+                state.config.http.clone(),
+                state.config.quic.alt_svc_max_age.get(),
+            )
+        };
         let handshake = TlsAcceptor::from(self.tls.clone()).accept(tcp);
         let tls = tokio::select! {
             _ = self.shutdown.draining() => return,
-            r = tokio::time::timeout(self.config.header_read_timeout.get(), handshake) => match r {
+            r = tokio::time::timeout(config.header_read_timeout.get(), handshake) => match r {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     metrics::tcp::handshake_failed();
@@ -86,7 +92,7 @@ impl HttpListener {
         };
 
         let state = self.state.clone();
-        let alt_svc = self.alt_svc.clone();
+        let alt_svc = self.h3_port.and_then(|port| alt_svc(port, alt_max_age));
         let span = tracing::Span::current();
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let state = state.load_full();
@@ -121,16 +127,14 @@ impl HttpListener {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout.get())
-            .max_buf_size(self.config.max_header_bytes.as_usize().max(8192))
-            .keep_alive(self.config.keep_alive);
+            .header_read_timeout(config.header_read_timeout.get())
+            .max_buf_size(config.max_header_bytes.as_usize().max(8192))
+            .keep_alive(config.keep_alive);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(self.config.max_concurrent_streams)
-            .max_header_list_size(
-                u32::try_from(self.config.max_header_bytes.get()).unwrap_or(u32::MAX),
-            );
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(config.max_header_bytes.get()).unwrap_or(u32::MAX));
         let conn = builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(conn);
         let result = tokio::select! {

@@ -99,6 +99,19 @@ pub fn transport_config(cfg: &QuicConfig) -> Result<TransportConfig, QuicSetupEr
     Ok(t)
 }
 
+/// The endpoint's server configuration: TLS and transport from `[quic]`.
+/// Also what a reload installs for new connections.
+pub fn server_config(
+    cfg: &QuicConfig,
+    tls: rustls::ServerConfig,
+) -> Result<quinn::ServerConfig, QuicSetupError> {
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config(cfg)?));
+    Ok(server)
+}
+
 /// Builds the quinn endpoint on an already-bound UDP socket.
 pub fn endpoint(
     socket: std::net::UdpSocket,
@@ -106,10 +119,7 @@ pub fn endpoint(
     tls: rustls::ServerConfig,
 ) -> Result<quinn::Endpoint, QuicSetupError> {
     configure_udp_buffers(&socket, cfg);
-    let crypto =
-        QuicServerConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport_config(cfg)?));
+    let server = server_config(cfg, tls)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
@@ -122,7 +132,6 @@ pub fn endpoint(
 #[derive(Clone)]
 pub struct QuicListener {
     pub state: SharedState,
-    pub max_field_section_size: u64,
     pub shutdown: Shutdown,
 }
 
@@ -170,8 +179,9 @@ impl QuicListener {
     }
 
     async fn serve_connection(&self, conn: quinn::Connection, peer: SocketAddr) {
+        let max_field_section_size = self.state.load().config.quic.max_field_section_size.get();
         let mut h3: H3Conn = match h3::server::builder()
-            .max_field_section_size(self.max_field_section_size)
+            .max_field_section_size(max_field_section_size)
             .build(h3_quinn::Connection::new(conn.clone()))
             .await
         {

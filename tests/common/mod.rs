@@ -18,6 +18,8 @@ pub use upstream::Upstream;
 
 /// A fake credential for the upstream; the tests check it never leaks.
 pub const UPSTREAM_KEY: &str = "test-upstream-credential-0000";
+/// The admin token of every test gateway (fake).
+pub const ADMIN_TOKEN: &str = "test-admin-token-not-real-0123";
 
 pub struct Gateway {
     pub tcp: SocketAddr,
@@ -27,10 +29,11 @@ pub struct Gateway {
     pub upstream: Upstream,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), StartError>>>,
+    pub config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
-/// The test configuration; `{upstream}`, `{dead}` and `{dir}` are filled in.
+/// The test configuration; the `{…}` placeholders are filled in.
 const CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
@@ -44,11 +47,14 @@ key = "{dir}/key.pem"
 [log]
 format = "human"
 
+[admin]
+token = "{admin_token}"
+
 [[providers]]
 name = "up"
 kind = "openai"
 base_url = "{upstream}"
-api_key = "${TEST_UPSTREAM_KEY}"
+api_key = "{key}"
 models = ["gpt-4o-mini"]
 
 [[providers]]
@@ -103,6 +109,10 @@ targets = ["dead", "up"]
 [[routes]]
 model = "mock-*"
 targets = ["mock"]
+
+[[routes]]
+model = "reloadme"
+targets = ["up"]
 "#;
 
 pub fn init_logs() {
@@ -142,9 +152,12 @@ impl Gateway {
         let text = CONFIG
             .replace("{upstream}", &upstream.base_url())
             .replace("{dead}", &dead_addr().to_string())
-            .replace("{dir}", &dir.path().display().to_string());
-        let env = |k: &str| (k == "TEST_UPSTREAM_KEY").then(|| UPSTREAM_KEY.to_string());
-        let mut config = Config::from_toml(&text, dir.path(), &env).expect("test config is valid");
+            .replace("{dir}", &dir.path().display().to_string())
+            .replace("{key}", UPSTREAM_KEY)
+            .replace("{admin_token}", ADMIN_TOKEN);
+        let config_path = dir.path().join("h3gate.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let mut config = Config::load(&config_path).expect("test config is valid");
         tweak(&mut config);
 
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -161,7 +174,12 @@ impl Gateway {
             admin: Some(admin),
         };
         let stop = CancellationToken::new();
-        let task = tokio::spawn(server::run(config, listeners, stop.clone()));
+        let task = tokio::spawn(server::run(
+            config,
+            listeners,
+            stop.clone(),
+            Some(config_path.clone()),
+        ));
         Gateway {
             tcp: tcp_addr,
             udp: udp_addr,
@@ -170,12 +188,34 @@ impl Gateway {
             upstream,
             stop,
             task: Some(task),
+            config_path,
             _dir: dir,
         }
     }
 
     pub async fn client(&self, proto: Proto) -> Client {
         Client::connect(proto, self.tcp, self.udp, &self.ca).await
+    }
+
+    /// Edits the configuration file in place.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        std::fs::write(&self.config_path, edit(text)).unwrap();
+    }
+
+    /// `POST /admin/reload`: the status and JSON answer.
+    pub async fn reload(&self) -> (u16, serde_json::Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/admin/reload", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
+        )
     }
 
     /// Starts the graceful drain (like SIGTERM).

@@ -163,7 +163,9 @@ async fn handle(
     }
 
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-    let include_usage = json["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+    let include_usage = json["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
     let events = answer.stream_events(include_usage);
     tokio::spawn(async move {
         let send = |ev: String| {

@@ -1,0 +1,181 @@
+//! Hot reload: re-read the configuration file, check it completely (config,
+//! certificate, runtime state), and only then swap the new state in. New
+//! requests and connections use it; in-flight ones finish on the old one; no
+//! listener closes. `h3gate check` runs the same [`prepare`], so it gives the
+//! same verdict a reload would.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError, Problem};
+use crate::listener::{quic, SharedState};
+use crate::metrics;
+use crate::state::{BuildError, State};
+use crate::tls::{self, CertStore, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    State(#[from] BuildError),
+    #[error(transparent)]
+    Quic(#[from] quic::QuicSetupError),
+}
+
+impl ReloadError {
+    /// Every problem, each with its TOML path where it has one.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            ReloadError::Config(e) if !e.problems().is_empty() => e.problems().to_vec(),
+            other => vec![Problem {
+                path: String::new(),
+                message: other.to_string(),
+            }],
+        }
+    }
+}
+
+/// A configuration that passed every check, ready to be swapped in.
+pub struct Prepared {
+    pub state: State,
+    /// `None` when the development certificate is still to be generated.
+    pub cert: Option<CertifiedKey>,
+}
+
+/// Loads and checks everything a configuration file implies. `generate`
+/// allows creating the development certificate (serving); `check` does not
+/// write files.
+pub fn prepare(path: &Path, generate: bool) -> Result<Prepared, ReloadError> {
+    let config = Config::load(path)?;
+    let pending_dev_cert =
+        config.tls.generate_dev_cert && !config.tls.cert.exists() && !config.tls.key.exists();
+    let cert = if pending_dev_cert && !generate {
+        None
+    } else {
+        Some(tls::load_certified_key(&config.tls)?)
+    };
+    if config.quic.enabled {
+        // The transport parameters must be acceptable to quinn.
+        quic::transport_config(&config.quic)?;
+    }
+    let state = State::build(config)?;
+    Ok(Prepared { state, cert })
+}
+
+/// What a successful reload did.
+#[derive(Debug, Serialize)]
+pub struct ReloadReport {
+    /// Changed settings that only take effect after a restart.
+    pub restart_required: Vec<String>,
+}
+
+/// Applies reloads to a running gateway, one at a time.
+pub struct Reloader {
+    path: PathBuf,
+    state: SharedState,
+    certs: Arc<CertStore>,
+    endpoint: Option<quinn::Endpoint>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        state: SharedState,
+        certs: Arc<CertStore>,
+        endpoint: Option<quinn::Endpoint>,
+    ) -> Self {
+        Reloader {
+            path,
+            state,
+            certs,
+            endpoint,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Re-reads the file and swaps in the result, or keeps the running
+    /// configuration and says why. Logged and counted either way.
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.lock.lock().await;
+        let path = self.path.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&path, true))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let result = prepared.and_then(|p| self.apply(p));
+        match &result {
+            Ok(report) => {
+                metrics::config_reload("ok");
+                tracing::info!(restart_required = ?report.restart_required, "configuration reloaded");
+            }
+            Err(e) => {
+                metrics::config_reload("error");
+                let problems: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+                tracing::error!(
+                    ?problems,
+                    "configuration reload rejected; the running configuration stays"
+                );
+            }
+        }
+        result
+    }
+
+    fn apply(&self, prepared: Prepared) -> Result<ReloadReport, ReloadError> {
+        let old = self.state.load_full();
+        let new = &prepared.state.config;
+        let restart_required = restart_required(&old.config, new);
+        if let Some(cert) = prepared.cert {
+            if let Some(expiry) = tls::not_after(&cert) {
+                metrics::certificate_expiry(expiry);
+            }
+            self.certs.replace(cert);
+        }
+        if let Some(endpoint) = &self.endpoint {
+            if transport_changed(&old.config, new) {
+                let tls = tls::quic_server_config(self.certs.clone())?;
+                endpoint.set_server_config(Some(quic::server_config(&new.quic, tls)?));
+            }
+        }
+        self.state.store(Arc::new(prepared.state));
+        Ok(ReloadReport { restart_required })
+    }
+}
+
+fn transport_changed(old: &Config, new: &Config) -> bool {
+    let (o, n) = (&old.quic, &new.quic);
+    format!("{o:?}") != format!("{n:?}")
+}
+
+/// Settings a running process cannot change, by TOML path.
+fn restart_required(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |path: &str, changed: bool| {
+        if changed {
+            out.push(path.to_string());
+        }
+    };
+    check("server.listen", old.server.listen != new.server.listen);
+    check("quic.enabled", old.quic.enabled != new.quic.enabled);
+    check(
+        "quic.udp_recv_buffer",
+        old.quic.udp_recv_buffer != new.quic.udp_recv_buffer,
+    );
+    check(
+        "quic.udp_send_buffer",
+        old.quic.udp_send_buffer != new.quic.udp_send_buffer,
+    );
+    check("admin.enabled", old.admin.enabled != new.admin.enabled);
+    check("admin.listen", old.admin.listen != new.admin.listen);
+    check("log.format", old.log.format != new.log.format);
+    check("log.level", old.log.level != new.log.level);
+    for p in &out {
+        tracing::warn!(setting = %p, "changed in the configuration file; takes effect after a restart");
+    }
+    out
+}
