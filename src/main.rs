@@ -37,6 +37,13 @@ enum Command {
         #[arg(short, long, default_value = "config.toml", env = "H3GATE_CONFIG")]
         config: PathBuf,
     },
+    /// Ask a running gateway's admin listener for /health; exit 0 if healthy.
+    /// For container health checks (the image has no curl).
+    Health {
+        /// Admin listener address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+    },
     /// Write a self-signed development CA (ca.pem) and a certificate
     /// (cert.pem, key.pem) it signed, for the given host names. Not for production.
     Certs {
@@ -59,6 +66,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Check { config } => check(config),
         Command::Certs { out, hosts } => certs(out, hosts),
+        Command::Health { admin } => health(admin),
     }
 }
 
@@ -154,6 +162,30 @@ fn certs(out: PathBuf, hosts: Vec<String>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("h3gate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health(admin: std::net::SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(3);
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: h3gate\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match result {
+        Ok(resp) if resp.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(resp) => {
+            eprintln!("h3gate: unhealthy: {}", resp.lines().next().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("h3gate: cannot reach {admin}: {e}");
             ExitCode::FAILURE
         }
     }

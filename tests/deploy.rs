@@ -1,0 +1,221 @@
+//! The deployment files: the systemd unit passes `systemd-analyze verify`,
+//! the YAML parses and says what it must, the Dockerfile builds the way the
+//! project builds, and `h3gate health` probes a running gateway.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml(path: &str) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Runs a checking tool if it is installed; in CI it must be.
+fn tool(name: &str, args: &[&str], cwd: &Path) -> Option<std::process::Output> {
+    match Command::new(name).args(args).current_dir(cwd).output() {
+        Ok(out) => Some(out),
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("{name} not installed: skipped (CI installs it)");
+            None
+        }
+        Err(e) => panic!("{name} is required in CI: {e}"),
+    }
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/h3gate.service")).unwrap();
+    for needed in [
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "StateDirectory=h3gate",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "LimitNOFILE=",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.contains(needed), "unit lacks {needed}");
+    }
+    // systemd-analyze wants the binaries the unit names to exist: point them
+    // at this build in a copy.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_h3gate");
+    let copy = unit.replace("/usr/local/bin/h3gate", bin);
+    let path = dir.path().join("h3gate.service");
+    std::fs::write(&path, copy).unwrap();
+    if let Some(out) = tool(
+        "systemd-analyze",
+        &["verify", "--man=no", path.to_str().unwrap()],
+        dir.path(),
+    ) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let problems: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("h3gate.service"))
+            // Not having the user on this machine is expected.
+            .filter(|l| !l.contains("User=") && !l.contains("Group="))
+            .collect();
+        assert!(
+            out.status.success() || problems.is_empty(),
+            "systemd-analyze verify:\n{stderr}"
+        );
+        assert!(problems.is_empty(), "systemd-analyze verify:\n{stderr}");
+    }
+    let sysctl =
+        std::fs::read_to_string(root().join("deploy/systemd/99-h3gate-udp-buffers.conf")).unwrap();
+    assert!(
+        sysctl.contains("net.core.rmem_max = 8388608")
+            && sysctl.contains("net.core.wmem_max = 8388608")
+    );
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_harden() {
+    let docs = yaml("deploy/kubernetes/h3gate.yaml");
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Secret",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget"
+        ]
+    );
+
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"][0].as_str(),
+        Some("ALL")
+    );
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"][0].as_str(),
+        Some("NET_BIND_SERVICE")
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/ready")
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/health")
+    );
+
+    let service = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Service"))
+        .unwrap();
+    let protocols: Vec<(i64, &str)> = service["spec"]["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| (p["port"].as_i64().unwrap(), p["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(protocols, [(443, "TCP"), (443, "UDP")]);
+
+    // The embedded configuration is a valid h3gate configuration.
+    let config = docs[0]["data"]["h3gate.toml"].as_str().unwrap();
+    let env = |k: &str| Some(format!("{k}-test-value-long-enough"));
+    let text = config
+        .replace("/etc/h3gate/tls/tls.crt", "")
+        .replace("/etc/h3gate/tls/tls.key", "");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.pem"), "").unwrap();
+    let text = text
+        .replace("cert = \"\"", "cert = \"c.pem\"")
+        .replace("key = \"\"", "key = \"c.pem\"");
+    h3gate::config::Config::from_toml(&text, dir.path(), &env)
+        .unwrap_or_else(|e| panic!("ConfigMap config: {e}"));
+}
+
+#[test]
+fn compose_file_parses() {
+    let docs = yaml("deploy/compose.yaml");
+    let svc = &docs[0]["services"]["h3gate"];
+    let ports: Vec<&str> = svc["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(ports, ["443:443/tcp", "443:443/udp"]);
+    let volumes: Vec<&str> = svc["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        !volumes.is_empty() && volumes.iter().all(|v| v.ends_with(":ro")),
+        "config and certificate mounted read-only"
+    );
+    assert_eq!(svc["read_only"].as_bool(), Some(true));
+}
+
+#[test]
+fn dockerfile_builds_like_the_project() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    assert!(text.contains("cargo build --release --locked --bin h3gate"));
+    assert!(text.contains("COPY --from=build /src/target/release/h3gate /usr/local/bin/h3gate"));
+    assert!(text.contains("USER nonroot"));
+    assert!(text.contains("EXPOSE 443/tcp 443/udp"));
+    // Everything the build needs is copied in.
+    for entry in std::fs::read_dir(root()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if ["src", "Cargo.toml", "Cargo.lock", "examples"].contains(&name.as_str()) {
+            assert!(
+                text.contains(&format!("COPY {name}"))
+                    || text.contains(&format!("COPY Cargo.toml Cargo.lock")),
+                "Dockerfile does not copy {name}"
+            );
+        }
+    }
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("name = \"h3gate\""),
+        "the binary is called h3gate"
+    );
+    assert!(!manifest.contains("[workspace]"), "a single-crate build");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_subcommand_probes_the_admin_listener() {
+    let gw = common::Gateway::start().await;
+    let admin = gw.admin.to_string();
+    let ok = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_h3gate"))
+            .args(["health", "--admin", &admin])
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(ok.success());
+    let dead = common::dead_addr().to_string();
+    let down = Command::new(env!("CARGO_BIN_EXE_h3gate"))
+        .args(["health", "--admin", &dead])
+        .status()
+        .unwrap();
+    assert!(!down.success());
+}
