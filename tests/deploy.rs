@@ -186,7 +186,7 @@ fn dockerfile_builds_like_the_project() {
         if ["src", "Cargo.toml", "Cargo.lock", "examples"].contains(&name.as_str()) {
             assert!(
                 text.contains(&format!("COPY {name}"))
-                    || text.contains(&format!("COPY Cargo.toml Cargo.lock")),
+                    || text.contains("COPY Cargo.toml Cargo.lock"),
                 "Dockerfile does not copy {name}"
             );
         }
