@@ -28,7 +28,8 @@ use crate::shutdown::Shutdown;
 #[derive(Clone)]
 pub struct Admin {
     pub state: SharedState,
-    pub prometheus: PrometheusHandle,
+    /// `None` when metrics are off.
+    pub prometheus: Option<PrometheusHandle>,
     /// Present when the gateway was started from a configuration file.
     pub reloader: Option<Arc<Reloader>>,
     pub shutdown: Shutdown,
@@ -74,10 +75,13 @@ impl Admin {
             (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
             (&Method::GET, "/ready") => self.ready(),
             (&Method::GET, "/metrics") => {
+                let Some(prometheus) = &self.prometheus else {
+                    return error(StatusCode::NOT_FOUND, "metrics_disabled", "metrics are off ([admin] metrics = false)");
+                };
                 if !authorized(req.headers(), &token) {
                     return unauthorized();
                 }
-                let mut resp = http::Response::new(full(self.prometheus.render()));
+                let mut resp = http::Response::new(full(prometheus.render()));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

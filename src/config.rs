@@ -181,6 +181,8 @@ pub struct AdminConfig {
     /// Bearer token for `/metrics` (and admin actions). Required when
     /// `listen` is not a loopback address. Use `${H3GATE_ADMIN_TOKEN}`.
     pub token: Secret,
+    /// Record and serve Prometheus metrics. Default true.
+    pub metrics: bool,
 }
 
 impl Default for AdminConfig {
@@ -189,6 +191,7 @@ impl Default for AdminConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
             token: Secret::default(),
+            metrics: true,
         }
     }
 }

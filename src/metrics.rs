@@ -312,6 +312,9 @@ const ATTEMPTS: [&str; 5] = [
 pub struct ProviderMetrics {
     provider: String,
     attempts: Vec<Counter>,
+    /// Token counters (prompt, completion) by model label, registered on
+    /// first use: a lookup here is much cheaper than registering each time.
+    tokens: std::sync::RwLock<std::collections::HashMap<String, [Counter; 2]>>,
     pub first_byte: Histogram,
     pub first_token: Histogram,
     pub chunk_gap: Histogram,
@@ -325,6 +328,7 @@ impl ProviderMetrics {
                 .iter()
                 .map(|o| counter!("h3gate_upstream_attempts_total", "provider" => provider.to_string(), "outcome" => *o))
                 .collect(),
+            tokens: Default::default(),
             first_byte: histogram!("h3gate_upstream_first_byte_seconds", "provider" => provider.to_string()),
             first_token: histogram!("h3gate_upstream_first_token_seconds", "provider" => provider.to_string()),
             chunk_gap: histogram!("h3gate_upstream_chunk_gap_seconds", "provider" => provider.to_string()),
@@ -342,11 +346,19 @@ impl ProviderMetrics {
     /// Tokens from a response's usage. `model` must be bounded (a known
     /// model name or the route pattern), never free client input.
     pub fn tokens(&self, model: &str, prompt: u64, completion: u64) {
-        for (direction, n) in [("prompt", prompt), ("completion", completion)] {
-            if n > 0 {
-                counter!("h3gate_tokens_total", "direction" => direction, "model" => model.to_string(), "provider" => self.provider.clone())
-                    .increment(n);
-            }
+        let add = |c: &[Counter; 2]| {
+            c[0].increment(prompt);
+            c[1].increment(completion);
+        };
+        if let Some(c) = self.tokens.read().ok().as_ref().and_then(|m| m.get(model)) {
+            return add(c);
+        }
+        let counters = ["prompt", "completion"].map(|direction| {
+            counter!("h3gate_tokens_total", "direction" => direction, "model" => model.to_string(), "provider" => self.provider.clone())
+        });
+        add(&counters);
+        if let Ok(mut m) = self.tokens.write() {
+            m.insert(model.to_string(), counters);
         }
     }
 }

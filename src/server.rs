@@ -112,7 +112,8 @@ pub async fn run(
     stop: CancellationToken,
     reload_from: Option<PathBuf>,
 ) -> Result<(), StartError> {
-    let prometheus = crate::metrics::install();
+    // Without the recorder every metric is a no-op (`[admin] metrics = false`).
+    let prometheus = config.admin.metrics.then(crate::metrics::install);
     let key = tls::load_certified_key(&config.tls)?;
     if let Some(expiry) = tls::not_after(&key) {
         crate::metrics::certificate_expiry(expiry);
@@ -174,17 +175,19 @@ pub async fn run(
         };
         shutdown.spawn(admin.serve(listener));
     }
-    // Histograms need periodic upkeep when rendered on demand.
-    let upkeep = shutdown.clone();
-    shutdown.spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = upkeep.draining() => break,
-                _ = tick.tick() => prometheus.run_upkeep(),
+    if let Some(prometheus) = prometheus {
+        // Histograms need periodic upkeep when rendered on demand.
+        let upkeep = shutdown.clone();
+        shutdown.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = upkeep.draining() => break,
+                    _ = tick.tick() => prometheus.run_upkeep(),
+                }
             }
-        }
-    });
+        });
+    }
 
     shutdown.draining().await;
     // The grace period as currently configured (a reload may have changed it).
