@@ -25,7 +25,10 @@ type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 const COMPLETION: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":10,"total_tokens":22}}"#;
 
 fn now_us() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
 }
 
 #[tokio::main]
@@ -41,8 +44,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<Incoming>| async move {
-                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                let stream = body.windows(14).any(|w| w == b"\"stream\":true" as &[u8] || w == b"\"stream\": true");
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let stream = body
+                    .windows(14)
+                    .any(|w| w == b"\"stream\":true" as &[u8] || w == b"\"stream\": true");
                 let resp: hyper::Response<BoxBody> = if stream {
                     let s = futures_util::stream::unfold(0usize, move |i| async move {
                         if i > chunks {

@@ -56,6 +56,8 @@ pub struct Entry {
     pub metrics: Arc<Metrics>,
     /// The route that served the request, if one did.
     pub route: Option<Arc<Route>>,
+    /// Held until the response ends (the admission slot).
+    pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Wraps a response body; logs the request once the body ends, fails or is dropped.

@@ -76,7 +76,11 @@ impl Admin {
             (&Method::GET, "/ready") => self.ready(),
             (&Method::GET, "/metrics") => {
                 let Some(prometheus) = &self.prometheus else {
-                    return error(StatusCode::NOT_FOUND, "metrics_disabled", "metrics are off ([admin] metrics = false)");
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        "metrics_disabled",
+                        "metrics are off ([admin] metrics = false)",
+                    );
                 };
                 if !authorized(req.headers(), &token) {
                     return unauthorized();
@@ -105,17 +109,49 @@ impl Admin {
         }
     }
 
+    /// Ready unless draining or some route has no usable target; lists
+    /// each provider's health and each target's breaker either way.
     fn ready(&self) -> Response {
-        if self.shutdown.is_draining() {
-            return json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#);
-        }
         let s = self.state.load();
+        let providers: serde_json::Map<String, serde_json::Value> = s
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    serde_json::json!({"healthy": p.common().is_healthy()}),
+                )
+            })
+            .collect();
+        let mut targets = serde_json::Map::new();
+        let mut unroutable = Vec::new();
+        for route in s.router.routes() {
+            for t in &route.targets {
+                targets.insert(
+                    t.name.clone(),
+                    serde_json::json!({"breaker": t.state.breaker_state().as_str()}),
+                );
+            }
+            if !route.usable() {
+                unroutable.push(route.pattern.clone());
+            }
+        }
+        unroutable.sort();
+        let draining = self.shutdown.is_draining();
+        let ready = !draining && unroutable.is_empty();
         let body = serde_json::json!({
-            "status": "ready",
-            "routes": s.config.routes.len(),
-            "providers": s.providers.len(),
+            "status": if draining { "draining" } else if ready { "ready" } else { "degraded" },
+            "routes_without_target": unroutable,
+            "providers": providers,
+            "targets": targets,
+            "admission": {"available": s.admission.available(), "queued": s.admission.depth()},
         });
-        json(StatusCode::OK, body.to_string())
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(status, body.to_string())
     }
 
     async fn reload(&self) -> Response {

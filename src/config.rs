@@ -5,6 +5,7 @@
 //! meaning; every problem found is reported at once.
 
 mod load;
+mod resilience;
 mod types;
 mod validate;
 
@@ -14,6 +15,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Problem};
+pub use resilience::{
+    AdmissionConfig, BreakerConfig, HealthCheckConfig, RetryConfig, Strategy, TargetConfig,
+};
 pub use types::{ByteSize, Duration, Secret};
 
 /// The whole configuration file.
@@ -26,6 +30,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub retry: RetryConfig,
+    pub admission: AdmissionConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -244,6 +250,11 @@ pub struct ProviderConfig {
     /// Models this provider serves, listed by `/v1/models` for wildcard routes.
     pub models: Vec<String>,
     pub timeouts: ProviderTimeouts,
+    /// Requests in flight to this provider at once; 0 = no cap. Default 0.
+    pub max_concurrent: u32,
+    pub breaker: BreakerConfig,
+    /// Active health checks; off unless set.
+    pub health_check: Option<HealthCheckConfig>,
     /// Behaviour of the built-in mock (kind = "mock" only).
     pub mock: MockConfig,
 }
@@ -257,6 +268,9 @@ impl Default for ProviderConfig {
             api_key: Secret::default(),
             models: Vec::new(),
             timeouts: ProviderTimeouts::default(),
+            max_concurrent: 0,
+            breaker: BreakerConfig::default(),
+            health_check: None,
             mock: MockConfig::default(),
         }
     }
@@ -314,7 +328,12 @@ impl Default for MockConfig {
 #[serde(default)]
 pub struct RouteConfig {
     pub model: String,
-    pub targets: Vec<String>,
+    /// Providers, optionally with an upstream model name and a weight.
+    pub targets: Vec<TargetConfig>,
+    pub strategy: Strategy,
+    /// While a streaming request waits for its first byte, send `: ping`
+    /// SSE comments this often (this commits the 200 status). Off unless set.
+    pub stream_keepalive: Option<Duration>,
 }
 
 /// The fuzz target's property, here so tests run it too: any text either

@@ -7,7 +7,17 @@
 use http::StatusCode;
 use serde::Serialize;
 
+use crate::admission::Shed;
 use crate::exchange::{json, Response};
+
+/// ` (attempts: a: timeout; b: status 503)`, or nothing.
+fn attempts(summary: &str) -> String {
+    if summary.is_empty() {
+        String::new()
+    } else {
+        format!(" (attempts: {summary})")
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
@@ -25,14 +35,21 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64 },
     #[error("the request body could not be read completely")]
     BodyIncomplete,
-    #[error("the upstream provider could not be reached")]
-    UpstreamUnreachable,
-    #[error("the upstream provider did not answer in time")]
-    UpstreamTimeout,
+    /// The `String`s list each attempt's target and failure class.
+    #[error("the upstream provider could not be reached{}", attempts(.0))]
+    UpstreamUnreachable(String),
+    #[error("the upstream provider did not answer in time{}", attempts(.0))]
+    UpstreamTimeout(String),
     #[error("the gateway's credentials were refused by the upstream provider")]
     UpstreamAuth,
-    #[error("the upstream provider returned an invalid response")]
-    UpstreamInvalid,
+    #[error("the upstream provider returned an invalid response{}", attempts(.0))]
+    UpstreamInvalid(String),
+    #[error("no upstream target can take this request now{}", attempts(.0))]
+    NoTarget(String),
+    #[error("the gateway is at capacity; retry shortly")]
+    Overloaded(Shed),
+    #[error("too many concurrent requests from this client")]
+    ClientLimit,
     /// An error status from the provider, passed through with a sanitised message.
     #[error("{message}")]
     Upstream {
@@ -54,10 +71,14 @@ impl GatewayError {
             GatewayError::NotFound { .. } | GatewayError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::UpstreamUnreachable
+            GatewayError::UpstreamUnreachable(_)
             | GatewayError::UpstreamAuth
-            | GatewayError::UpstreamInvalid => StatusCode::BAD_GATEWAY,
-            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            | GatewayError::UpstreamInvalid(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::NoTarget(_) | GatewayError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::ClientLimit => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Upstream { status, .. } => *status,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -73,10 +94,13 @@ impl GatewayError {
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::ModelNotFound(_)
             | GatewayError::PayloadTooLarge { .. } => "invalid_request_error",
-            GatewayError::UpstreamUnreachable
-            | GatewayError::UpstreamTimeout
+            GatewayError::UpstreamUnreachable(_)
+            | GatewayError::UpstreamTimeout(_)
             | GatewayError::UpstreamAuth
-            | GatewayError::UpstreamInvalid => "upstream_error",
+            | GatewayError::UpstreamInvalid(_)
+            | GatewayError::NoTarget(_) => "upstream_error",
+            GatewayError::Overloaded(_) => "service_unavailable",
+            GatewayError::ClientLimit => "rate_limit_error",
             GatewayError::Upstream { kind, .. } => kind,
             GatewayError::Internal => "server_error",
         }
@@ -92,10 +116,13 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::ModelNotFound(_) => "model_not_found",
             GatewayError::PayloadTooLarge { .. } => "request_too_large",
-            GatewayError::UpstreamUnreachable => "upstream_unreachable",
-            GatewayError::UpstreamTimeout => "upstream_timeout",
+            GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
             GatewayError::UpstreamAuth => "upstream_auth_failed",
-            GatewayError::UpstreamInvalid => "upstream_invalid_response",
+            GatewayError::UpstreamInvalid(_) => "upstream_invalid_response",
+            GatewayError::NoTarget(_) => "no_available_target",
+            GatewayError::Overloaded(_) => "overloaded",
+            GatewayError::ClientLimit => "too_many_concurrent_requests",
             GatewayError::Upstream { code, .. } => return code.as_deref(),
             GatewayError::Internal => "internal_error",
         })
@@ -127,7 +154,46 @@ impl GatewayError {
     }
 
     pub fn into_response(self, request_id: &str) -> Response {
-        json(self.status(), self.body(request_id))
+        let mut resp = json(self.status(), self.body(request_id));
+        if matches!(
+            self,
+            GatewayError::Overloaded(_) | GatewayError::NoTarget(_) | GatewayError::ClientLimit
+        ) {
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
+    }
+
+    /// The error as the SSE event that ends a stream already committed.
+    pub fn sse_event(&self) -> String {
+        let body = serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}});
+        crate::sse::encode(None, &body.to_string())
+    }
+
+    /// The same error, its message listing every attempt (`target: class; …`).
+    pub fn with_attempts(self, summary: &str) -> GatewayError {
+        let s = summary.to_string();
+        match self {
+            GatewayError::UpstreamUnreachable(_) => GatewayError::UpstreamUnreachable(s),
+            GatewayError::UpstreamTimeout(_) => GatewayError::UpstreamTimeout(s),
+            GatewayError::UpstreamInvalid(_) => GatewayError::UpstreamInvalid(s),
+            GatewayError::NoTarget(_) => GatewayError::NoTarget(s),
+            GatewayError::Upstream {
+                status,
+                message,
+                kind,
+                code,
+            } => GatewayError::Upstream {
+                status,
+                message: format!("{message}{}", attempts(&s)),
+                kind,
+                code,
+            },
+            other => other,
+        }
     }
 }
 

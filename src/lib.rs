@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod exchange;

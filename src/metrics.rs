@@ -46,6 +46,11 @@ pub const NAMES: &[&str] = &[
     "h3gate_upstream_chunk_gap_seconds",
     "h3gate_upstream_stream_errors_total",
     "h3gate_tokens_total",
+    "h3gate_breaker_state",
+    "h3gate_provider_healthy",
+    "h3gate_admission_queue_depth",
+    "h3gate_admission_wait_seconds",
+    "h3gate_admission_shed_total",
     "h3gate_quic_connections_open",
     "h3gate_quic_connections_accepted_total",
     "h3gate_quic_connections_refused_total",
@@ -123,6 +128,27 @@ fn describe() {
     describe_counter!(
         "h3gate_tokens_total",
         "Tokens reported by upstream usage, by direction, model and provider."
+    );
+    describe_gauge!(
+        "h3gate_breaker_state",
+        "Circuit breaker per target: 0 closed, 1 half-open, 2 open."
+    );
+    describe_gauge!(
+        "h3gate_provider_healthy",
+        "1 if the provider passes its active health checks (or has none)."
+    );
+    describe_gauge!(
+        "h3gate_admission_queue_depth",
+        "Requests waiting for an admission slot, by scope."
+    );
+    describe_histogram!(
+        "h3gate_admission_wait_seconds",
+        Unit::Seconds,
+        "Time waited for an admission slot."
+    );
+    describe_counter!(
+        "h3gate_admission_shed_total",
+        "Requests refused by admission, by scope and reason."
     );
     describe_gauge!("h3gate_quic_connections_open", "Open QUIC connections.");
     describe_counter!(

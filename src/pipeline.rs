@@ -21,16 +21,13 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::access::{Entry, Logged, Record};
+use crate::admission::{ClientSlot, Permit};
 use crate::error::GatewayError;
 use crate::exchange::{json, Body, GatewayRequest, Response};
-use crate::metrics::{self, Attempt};
-use crate::provider::{Endpoint, Provider, UpstreamCall, UpstreamError};
-use crate::relay::RelayBody;
-use crate::routing::Route;
+use crate::provider::{Endpoint, UpstreamCall};
+use crate::relay::{relay, KeepAliveBody};
+use crate::routing::{self, Forwarded, Route};
 use crate::state::State;
-
-/// Upstream error bodies are read up to this size to build the client's error.
-const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
 
 /// What the steps learn about a request, for its log line and metrics.
 #[derive(Default)]
@@ -41,6 +38,7 @@ struct Facts {
     request_bytes: u64,
     /// Time spent waiting for upstream response headers, all attempts.
     upstream_wait: Duration,
+    admitted: Option<Admitted>,
 }
 
 /// Handles one request from any listener and returns the response to send.
@@ -53,7 +51,8 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
     state.metrics.request_started(protocol);
 
     let span = tracing::info_span!("request", request_id = %request_id);
-    let dispatched = dispatch(state, req, &request_id, &record, &mut facts)
+    let shared_id: Arc<str> = request_id.as_str().into();
+    let dispatched = dispatch(state, req, &shared_id, &record, &mut facts)
         .instrument(span)
         .await;
     let mut resp = match dispatched {
@@ -92,6 +91,9 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
         record,
         metrics: state.metrics.clone(),
         route: facts.route,
+        hold: facts
+            .admitted
+            .map(|a| Box::new(a) as Box<dyn std::any::Any + Send + Sync>),
     };
     resp.map(|body| Body::new(Logged::new(body, entry)))
 }
@@ -99,7 +101,7 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
 async fn dispatch(
     state: &State,
     req: GatewayRequest,
-    request_id: &str,
+    request_id: &Arc<str>,
     record: &Arc<Record>,
     facts: &mut Facts,
 ) -> Result<Response, GatewayError> {
@@ -138,7 +140,7 @@ async fn proxy(
     state: &State,
     req: GatewayRequest,
     endpoint: Endpoint,
-    request_id: &str,
+    request_id: &Arc<str>,
     record: &Arc<Record>,
     facts: &mut Facts,
 ) -> Result<Response, GatewayError> {
@@ -164,13 +166,67 @@ async fn proxy(
     facts.route = Some(route.clone());
     let model_label: Arc<str> = state.router.model_label(&model, &route).into();
 
+    // Admission: this client's share, then a slot (or a bounded wait for one).
+    let client = req.peer.ip().to_string();
+    let client_slot = state
+        .clients
+        .enter(&client)
+        .map_err(|_| GatewayError::ClientLimit)?;
+    let permit = state
+        .admission
+        .enter()
+        .await
+        .map_err(GatewayError::Overloaded)?;
+    facts.admitted = Some(Admitted {
+        _client: client_slot,
+        _permit: permit,
+    });
+
     let call = UpstreamCall {
         endpoint,
         body,
         stream: routing.stream && endpoint != Endpoint::Embeddings,
-        request_id,
+        request_id: request_id.clone(),
     };
-    forward(&route, &call, &model_label, record, facts).await
+    let retry = state.config.retry.clone();
+    if let (true, Some(every)) = (call.stream, route.stream_keepalive) {
+        // Race the upstream against the first ping: a fast answer goes the
+        // normal way; a slow one commits a 200 stream that pings meanwhile.
+        let started = Instant::now();
+        let (r, c) = (route.clone(), call.clone());
+        let mut fwd = Box::pin(async move { routing::forward(&r, &c, &retry).await });
+        tokio::select! {
+            done = &mut fwd => return respond(done, &model_label, record, facts),
+            _ = tokio::time::sleep(every) => {}
+        }
+        facts.upstream_wait = started.elapsed();
+        facts.target = Some(format!("{} (keepalive)", route.pattern));
+        return Ok(KeepAliveBody::response(
+            fwd,
+            every,
+            model_label,
+            record.clone(),
+        ));
+    }
+    let done = routing::forward(&route, &call, &retry).await;
+    respond(done, &model_label, record, facts)
+}
+
+/// Admission held until the response ends.
+struct Admitted {
+    _client: Option<ClientSlot>,
+    _permit: Permit,
+}
+
+fn respond(
+    done: Forwarded,
+    model_label: &Arc<str>,
+    record: &Arc<Record>,
+    facts: &mut Facts,
+) -> Result<Response, GatewayError> {
+    facts.upstream_wait += done.upstream_wait;
+    facts.target = done.target;
+    Ok(relay(done.result?, model_label.clone(), record.clone()))
 }
 
 /// Reads the request body, refusing it as soon as it is known to exceed
@@ -221,126 +277,6 @@ async fn discard(mut body: Body) {
         }
     };
     let _ = tokio::time::timeout(MAX_TIME, drain).await;
-}
-
-/// Upstream statuses worth trying the next target for (the request was not
-/// processed, or the provider is overloaded).
-fn retryable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504 | 529)
-}
-
-/// Tries the route's targets in order. A target is left for the next only
-/// before anything has been sent to the client: on a connect error, a
-/// timeout before the response headers, or a retryable status.
-async fn forward(
-    route: &Route,
-    call: &UpstreamCall<'_>,
-    model_label: &Arc<str>,
-    record: &Arc<Record>,
-    facts: &mut Facts,
-) -> Result<Response, GatewayError> {
-    let mut last = GatewayError::UpstreamUnreachable;
-    let count = route.targets.len();
-    for (i, target) in route.targets.iter().enumerate() {
-        if i > 0 {
-            metrics::failover(&route.pattern);
-        }
-        let has_next = i + 1 < count;
-        let started = Instant::now();
-        facts.target = Some(target.name().to_owned());
-        let sent = target.send(call).await;
-        let waited = started.elapsed();
-        facts.upstream_wait += waited;
-        let m = target.metrics();
-        match sent {
-            Ok(up) if up.status.is_success() => {
-                m.attempt(Attempt::Success);
-                m.first_byte.record(waited.as_secs_f64());
-                return Ok(relay(target, up, started, model_label, record));
-            }
-            Ok(up) => {
-                m.attempt(Attempt::ErrorStatus);
-                let status = up.status;
-                let body = read_error_body(up.body).await;
-                let err = GatewayError::from_upstream(status, &body);
-                tracing::warn!(
-                    request_id = call.request_id,
-                    target = target.name(),
-                    status = status.as_u16(),
-                    "upstream answered with an error"
-                );
-                if !(has_next && retryable(status)) {
-                    return Err(err);
-                }
-                last = err;
-            }
-            Err(e) => {
-                tracing::warn!(request_id = call.request_id, target = target.name(), error = %e, "upstream attempt failed");
-                let (outcome, err) = match e {
-                    UpstreamError::Timeout(_) => (Attempt::Timeout, GatewayError::UpstreamTimeout),
-                    UpstreamError::Connect(_) => {
-                        (Attempt::ConnectError, GatewayError::UpstreamUnreachable)
-                    }
-                    UpstreamError::Failed(_) => (Attempt::Failed, GatewayError::UpstreamInvalid),
-                };
-                m.attempt(outcome);
-                last = err;
-            }
-        }
-    }
-    Err(last)
-}
-
-fn relay(
-    target: &Arc<Provider>,
-    up: crate::provider::UpstreamResponse,
-    started: Instant,
-    model_label: &Arc<str>,
-    record: &Arc<Record>,
-) -> Response {
-    let sse = up
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = RelayBody::new(
-        up.body,
-        sse,
-        target.clone(),
-        started,
-        model_label.clone(),
-        record.clone(),
-    );
-    let mut resp = http::Response::new(Body::new(body));
-    *resp.status_mut() = up.status;
-    *resp.headers_mut() = up.headers;
-    if sse {
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    }
-    if let Ok(v) = HeaderValue::from_str(target.name()) {
-        resp.headers_mut().insert("x-h3gate-target", v);
-    }
-    resp
-}
-
-/// Reads at most [`MAX_UPSTREAM_ERROR_BODY`] bytes of an upstream error body.
-async fn read_error_body(mut body: Body) -> Bytes {
-    let mut buf = BytesMut::new();
-    let read = async {
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(d) = frame.into_data() {
-                buf.extend_from_slice(&d);
-                if buf.len() >= MAX_UPSTREAM_ERROR_BODY {
-                    break;
-                }
-            }
-        }
-    };
-    // An error body that trickles is not worth waiting for.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
-    buf.truncate(MAX_UPSTREAM_ERROR_BODY);
-    buf.freeze()
 }
 
 fn models(state: &State) -> Response {

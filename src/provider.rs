@@ -6,12 +6,20 @@ pub mod mock;
 pub mod openai;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
-use crate::config::{ProviderConfig, ProviderKind, ProviderTimeouts};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use metrics::{gauge, Gauge};
+
+use crate::admission::{Gate, Permit};
+use crate::config::{
+    BreakerConfig, HealthCheckConfig, ProviderConfig, ProviderKind, ProviderTimeouts,
+};
 use crate::exchange::Body;
 use crate::metrics::ProviderMetrics;
 
@@ -45,12 +53,13 @@ impl Endpoint {
 }
 
 /// One request to send upstream.
-pub struct UpstreamCall<'a> {
+#[derive(Clone)]
+pub struct UpstreamCall {
     pub endpoint: Endpoint,
-    /// The client's JSON body, forwarded as is.
+    /// The client's JSON body, forwarded as is (unless a target renames the model).
     pub body: Bytes,
     pub stream: bool,
-    pub request_id: &'a str,
+    pub request_id: Arc<str>,
 }
 
 /// The upstream's answer: status, the headers worth passing on, and the body
@@ -80,15 +89,54 @@ pub struct Common {
     /// Models this provider declares (for `/v1/models` under wildcard routes).
     pub models: Vec<String>,
     pub metrics: ProviderMetrics,
+    pub breaker: BreakerConfig,
+    pub health_check: Option<HealthCheckConfig>,
+    healthy: AtomicBool,
+    health_gauge: Gauge,
+    /// `max_concurrent`: a full provider is skipped (failover); the
+    /// gateway-wide admission queue does the waiting.
+    gate: Option<Gate>,
 }
 
 impl Common {
     fn new(cfg: &ProviderConfig) -> Self {
+        let health_gauge = gauge!("h3gate_provider_healthy", "provider" => cfg.name.clone());
+        health_gauge.set(1.0);
         Common {
             name: cfg.name.clone(),
             timeouts: cfg.timeouts.clone(),
             models: cfg.models.clone(),
             metrics: ProviderMetrics::new(&cfg.name),
+            breaker: cfg.breaker.clone(),
+            health_check: cfg.health_check.clone(),
+            healthy: AtomicBool::new(true),
+            health_gauge,
+            gate: (cfg.max_concurrent > 0).then(|| {
+                Gate::new(
+                    &cfg.name,
+                    cfg.max_concurrent as usize,
+                    0,
+                    std::time::Duration::ZERO,
+                )
+            }),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+        self.health_gauge.set(if healthy { 1.0 } else { 0.0 });
+    }
+
+    /// A slot for one request: `None` when the provider is at its cap,
+    /// `Some(None)` when it has no cap.
+    pub fn admit(&self) -> Option<Option<Permit>> {
+        match &self.gate {
+            None => Some(None),
+            Some(g) => g.try_enter().map(Some),
         }
     }
 }
@@ -132,8 +180,16 @@ impl Provider {
         &self.common().metrics
     }
 
+    /// One active health check: a cheap GET below the base URL.
+    pub async fn health_check(&self, path: &str) -> bool {
+        match self {
+            Provider::OpenAi(p) => p.health_check(path).await,
+            Provider::Mock(_) => true,
+        }
+    }
+
     /// Sends the call; resolves when the response headers have arrived.
-    pub async fn send(&self, call: &UpstreamCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn send(&self, call: &UpstreamCall) -> Result<UpstreamResponse, UpstreamError> {
         match self {
             Provider::OpenAi(p) => p.send(call).await,
             Provider::Mock(p) => p.send(call).await,

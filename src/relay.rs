@@ -19,9 +19,12 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use serde::Deserialize;
 use tokio::time::{Instant, Sleep};
 
+use http::header::{self, HeaderValue};
+
 use crate::access::Record;
-use crate::exchange::{Body, BodyError};
+use crate::exchange::{Body, BodyError, Response};
 use crate::provider::Provider;
+use crate::routing::{AttemptGuard, Attempted, Forwarded};
 use crate::sse;
 
 /// Largest SSE event the relay inspects; larger ones pass through unread.
@@ -39,6 +42,8 @@ pub struct RelayBody {
     idle_timer: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
     target: Arc<Provider>,
+    /// Counts the target's outstanding request; told of mid-stream failures.
+    guard: AttemptGuard,
     model_label: Arc<str>,
     record: Arc<Record>,
     started: Instant,
@@ -63,6 +68,42 @@ enum Failure {
     Total,
 }
 
+/// The client's response for an upstream answer: its status and headers,
+/// `x-h3gate-target`, and the body relayed as it arrives.
+pub fn relay(attempted: Attempted, model_label: Arc<str>, record: Arc<Record>) -> Response {
+    let Attempted {
+        target,
+        response: up,
+        started,
+        guard,
+    } = attempted;
+    let sse = up
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = RelayBody::new(
+        up.body,
+        sse,
+        target.provider.clone(),
+        guard,
+        started,
+        model_label,
+        record,
+    );
+    let mut resp = http::Response::new(Body::new(body));
+    *resp.status_mut() = up.status;
+    *resp.headers_mut() = up.headers;
+    if sse {
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&target.name) {
+        resp.headers_mut().insert("x-h3gate-target", v);
+    }
+    resp
+}
+
 impl RelayBody {
     /// `sse`: the body is an event stream (errors become an error event).
     /// `started`: when the upstream call began (the total limit counts from it).
@@ -71,6 +112,7 @@ impl RelayBody {
         inner: Body,
         sse: bool,
         target: Arc<Provider>,
+        guard: AttemptGuard,
         started: Instant,
         model_label: Arc<str>,
         record: Arc<Record>,
@@ -90,6 +132,7 @@ impl RelayBody {
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             target,
+            guard,
             model_label,
             record,
             started,
@@ -160,6 +203,7 @@ impl RelayBody {
         self.json = None;
         self.record.mark_upstream_failure();
         self.target.metrics().stream_error(failure.reason());
+        self.guard.failed_mid_stream();
         let _span = self.span.enter();
         tracing::warn!(target = self.target.name(), error = %failure, "upstream response failed mid-stream");
         if self.watch.is_some() {
@@ -277,5 +321,96 @@ impl HttpBody for RelayBody {
             Some(_) => SizeHint::default(),
             None => SizeHint::with_exact(0),
         }
+    }
+}
+
+type Forwarding = Pin<Box<dyn std::future::Future<Output = Forwarded> + Send>>;
+
+/// A streaming response committed (200) before the upstream answered:
+/// `: ping` comments every `every` keep idle-timeout middleboxes from
+/// cutting it; then the upstream's stream, or an error event if every
+/// attempt failed (the status can no longer change).
+pub struct KeepAliveBody {
+    waiting: Option<(Forwarding, tokio::time::Interval)>,
+    relay: Option<RelayBody>,
+    model_label: Arc<str>,
+    record: Arc<Record>,
+}
+
+impl KeepAliveBody {
+    pub fn response(
+        fwd: Forwarding,
+        every: Duration,
+        model_label: Arc<str>,
+        record: Arc<Record>,
+    ) -> Response {
+        let mut tick = tokio::time::interval_at(Instant::now(), every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let body = KeepAliveBody {
+            waiting: Some((fwd, tick)),
+            relay: None,
+            model_label,
+            record,
+        };
+        let mut resp = http::Response::new(Body::new(body));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        resp
+    }
+}
+
+impl HttpBody for KeepAliveBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        if let Some(relay) = this.relay.as_mut() {
+            return Pin::new(relay).poll_frame(cx);
+        }
+        let Some((fwd, tick)) = this.waiting.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(done) = fwd.as_mut().poll(cx) {
+            this.waiting = None;
+            return match done.result {
+                Ok(Attempted {
+                    target,
+                    response,
+                    started,
+                    guard,
+                }) => {
+                    let relay = RelayBody::new(
+                        response.body,
+                        true,
+                        target.provider.clone(),
+                        guard,
+                        started,
+                        this.model_label.clone(),
+                        this.record.clone(),
+                    );
+                    Pin::new(this.relay.insert(relay)).poll_frame(cx)
+                }
+                Err(e) => {
+                    this.record.mark_upstream_failure();
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(e.sse_event())))))
+                }
+            };
+        }
+        if tick.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": ping\n\n")))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.waiting.is_none() && self.relay.as_ref().is_none_or(|r| r.is_end_stream())
     }
 }

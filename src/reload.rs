@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError, Problem};
 use crate::listener::{quic, SharedState};
 use crate::metrics;
+use crate::shutdown::Shutdown;
 use crate::state::{BuildError, State};
 use crate::tls::{self, CertStore, TlsError};
 
@@ -81,6 +82,7 @@ pub struct Reloader {
     state: SharedState,
     certs: Arc<CertStore>,
     endpoint: Option<quinn::Endpoint>,
+    shutdown: Shutdown,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -90,12 +92,14 @@ impl Reloader {
         state: SharedState,
         certs: Arc<CertStore>,
         endpoint: Option<quinn::Endpoint>,
+        shutdown: Shutdown,
     ) -> Self {
         Reloader {
             path,
             state,
             certs,
             endpoint,
+            shutdown,
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -142,6 +146,8 @@ impl Reloader {
                 endpoint.set_server_config(Some(quic::server_config(&new.quic, tls)?));
             }
         }
+        prepared.state.start_tasks(&self.shutdown);
+        // The old state (and its health checks) goes when its last request ends.
         self.state.store(Arc::new(prepared.state));
         Ok(ReloadReport { restart_required })
     }

@@ -1,21 +1,170 @@
-//! Model → ordered targets. A route's model is an exact name, a glob with
-//! `*` (e.g. `gpt-*`) or `*` alone. Exact names win; among globs the more
-//! specific (more literal characters) wins, then the one written first.
+//! Model → targets, and the failover loop.
+//!
+//! A route's model is an exact name, a glob with `*` (e.g. `gpt-*`) or `*`
+//! alone; exact names win, then the more specific glob (more literal
+//! characters), then the one written first. A target is a provider plus an
+//! optional upstream model name. [`forward`] tries a route's targets in the
+//! order its strategy gives, skipping unhealthy, open-breaker and
+//! cooling-down ones, retrying retryable failures with backoff — always
+//! before the first byte reaches the client.
+
+pub mod breaker;
+pub mod health;
+pub mod retry;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::config::RouteConfig;
-use crate::metrics::RouteMetrics;
-use crate::provider::Provider;
+use bytes::Bytes;
+use metrics::{gauge, Gauge};
+use tokio::time::Instant;
+
+use crate::admission::Permit;
+use crate::config::{Config, RetryConfig, RouteConfig, Strategy};
+use crate::error::GatewayError;
+use crate::metrics::{self as m, Attempt, RouteMetrics};
+use crate::provider::{Provider, UpstreamCall, UpstreamError, UpstreamResponse};
+use breaker::{Breaker, BreakerState};
+
+/// Live state of one target (shared by every route that names it).
+#[derive(Debug)]
+pub struct TargetState {
+    breaker: Mutex<Breaker>,
+    breaker_gauge: Gauge,
+    /// Requests sent and not yet finished (response body included).
+    outstanding: AtomicUsize,
+    /// EWMA of time to response headers, in microseconds (0: unknown yet).
+    ewma_us: AtomicU64,
+    /// No attempt before this (an upstream `Retry-After`).
+    not_before: Mutex<Option<Instant>>,
+}
+
+impl TargetState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.lock().state(Instant::now())
+    }
+
+    /// Records an outcome in the breaker (and the latency of a success).
+    pub fn record(&self, ok: bool, latency: Option<Duration>) {
+        if let Some(l) = latency {
+            let new = l.as_micros().min(u128::from(u64::MAX)) as u64;
+            let old = self.ewma_us.load(Ordering::Relaxed);
+            let ewma = if old == 0 { new } else { (old * 4 + new) / 5 };
+            self.ewma_us.store(ewma.max(1), Ordering::Relaxed);
+        }
+        if let Some(state) = self.lock().record(Instant::now(), ok) {
+            self.breaker_gauge.set(state.as_gauge());
+            tracing::warn!(breaker = state.as_str(), "circuit breaker changed state");
+        }
+    }
+
+    fn cooling_until(&self) -> Option<Instant> {
+        let nb = *self.not_before.lock().unwrap_or_else(|p| p.into_inner());
+        nb.filter(|t| *t > Instant::now())
+    }
+
+    fn cool_down(&self, d: Duration) {
+        *self.not_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + d);
+    }
+
+    /// Outstanding × latency: what least-loaded minimises.
+    fn cost(&self) -> u128 {
+        let out = self.outstanding.load(Ordering::Relaxed) as u128 + 1;
+        out * u128::from(self.ewma_us.load(Ordering::Relaxed).max(1))
+    }
+}
+
+#[derive(Debug)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    /// The model name sent upstream, if it differs from the client's.
+    pub model: Option<String>,
+    pub weight: u32,
+    /// `provider` or `provider/model`: the target's name in logs and metrics.
+    pub name: String,
+    pub state: Arc<TargetState>,
+}
+
+impl Target {
+    /// Why this target cannot take a request now, if it cannot.
+    fn unusable(&self) -> Option<&'static str> {
+        if !self.provider.common().is_healthy() {
+            Some("unhealthy")
+        } else if self.state.breaker_state() == BreakerState::Open {
+            Some("breaker_open")
+        } else {
+            None
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Route {
     /// The route's model pattern as configured (a metrics label).
     pub pattern: String,
-    /// Targets in priority order.
-    pub targets: Vec<Arc<Provider>>,
+    pub strategy: Strategy,
+    pub targets: Vec<Arc<Target>>,
+    pub stream_keepalive: Option<Duration>,
     pub metrics: RouteMetrics,
+}
+
+impl Route {
+    /// The targets in the order this request should try them.
+    fn order(&self) -> Vec<Arc<Target>> {
+        let mut order: Vec<Arc<Target>> = self.targets.clone();
+        match self.strategy {
+            Strategy::Priority => {}
+            Strategy::Weighted => {
+                // Weighted sampling without replacement.
+                let mut rest = std::mem::take(&mut order);
+                while !rest.is_empty() {
+                    let total: u64 = rest.iter().map(|t| u64::from(t.weight)).sum();
+                    let mut pick = fastrand::u64(0..total.max(1));
+                    let i = rest
+                        .iter()
+                        .position(|t| {
+                            let w = u64::from(t.weight);
+                            if pick < w {
+                                true
+                            } else {
+                                pick -= w;
+                                false
+                            }
+                        })
+                        .unwrap_or(0);
+                    order.push(rest.remove(i));
+                }
+            }
+            Strategy::LeastLoaded if order.len() >= 2 => {
+                // Power of two choices; the rest keep their order as fallbacks.
+                let a = fastrand::usize(0..order.len());
+                let mut b = fastrand::usize(0..order.len() - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let best = if order[b].state.cost() < order[a].state.cost() {
+                    b
+                } else {
+                    a
+                };
+                let first = order.remove(best);
+                order.insert(0, first);
+            }
+            Strategy::LeastLoaded => {}
+        }
+        order
+    }
+
+    /// Whether any target could take a request now (for `/ready`).
+    pub fn usable(&self) -> bool {
+        self.targets.iter().any(|t| t.unusable().is_none())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -29,18 +178,11 @@ pub struct Router {
 
 impl Router {
     /// Builds the router; `providers` must hold every target name (validated config).
-    pub fn new(routes: &[RouteConfig], providers: &HashMap<String, Arc<Provider>>) -> Router {
+    pub fn new(config: &Config, providers: &HashMap<String, Arc<Provider>>) -> Router {
+        let mut states: HashMap<String, Arc<TargetState>> = HashMap::new();
         let mut router = Router::default();
-        for rc in routes {
-            let route = Arc::new(Route {
-                pattern: rc.model.clone(),
-                targets: rc
-                    .targets
-                    .iter()
-                    .filter_map(|t| providers.get(t).cloned())
-                    .collect(),
-                metrics: RouteMetrics::new(&rc.model),
-            });
+        for rc in &config.routes {
+            let route = Arc::new(build_route(rc, providers, &mut states));
             if rc.model.contains('*') {
                 router.globs.push(route);
             } else {
@@ -55,6 +197,16 @@ impl Router {
         router
     }
 
+    pub fn resolve(&self, model: &str) -> Option<&Arc<Route>> {
+        self.exact
+            .get(model)
+            .or_else(|| self.globs.iter().find(|r| glob_match(&r.pattern, model)))
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.exact.values().chain(self.globs.iter())
+    }
+
     /// A bounded label for `model` on `route`: the model itself when the
     /// gateway knows it, else the route pattern (clients choose model names).
     pub fn model_label<'a>(&self, model: &'a str, route: &'a Route) -> &'a str {
@@ -65,19 +217,13 @@ impl Router {
         }
     }
 
-    pub fn resolve(&self, model: &str) -> Option<&Arc<Route>> {
-        self.exact
-            .get(model)
-            .or_else(|| self.globs.iter().find(|r| glob_match(&r.pattern, model)))
-    }
-
     /// The model names a client can ask for: exact routes, plus the models
     /// providers declare that a wildcard route sends to them.
     pub fn model_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.exact.keys().cloned().collect();
         for route in &self.globs {
             for target in &route.targets {
-                for m in &target.common().models {
+                for m in &target.provider.common().models {
                     if glob_match(&route.pattern, m)
                         && self.resolve(m).is_some_and(|r| Arc::ptr_eq(r, route))
                     {
@@ -89,6 +235,52 @@ impl Router {
         names.sort();
         names.dedup();
         names
+    }
+}
+
+fn build_route(
+    rc: &RouteConfig,
+    providers: &HashMap<String, Arc<Provider>>,
+    states: &mut HashMap<String, Arc<TargetState>>,
+) -> Route {
+    let targets = rc
+        .targets
+        .iter()
+        .filter_map(|tc| {
+            let provider = providers.get(&tc.provider)?.clone();
+            let name = match &tc.model {
+                Some(model) => format!("{}/{model}", tc.provider),
+                None => tc.provider.clone(),
+            };
+            let state = states
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    let g = gauge!("h3gate_breaker_state", "target" => name.clone());
+                    g.set(0.0);
+                    Arc::new(TargetState {
+                        breaker: Mutex::new(Breaker::new(provider.common().breaker.clone())),
+                        breaker_gauge: g,
+                        outstanding: AtomicUsize::new(0),
+                        ewma_us: AtomicU64::new(0),
+                        not_before: Mutex::new(None),
+                    })
+                })
+                .clone();
+            Some(Arc::new(Target {
+                provider,
+                model: tc.model.clone(),
+                weight: tc.weight,
+                name,
+                state,
+            }))
+        })
+        .collect();
+    Route {
+        pattern: rc.model.clone(),
+        strategy: rc.strategy,
+        targets,
+        stream_keepalive: rc.stream_keepalive.map(|d| d.get()),
+        metrics: RouteMetrics::new(&rc.model),
     }
 }
 
@@ -112,57 +304,248 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{ProviderConfig, ProviderKind};
+/// An attempt that got response headers: the target and what it holds
+/// until the response body ends.
+pub struct Attempted {
+    pub target: Arc<Target>,
+    pub response: UpstreamResponse,
+    /// When the attempt started (the provider's total limit counts from it).
+    pub started: Instant,
+    pub guard: AttemptGuard,
+}
 
-    #[test]
-    fn globs() {
-        assert!(glob_match("*", ""));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("gpt-*", "gpt-4o"));
-        assert!(!glob_match("gpt-*", "claude"));
-        assert!(glob_match("*-mini", "gpt-4o-mini"));
-        assert!(glob_match("a*b*c", "aXbYc"));
-        assert!(!glob_match("a*b*c", "aXcYb"));
-        assert!(!glob_match("ab*ba", "aba"));
-        assert!(glob_match("exact", "exact"));
-        assert!(!glob_match("exact", "exactly"));
+/// Held while a response streams: counts the target's outstanding request
+/// and keeps the provider's admission slot.
+pub struct AttemptGuard {
+    state: Arc<TargetState>,
+    _permit: Option<Permit>,
+}
+
+impl AttemptGuard {
+    fn new(state: Arc<TargetState>, permit: Option<Permit>) -> Self {
+        state.outstanding.fetch_add(1, Ordering::Relaxed);
+        AttemptGuard {
+            state,
+            _permit: permit,
+        }
     }
 
-    #[test]
-    fn exact_then_most_specific_glob() {
-        let mut providers = HashMap::new();
-        for name in ["a", "b", "c"] {
-            let cfg = ProviderConfig {
-                name: name.into(),
-                kind: ProviderKind::Mock,
-                models: vec!["gpt-4o".into(), "llama".into()],
-                ..Default::default()
-            };
-            let mut clients = crate::provider::HttpClients::default();
-            let provider = Provider::build(&cfg, &mut clients).unwrap();
-            providers.insert(name.to_string(), Arc::new(provider));
-        }
-        let routes = [
-            RouteConfig {
-                model: "*".into(),
-                targets: vec!["a".into()],
-            },
-            RouteConfig {
-                model: "gpt-*".into(),
-                targets: vec!["b".into()],
-            },
-            RouteConfig {
-                model: "gpt-4o-mini".into(),
-                targets: vec!["c".into(), "a".into()],
-            },
-        ];
-        let r = Router::new(&routes, &providers);
-        assert_eq!(r.resolve("gpt-4o-mini").unwrap().targets.len(), 2);
-        assert_eq!(r.resolve("gpt-4o").unwrap().pattern, "gpt-*");
-        assert_eq!(r.resolve("llama").unwrap().pattern, "*");
-        assert_eq!(r.model_names(), ["gpt-4o", "gpt-4o-mini", "llama"]);
+    /// The response failed after its headers (counts against the breaker).
+    pub fn failed_mid_stream(&self) {
+        self.state.record(false, None);
     }
 }
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        self.state.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The result of [`forward`], with what it cost in waiting.
+pub struct Forwarded {
+    pub result: Result<Attempted, GatewayError>,
+    /// Time spent waiting on upstreams (headers and backoff).
+    pub upstream_wait: Duration,
+    /// The last target tried.
+    pub target: Option<String>,
+}
+
+/// Tries the route's targets until one answers with a success, a
+/// non-retryable error, or the attempts or deadline run out.
+pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) -> Forwarded {
+    let deadline = Instant::now() + retry.deadline.get();
+    let order = route.order();
+    let mut failures: Vec<String> = Vec::new();
+    let mut tried: HashSet<usize> = HashSet::new();
+    let mut last: Option<GatewayError> = None;
+    let mut waited = Duration::ZERO;
+    let mut last_target = None;
+    let (mut attempts, mut retries, mut position, mut skipped) = (0u32, 0u32, 0usize, 0usize);
+
+    while attempts < retry.max_attempts && skipped < order.len() {
+        let i = position % order.len();
+        position += 1;
+        let target = &order[i];
+        if let Some(reason) = target.unusable() {
+            skipped += 1;
+            if !tried.contains(&i) {
+                failures.push(format!("{}: {reason}", target.name));
+            }
+            continue;
+        }
+        // A Retry-After in force: wait for it if the budget allows, else skip.
+        if let Some(until) = target.state.cooling_until() {
+            if until >= deadline {
+                skipped += 1;
+                failures.push(format!("{}: cooling down (retry-after)", target.name));
+                continue;
+            }
+            let t0 = Instant::now();
+            tokio::time::sleep_until(until).await;
+            waited += t0.elapsed();
+        } else if tried.contains(&i) {
+            // Retrying a target already tried: back off (failing over does not).
+            let pause = retry::backoff(retries, retry.backoff_base.get(), retry.backoff_max.get());
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            waited += pause;
+            retries += 1;
+        }
+        let Some(permit) = target.provider.common().admit() else {
+            skipped += 1;
+            failures.push(format!("{}: busy", target.name));
+            continue;
+        };
+        if !target.state.lock().allow(Instant::now()) {
+            skipped += 1;
+            failures.push(format!("{}: breaker_open", target.name));
+            continue;
+        }
+        if attempts > 0 {
+            m::failover(&route.pattern);
+        }
+        attempts += 1;
+        skipped = 0;
+        tried.insert(i);
+        last_target = Some(target.name.clone());
+
+        let guard = AttemptGuard::new(target.state.clone(), permit);
+        let started = Instant::now();
+        let body = rewrite_model(&call.body, target.model.as_deref());
+        let attempt_call = UpstreamCall {
+            body,
+            ..call.clone()
+        };
+        let sent = tokio::time::timeout_at(deadline, target.provider.send(&attempt_call)).await;
+        let elapsed = started.elapsed();
+        waited += elapsed;
+        let metrics = target.provider.metrics();
+        let failure = match sent {
+            Ok(Ok(up)) if up.status.is_success() => {
+                metrics.attempt(Attempt::Success);
+                metrics.first_byte.record(elapsed.as_secs_f64());
+                target.state.record(true, Some(elapsed));
+                tracing::debug!(target = %target.name, attempt = attempts, "upstream answered");
+                return Forwarded {
+                    result: Ok(Attempted {
+                        target: target.clone(),
+                        response: up,
+                        started,
+                        guard,
+                    }),
+                    upstream_wait: waited,
+                    target: last_target,
+                };
+            }
+            Ok(Ok(up)) => {
+                metrics.attempt(Attempt::ErrorStatus);
+                let status = up.status;
+                target.state.record(!retry::breaker_failure(status), None);
+                if let Some(d) = retry::retry_after(&up.headers) {
+                    target.state.cool_down(d);
+                }
+                let body = read_error_body(up.body).await;
+                let err = GatewayError::from_upstream(status, &body);
+                tracing::warn!(target = %target.name, status = status.as_u16(), attempt = attempts, "upstream answered with an error");
+                failures.push(format!("{}: status {}", target.name, status.as_u16()));
+                if !retry::retryable(status) {
+                    return Forwarded {
+                        result: Err(err),
+                        upstream_wait: waited,
+                        target: last_target,
+                    };
+                }
+                err
+            }
+            Ok(Err(e)) => {
+                target.state.record(false, None);
+                tracing::warn!(target = %target.name, error = %e, attempt = attempts, "upstream attempt failed");
+                let (outcome, class, err) = match e {
+                    UpstreamError::Timeout(_) => (
+                        Attempt::Timeout,
+                        "timeout",
+                        GatewayError::UpstreamTimeout(String::new()),
+                    ),
+                    UpstreamError::Connect(_) => (
+                        Attempt::ConnectError,
+                        "connect error",
+                        GatewayError::UpstreamUnreachable(String::new()),
+                    ),
+                    UpstreamError::Failed(_) => (
+                        Attempt::Failed,
+                        "invalid response",
+                        GatewayError::UpstreamInvalid(String::new()),
+                    ),
+                };
+                metrics.attempt(outcome);
+                failures.push(format!("{}: {class}", target.name));
+                err
+            }
+            Err(_deadline) => {
+                target.state.record(false, None);
+                metrics.attempt(Attempt::Timeout);
+                failures.push(format!("{}: timeout (request deadline)", target.name));
+                last = Some(GatewayError::UpstreamTimeout(String::new()));
+                break;
+            }
+        };
+        drop(guard);
+        last = Some(failure);
+    }
+
+    let summary = failures.join("; ");
+    let err = match last {
+        Some(e) => e.with_attempts(&summary),
+        None => GatewayError::NoTarget(summary),
+    };
+    Forwarded {
+        result: Err(err),
+        upstream_wait: waited,
+        target: last_target,
+    }
+}
+
+/// The request body with `model` replaced, when the target names another model.
+fn rewrite_model(body: &Bytes, model: Option<&str>) -> Bytes {
+    let Some(model) = model else {
+        return body.clone();
+    };
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("model".into(), serde_json::Value::String(model.to_string()));
+            serde_json::to_vec(&map)
+                .map(Bytes::from)
+                .unwrap_or_else(|_| body.clone())
+        }
+        _ => body.clone(),
+    }
+}
+
+/// Upstream error bodies are read up to this size to build the client's error.
+const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
+
+/// Reads at most [`MAX_UPSTREAM_ERROR_BODY`] bytes of an upstream error body.
+async fn read_error_body(mut body: crate::exchange::Body) -> Bytes {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    let read = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                buf.extend_from_slice(&d);
+                if buf.len() >= MAX_UPSTREAM_ERROR_BODY {
+                    break;
+                }
+            }
+        }
+    };
+    // An error body that trickles is not worth waiting for.
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    buf.truncate(MAX_UPSTREAM_ERROR_BODY);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests;

@@ -122,6 +122,7 @@ pub async fn run(
     let quic_config = config.quic.clone();
     let state: SharedState = Arc::new(ArcSwap::from_pointee(State::build(config)?));
     let shutdown = Shutdown::new(stop);
+    state.load().start_tasks(&shutdown);
 
     // HTTP/3 first: the HTTPS listener advertises its port.
     let mut endpoint = None;
@@ -157,6 +158,7 @@ pub async fn run(
             state.clone(),
             certs.clone(),
             endpoint.clone(),
+            shutdown.clone(),
         ))
     });
     if let Some(r) = &reloader {

@@ -106,6 +106,7 @@ async fn gateway_with_route(route: &str) -> Gateway {
         c.routes.push(RouteConfig {
             model: route,
             targets: vec!["up".into()],
+            ..Default::default()
         });
         c.server.server_timing = true;
     })

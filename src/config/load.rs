@@ -100,6 +100,8 @@ pub(super) fn from_toml(
     section!(http);
     section!(admin);
     section!(log);
+    section!(retry);
+    section!(admission);
     config.providers = decode_array(table.remove("providers"), "providers", &mut problems);
     config.routes = decode_array(table.remove("routes"), "routes", &mut problems);
     for key in table.keys() {

@@ -119,6 +119,33 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
                 Err(e) => p.add(at("base_url"), format!("not a valid URL: {e}")),
             }
         }
+        let b = &provider.breaker;
+        if b.consecutive_failures == 0 {
+            p.add(at("breaker.consecutive_failures"), "must be at least 1");
+        }
+        if !(b.error_ratio > 0.0 && b.error_ratio <= 1.0) {
+            p.add(at("breaker.error_ratio"), "must be in (0, 1]");
+        }
+        if b.window.is_zero() || b.cooldown.is_zero() {
+            p.add(
+                at("breaker"),
+                "window and cooldown must be greater than zero",
+            );
+        }
+        if let Some(h) = &provider.health_check {
+            if h.interval.is_zero() || h.timeout.is_zero() || h.timeout > h.interval {
+                p.add(
+                    at("health_check"),
+                    "needs interval > 0 and 0 < timeout <= interval",
+                );
+            }
+            if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
+                p.add(at("health_check"), "thresholds must be at least 1");
+            }
+            if !h.path.starts_with('/') {
+                p.add(at("health_check.path"), "must start with /");
+            }
+        }
         let t = &provider.timeouts;
         for (k, d) in [
             ("timeouts.connect", t.connect),
@@ -130,6 +157,24 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
                 p.add(at(k), "must be greater than zero");
             }
         }
+    }
+
+    let r = &c.retry;
+    if r.max_attempts == 0 {
+        p.add("retry.max_attempts", "must be at least 1");
+    }
+    if r.backoff_max < r.backoff_base {
+        p.add("retry.backoff_max", "must be at least retry.backoff_base");
+    }
+    if r.deadline.is_zero() {
+        p.add("retry.deadline", "must be greater than zero");
+    }
+    let a = &c.admission;
+    if a.max_concurrent == 0 {
+        p.add("admission.max_concurrent", "must be at least 1");
+    }
+    if a.max_wait.is_zero() {
+        p.add("admission.max_wait", "must be greater than zero");
     }
 
     if c.routes.is_empty() {
@@ -152,12 +197,30 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             );
         }
         for (j, target) in route.targets.iter().enumerate() {
-            if !c.providers.iter().any(|pr| &pr.name == target) {
+            if !c.providers.iter().any(|pr| pr.name == target.provider) {
                 p.add(
                     format!("routes[{i}].targets[{j}]"),
-                    format!("no provider named {target:?}"),
+                    format!("no provider named {:?}", target.provider),
                 );
             }
+            if target.weight == 0 {
+                p.add(
+                    format!("routes[{i}].targets[{j}].weight"),
+                    "must be at least 1",
+                );
+            }
+            if target.model.as_deref() == Some("") {
+                p.add(
+                    format!("routes[{i}].targets[{j}].model"),
+                    "must not be empty",
+                );
+            }
+        }
+        if route.stream_keepalive.is_some_and(|d| d.is_zero()) {
+            p.add(
+                format!("routes[{i}].stream_keepalive"),
+                "must be greater than zero",
+            );
         }
     }
     p.0

@@ -48,7 +48,7 @@ impl Mock {
         }
     }
 
-    pub async fn send(&self, call: &UpstreamCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn send(&self, call: &UpstreamCall) -> Result<UpstreamResponse, UpstreamError> {
         let req: MockRequest = serde_json::from_slice(&call.body).unwrap_or_default();
         let n = req
             .max_completion_tokens

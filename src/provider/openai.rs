@@ -12,7 +12,11 @@ use crate::config::ProviderConfig;
 use crate::exchange::BodyError;
 
 /// Upstream response headers passed on to the client.
-const PASSED_HEADERS: [HeaderName; 2] = [header::CONTENT_TYPE, header::RETRY_AFTER];
+const PASSED_HEADERS: [HeaderName; 3] = [
+    header::CONTENT_TYPE,
+    header::RETRY_AFTER,
+    HeaderName::from_static("retry-after-ms"),
+];
 
 pub struct OpenAi {
     pub common: Common,
@@ -54,7 +58,7 @@ impl OpenAi {
         })
     }
 
-    pub async fn send(&self, call: &UpstreamCall<'_>) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn send(&self, call: &UpstreamCall) -> Result<UpstreamResponse, UpstreamError> {
         let url = format!("{}{}", self.base_url, call.endpoint.path());
         let accept = if call.stream {
             "text/event-stream"
@@ -66,7 +70,7 @@ impl OpenAi {
             .post(url)
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, accept)
-            .header("x-request-id", call.request_id)
+            .header("x-request-id", &*call.request_id)
             .body(call.body.clone());
         if let Some(auth) = &self.auth {
             req = req.header(header::AUTHORIZATION, auth.clone());
@@ -93,6 +97,16 @@ impl OpenAi {
             headers,
             body: StreamBody::new(stream).boxed_unsync(),
         })
+    }
+}
+
+impl OpenAi {
+    pub async fn health_check(&self, path: &str) -> bool {
+        let mut req = self.client.get(format!("{}{path}", self.base_url));
+        if let Some(auth) = &self.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        req.send().await.is_ok_and(|r| r.status().is_success())
     }
 }
 

@@ -1,0 +1,216 @@
+//! Admission: bounded concurrency with a bounded FIFO wait queue and a
+//! maximum wait, gateway-wide and per provider; and a per-client cap so one
+//! client cannot fill the queue. When full, or when the wait runs out, the
+//! request is shed at once (503 with `Retry-After`), never piled up.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The wait queue is at its bound.
+    QueueFull,
+    /// The slot did not come within the maximum wait.
+    Timeout,
+    /// This client already has its share in flight or queued.
+    ClientLimit,
+}
+
+impl Shed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shed::QueueFull => "queue_full",
+            Shed::Timeout => "wait_timeout",
+            Shed::ClientLimit => "client_limit",
+        }
+    }
+}
+
+/// A bounded semaphore with a bounded FIFO queue (tokio's semaphore is fair).
+#[derive(Debug)]
+pub struct Gate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_queue: usize,
+    max_wait: Duration,
+    depth: Gauge,
+    wait: Histogram,
+    sheds: [Counter; 2],
+}
+
+/// Holding one admits one request; dropped when its response ends.
+#[derive(Debug)]
+pub struct Permit {
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Gate {
+    /// `scope` labels the metrics (`gateway` or a provider name).
+    pub fn new(scope: &str, max_concurrent: usize, max_queue: usize, max_wait: Duration) -> Self {
+        Gate {
+            slots: Arc::new(Semaphore::new(max_concurrent.min(Semaphore::MAX_PERMITS))),
+            waiting: AtomicUsize::new(0),
+            max_queue,
+            max_wait,
+            depth: gauge!("h3gate_admission_queue_depth", "scope" => scope.to_string()),
+            wait: histogram!("h3gate_admission_wait_seconds", "scope" => scope.to_string()),
+            sheds: [Shed::QueueFull, Shed::Timeout]
+                .map(|r| counter!("h3gate_admission_shed_total", "scope" => scope.to_string(), "reason" => r.as_str())),
+        }
+    }
+
+    /// Requests waiting now.
+    pub fn depth(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Slots free now.
+    pub fn available(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// Takes a slot, waiting in line (up to the maximum wait) if none is free.
+    pub async fn enter(&self) -> Result<Permit, Shed> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            self.wait.record(0.0);
+            return Ok(Permit { _slot: slot });
+        }
+        // Claim a place in the queue, or shed at once.
+        let claimed = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w < self.max_queue).then_some(w + 1)
+            });
+        if claimed.is_err() {
+            self.sheds[0].increment(1);
+            return Err(Shed::QueueFull);
+        }
+        self.depth.increment(1.0);
+        let started = Instant::now();
+        let got = tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.depth.decrement(1.0);
+        match got {
+            Ok(Ok(slot)) => {
+                self.wait.record(started.elapsed().as_secs_f64());
+                Ok(Permit { _slot: slot })
+            }
+            _ => {
+                self.sheds[1].increment(1);
+                Err(Shed::Timeout)
+            }
+        }
+    }
+
+    /// Takes a slot only if one is free now.
+    pub fn try_enter(&self) -> Option<Permit> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|slot| Permit { _slot: slot })
+    }
+}
+
+/// Requests per client (key id, else address), admitted or queued.
+#[derive(Debug)]
+pub struct ClientCaps {
+    max: usize,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    shed: Counter,
+}
+
+/// A client's place, released when the request ends.
+#[derive(Debug)]
+pub struct ClientSlot {
+    client: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl ClientCaps {
+    /// `max` 0 means no cap.
+    pub fn new(max: usize) -> Self {
+        ClientCaps {
+            max,
+            counts: Arc::default(),
+            shed: counter!("h3gate_admission_shed_total", "scope" => "client", "reason" => Shed::ClientLimit.as_str()),
+        }
+    }
+
+    pub fn enter(&self, client: &str) -> Result<Option<ClientSlot>, Shed> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(client.to_string()).or_insert(0);
+        if *n >= self.max {
+            self.shed.increment(1);
+            return Err(Shed::ClientLimit);
+        }
+        *n += 1;
+        Ok(Some(ClientSlot {
+            client: client.to_string(),
+            counts: self.counts.clone(),
+        }))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                // Idle clients leave no trace: memory stays bounded.
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sheds_when_the_queue_is_full_or_the_wait_runs_out() {
+        let gate = Arc::new(Gate::new("test", 1, 1, Duration::from_secs(5)));
+        let held = gate.enter().await.unwrap();
+        let g = gate.clone();
+        let queued = tokio::spawn(async move { g.enter().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert_eq!(gate.depth(), 1);
+        assert_eq!(gate.enter().await.unwrap_err(), Shed::QueueFull);
+        drop(held);
+        assert_eq!(
+            queued.await.unwrap(),
+            Ok(()),
+            "the queued request gets the slot"
+        );
+
+        let _held = gate.enter().await.unwrap();
+        let started = Instant::now();
+        assert_eq!(gate.enter().await.unwrap_err(), Shed::Timeout);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn client_cap_and_cleanup() {
+        let caps = ClientCaps::new(2);
+        let a = caps.enter("a").unwrap();
+        let _b = caps.enter("a").unwrap();
+        assert_eq!(caps.enter("a").unwrap_err(), Shed::ClientLimit);
+        assert!(caps.enter("b").is_ok(), "other clients unaffected");
+        drop(a);
+        assert!(caps.enter("a").is_ok());
+        drop(_b);
+        assert!(caps.counts.lock().unwrap().len() <= 1);
+    }
+}
