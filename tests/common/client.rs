@@ -101,12 +101,24 @@ fn roots(ca_pem: &[u8]) -> rustls::RootCertStore {
 impl Client {
     /// Connects to the gateway: `tcp` for HTTP/1.1 and HTTP/2, `udp` for HTTP/3.
     pub async fn connect(proto: Proto, tcp: SocketAddr, udp: SocketAddr, ca_pem: &[u8]) -> Client {
+        Self::connect_from(proto, tcp, udp, ca_pem, "127.0.0.1".parse().unwrap()).await
+    }
+
+    /// The same, from a chosen loopback source address (another "client").
+    pub async fn connect_from(
+        proto: Proto,
+        tcp: SocketAddr,
+        udp: SocketAddr,
+        ca_pem: &[u8],
+        source: std::net::IpAddr,
+    ) -> Client {
         let inner = match proto {
             Proto::H1 | Proto::H2 => {
                 let cert = reqwest::Certificate::from_pem(ca_pem).unwrap();
                 let mut b = reqwest::Client::builder()
                     .tls_certs_only([cert])
                     .resolve("localhost", tcp)
+                    .local_address(source)
                     .pool_max_idle_per_host(4);
                 b = if proto == Proto::H1 {
                     b.http1_only()
@@ -128,7 +140,7 @@ impl Client {
                 .with_no_client_auth();
                 tls.alpn_protocols = vec![b"h3".to_vec()];
                 let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-                let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+                let mut endpoint = quinn::Endpoint::client(SocketAddr::new(source, 0)).unwrap();
                 endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
                 let conn = endpoint
                     .connect(udp, "localhost")

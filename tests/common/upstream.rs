@@ -34,6 +34,7 @@ type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 /// A request the upstream received.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub at: tokio::time::Instant,
     pub path: String,
     pub headers: http::HeaderMap,
     pub body: Value,
@@ -124,6 +125,7 @@ async fn handle(
         .unwrap_or_default();
     let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     s.seen.lock().unwrap().push(Seen {
+        at: tokio::time::Instant::now(),
         path: parts.uri.path().to_string(),
         headers: parts.headers.clone(),
         body: json.clone(),
@@ -136,7 +138,35 @@ async fn handle(
         _ => Endpoint::ChatCompletions,
     };
 
-    if let Some(code) = model.strip_prefix("status-") {
+    if let Some(pct) = model
+        .strip_prefix("flaky-")
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        let roll = fastrand::u32(0..100);
+        if roll < pct / 2 {
+            return Ok(respond(
+                503,
+                "application/json",
+                full(r#"{"error":{"message":"overloaded","type":"server_error"}}"#.into()),
+            ));
+        }
+        if roll < pct {
+            // A cut connection: the gateway sees an invalid response.
+            return Ok(respond(
+                200,
+                "application/json",
+                Box::pin(http_body_util::StreamBody::new(futures_util::stream::iter(
+                    [Err::<Frame<Bytes>, BoxError>("cut".into())],
+                )))
+                .boxed(),
+            ));
+        }
+    }
+    if let Some(spec) = model.strip_prefix("status-") {
+        let (code, retry_after) = match spec.split_once("-ra") {
+            Some((c, ra)) => (c, Some(ra.to_string())),
+            None => (spec, None),
+        };
         let status: u16 = code.parse().unwrap_or(500);
         let body = serde_json::json!({"error": {
             "message": "Rate limit reached. Incorrect API key provided: sk-test-FAKEKEY0123456789abcdef.",
@@ -144,10 +174,18 @@ async fn handle(
             "param": null,
             "code": format!("test_{status}"),
         }});
-        return Ok(respond(status, "application/json", full(body.to_string())));
+        let mut resp = respond(status, "application/json", full(body.to_string()));
+        if let Some(ra) = retry_after {
+            resp.headers_mut()
+                .insert("retry-after", ra.parse().unwrap());
+        }
+        return Ok(resp);
     }
     if model == "slow" {
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    if let Some(ms) = model.strip_prefix("slow-").and_then(|m| m.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let answer = Answer::new(&model, endpoint, 7, 5);
     if endpoint == Endpoint::Embeddings {
