@@ -316,15 +316,13 @@ fn request_id(headers: &http::HeaderMap) -> String {
     new_request_id()
 }
 
+/// `req_` + 96 random bits (a fast per-thread generator: ids must be
+/// unique, not secret).
 fn new_request_id() -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 12];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    use std::fmt::Write;
     let mut s = String::with_capacity(28);
     s.push_str("req_");
-    for byte in b {
-        s.push_str(&format!("{byte:02x}"));
-    }
+    let _ = write!(s, "{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..));
     s
 }
 

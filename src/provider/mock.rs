@@ -293,10 +293,7 @@ pub fn embeddings(model: &str, input: &Option<Value>, prompt_tokens: u32) -> Val
 }
 
 fn rand_u16() -> u16 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 2];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    u16::from_le_bytes(b)
+    fastrand::u16(..)
 }
 
 #[cfg(test)]
