@@ -38,10 +38,16 @@ impl Record {
     pub fn upstream_failed(&self) -> bool {
         self.upstream_failed.load(Ordering::Relaxed)
     }
+
+    /// Prompt + completion tokens, if the response reported its usage.
+    pub fn total_tokens(&self) -> Option<u64> {
+        let total = self.prompt_tokens.load(Ordering::Relaxed)
+            + self.completion_tokens.load(Ordering::Relaxed);
+        (total > 0).then_some(total)
+    }
 }
 
 /// The facts of one request, known when its response starts.
-#[derive(Debug)]
 pub struct Entry {
     pub request_id: String,
     pub protocol: Protocol,
@@ -50,6 +56,9 @@ pub struct Entry {
     pub status: StatusCode,
     pub model: Option<String>,
     pub target: Option<String>,
+    /// The obfuscated id of the caller's key.
+    pub key_id: Option<String>,
+    pub client: std::net::IpAddr,
     pub request_bytes: u64,
     pub started: Instant,
     pub record: Arc<Record>,
@@ -58,6 +67,8 @@ pub struct Entry {
     pub route: Option<Arc<Route>>,
     /// Held until the response ends (the admission slot).
     pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Run once at the end (token reconciliation).
+    pub on_end: Option<Box<dyn FnOnce(&Record) + Send + Sync>>,
 }
 
 /// Wraps a response body; logs the request once the body ends, fails or is dropped.
@@ -82,6 +93,9 @@ impl Logged {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        if let Some(on_end) = self.entry.on_end.take() {
+            on_end(&self.entry.record);
+        }
         let e = &self.entry;
         let outcome = if outcome == "complete" && e.record.upstream_failed() {
             "upstream_failed"
@@ -104,6 +118,8 @@ impl Logged {
             status = e.status.as_u16(),
             model = e.model.as_deref().unwrap_or(""),
             target = e.target.as_deref().unwrap_or(""),
+            key_id = e.key_id.as_deref().unwrap_or(""),
+            client = %e.client,
             request_bytes = e.request_bytes,
             response_bytes = self.bytes,
             prompt_tokens = prompt,

@@ -144,13 +144,15 @@ impl ClientCaps {
         }
     }
 
-    pub fn enter(&self, client: &str) -> Result<Option<ClientSlot>, Shed> {
-        if self.max == 0 {
+    /// `cap` overrides the default for this client (a key's own cap).
+    pub fn enter(&self, client: &str, cap: Option<usize>) -> Result<Option<ClientSlot>, Shed> {
+        let max = cap.unwrap_or(self.max);
+        if max == 0 {
             return Ok(None);
         }
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(client.to_string()).or_insert(0);
-        if *n >= self.max {
+        if *n >= max {
             self.shed.increment(1);
             return Err(Shed::ClientLimit);
         }
@@ -204,12 +206,13 @@ mod tests {
     #[test]
     fn client_cap_and_cleanup() {
         let caps = ClientCaps::new(2);
-        let a = caps.enter("a").unwrap();
-        let _b = caps.enter("a").unwrap();
-        assert_eq!(caps.enter("a").unwrap_err(), Shed::ClientLimit);
-        assert!(caps.enter("b").is_ok(), "other clients unaffected");
+        let a = caps.enter("a", None).unwrap();
+        let _b = caps.enter("a", None).unwrap();
+        assert_eq!(caps.enter("a", None).unwrap_err(), Shed::ClientLimit);
+        assert!(caps.enter("b", None).is_ok(), "other clients unaffected");
+        assert!(caps.enter("k", Some(1)).is_ok(), "a key's own cap");
         drop(a);
-        assert!(caps.enter("a").is_ok());
+        assert!(caps.enter("a", None).is_ok());
         drop(_b);
         assert!(caps.counts.lock().unwrap().len() <= 1);
     }

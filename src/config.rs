@@ -5,6 +5,7 @@
 //! meaning; every problem found is reported at once.
 
 mod load;
+mod protection;
 mod resilience;
 mod types;
 mod validate;
@@ -15,6 +16,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigError, Problem};
+pub use protection::{
+    AbuseConfig, AuditConfig, AuthConfig, CorsConfig, NetworkConfig, RateLimitConfig,
+};
 pub use resilience::{
     AdmissionConfig, BreakerConfig, HealthCheckConfig, RetryConfig, Strategy, TargetConfig,
 };
@@ -32,6 +36,12 @@ pub struct Config {
     pub log: LogConfig,
     pub retry: RetryConfig,
     pub admission: AdmissionConfig,
+    pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
+    pub network: NetworkConfig,
+    pub abuse: AbuseConfig,
+    pub cors: CorsConfig,
+    pub audit: AuditConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -48,6 +58,8 @@ pub struct ServerConfig {
     pub max_request_body: ByteSize,
     /// Add a `Server-Timing` header (gateway and upstream durations). Default false.
     pub server_timing: bool,
+    /// Time allowed to receive a whole request body (408 after). Default 30s.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +69,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::secs(30),
             max_request_body: ByteSize::mib(8),
             server_timing: false,
+            request_timeout: Duration::secs(30),
         }
     }
 }

@@ -48,6 +48,19 @@ pub enum GatewayError {
     NoTarget(String),
     #[error("the gateway is at capacity; retry shortly")]
     Overloaded(Shed),
+    #[error("a valid API key is required (Authorization: Bearer, or x-api-key)")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("rate limit reached for {scope}; retry after {retry_after_secs}s")]
+    RateLimited {
+        scope: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error("this host is not served here")]
+    Misdirected,
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("too many concurrent requests from this client")]
     ClientLimit,
     /// An error status from the provider, passed through with a sanitised message.
@@ -78,7 +91,13 @@ impl GatewayError {
             GatewayError::NoTarget(_) | GatewayError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            GatewayError::ClientLimit => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::ClientLimit | GatewayError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Upstream { status, .. } => *status,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -100,7 +119,10 @@ impl GatewayError {
             | GatewayError::UpstreamInvalid(_)
             | GatewayError::NoTarget(_) => "upstream_error",
             GatewayError::Overloaded(_) => "service_unavailable",
-            GatewayError::ClientLimit => "rate_limit_error",
+            GatewayError::ClientLimit | GatewayError::RateLimited { .. } => "rate_limit_error",
+            GatewayError::Unauthorized => "authentication_error",
+            GatewayError::Forbidden(_) => "permission_error",
+            GatewayError::Misdirected | GatewayError::RequestTimeout => "invalid_request_error",
             GatewayError::Upstream { kind, .. } => kind,
             GatewayError::Internal => "server_error",
         }
@@ -123,6 +145,11 @@ impl GatewayError {
             GatewayError::NoTarget(_) => "no_available_target",
             GatewayError::Overloaded(_) => "overloaded",
             GatewayError::ClientLimit => "too_many_concurrent_requests",
+            GatewayError::Unauthorized => "invalid_api_key",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::RateLimited { .. } => "rate_limit_exceeded",
+            GatewayError::Misdirected => "misdirected_request",
+            GatewayError::RequestTimeout => "request_timeout",
             GatewayError::Upstream { code, .. } => return code.as_deref(),
             GatewayError::Internal => "internal_error",
         })

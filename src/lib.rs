@@ -12,16 +12,23 @@
 //! `State` is built from `Config` in one step (`State::build`) and shared
 //! behind an atomic swap; `server::run` wires sockets, listeners and drain.
 
+pub mod abuse;
 pub mod access;
 pub mod admin;
 pub mod admission;
+pub mod audit;
+pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod exchange;
+pub mod ip_filter;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
+pub mod protect;
 pub mod provider;
+pub mod rate_limit;
 pub mod relay;
 pub mod reload;
 pub mod routing;

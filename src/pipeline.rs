@@ -9,10 +9,13 @@
 //! Each step returns early with a [`GatewayError`]; [`handle`] turns it into
 //! the JSON error response. Nothing here knows which protocol carried the request.
 
+use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header::{self, HeaderValue};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
@@ -22,12 +25,15 @@ use tracing::Instrument;
 
 use crate::access::{Entry, Logged, Record};
 use crate::admission::{ClientSlot, Permit};
+use crate::auth::{self, KeyRecord};
 use crate::error::GatewayError;
 use crate::exchange::{json, Body, GatewayRequest, Response};
+use crate::protect::{self, TokenReservation};
 use crate::provider::{Endpoint, UpstreamCall};
 use crate::relay::{relay, KeepAliveBody};
 use crate::routing::{self, Forwarded, Route};
 use crate::state::State;
+use crate::{audit, cors, ip_filter};
 
 /// What the steps learn about a request, for its log line and metrics.
 #[derive(Default)]
@@ -35,10 +41,14 @@ struct Facts {
     model: Option<String>,
     route: Option<Arc<Route>>,
     target: Option<String>,
+    key: Option<Arc<KeyRecord>>,
     request_bytes: u64,
     /// Time spent waiting for upstream response headers, all attempts.
     upstream_wait: Duration,
     admitted: Option<Admitted>,
+    /// `x-ratelimit-*` headers for the response, success or not.
+    rate_headers: http::HeaderMap,
+    tokens: Option<TokenReservation>,
 }
 
 /// Handles one request from any listener and returns the response to send.
@@ -46,25 +56,47 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
     let started = Instant::now();
     let request_id = request_id(&req.headers);
     let (protocol, method, path) = (req.protocol, req.method.clone(), req.uri.path().to_owned());
+    let client = ip_filter::client_ip(
+        req.peer,
+        &req.headers,
+        &state.config.network.trusted_proxies,
+    );
+    let origin = req.headers.get(header::ORIGIN).cloned();
     let record = Arc::new(Record::default());
     let mut facts = Facts::default();
     state.metrics.request_started(protocol);
 
     let span = tracing::info_span!("request", request_id = %request_id);
     let shared_id: Arc<str> = request_id.as_str().into();
-    let dispatched = dispatch(state, req, &shared_id, &record, &mut facts)
-        .instrument(span)
-        .await;
+    // A panic in one request's handling becomes a 500 for that request only.
+    let dispatched = AssertUnwindSafe(dispatch(
+        state, req, &shared_id, client, &record, &mut facts,
+    ))
+    .catch_unwind()
+    .instrument(span)
+    .await
+    .unwrap_or_else(|_| {
+        metrics::counter!("h3gate_panics_total").increment(1);
+        tracing::error!(request_id = %request_id, "request handling panicked; answered 500");
+        Err(GatewayError::Internal)
+    });
     let mut resp = match dispatched {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(request_id = %request_id, error = %e, "request failed");
+            after_error(state, &e, client, &request_id, facts.key.as_deref());
             e.into_response(&request_id)
         }
     };
+    let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-request-id", v);
+        h.insert("x-request-id", v);
     }
+    for (name, value) in facts.rate_headers.iter() {
+        h.insert(name, value.clone());
+    }
+    protect::security_headers(&mut resp);
+    cors::decorate(&state.config.cors, origin.as_ref(), &mut resp);
     // The latency the gateway adds: everything but waiting on upstreams.
     let overhead = started.elapsed().saturating_sub(facts.upstream_wait);
     state.metrics.overhead(protocol, overhead);
@@ -78,6 +110,7 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
             resp.headers_mut().insert("server-timing", v);
         }
     }
+    let tokens = facts.tokens.take();
     let entry = Entry {
         request_id,
         protocol,
@@ -86,6 +119,8 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
         status: resp.status(),
         model: facts.model,
         target: facts.target,
+        key_id: facts.key.map(|k| k.id.clone()),
+        client,
         request_bytes: facts.request_bytes,
         started,
         record,
@@ -94,30 +129,92 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
         hold: facts
             .admitted
             .map(|a| Box::new(a) as Box<dyn std::any::Any + Send + Sync>),
+        on_end: tokens.map(|t| {
+            Box::new(move |r: &Record| t.reconcile(r.total_tokens()))
+                as Box<dyn FnOnce(&Record) + Send + Sync>
+        }),
     };
     resp.map(|body| Body::new(Logged::new(body, entry)))
+}
+
+/// Abuse counting and auditing of refused requests. The gateway's own
+/// limits (429) never count as abuse.
+fn after_error(
+    state: &State,
+    e: &GatewayError,
+    client: IpAddr,
+    request_id: &str,
+    key: Option<&KeyRecord>,
+) {
+    let abusive = matches!(
+        e,
+        GatewayError::Unauthorized | GatewayError::InvalidJson(_) | GatewayError::BodyIncomplete
+    );
+    if abusive && state.abuse.failure(client) {
+        state.audit().record(audit::Event {
+            action: "deny_list_add",
+            actor: "abuse-control",
+            result: "denied",
+            request_id: Some(request_id),
+            client_ip: Some(client.to_string()),
+            key_id: None,
+            details: serde_json::json!({"ttl_seconds": state.config.abuse.deny_for.get().as_secs()}),
+        });
+    }
+    if matches!(e, GatewayError::Unauthorized | GatewayError::Forbidden(_)) {
+        let reason = if matches!(e, GatewayError::Unauthorized) {
+            "unauthorized"
+        } else {
+            "forbidden"
+        };
+        metrics::counter!("h3gate_auth_failures_total", "reason" => reason).increment(1);
+        state.audit().record(audit::Event {
+            action: "authentication",
+            actor: key.map_or("anonymous", |k| k.id.as_str()),
+            result: e.code().unwrap_or("failed"),
+            request_id: Some(request_id),
+            client_ip: Some(client.to_string()),
+            key_id: key.map(|k| k.id.as_str()),
+            details: serde_json::Value::Null,
+        });
+    }
 }
 
 async fn dispatch(
     state: &State,
     req: GatewayRequest,
     request_id: &Arc<str>,
+    client: IpAddr,
     record: &Arc<Record>,
     facts: &mut Facts,
 ) -> Result<Response, GatewayError> {
+    protect::network(state, client)?;
+    protect::host(state, &req.uri, &req.headers)?;
+    if let Some(preflight) = cors::preflight(&state.config.cors, &req.method, &req.headers) {
+        return Ok(preflight);
+    }
     let path = req.uri.path();
-    match (&req.method, path) {
-        (&Method::GET | &Method::HEAD, "/health") => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),
-        (&Method::GET, "/v1/models") => Ok(models(state)),
-        (&Method::POST, _) => match Endpoint::from_public_path(path) {
-            Some(endpoint) => proxy(state, req, endpoint, request_id, record, facts).await,
-            None => Err(not_found(&req)),
-        },
-        (m, "/health" | "/v1/models") => Err(GatewayError::MethodNotAllowed(m.to_string())),
-        (m, p) if Endpoint::from_public_path(p).is_some() => {
-            Err(GatewayError::MethodNotAllowed(m.to_string()))
+    if path == "/health" {
+        return match req.method {
+            Method::GET | Method::HEAD => Ok(json(StatusCode::OK, r#"{"status":"ok"}"#)),
+            ref m => Err(GatewayError::MethodNotAllowed(m.to_string())),
+        };
+    }
+    protect::per_ip(state, client)?;
+    let endpoint = Endpoint::from_public_path(path);
+    if endpoint.is_none() && path != "/v1/models" {
+        return Err(not_found(&req));
+    }
+    facts.key = protect::authenticate(state, &req.headers)?;
+    match (&req.method, endpoint) {
+        (&Method::GET, None) => {
+            protect::authorize(facts.key.as_deref(), auth::scope_of(None), None)?;
+            Ok(models(state, facts.key.as_deref()))
         }
-        _ => Err(not_found(&req)),
+        (&Method::POST, Some(endpoint)) => {
+            proxy(state, req, endpoint, request_id, client, record, facts).await
+        }
+        (m, _) => Err(GatewayError::MethodNotAllowed(m.to_string())),
     }
 }
 
@@ -128,12 +225,14 @@ fn not_found(req: &GatewayRequest) -> GatewayError {
     }
 }
 
-/// The fields routing needs; the rest of the body is forwarded untouched.
+/// The fields routing and limits need; the rest of the body is forwarded untouched.
 #[derive(Deserialize)]
 struct Routing {
     model: Option<String>,
     #[serde(default)]
     stream: bool,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
 }
 
 async fn proxy(
@@ -141,11 +240,18 @@ async fn proxy(
     req: GatewayRequest,
     endpoint: Endpoint,
     request_id: &Arc<str>,
+    client: IpAddr,
     record: &Arc<Record>,
     facts: &mut Facts,
 ) -> Result<Response, GatewayError> {
+    protect::authorize(facts.key.as_deref(), auth::scope_of(Some(endpoint)), None)?;
     let limit = state.config.server.max_request_body.get();
-    let body = read_body(req.body, &req.headers, limit).await?;
+    let body = tokio::time::timeout(
+        state.config.server.request_timeout.get(),
+        read_body(req.body, &req.headers, limit),
+    )
+    .await
+    .map_err(|_| GatewayError::RequestTimeout)??;
     facts.request_bytes = body.len() as u64;
 
     let routing: Routing = serde_json::from_slice(&body).map_err(|e| match e.classify() {
@@ -158,6 +264,20 @@ async fn proxy(
         GatewayError::InvalidRequest("you must provide a `model` parameter".into())
     })?;
     facts.model = Some(model.clone());
+    protect::authorize(
+        facts.key.as_deref(),
+        auth::scope_of(Some(endpoint)),
+        Some(&model),
+    )?;
+    if let Some(key) = facts.key.clone() {
+        // Reserve an estimate now; the real usage corrects it at the end.
+        let completion = routing
+            .max_completion_tokens
+            .or(routing.max_tokens)
+            .unwrap_or(u64::from(state.config.rate_limit.default_max_tokens));
+        let estimate = completion + body.len() as u64 / 4;
+        facts.tokens = protect::per_key(state, &key, estimate, &mut facts.rate_headers)?;
+    }
     let route = state
         .router
         .resolve(&model)
@@ -166,11 +286,15 @@ async fn proxy(
     facts.route = Some(route.clone());
     let model_label: Arc<str> = state.router.model_label(&model, &route).into();
 
-    // Admission: this client's share, then a slot (or a bounded wait for one).
-    let client = req.peer.ip().to_string();
+    // Admission: this client's share (its key's cap, else its address's),
+    // then a slot (or a bounded wait for one).
+    let (who, cap) = match &facts.key {
+        Some(k) => (k.id.clone(), k.max_concurrent.map(|c| c as usize)),
+        None => (client.to_string(), None),
+    };
     let client_slot = state
         .clients
-        .enter(&client)
+        .enter(&who, cap)
         .map_err(|_| GatewayError::ClientLimit)?;
     let permit = state
         .admission
@@ -279,7 +403,8 @@ async fn discard(mut body: Body) {
     let _ = tokio::time::timeout(MAX_TIME, drain).await;
 }
 
-fn models(state: &State) -> Response {
+/// The models the caller may use: the routes' names, filtered by the key.
+fn models(state: &State, key: Option<&KeyRecord>) -> Response {
     #[derive(serde::Serialize)]
     struct Model<'a> {
         id: &'a str,
@@ -287,7 +412,10 @@ fn models(state: &State) -> Response {
         created: u64,
         owned_by: &'static str,
     }
-    let names = state.router.model_names();
+    let mut names = state.router.model_names();
+    if let Some(k) = key {
+        names.retain(|m| k.allows_model(m));
+    }
     let data: Vec<Model> = names
         .iter()
         .map(|id| Model {

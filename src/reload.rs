@@ -132,8 +132,8 @@ impl Reloader {
 
     fn apply(&self, prepared: Prepared) -> Result<ReloadReport, ReloadError> {
         let old = self.state.load_full();
-        let new = &prepared.state.config;
-        let restart_required = restart_required(&old.config, new);
+        let new = prepared.state.config.clone();
+        let restart_required = restart_required(&old.config, &new);
         if let Some(cert) = prepared.cert {
             if let Some(expiry) = tls::not_after(&cert) {
                 metrics::certificate_expiry(expiry);
@@ -141,14 +141,16 @@ impl Reloader {
             self.certs.replace(cert);
         }
         if let Some(endpoint) = &self.endpoint {
-            if transport_changed(&old.config, new) {
+            if transport_changed(&old.config, &new) {
                 let tls = tls::quic_server_config(self.certs.clone())?;
                 endpoint.set_server_config(Some(quic::server_config(&new.quic, tls)?));
             }
         }
-        prepared.state.start_tasks(&self.shutdown);
+        let mut state = prepared.state;
+        state.inherit(&old);
+        state.start_tasks(&self.shutdown);
         // The old state (and its health checks) goes when its last request ends.
-        self.state.store(Arc::new(prepared.state));
+        self.state.store(Arc::new(state));
         Ok(ReloadReport { restart_required })
     }
 }

@@ -7,10 +7,15 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::abuse::Abuse;
 use crate::admission::{ClientCaps, Gate};
+use crate::audit::Audit;
+use crate::auth::Keys;
 use crate::config::Config;
+use crate::ip_filter::IpFilter;
 use crate::metrics::Metrics;
 use crate::provider::{HttpClients, Provider};
+use crate::rate_limit::{Limiter, MemoryLimiter};
 use crate::routing::Router;
 use crate::shutdown::Shutdown;
 
@@ -24,6 +29,17 @@ pub struct State {
     pub admission: Gate,
     /// Per-client share of admission.
     pub clients: ClientCaps,
+    /// Client keys (when a keys file is configured).
+    pub keys: Option<Arc<Keys>>,
+    /// Rate-limit buckets; kept across reloads.
+    pub limiter: Arc<dyn Limiter>,
+    /// Public listener address filter.
+    pub ip_filter: IpFilter,
+    /// Admin listener address filter.
+    pub admin_filter: IpFilter,
+    /// Failure counting and temporary denies; kept across reloads.
+    pub abuse: Arc<Abuse>,
+    audit: std::sync::OnceLock<Audit>,
     /// Stops this state's background tasks (health checks) when it is dropped.
     tasks: CancellationToken,
 }
@@ -49,7 +65,20 @@ impl State {
             a.max_wait.get(),
         );
         let clients = ClientCaps::new(a.max_per_client as usize);
+        let keys = match &config.auth.keys_file {
+            Some(path) => Some(Arc::new(
+                Keys::load(path).map_err(|e| BuildError(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let n = &config.network;
         Ok(State {
+            keys,
+            limiter: Arc::new(MemoryLimiter::default()),
+            ip_filter: IpFilter::new(&n.allow, &n.deny),
+            admin_filter: IpFilter::new(&n.admin_allow, &n.admin_deny),
+            abuse: Arc::new(Abuse::new(&config.abuse)),
+            audit: std::sync::OnceLock::new(),
             config: Arc::new(config),
             router,
             providers,
@@ -64,6 +93,28 @@ impl State {
     /// when the state is replaced and dropped, or at shutdown.
     pub fn start_tasks(&self, shutdown: &Shutdown) {
         crate::routing::health::spawn_all(self.providers.values(), &self.tasks, shutdown);
+        if let Some(keys) = &self.keys {
+            shutdown.spawn(keys.clone().watch(self.tasks.clone(), shutdown.clone()));
+        }
+        let _ = self
+            .audit
+            .set(Audit::start(self.config.audit.file.as_deref(), shutdown));
+    }
+
+    /// The audit log (a no-op until [`State::start_tasks`], or when off).
+    pub fn audit(&self) -> &Audit {
+        static OFF: std::sync::OnceLock<Audit> = std::sync::OnceLock::new();
+        self.audit
+            .get()
+            .unwrap_or_else(|| OFF.get_or_init(Audit::default))
+    }
+
+    /// Keeps the running limiter buckets and abuse state across a reload.
+    pub fn inherit(&mut self, old: &State) {
+        self.limiter = old.limiter.clone();
+        if self.config.abuse.state_file == old.config.abuse.state_file {
+            self.abuse = old.abuse.clone();
+        }
     }
 }
 

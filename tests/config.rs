@@ -22,6 +22,9 @@ const VALID_TAIL: &str = r#"
 [tls]
 generate_dev_cert = true
 
+[auth]
+required = false
+
 [[providers]]
 name = "mock"
 kind = "mock"
@@ -171,11 +174,12 @@ fn shipped_configurations_are_valid() {
     // The production example needs its keys and certificate from the environment.
     let text = std::fs::read_to_string(root.join("deploy/h3gate.toml")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for f in ["cert.pem", "key.pem"] {
+    for f in ["cert.pem", "key.pem", "keys.json"] {
         std::fs::write(dir.path().join(f), "").unwrap();
     }
     let env = |k: &str| match k {
-        "H3GATE_TLS_DIR" => Some(dir.path().display().to_string()),
+        "H3GATE_TLS_DIR" | "H3GATE_STATE_DIR" => Some(dir.path().display().to_string()),
+        "H3GATE_ADMIN_TOKEN" => Some("test-admin-token-not-real-0123".into()),
         k if k.ends_with("_API_KEY") => Some("test-key-not-real".into()),
         _ => None,
     };

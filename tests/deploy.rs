@@ -139,9 +139,11 @@ fn kubernetes_manifests_parse_and_harden() {
     let env = |k: &str| Some(format!("{k}-test-value-long-enough"));
     let text = config
         .replace("/etc/h3gate/tls/tls.crt", "")
-        .replace("/etc/h3gate/tls/tls.key", "");
+        .replace("/etc/h3gate/tls/tls.key", "")
+        .replace("/etc/h3gate/keys/keys.json", "keys.json");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("c.pem"), "").unwrap();
+    std::fs::write(dir.path().join("keys.json"), "").unwrap();
     let text = text
         .replace("cert = \"\"", "cert = \"c.pem\"")
         .replace("key = \"\"", "key = \"c.pem\"");

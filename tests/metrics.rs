@@ -273,6 +273,8 @@ fn admin_off_loopback_requires_a_token() {
     let text = r#"
 [tls]
 generate_dev_cert = true
+[auth]
+required = false
 [admin]
 listen = "0.0.0.0:9901"
 [[providers]]

@@ -102,6 +102,12 @@ pub(super) fn from_toml(
     section!(log);
     section!(retry);
     section!(admission);
+    section!(auth);
+    section!(rate_limit);
+    section!(network);
+    section!(abuse);
+    section!(cors);
+    section!(audit);
     config.providers = decode_array(table.remove("providers"), "providers", &mut problems);
     config.routes = decode_array(table.remove("routes"), "routes", &mut problems);
     for key in table.keys() {
@@ -113,6 +119,16 @@ pub(super) fn from_toml(
 
     config.tls.cert = base_dir.join(&config.tls.cert);
     config.tls.key = base_dir.join(&config.tls.key);
+    for path in [
+        config.auth.keys_file.as_mut(),
+        config.abuse.state_file.as_mut(),
+        config.audit.file.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *path = base_dir.join(&*path);
+    }
 
     problems.extend(super::validate::validate(&config));
     if problems.is_empty() {

@@ -159,6 +159,55 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
         }
     }
 
+    if c.auth.required && c.auth.keys_file.is_none() {
+        p.add(
+            "auth.keys_file",
+            "is required while auth.required = true: create keys with `h3gate keys create`, or say auth.required = false to run without client keys",
+        );
+    }
+    if let Some(f) = &c.auth.keys_file {
+        if !f.is_file() {
+            p.add(
+                "auth.keys_file",
+                format!(
+                    "{} does not exist: create it with `h3gate keys create --name NAME`",
+                    f.display()
+                ),
+            );
+        }
+    }
+    if c.server.request_timeout.is_zero() {
+        p.add("server.request_timeout", "must be greater than zero");
+    }
+    let cors = &c.cors;
+    if cors.allow_credentials && cors.allowed_origins.iter().any(|o| o == "*") {
+        p.add(
+            "cors.allowed_origins",
+            "`*` cannot be combined with allow_credentials = true",
+        );
+    }
+    for (i, o) in cors.allowed_origins.iter().enumerate() {
+        if o != "*" && !(o.starts_with("https://") || o.starts_with("http://")) {
+            p.add(
+                format!("cors.allowed_origins[{i}]"),
+                "must be `*` or an origin like https://app.example.com",
+            );
+        }
+    }
+    if c.abuse.enabled
+        && (c.abuse.max_failures == 0 || c.abuse.window.is_zero() || c.abuse.deny_for.is_zero())
+    {
+        p.add(
+            "abuse",
+            "max_failures, window and deny_for must be greater than zero",
+        );
+    }
+    if c.rate_limit.per_ip_rpm > 0 && c.rate_limit.per_ip_burst == 0 {
+        p.add(
+            "rate_limit.per_ip_burst",
+            "must be at least 1 when per_ip_rpm is set",
+        );
+    }
     let r = &c.retry;
     if r.max_attempts == 0 {
         p.add("retry.max_attempts", "must be at least 1");

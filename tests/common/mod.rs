@@ -50,6 +50,13 @@ format = "human"
 [admin]
 token = "{admin_token}"
 
+[auth]
+required = false
+keys_file = "{dir}/keys.json"
+
+[rate_limit]
+per_ip_rpm = 0
+
 [[providers]]
 name = "up"
 kind = "openai"
@@ -155,6 +162,7 @@ impl Gateway {
             .replace("{dir}", &dir.path().display().to_string())
             .replace("{key}", UPSTREAM_KEY)
             .replace("{admin_token}", ADMIN_TOKEN);
+        std::fs::write(dir.path().join("keys.json"), "").unwrap();
         let config_path = dir.path().join("h3gate.toml");
         std::fs::write(&config_path, text).unwrap();
         let mut config = Config::load(&config_path).expect("test config is valid");
