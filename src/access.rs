@@ -47,6 +47,9 @@ impl Record {
     }
 }
 
+/// Work to run once when a response ends.
+pub type OnEnd = Box<dyn FnOnce(&Record) + Send + Sync>;
+
 /// The facts of one request, known when its response starts.
 pub struct Entry {
     pub request_id: String,
@@ -68,7 +71,7 @@ pub struct Entry {
     /// Held until the response ends (the admission slot).
     pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Run once at the end (token reconciliation).
-    pub on_end: Option<Box<dyn FnOnce(&Record) + Send + Sync>>,
+    pub on_end: Option<OnEnd>,
 }
 
 /// Wraps a response body; logs the request once the body ends, fails or is dropped.
