@@ -5,8 +5,14 @@
 //! - `GET /ready`: it should receive traffic (not while draining).
 //! - `GET /metrics`: Prometheus exposition; needs the admin token when one
 //!   is set (required off loopback).
-//! - `POST /admin/reload`: re-read the configuration file; needs the admin
-//!   token (without one configured the admin API is off).
+//! - `POST /admin/reload`: re-read the configuration file.
+//! - `GET /admin/keys`, `POST /admin/keys` (create; the key is in the answer
+//!   once), `DELETE /admin/keys/NAME` (revoke).
+//! - `GET /admin/denylist`, `DELETE /admin/denylist/ADDRESS` (lift a deny).
+//!
+//! `/admin/*` needs the admin token (without one configured it is off);
+//! every admin action is audited. `[network] admin_allow`/`admin_deny`
+//! filter who may connect at all.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,6 +21,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -42,10 +49,13 @@ impl Admin {
                 _ = self.shutdown.draining() => break,
                 a = listener.accept() => a,
             };
-            let Ok((tcp, _peer)) = accepted else {
+            let Ok((tcp, peer)) = accepted else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
+            if !self.state.load().admin_filter.permits(peer.ip()) {
+                continue; // dropped: not even an answer
+            }
             let this = self.clone();
             self.shutdown.spawn(async move {
                 let handler = this.clone();
@@ -92,18 +102,30 @@ impl Admin {
                 );
                 resp
             }
-            (&Method::POST, "/admin/reload") => {
+            (_, p) if p.starts_with("/admin/") => {
                 if token.is_empty() {
                     return error(
                         StatusCode::FORBIDDEN,
                         "admin_disabled",
-                        "the admin API is off: set admin.token to use it (or send SIGHUP)",
+                        "the admin API is off: set admin.token to use it (or send SIGHUP to reload)",
                     );
                 }
                 if !authorized(req.headers(), &token) {
                     return unauthorized();
                 }
-                self.reload().await
+                let method = req.method().clone();
+                let path = p.to_string();
+                let resp = self.admin_api(method.clone(), &path, req.into_body()).await;
+                self.state.load().audit().record(crate::audit::Event {
+                    action: "admin",
+                    actor: "admin-api",
+                    result: if resp.status().is_success() { "ok" } else { "refused" },
+                    request_id: None,
+                    client_ip: None,
+                    key_id: None,
+                    details: serde_json::json!({"method": method.as_str(), "path": path, "status": resp.status().as_u16()}),
+                });
+                resp
             }
             _ => error(StatusCode::NOT_FOUND, "not_found", "not found"),
         }
@@ -154,6 +176,89 @@ impl Admin {
         json(status, body.to_string())
     }
 
+    async fn admin_api(&self, method: Method, path: &str, body: Incoming) -> Response {
+        let state = self.state.load();
+        match (method, path) {
+            (Method::POST, "/admin/reload") => self.reload().await,
+            (Method::GET, "/admin/keys") => {
+                let Some(keys) = &state.keys else { return no_keys() };
+                keys.refresh();
+                let list: Vec<_> = crate::auth::read_file(keys.path())
+                    .map(|f| f.keys)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "name": k.name, "id": k.id, "scopes": k.scopes, "models": k.models,
+                            "created_at": k.created_at, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
+                            "rpm": k.rpm, "tpm": k.tpm, "max_concurrent": k.max_concurrent,
+                        })
+                    })
+                    .collect();
+                json(StatusCode::OK, serde_json::json!({"keys": list}).to_string())
+            }
+            (Method::POST, "/admin/keys") => {
+                let Some(keys) = &state.keys else { return no_keys() };
+                let Ok(bytes) = http_body_util::Limited::new(body, 64 * 1024).collect().await.map(|b| b.to_bytes()) else {
+                    return error(StatusCode::BAD_REQUEST, "invalid_body", "the body could not be read");
+                };
+                let req: NewKeyRequest = match serde_json::from_slice(&bytes) {
+                    Ok(r) => r,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()),
+                };
+                let expires_in = match req.expires.as_deref().map(humantime::parse_duration) {
+                    Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_expires", &e.to_string()),
+                    Some(Ok(d)) => Some(d),
+                    None => None,
+                };
+                let new = crate::auth::NewKey {
+                    name: req.name,
+                    scopes: req.scopes,
+                    models: req.models,
+                    expires_in,
+                    rpm: req.rpm,
+                    tpm: req.tpm,
+                    max_concurrent: req.max_concurrent,
+                };
+                match crate::auth::create(keys.path(), new) {
+                    Ok((key, rec)) => {
+                        keys.refresh();
+                        let body = serde_json::json!({"name": rec.name, "id": rec.id, "key": key});
+                        json(StatusCode::CREATED, body.to_string())
+                    }
+                    Err(e) => error(StatusCode::BAD_REQUEST, "invalid_key_request", &e.to_string()),
+                }
+            }
+            (Method::DELETE, p) if p.starts_with("/admin/keys/") => {
+                let Some(keys) = &state.keys else { return no_keys() };
+                match crate::auth::revoke(keys.path(), &p["/admin/keys/".len()..]) {
+                    Ok(rec) => {
+                        keys.refresh();
+                        json(StatusCode::OK, serde_json::json!({"revoked": rec.name, "id": rec.id}).to_string())
+                    }
+                    Err(e) => error(StatusCode::NOT_FOUND, "no_such_key", &e.to_string()),
+                }
+            }
+            (Method::GET, "/admin/denylist") => {
+                let list: Vec<_> = state
+                    .abuse
+                    .list()
+                    .into_iter()
+                    .map(|(ip, secs)| serde_json::json!({"address": ip.to_string(), "seconds_left": secs}))
+                    .collect();
+                json(StatusCode::OK, serde_json::json!({"denied": list}).to_string())
+            }
+            (Method::DELETE, p) if p.starts_with("/admin/denylist/") => {
+                match p["/admin/denylist/".len()..].parse::<std::net::IpAddr>() {
+                    Ok(ip) if state.abuse.lift(ip) => json(StatusCode::OK, serde_json::json!({"lifted": ip.to_string()}).to_string()),
+                    Ok(_) => error(StatusCode::NOT_FOUND, "not_denied", "that address is not denied"),
+                    Err(_) => error(StatusCode::BAD_REQUEST, "invalid_address", "not an IP address"),
+                }
+            }
+            _ => error(StatusCode::NOT_FOUND, "not_found", "not found"),
+        }
+    }
+
     async fn reload(&self) -> Response {
         let Some(reloader) = &self.reloader else {
             return error(
@@ -179,6 +284,25 @@ impl Admin {
             }
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeyRequest {
+    name: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    models: Vec<String>,
+    /// e.g. "90d"
+    expires: Option<String>,
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    max_concurrent: Option<u32>,
+}
+
+fn no_keys() -> Response {
+    error(StatusCode::CONFLICT, "no_keys_file", "no auth.keys_file is configured")
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

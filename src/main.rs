@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use h3gate::config::Config;
-use h3gate::{reload, server, telemetry, tls};
+use h3gate::{audit, auth, reload, server, telemetry, tls};
 
 /// HTTP/3-first edge gateway for LLM APIs.
 ///
@@ -37,6 +37,18 @@ enum Command {
         #[arg(short, long, default_value = "config.toml", env = "H3GATE_CONFIG")]
         config: PathBuf,
     },
+    /// Manage client API keys in the keys file (`[auth] keys_file`). The
+    /// running gateway picks changes up within a second.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        /// Configuration file naming the keys file.
+        #[arg(short, long, default_value = "config.toml", env = "H3GATE_CONFIG", global = true)]
+        config: PathBuf,
+        /// The keys file itself (instead of the configuration's `auth.keys_file`).
+        #[arg(long, global = true)]
+        keys_file: Option<PathBuf>,
+    },
     /// Ask a running gateway's admin listener for /health; exit 0 if healthy.
     /// For container health checks (the image has no curl).
     Health {
@@ -56,6 +68,37 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key; it is printed once and only its SHA-256 is stored.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// chat, embeddings, models (default: all).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Model globs this key may use, e.g. "gpt-*,claude-*" (default: all).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Lifetime, e.g. 90d (default: no expiry).
+        #[arg(long)]
+        expires: Option<humantime::Duration>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u32>,
+        /// Requests in flight at once.
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+    },
+    /// List keys (obfuscated ids only, never a secret).
+    List,
+    /// Revoke a key by name.
+    Revoke { name: String },
+}
+
 fn main() -> ExitCode {
     // First thing: one crypto provider for rustls, quinn and reqwest (ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -67,6 +110,11 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Certs { out, hosts } => certs(out, hosts),
         Command::Health { admin } => health(admin),
+        Command::Keys {
+            action,
+            config,
+            keys_file,
+        } => keys(action, config, keys_file),
     }
 }
 
@@ -186,6 +234,92 @@ fn health(admin: std::net::SocketAddr) -> ExitCode {
         }
         Err(e) => {
             eprintln!("h3gate: cannot reach {admin}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> ExitCode {
+    let (path, audit_file) = match keys_file {
+        Some(p) => (p, None),
+        None => match Config::load(&config) {
+            Ok(c) => match c.auth.keys_file {
+                Some(p) => (p, c.audit.file),
+                None => {
+                    eprintln!("h3gate: {} sets no auth.keys_file; pass --keys-file PATH", config.display());
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("h3gate: {}: {e}\n(or pass --keys-file PATH)", config.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let audit = |action: &str, name: &str, id: &str| {
+        if let Some(f) = &audit_file {
+            audit::append_now(
+                f,
+                audit::Event {
+                    action,
+                    actor: "cli",
+                    result: "ok",
+                    request_id: None,
+                    client_ip: None,
+                    key_id: Some(id),
+                    details: serde_json::json!({"name": name}),
+                },
+            );
+        }
+    };
+    let result = match action {
+        KeysAction::Create {
+            name,
+            scopes,
+            models,
+            expires,
+            rpm,
+            tpm,
+            max_concurrent,
+        } => auth::create(
+            &path,
+            auth::NewKey {
+                name,
+                scopes,
+                models,
+                expires_in: expires.map(Into::into),
+                rpm,
+                tpm,
+                max_concurrent,
+            },
+        )
+        .map(|(key, rec)| {
+            audit("key_create", &rec.name, &rec.id);
+            println!("{key}");
+            eprintln!("h3gate: created key {:?} ({}); it is shown only this once", rec.name, rec.id);
+        }),
+        KeysAction::List => auth::read_file(&path).map(|file| {
+            audit("key_list", "*", "-");
+            for k in file.keys {
+                let state = match (k.revoked_at, k.expires_at) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(e)) if e <= auth::now_secs() => "expired",
+                    _ => "active",
+                };
+                let scopes = if k.scopes.is_empty() { "all".to_string() } else { k.scopes.join(",") };
+                let models = if k.models.is_empty() { "*".to_string() } else { k.models.join(",") };
+                println!("{}\t{}\t{state}\tscopes={scopes}\tmodels={models}", k.name, k.id);
+            }
+        }),
+        KeysAction::Revoke { name } => auth::revoke(&path, &name).map(|rec| {
+            audit("key_revoke", &rec.name, &rec.id);
+            eprintln!("h3gate: revoked {:?} ({})", rec.name, rec.id);
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("h3gate: {e}");
             ExitCode::FAILURE
         }
     }

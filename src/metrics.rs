@@ -63,6 +63,12 @@ pub const NAMES: &[&str] = &[
     "h3gate_tls_handshake_failures_total",
     "h3gate_tls_certificate_expiry_timestamp_seconds",
     "h3gate_config_reloads_total",
+    "h3gate_auth_failures_total",
+    "h3gate_rate_limited_total",
+    "h3gate_network_denied_total",
+    "h3gate_abuse_denies_total",
+    "h3gate_panics_total",
+    "h3gate_audit_dropped_total",
 ];
 
 fn describe() {
