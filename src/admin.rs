@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -181,7 +181,9 @@ impl Admin {
         match (method, path) {
             (Method::POST, "/admin/reload") => self.reload().await,
             (Method::GET, "/admin/keys") => {
-                let Some(keys) = &state.keys else { return no_keys() };
+                let Some(keys) = &state.keys else {
+                    return no_keys();
+                };
                 keys.refresh();
                 let list: Vec<_> = crate::auth::read_file(keys.path())
                     .map(|f| f.keys)
@@ -195,19 +197,36 @@ impl Admin {
                         })
                     })
                     .collect();
-                json(StatusCode::OK, serde_json::json!({"keys": list}).to_string())
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"keys": list}).to_string(),
+                )
             }
             (Method::POST, "/admin/keys") => {
-                let Some(keys) = &state.keys else { return no_keys() };
-                let Ok(bytes) = http_body_util::Limited::new(body, 64 * 1024).collect().await.map(|b| b.to_bytes()) else {
-                    return error(StatusCode::BAD_REQUEST, "invalid_body", "the body could not be read");
+                let Some(keys) = &state.keys else {
+                    return no_keys();
+                };
+                let Ok(bytes) = http_body_util::Limited::new(body, 64 * 1024)
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                else {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_body",
+                        "the body could not be read",
+                    );
                 };
                 let req: NewKeyRequest = match serde_json::from_slice(&bytes) {
                     Ok(r) => r,
-                    Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()),
+                    Err(e) => {
+                        return error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string())
+                    }
                 };
                 let expires_in = match req.expires.as_deref().map(humantime::parse_duration) {
-                    Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "invalid_expires", &e.to_string()),
+                    Some(Err(e)) => {
+                        return error(StatusCode::BAD_REQUEST, "invalid_expires", &e.to_string())
+                    }
                     Some(Ok(d)) => Some(d),
                     None => None,
                 };
@@ -226,15 +245,24 @@ impl Admin {
                         let body = serde_json::json!({"name": rec.name, "id": rec.id, "key": key});
                         json(StatusCode::CREATED, body.to_string())
                     }
-                    Err(e) => error(StatusCode::BAD_REQUEST, "invalid_key_request", &e.to_string()),
+                    Err(e) => error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_key_request",
+                        &e.to_string(),
+                    ),
                 }
             }
             (Method::DELETE, p) if p.starts_with("/admin/keys/") => {
-                let Some(keys) = &state.keys else { return no_keys() };
+                let Some(keys) = &state.keys else {
+                    return no_keys();
+                };
                 match crate::auth::revoke(keys.path(), &p["/admin/keys/".len()..]) {
                     Ok(rec) => {
                         keys.refresh();
-                        json(StatusCode::OK, serde_json::json!({"revoked": rec.name, "id": rec.id}).to_string())
+                        json(
+                            StatusCode::OK,
+                            serde_json::json!({"revoked": rec.name, "id": rec.id}).to_string(),
+                        )
                     }
                     Err(e) => error(StatusCode::NOT_FOUND, "no_such_key", &e.to_string()),
                 }
@@ -246,13 +274,27 @@ impl Admin {
                     .into_iter()
                     .map(|(ip, secs)| serde_json::json!({"address": ip.to_string(), "seconds_left": secs}))
                     .collect();
-                json(StatusCode::OK, serde_json::json!({"denied": list}).to_string())
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"denied": list}).to_string(),
+                )
             }
             (Method::DELETE, p) if p.starts_with("/admin/denylist/") => {
                 match p["/admin/denylist/".len()..].parse::<std::net::IpAddr>() {
-                    Ok(ip) if state.abuse.lift(ip) => json(StatusCode::OK, serde_json::json!({"lifted": ip.to_string()}).to_string()),
-                    Ok(_) => error(StatusCode::NOT_FOUND, "not_denied", "that address is not denied"),
-                    Err(_) => error(StatusCode::BAD_REQUEST, "invalid_address", "not an IP address"),
+                    Ok(ip) if state.abuse.lift(ip) => json(
+                        StatusCode::OK,
+                        serde_json::json!({"lifted": ip.to_string()}).to_string(),
+                    ),
+                    Ok(_) => error(
+                        StatusCode::NOT_FOUND,
+                        "not_denied",
+                        "that address is not denied",
+                    ),
+                    Err(_) => error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_address",
+                        "not an IP address",
+                    ),
                 }
             }
             _ => error(StatusCode::NOT_FOUND, "not_found", "not found"),
@@ -302,7 +344,11 @@ struct NewKeyRequest {
 }
 
 fn no_keys() -> Response {
-    error(StatusCode::CONFLICT, "no_keys_file", "no auth.keys_file is configured")
+    error(
+        StatusCode::CONFLICT,
+        "no_keys_file",
+        "no auth.keys_file is configured",
+    )
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -182,13 +182,23 @@ impl GatewayError {
 
     pub fn into_response(self, request_id: &str) -> Response {
         let mut resp = json(self.status(), self.body(request_id));
-        if matches!(
-            self,
-            GatewayError::Overloaded(_) | GatewayError::NoTarget(_) | GatewayError::ClientLimit
-        ) {
+        let retry_after = match &self {
+            GatewayError::Overloaded(_) | GatewayError::NoTarget(_) | GatewayError::ClientLimit => {
+                Some(1)
+            }
+            GatewayError::RateLimited {
+                retry_after_secs, ..
+            } => Some((*retry_after_secs).max(1)),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        if matches!(self, GatewayError::Unauthorized) {
             resp.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
             );
         }
         resp

@@ -43,7 +43,13 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
         /// Configuration file naming the keys file.
-        #[arg(short, long, default_value = "config.toml", env = "H3GATE_CONFIG", global = true)]
+        #[arg(
+            short,
+            long,
+            default_value = "config.toml",
+            env = "H3GATE_CONFIG",
+            global = true
+        )]
         config: PathBuf,
         /// The keys file itself (instead of the configuration's `auth.keys_file`).
         #[arg(long, global = true)]
@@ -246,12 +252,18 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             Ok(c) => match c.auth.keys_file {
                 Some(p) => (p, c.audit.file),
                 None => {
-                    eprintln!("h3gate: {} sets no auth.keys_file; pass --keys-file PATH", config.display());
+                    eprintln!(
+                        "h3gate: {} sets no auth.keys_file; pass --keys-file PATH",
+                        config.display()
+                    );
                     return ExitCode::from(2);
                 }
             },
             Err(e) => {
-                eprintln!("h3gate: {}: {e}\n(or pass --keys-file PATH)", config.display());
+                eprintln!(
+                    "h3gate: {}: {e}\n(or pass --keys-file PATH)",
+                    config.display()
+                );
                 return ExitCode::from(2);
             }
         },
@@ -296,7 +308,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
         .map(|(key, rec)| {
             audit("key_create", &rec.name, &rec.id);
             println!("{key}");
-            eprintln!("h3gate: created key {:?} ({}); it is shown only this once", rec.name, rec.id);
+            eprintln!(
+                "h3gate: created key {:?} ({}); it is shown only this once",
+                rec.name, rec.id
+            );
         }),
         KeysAction::List => auth::read_file(&path).map(|file| {
             audit("key_list", "*", "-");
@@ -306,9 +321,20 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
                     (None, Some(e)) if e <= auth::now_secs() => "expired",
                     _ => "active",
                 };
-                let scopes = if k.scopes.is_empty() { "all".to_string() } else { k.scopes.join(",") };
-                let models = if k.models.is_empty() { "*".to_string() } else { k.models.join(",") };
-                println!("{}\t{}\t{state}\tscopes={scopes}\tmodels={models}", k.name, k.id);
+                let scopes = if k.scopes.is_empty() {
+                    "all".to_string()
+                } else {
+                    k.scopes.join(",")
+                };
+                let models = if k.models.is_empty() {
+                    "*".to_string()
+                } else {
+                    k.models.join(",")
+                };
+                println!(
+                    "{}\t{}\t{state}\tscopes={scopes}\tmodels={models}",
+                    k.name, k.id
+                );
             }
         }),
         KeysAction::Revoke { name } => auth::revoke(&path, &name).map(|rec| {

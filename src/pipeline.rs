@@ -130,8 +130,7 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
             .admitted
             .map(|a| Box::new(a) as Box<dyn std::any::Any + Send + Sync>),
         on_end: tokens.map(|t| {
-            Box::new(move |r: &Record| t.reconcile(r.total_tokens()))
-                as crate::access::OnEnd
+            Box::new(move |r: &Record| t.reconcile(r.total_tokens())) as crate::access::OnEnd
         }),
     };
     resp.map(|body| Body::new(Logged::new(body, entry)))

@@ -50,6 +50,9 @@ impl Mock {
 
     pub async fn send(&self, call: &UpstreamCall) -> Result<UpstreamResponse, UpstreamError> {
         let req: MockRequest = serde_json::from_slice(&call.body).unwrap_or_default();
+        if self.cfg.panic_on_model.as_deref() == Some(req.model.as_str()) {
+            panic!("mock provider: panic_on_model {:?} requested", req.model);
+        }
         let n = req
             .max_completion_tokens
             .or(req.max_tokens)

@@ -26,6 +26,8 @@ pub enum TestBody {
     Json(Value),
     Bytes(Vec<u8>),
     Chunked(Vec<Vec<u8>>),
+    /// Chunks sent this far apart.
+    Slow(Vec<Vec<u8>>, std::time::Duration),
 }
 
 pub struct TestResponse {
@@ -179,6 +181,19 @@ impl Client {
         headers: &[(&str, &str)],
         body: TestBody,
     ) -> TestResponse {
+        self.try_request(method, path, headers, body)
+            .await
+            .expect("request failed")
+    }
+
+    /// The same, with a client-side refusal (if any) as an error.
+    pub async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: TestBody,
+    ) -> Result<TestResponse, String> {
         let (tx, rx) = mpsc::channel(64);
         match &self.inner {
             Inner::Reqwest { client, base } => {
@@ -195,6 +210,17 @@ impl Client {
                     TestBody::Chunked(chunks) => {
                         let s = futures_util::stream::iter(
                             chunks.into_iter().map(Ok::<_, std::io::Error>),
+                        );
+                        req.body(reqwest::Body::wrap_stream(s))
+                    }
+                    TestBody::Slow(chunks, gap) => {
+                        let s = futures_util::stream::unfold(
+                            chunks.into_iter(),
+                            move |mut it| async move {
+                                let c = it.next()?;
+                                tokio::time::sleep(gap).await;
+                                Some((Ok::<_, std::io::Error>(c), it))
+                            },
                         );
                         req.body(reqwest::Body::wrap_stream(s))
                     }
@@ -216,11 +242,11 @@ impl Client {
                         }
                     }
                 });
-                TestResponse {
+                Ok(TestResponse {
                     status,
                     headers,
                     rx,
-                }
+                })
             }
             Inner::H3 {
                 send, authority, ..
@@ -231,7 +257,12 @@ impl Client {
                 for (k, v) in headers {
                     b = b.header(*k, *v);
                 }
+                let mut gap = None;
                 let chunks: Vec<Vec<u8>> = match body {
+                    TestBody::Slow(c, g) => {
+                        gap = Some(g);
+                        c
+                    }
                     TestBody::Empty => vec![],
                     TestBody::Json(v) => {
                         b = b.header("content-type", "application/json");
@@ -245,13 +276,15 @@ impl Client {
                 };
                 // The reader keeps a handle: h3 closes the connection when the last one goes.
                 let keep_alive = send.lock().await.clone();
-                let mut stream = send
-                    .lock()
-                    .await
-                    .send_request(b.body(()).unwrap())
-                    .await
-                    .expect("h3 send_request");
+                let sent = send.lock().await.send_request(b.body(()).unwrap()).await;
+                let mut stream = match sent {
+                    Ok(s) => s,
+                    Err(e) => return Err(format!("{e:?}")),
+                };
                 for c in chunks {
+                    if let Some(g) = gap {
+                        tokio::time::sleep(g).await;
+                    }
                     if stream.send_data(Bytes::from(c)).await.is_err() {
                         break; // the server may stop reading (413): its answer still comes
                     }
@@ -276,11 +309,11 @@ impl Client {
                         }
                     }
                 });
-                TestResponse {
+                Ok(TestResponse {
                     status,
                     headers,
                     rx,
-                }
+                })
             }
         }
     }
