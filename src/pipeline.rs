@@ -111,6 +111,7 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
         }
     }
     let tokens = facts.tokens.take();
+    let succeeded = resp.status().is_success();
     let entry = Entry {
         request_id,
         protocol,
@@ -129,8 +130,12 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
         hold: facts
             .admitted
             .map(|a| Box::new(a) as Box<dyn std::any::Any + Send + Sync>),
+        // Correct the token reservation with the real usage; a failed
+        // request gives its whole reservation back.
         on_end: tokens.map(|t| {
-            Box::new(move |r: &Record| t.reconcile(r.total_tokens())) as crate::access::OnEnd
+            Box::new(move |r: &Record| {
+                t.reconcile(if succeeded { r.total_tokens() } else { Some(0) })
+            }) as crate::access::OnEnd
         }),
     };
     resp.map(|body| Body::new(Logged::new(body, entry)))
@@ -288,7 +293,7 @@ async fn proxy(
     // Admission: this client's share (its key's cap, else its address's),
     // then a slot (or a bounded wait for one).
     let (who, cap) = match &facts.key {
-        Some(k) => (k.id.clone(), k.max_concurrent.map(|c| c as usize)),
+        Some(k) => (k.sha256.clone(), k.max_concurrent.map(|c| c as usize)),
         None => (client.to_string(), None),
     };
     let client_slot = state
