@@ -59,6 +59,22 @@ fn bearer(k: &str) -> String {
     format!("Bearer {k}")
 }
 
+/// A chat request authenticated with `key`.
+async fn chat_as(
+    c: &common::Client,
+    key: &str,
+    model: &str,
+    stream: bool,
+) -> common::client::TestResponse {
+    c.request(
+        Method::POST,
+        "/v1/chat/completions",
+        &[("authorization", &bearer(key))],
+        TestBody::Json(chat(model, stream)),
+    )
+    .await
+}
+
 async fn keys_are_required_and_checked(p: Proto) {
     let (gw, keys) = with_keys(vec![key("a")], |_| {}).await;
     let c = gw.client(p).await;
@@ -118,24 +134,10 @@ async fn scopes_and_models_are_enforced(p: Proto) {
     };
     let (gw, keys) = with_keys(vec![embeddings_only, gpt_only], |_| {}).await;
     let c = gw.client(p).await;
-    let r = c
-        .request(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("authorization", &bearer(&keys[0]))],
-            TestBody::Json(chat("gpt-ok", false)),
-        )
-        .await;
+    let r = chat_as(&c, &keys[0], "gpt-ok", false).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.json().await["error"]["code"], "forbidden");
-    let r = c
-        .request(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("authorization", &bearer(&keys[1]))],
-            TestBody::Json(chat("mock-1", false)),
-        )
-        .await;
+    let r = chat_as(&c, &keys[1], "mock-1", false).await;
     assert_eq!(r.status, 403, "model outside the key's globs");
     let models = c
         .request(
@@ -162,14 +164,7 @@ async fn scopes_and_models_are_enforced(p: Proto) {
 async fn revocation_applies_without_restart_while_others_stream(p: Proto) {
     let (gw, keys) = with_keys(vec![key("streamer"), key("victim")], |_| {}).await;
     let c = gw.client(p).await;
-    let mut stream = c
-        .request(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("authorization", &bearer(&keys[0]))],
-            TestBody::Json(chat("gated", true)),
-        )
-        .await;
+    let mut stream = chat_as(&c, &keys[0], "gated", true).await;
     assert_eq!(stream.status, 200);
     stream.chunk().await.unwrap().unwrap();
 
@@ -177,14 +172,7 @@ async fn revocation_applies_without_restart_while_others_stream(p: Proto) {
     auth::revoke(&keys_file, "victim").unwrap();
     let mut refused = false;
     for _ in 0..50 {
-        let r = c
-            .request(
-                Method::POST,
-                "/v1/chat/completions",
-                &[("authorization", &bearer(&keys[1]))],
-                TestBody::Json(chat("gpt-ok", false)),
-            )
-            .await;
+        let r = chat_as(&c, &keys[1], "gpt-ok", false).await;
         if r.status == 401 {
             refused = true;
             break;
@@ -591,14 +579,7 @@ async fn admin_key_api_and_audit_log() {
     let key = created["key"].as_str().unwrap().to_string();
     assert!(key.starts_with("h3g_"));
     let c = gw.client(Proto::H2).await;
-    let ok = c
-        .request(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("authorization", &bearer(&key))],
-            TestBody::Json(chat("gpt-ok", false)),
-        )
-        .await;
+    let ok = chat_as(&c, &key, "gpt-ok", false).await;
     assert_eq!(
         ok.status, 200,
         "a key created through the API works at once"
@@ -623,14 +604,7 @@ async fn admin_key_api_and_audit_log() {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 200);
-    let refused = c
-        .request(
-            Method::POST,
-            "/v1/chat/completions",
-            &[("authorization", &bearer(&key))],
-            TestBody::Json(chat("gpt-ok", false)),
-        )
-        .await;
+    let refused = chat_as(&c, &key, "gpt-ok", false).await;
     assert_eq!(refused.status, 401);
 
     // The audit log has every event, and no secret.
