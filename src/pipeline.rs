@@ -328,7 +328,7 @@ async fn proxy(
             _ = tokio::time::sleep(every) => {}
         }
         facts.upstream_wait = started.elapsed();
-        facts.target = Some(format!("{} (keepalive)", route.pattern));
+        facts.target = Some("(pending: keep-alive stream)".into());
         return Ok(KeepAliveBody::response(
             fwd,
             every,

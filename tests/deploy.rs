@@ -221,3 +221,69 @@ async fn health_subcommand_probes_the_admin_listener() {
         .unwrap();
     assert!(!down.success());
 }
+
+#[test]
+fn keys_cli_creates_lists_and_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.json");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_h3gate"))
+            .args(args)
+            .arg("--keys-file")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "keys",
+        "create",
+        "--name",
+        "ci",
+        "--scopes",
+        "chat,models",
+        "--models",
+        "gpt-*",
+        "--expires",
+        "90d",
+        "--rpm",
+        "60",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        key.starts_with("h3g_") && key.len() == 68,
+        "printed once: {key}"
+    );
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(!stored.contains(&key));
+
+    let list = String::from_utf8(run(&["keys", "list"]).stdout).unwrap();
+    assert!(
+        list.starts_with("ci\th3g_") && list.contains("****") && list.contains("active"),
+        "{list}"
+    );
+    assert!(
+        list.contains("scopes=chat,models") && list.contains("models=gpt-*"),
+        "{list}"
+    );
+    assert!(!list.contains(&key[4..]), "never the secret");
+
+    assert!(run(&["keys", "revoke", "ci"]).status.success());
+    assert!(String::from_utf8(run(&["keys", "list"]).stdout)
+        .unwrap()
+        .contains("revoked"));
+    assert!(
+        !run(&["keys", "revoke", "ci"]).status.success(),
+        "already revoked"
+    );
+    assert!(
+        !run(&["keys", "create", "--name", "bad", "--scopes", "admin"])
+            .status
+            .success(),
+        "unknown scope"
+    );
+}
