@@ -108,11 +108,26 @@ impl Reloader {
     /// configuration and says why. Logged and counted either way.
     pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.lock.lock().await;
+        let before = self.state.load_full();
         let path = self.path.clone();
         let prepared = tokio::task::spawn_blocking(move || prepare(&path, true))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let result = prepared.and_then(|p| self.apply(p));
+        let problems: Vec<String> = match &result {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
+        };
+        // Recorded in the audit log of the configuration that was running.
+        before.audit().record(crate::audit::Event {
+            action: "config_reload",
+            actor: "operator",
+            result: if result.is_ok() { "ok" } else { "rejected" },
+            request_id: None,
+            client_ip: None,
+            key_id: None,
+            details: serde_json::json!({"problems": problems}),
+        });
         match &result {
             Ok(report) => {
                 metrics::config_reload("ok");

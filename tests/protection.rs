@@ -607,11 +607,13 @@ async fn admin_key_api_and_audit_log() {
     let refused = chat_as(&c, &key, "gpt-ok", false).await;
     assert_eq!(refused.status, 401);
 
+    assert_eq!(gw.reload().await.0, 200);
+
     // The audit log has every event, and no secret.
     let mut text = String::new();
     for _ in 0..50 {
         text = std::fs::read_to_string(&audit_file).unwrap_or_default();
-        if text.contains("\"authentication\"") {
+        if text.contains("\"authentication\"") && text.contains("config_reload") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -629,6 +631,7 @@ async fn admin_key_api_and_audit_log() {
         "{actions:?}"
     );
     assert!(actions.contains(&"authentication"), "{actions:?}");
+    assert!(actions.contains(&"config_reload"), "{actions:?}");
     assert!(lines.iter().all(|l| l["timestamp"].is_string()));
     assert!(
         !text.contains(&key) && !text.contains(ADMIN_TOKEN),
