@@ -141,6 +141,30 @@ pub struct QuicConfig {
     pub mtu_discovery: bool,
     /// `ma=` of the Alt-Svc header advertising HTTP/3. Default 24h.
     pub alt_svc_max_age: Duration,
+    /// QUIC Retry for unvalidated addresses: always | never | under_load
+    /// (when more than `retry_threshold` handshakes are pending). Default under_load.
+    pub address_validation: AddressValidation,
+    /// Pending handshakes above which `under_load` sends Retry. Default 128.
+    pub retry_threshold: u32,
+    /// Handshakes in progress at once (quinn's `max_incoming`). Default 1024.
+    pub max_incoming: u32,
+    /// Bytes buffered per pending connection. Default 64KB.
+    pub incoming_buffer: ByteSize,
+    /// Open QUIC connections at once; beyond, refused. Default 10000.
+    pub max_connections: u32,
+    /// Open QUIC connections per source address. Default 64.
+    pub max_connections_per_ip: u32,
+    /// Time allowed for the QUIC/TLS handshake. Default 10s.
+    pub handshake_timeout: Duration,
+}
+
+/// When the QUIC listener asks clients to prove their address (Retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressValidation {
+    Always,
+    Never,
+    UnderLoad,
 }
 
 impl Default for QuicConfig {
@@ -160,6 +184,13 @@ impl Default for QuicConfig {
             congestion: Congestion::Cubic,
             mtu_discovery: true,
             alt_svc_max_age: Duration::secs(86_400),
+            address_validation: AddressValidation::UnderLoad,
+            retry_threshold: 128,
+            max_incoming: 1024,
+            incoming_buffer: ByteSize::kib(64),
+            max_connections: 10_000,
+            max_connections_per_ip: 64,
+            handshake_timeout: Duration::secs(10),
         }
     }
 }

@@ -55,6 +55,7 @@ pub const NAMES: &[&str] = &[
     "h3gate_quic_connections_accepted_total",
     "h3gate_quic_connections_refused_total",
     "h3gate_quic_handshake_failures_total",
+    "h3gate_quic_retry_sent_total",
     "h3gate_quic_rtt_seconds",
     "h3gate_quic_congestion_window_bytes",
     "h3gate_quic_lost_packets_total",
@@ -163,7 +164,11 @@ fn describe() {
     );
     describe_counter!(
         "h3gate_quic_connections_refused_total",
-        "QUIC connection attempts refused (draining)."
+        "QUIC connection attempts refused before any crypto work, by reason (caps, draining)."
+    );
+    describe_counter!(
+        "h3gate_quic_retry_sent_total",
+        "QUIC Retry packets sent to validate client addresses."
     );
     describe_counter!(
         "h3gate_quic_handshake_failures_total",
@@ -408,8 +413,13 @@ pub mod quic {
         gauge!("h3gate_quic_connections_open").increment(1.0);
     }
 
-    pub fn refused() {
-        counter!("h3gate_quic_connections_refused_total").increment(1);
+    /// A connection attempt refused cheaply, before any crypto work.
+    pub fn refused(reason: &'static str) {
+        counter!("h3gate_quic_connections_refused_total", "reason" => reason).increment(1);
+    }
+
+    pub fn retry_sent() {
+        counter!("h3gate_quic_retry_sent_total").increment(1);
     }
 
     pub fn handshake_failed() {

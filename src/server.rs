@@ -132,6 +132,7 @@ pub async fn run(
         let listener = QuicListener {
             state: state.clone(),
             shutdown: shutdown.clone(),
+            conns: Arc::default(),
         };
         shutdown.spawn(listener.serve(ep.clone()));
         endpoint = Some(ep);

@@ -71,6 +71,15 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             );
         }
     }
+    if q.max_incoming == 0 || q.max_connections == 0 || q.max_connections_per_ip == 0 {
+        p.add(
+            "quic",
+            "max_incoming, max_connections and max_connections_per_ip must be at least 1",
+        );
+    }
+    if q.handshake_timeout.is_zero() {
+        p.add("quic.handshake_timeout", "must be greater than zero");
+    }
     if q.max_field_section_size.get() < 1024 {
         p.add("quic.max_field_section_size", "must be at least 1KB");
     }

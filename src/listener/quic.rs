@@ -2,9 +2,11 @@
 //! connection, and the adapter between an h3 request stream and the
 //! pipeline's streamed request and response.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -18,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::SharedState;
-use crate::config::{Congestion, QuicConfig};
+use crate::config::{AddressValidation, Congestion, QuicConfig};
 use crate::exchange::{strip_hop_by_hop, Body, BodyError, GatewayRequest, Protocol, Response};
 use crate::metrics;
 use crate::pipeline;
@@ -108,7 +110,10 @@ pub fn server_config(
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport_config(cfg)?));
+    server
+        .transport_config(Arc::new(transport_config(cfg)?))
+        .max_incoming(cfg.max_incoming as usize)
+        .incoming_buffer_size(cfg.incoming_buffer.get());
     Ok(server)
 }
 
@@ -133,10 +138,64 @@ pub fn endpoint(
 pub struct QuicListener {
     pub state: SharedState,
     pub shutdown: Shutdown,
+    pub conns: Arc<ConnCounts>,
+}
+
+/// Open and pending connections, in total and per source address.
+#[derive(Debug, Default)]
+pub struct ConnCounts {
+    open: AtomicUsize,
+    pending: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's place in [`ConnCounts`], given back when it ends.
+struct ConnSlot {
+    counts: Arc<ConnCounts>,
+    ip: IpAddr,
+}
+
+impl ConnCounts {
+    /// Takes a place, unless a cap is reached.
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<ConnSlot, &'static str> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.open.load(Ordering::Relaxed) >= max_total {
+            return Err("max_connections");
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= max_per_ip {
+            return Err("max_connections_per_ip");
+        }
+        *n += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.counts.open.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl QuicListener {
     /// Accepts connections until the drain starts, then refuses new ones.
+    /// Caps and address validation are decided here, before any crypto work.
     pub async fn serve(self, endpoint: quinn::Endpoint) {
         loop {
             let incoming = tokio::select! {
@@ -144,31 +203,68 @@ impl QuicListener {
                 incoming = endpoint.accept() => incoming,
             };
             let Some(incoming) = incoming else { break };
+            let q = self.state.load().config.quic.clone();
+            let ip = incoming.remote_address().ip();
+            let slot = match self.conns.admit(
+                ip,
+                q.max_connections as usize,
+                q.max_connections_per_ip as usize,
+            ) {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    metrics::quic::refused(reason);
+                    incoming.refuse();
+                    continue;
+                }
+            };
+            let retry = match q.address_validation {
+                AddressValidation::Always => true,
+                AddressValidation::Never => false,
+                AddressValidation::UnderLoad => {
+                    self.conns.pending.load(Ordering::Relaxed) >= q.retry_threshold as usize
+                }
+            };
+            if retry && !incoming.remote_address_validated() && incoming.may_retry() {
+                metrics::quic::retry_sent();
+                let _ = incoming.retry();
+                continue;
+            }
             let this = self.clone();
-            self.shutdown
-                .spawn(async move { this.connection(incoming).await });
+            self.shutdown.spawn(async move {
+                this.connection(incoming, q.handshake_timeout.get()).await;
+                drop(slot);
+            });
         }
         endpoint.set_server_config(None);
         tracing::debug!("quic endpoint stopped accepting");
     }
 
-    async fn connection(self, incoming: quinn::Incoming) {
+    async fn connection(self, incoming: quinn::Incoming, handshake_timeout: std::time::Duration) {
         let peer = incoming.remote_address();
         if self.shutdown.is_draining() {
-            metrics::quic::refused();
+            metrics::quic::refused("draining");
             incoming.refuse();
             return;
         }
-        let conn = tokio::select! {
-            _ = self.shutdown.forced() => return,
-            c = incoming => match c {
-                Ok(c) => c,
-                Err(e) => {
-                    metrics::quic::handshake_failed();
-                    tracing::debug!(%peer, error = %e, "QUIC handshake failed");
-                    return;
-                }
-            },
+        self.conns.pending.fetch_add(1, Ordering::Relaxed);
+        let handshake = tokio::select! {
+            _ = self.shutdown.forced() => None,
+            c = tokio::time::timeout(handshake_timeout, incoming) => Some(c),
+        };
+        self.conns.pending.fetch_sub(1, Ordering::Relaxed);
+        let conn = match handshake {
+            None => return,
+            Some(Ok(Ok(c))) => c,
+            Some(Ok(Err(e))) => {
+                metrics::quic::handshake_failed();
+                tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+                return;
+            }
+            Some(Err(_)) => {
+                metrics::quic::handshake_failed();
+                tracing::debug!(%peer, "QUIC handshake timed out");
+                return;
+            }
         };
         metrics::quic::accepted();
         let span = tracing::info_span!("conn", protocol = "h3", remote = %peer, conn_id = conn.stable_id());

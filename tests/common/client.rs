@@ -114,6 +114,19 @@ impl Client {
         ca_pem: &[u8],
         source: std::net::IpAddr,
     ) -> Client {
+        Self::try_connect_from(proto, tcp, udp, ca_pem, source)
+            .await
+            .expect("connect")
+    }
+
+    /// The same, with a refused connection (HTTP/3 handshake) as an error.
+    pub async fn try_connect_from(
+        proto: Proto,
+        tcp: SocketAddr,
+        udp: SocketAddr,
+        ca_pem: &[u8],
+        source: std::net::IpAddr,
+    ) -> Result<Client, String> {
         let inner = match proto {
             Proto::H1 | Proto::H2 => {
                 let cert = reqwest::Certificate::from_pem(ca_pem).unwrap();
@@ -148,7 +161,7 @@ impl Client {
                     .connect(udp, "localhost")
                     .unwrap()
                     .await
-                    .expect("QUIC handshake");
+                    .map_err(|e| format!("QUIC handshake: {e}"))?;
                 let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
                     .await
                     .unwrap();
@@ -162,7 +175,7 @@ impl Client {
                 }
             }
         };
-        Client { proto, inner }
+        Ok(Client { proto, inner })
     }
 
     pub async fn get(&self, path: &str) -> TestResponse {

@@ -1,0 +1,95 @@
+//! The hardened QUIC edge: per-address and total connection caps refuse
+//! cheaply; address validation with Retry works end to end.
+
+mod common;
+
+use common::{chat, Client, Gateway, Proto, ADMIN_TOKEN};
+use h3gate::config::AddressValidation;
+
+async fn scrape(gw: &Gateway) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{}/metrics", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_cap_refuses_the_extra_connection() {
+    let gw = Gateway::start_with(|c| c.quic.max_connections_per_ip = 1).await;
+    let first = gw.client(Proto::H3).await;
+    assert_eq!(first.get("/health").await.status, 200);
+    let local = "127.0.0.1".parse().unwrap();
+    let refused = Client::try_connect_from(Proto::H3, gw.tcp, gw.udp, &gw.ca, local).await;
+    assert!(
+        refused.is_err(),
+        "a second connection from the same address is refused"
+    );
+    let other = Client::try_connect_from(
+        Proto::H3,
+        gw.tcp,
+        gw.udp,
+        &gw.ca,
+        "127.0.0.2".parse().unwrap(),
+    )
+    .await
+    .expect("another address still connects");
+    assert_eq!(other.get("/health").await.status, 200);
+    assert_eq!(
+        first
+            .post_json("/v1/chat/completions", chat("gpt-ok", false))
+            .await
+            .status,
+        200,
+        "the first keeps working"
+    );
+    let metrics = scrape(&gw).await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "h3gate_quic_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_cap_refuses_beyond_it() {
+    let gw = Gateway::start_with(|c| c.quic.max_connections = 1).await;
+    let first = gw.client(Proto::H3).await;
+    assert_eq!(first.get("/health").await.status, 200);
+    let second = Client::try_connect_from(
+        Proto::H3,
+        gw.tcp,
+        gw.udp,
+        &gw.ca,
+        "127.0.0.2".parse().unwrap(),
+    )
+    .await;
+    assert!(second.is_err());
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_validates_addresses_end_to_end() {
+    let gw = Gateway::start_with(|c| c.quic.address_validation = AddressValidation::Always).await;
+    let c = gw.client(Proto::H3).await;
+    let resp = c
+        .post_json("/v1/chat/completions", chat("gpt-ok", true))
+        .await;
+    assert_eq!(resp.status, 200);
+    assert!(resp.text().await.contains("[DONE]"));
+    let metrics = scrape(&gw).await;
+    let sent: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("h3gate_quic_retry_sent_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        sent >= 1.0,
+        "a Retry was sent and the client came back: {sent}"
+    );
+}
