@@ -153,6 +153,7 @@ pub async fn run(
     };
     shutdown.spawn(https.serve(tcp));
 
+    shutdown.spawn(tls::watch(state.clone(), certs.clone(), shutdown.clone()));
     let reloader = reload_from.map(|path| {
         Arc::new(Reloader::new(
             path,

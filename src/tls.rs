@@ -92,6 +92,56 @@ pub fn load_certified_key(cfg: &TlsConfig) -> Result<CertifiedKey, TlsError> {
     })
 }
 
+/// Re-reads the certificate when its files change (checked every 2 s), so
+/// a renewed certificate is served to new connections without a restart or
+/// a reload; existing connections keep theirs. Once a day (and at start) a
+/// certificate expiring within 14 days is logged.
+pub async fn watch(
+    state: crate::listener::SharedState,
+    store: Arc<CertStore>,
+    shutdown: crate::shutdown::Shutdown,
+) {
+    let stamp = |cfg: &TlsConfig| {
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        (m(&cfg.cert), m(&cfg.key))
+    };
+    let mut last = stamp(&state.load().config.tls);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut last_expiry_log: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.draining() => return,
+            _ = tick.tick() => {}
+        }
+        let cfg = state.load().config.tls.clone();
+        let now = stamp(&cfg);
+        if now != last {
+            last = now;
+            match load_certified_key(&cfg) {
+                Ok(key) => {
+                    if let Some(expiry) = not_after(&key) {
+                        crate::metrics::certificate_expiry(expiry);
+                    }
+                    store.replace(key);
+                    tracing::info!(cert = %cfg.cert.display(), "certificate files changed: new connections get the new certificate");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate files changed but cannot be loaded; keeping the current certificate")
+                }
+            }
+        }
+        if last_expiry_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(86_400)) {
+            last_expiry_log = Some(tokio::time::Instant::now());
+            if let Some(expiry) = not_after(&store.current.load()) {
+                let left = expiry - crate::auth::now_secs() as i64;
+                if left < 14 * 86_400 {
+                    tracing::warn!(days_left = left / 86_400, cert = %cfg.cert.display(), "the served certificate expires soon: renew it");
+                }
+            }
+        }
+    }
+}
+
 /// When the served (leaf) certificate expires, as Unix time.
 pub fn not_after(key: &CertifiedKey) -> Option<i64> {
     let leaf = key.cert.first()?;

@@ -93,3 +93,57 @@ async fn retry_validates_addresses_end_to_end() {
         "a Retry was sent and the client came back: {sent}"
     );
 }
+
+over_every_protocol!(certificate_change_is_seen_by_new_connections_while_old_ones_stream);
+
+/// Replacing the certificate files: new connections (on both listeners) get
+/// the new certificate within seconds; a connection already open keeps
+/// streaming.
+async fn certificate_change_is_seen_by_new_connections_while_old_ones_stream(p: Proto) {
+    let gw = Gateway::start().await;
+    let old = gw.client(p).await;
+    let mut stream = old
+        .post_json("/v1/chat/completions", chat("gated", true))
+        .await;
+    stream.chunk().await.unwrap().unwrap();
+
+    let dir = gw.config_path.parent().unwrap();
+    let renewed = h3gate::tls::generate_dev_cert(&["localhost".into()]).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    renewed
+        .write(
+            scratch.path(),
+            &scratch.path().join("cert.pem"),
+            &scratch.path().join("key.pem"),
+        )
+        .unwrap();
+    // Rename into place: the watcher never sees half a file.
+    for f in ["key.pem", "cert.pem"] {
+        std::fs::rename(scratch.path().join(f), dir.join(f)).unwrap();
+    }
+    let local = "127.0.0.1".parse().unwrap();
+    let mut seen = false;
+    for _ in 0..60 {
+        if let Ok(c) =
+            Client::try_connect_from(p, gw.tcp, gw.udp, renewed.ca_pem.as_bytes(), local).await
+        {
+            if c.try_request(http::Method::GET, "/health", &[], common::TestBody::Empty)
+                .await
+                .is_ok()
+            {
+                seen = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen,
+        "a new connection trusting only the new CA gets through"
+    );
+    gw.upstream.release();
+    assert!(
+        stream.text().await.contains("[DONE]"),
+        "the old connection kept streaming"
+    );
+}

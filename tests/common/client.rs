@@ -238,7 +238,7 @@ impl Client {
                         req.body(reqwest::Body::wrap_stream(s))
                     }
                 };
-                let resp = req.send().await.expect("request failed");
+                let resp = req.send().await.map_err(|e| format!("{e:?}"))?;
                 let status = resp.status().as_u16();
                 let headers = resp.headers().clone();
                 tokio::spawn(async move {
