@@ -156,6 +156,24 @@ pub struct QuicConfig {
     pub max_connections_per_ip: u32,
     /// Time allowed for the QUIC/TLS handshake. Default 10s.
     pub handshake_timeout: Duration,
+    /// Accept 0-RTT early data from resuming clients (replay-safe: see
+    /// `early_unsafe`). Default true; false refuses early data entirely.
+    pub zero_rtt: bool,
+    /// Non-safe methods (POST…) received before the handshake completes:
+    /// `wait` for it (a replay never completes it) or `reject` with 425. Default wait.
+    pub early_unsafe: EarlyUnsafe,
+    /// Largest body an early safe request may carry; beyond, it waits for the handshake. Default 16KB.
+    pub max_early_data: ByteSize,
+    /// Session tickets remembered for resumption (single use). Default 8192.
+    pub session_cache_size: u32,
+}
+
+/// What to do with a non-idempotent request that arrived as early data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EarlyUnsafe {
+    Wait,
+    Reject,
 }
 
 /// When the QUIC listener asks clients to prove their address (Retry).
@@ -191,6 +209,10 @@ impl Default for QuicConfig {
             max_connections: 10_000,
             max_connections_per_ip: 64,
             handshake_timeout: Duration::secs(10),
+            zero_rtt: true,
+            early_unsafe: EarlyUnsafe::Wait,
+            max_early_data: ByteSize::kib(16),
+            session_cache_size: 8192,
         }
     }
 }

@@ -61,6 +61,8 @@ pub enum GatewayError {
     Misdirected,
     #[error("the request body did not arrive in time")]
     RequestTimeout,
+    #[error("this request was sent as early data; retry it after the handshake")]
+    TooEarly,
     #[error("too many concurrent requests from this client")]
     ClientLimit,
     /// An error status from the provider, passed through with a sanitised message.
@@ -98,6 +100,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::TooEarly => StatusCode::from_u16(425).unwrap_or(StatusCode::BAD_REQUEST),
             GatewayError::Upstream { status, .. } => *status,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -122,7 +125,9 @@ impl GatewayError {
             GatewayError::ClientLimit | GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::Unauthorized => "authentication_error",
             GatewayError::Forbidden(_) => "permission_error",
-            GatewayError::Misdirected | GatewayError::RequestTimeout => "invalid_request_error",
+            GatewayError::Misdirected | GatewayError::RequestTimeout | GatewayError::TooEarly => {
+                "invalid_request_error"
+            }
             GatewayError::Upstream { kind, .. } => kind,
             GatewayError::Internal => "server_error",
         }
@@ -150,6 +155,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limit_exceeded",
             GatewayError::Misdirected => "misdirected_request",
             GatewayError::RequestTimeout => "request_timeout",
+            GatewayError::TooEarly => "too_early",
             GatewayError::Upstream { code, .. } => return code.as_deref(),
             GatewayError::Internal => "internal_error",
         })

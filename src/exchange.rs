@@ -36,6 +36,14 @@ impl Protocol {
     }
 }
 
+/// Whether the TLS handshake of the request's connection is complete: a
+/// request handled before that is 0-RTT early data, which could be a replay.
+pub trait Handshake: Send + Sync {
+    fn is_complete(&self) -> bool;
+    /// Resolves when the handshake completes (never, for a replayed flight).
+    fn completed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+}
+
 /// One request, as every listener delivers it to [`crate::pipeline::handle`].
 pub struct GatewayRequest {
     pub method: Method,
@@ -46,6 +54,8 @@ pub struct GatewayRequest {
     pub protocol: Protocol,
     /// The socket peer (the client, or the proxy in front of us).
     pub peer: SocketAddr,
+    /// The connection's handshake, where early data is possible (HTTP/3 with 0-RTT).
+    pub handshake: Option<std::sync::Arc<dyn Handshake>>,
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {

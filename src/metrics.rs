@@ -56,6 +56,8 @@ pub const NAMES: &[&str] = &[
     "h3gate_quic_connections_refused_total",
     "h3gate_quic_handshake_failures_total",
     "h3gate_quic_retry_sent_total",
+    "h3gate_quic_zero_rtt_connections_total",
+    "h3gate_quic_early_requests_total",
     "h3gate_quic_rtt_seconds",
     "h3gate_quic_congestion_window_bytes",
     "h3gate_quic_lost_packets_total",
@@ -169,6 +171,14 @@ fn describe() {
     describe_counter!(
         "h3gate_quic_retry_sent_total",
         "QUIC Retry packets sent to validate client addresses."
+    );
+    describe_counter!(
+        "h3gate_quic_zero_rtt_connections_total",
+        "QUIC connections that sent 0-RTT early requests."
+    );
+    describe_counter!(
+        "h3gate_quic_early_requests_total",
+        "Requests received as 0-RTT early data, by outcome (served, held, rejected)."
     );
     describe_counter!(
         "h3gate_quic_handshake_failures_total",
@@ -420,6 +430,16 @@ pub mod quic {
 
     pub fn retry_sent() {
         counter!("h3gate_quic_retry_sent_total").increment(1);
+    }
+
+    /// A connection that sent requests as 0-RTT early data.
+    pub fn zero_rtt_connection() {
+        counter!("h3gate_quic_zero_rtt_connections_total").increment(1);
+    }
+
+    /// An early request: `served` (safe), `held` (until the handshake), `rejected` (425).
+    pub fn early_request(outcome: &'static str) {
+        counter!("h3gate_quic_early_requests_total", "outcome" => outcome).increment(1);
     }
 
     pub fn handshake_failed() {

@@ -49,6 +49,8 @@ struct Facts {
     /// `x-ratelimit-*` headers for the response, success or not.
     rate_headers: http::HeaderMap,
     tokens: Option<TokenReservation>,
+    /// Served as 0-RTT early data (before the handshake completed).
+    early: bool,
 }
 
 /// Handles one request from any listener and returns the response to send.
@@ -193,6 +195,9 @@ async fn dispatch(
     facts: &mut Facts,
 ) -> Result<Response, GatewayError> {
     protect::network(state, client)?;
+    if let Some(h) = req.handshake.clone().filter(|h| !h.is_complete()) {
+        facts.early = protect::early_data(state, &req.method, &req.headers, &*h).await?;
+    }
     protect::host(state, &req.uri, &req.headers)?;
     if let Some(preflight) = cors::preflight(&state.config.cors, &req.method, &req.headers) {
         return Ok(preflight);
@@ -315,6 +320,9 @@ async fn proxy(
         body,
         stream: routing.stream && endpoint != Endpoint::Embeddings,
         request_id: request_id.clone(),
+        // RFC 8470: an intermediary forwarding early data says so (and keeps
+        // an incoming `Early-Data: 1`).
+        early_data: facts.early || req.headers.get("early-data").is_some_and(|v| v == "1"),
     };
     let retry = state.config.retry.clone();
     if let (true, Some(every)) = (call.stream, route.stream_keepalive) {

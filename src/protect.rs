@@ -167,6 +167,43 @@ pub fn per_key(
     }))
 }
 
+/// RFC 8470 for requests that arrived as 0-RTT early data (which an
+/// attacker could replay): safe methods with small bodies are served at once
+/// (returns true: still early); anything else waits for the handshake — a
+/// replayed flight never completes it, so it is never forwarded — or, with
+/// `early_unsafe = "reject"`, gets 425 Too Early.
+pub async fn early_data(
+    state: &State,
+    method: &http::Method,
+    headers: &HeaderMap,
+    handshake: &dyn crate::exchange::Handshake,
+) -> Result<bool, GatewayError> {
+    use crate::config::EarlyUnsafe;
+    let q = &state.config.quic;
+    let safe = matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    let small = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_none_or(|n| n <= q.max_early_data.get());
+    if safe && small {
+        crate::metrics::quic::early_request("served");
+        return Ok(true);
+    }
+    if !safe && q.early_unsafe == EarlyUnsafe::Reject {
+        crate::metrics::quic::early_request("rejected");
+        return Err(GatewayError::TooEarly);
+    }
+    crate::metrics::quic::early_request("held");
+    match tokio::time::timeout(q.handshake_timeout.get(), handshake.completed()).await {
+        Ok(()) => Ok(false),
+        Err(_) => Err(GatewayError::TooEarly),
+    }
+}
+
 /// On every response: no sniffing, no framing, no referrer, no caching of
 /// API answers, HSTS, and a CSP that allows nothing.
 pub fn security_headers(resp: &mut Response) {

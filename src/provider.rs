@@ -60,6 +60,8 @@ pub struct UpstreamCall {
     pub body: Bytes,
     pub stream: bool,
     pub request_id: Arc<str>,
+    /// Forward `Early-Data: 1`: the request (or a proxy before us) used 0-RTT.
+    pub early_data: bool,
 }
 
 /// The upstream's answer: status, the headers worth passing on, and the body

@@ -157,7 +157,7 @@ impl Reloader {
         }
         if let Some(endpoint) = &self.endpoint {
             if transport_changed(&old.config, &new) {
-                let tls = tls::quic_server_config(self.certs.clone())?;
+                let tls = tls::quic_server_config(self.certs.clone(), &new.quic)?;
                 endpoint.set_server_config(Some(quic::server_config(&new.quic, tls)?));
             }
         }

@@ -127,7 +127,11 @@ pub async fn run(
     // HTTP/3 first: the HTTPS listener advertises its port.
     let mut endpoint = None;
     if let Some(udp) = listeners.udp {
-        let ep = quic::endpoint(udp, &quic_config, tls::quic_server_config(certs.clone())?)?;
+        let ep = quic::endpoint(
+            udp,
+            &quic_config,
+            tls::quic_server_config(certs.clone(), &quic_config)?,
+        )?;
         tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
         let listener = QuicListener {
             state: state.clone(),

@@ -166,15 +166,23 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// TLS for HTTP/3: TLS 1.3 only, ALPN `h3`. Early data stays refused
-/// (`max_early_data_size` 0) until 0-RTT with replay protection is enabled.
-pub fn quic_server_config(certs: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
+/// TLS for HTTP/3: TLS 1.3 only, ALPN `h3`. With 0-RTT, session tickets
+/// are stateful and single use (rustls `take`s them from the bounded
+/// in-memory store: a ticket presented twice resumes at most once) — never
+/// stateless tickets with early data. QUIC takes early data all or nothing
+/// (`u32::MAX` or 0); the gateway's own limits bound it.
+pub fn quic_server_config(
+    certs: Arc<CertStore>,
+    quic: &crate::config::QuicConfig,
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![b"h3".to_vec()];
-    cfg.max_early_data_size = 0;
+    cfg.session_storage =
+        rustls::server::ServerSessionMemoryCache::new(quic.session_cache_size.max(1) as usize);
+    cfg.max_early_data_size = if quic.zero_rtt { u32::MAX } else { 0 };
     Ok(cfg)
 }
 

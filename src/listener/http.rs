@@ -114,6 +114,7 @@ impl HttpListener {
                         .boxed_unsync(),
                     protocol,
                     peer,
+                    handshake: None,
                 };
                 let mut resp = pipeline::handle(&state, request).instrument(span).await;
                 if let Some(v) = alt_svc {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -247,12 +247,13 @@ impl QuicListener {
             return;
         }
         self.conns.pending.fetch_add(1, Ordering::Relaxed);
+        let zero_rtt = self.state.load().config.quic.zero_rtt;
         let handshake = tokio::select! {
             _ = self.shutdown.forced() => None,
-            c = tokio::time::timeout(handshake_timeout, incoming) => Some(c),
+            c = tokio::time::timeout(handshake_timeout, establish(incoming, zero_rtt)) => Some(c),
         };
         self.conns.pending.fetch_sub(1, Ordering::Relaxed);
-        let conn = match handshake {
+        let (conn, accepted) = match handshake {
             None => return,
             Some(Ok(Ok(c))) => c,
             Some(Ok(Err(e))) => {
@@ -267,14 +268,31 @@ impl QuicListener {
             }
         };
         metrics::quic::accepted();
+        let handshake = Arc::new(QuicHandshake {
+            conn: conn.clone(),
+            done: AtomicBool::new(accepted.is_none()),
+            notify: tokio::sync::Notify::new(),
+            early_seen: AtomicBool::new(false),
+        });
         let span = tracing::info_span!("conn", protocol = "h3", remote = %peer, conn_id = conn.stable_id());
-        self.serve_connection(conn.clone(), peer)
+        self.serve_connection(conn.clone(), peer, handshake, accepted, handshake_timeout)
             .instrument(span)
             .await;
         metrics::quic::closed(&conn.stats());
     }
 
-    async fn serve_connection(&self, conn: quinn::Connection, peer: SocketAddr) {
+    async fn serve_connection(
+        &self,
+        conn: quinn::Connection,
+        peer: SocketAddr,
+        handshake: Arc<QuicHandshake>,
+        accepted: Option<quinn::ZeroRttAccepted>,
+        handshake_timeout: std::time::Duration,
+    ) {
+        // With 0-RTT the handshake finishes while requests are served:
+        // track it, and bound it.
+        let mut accepted = accepted.map(Box::pin);
+        let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
         let max_field_section_size = self.state.load().config.quic.max_field_section_size.get();
         let mut h3: H3Conn = match h3::server::builder()
             .max_field_section_size(max_field_section_size)
@@ -300,10 +318,20 @@ impl QuicListener {
                 }
                 _ = requests.wait(), if draining => break,
                 _ = self.shutdown.forced() => break,
-                accepted = h3.accept() => match accepted {
+                _ = async { if let Some(a) = accepted.as_mut() { let _ = a.await; } }, if accepted.is_some() => {
+                    accepted = None;
+                    handshake.complete();
+                }
+                _ = tokio::time::sleep_until(handshake_deadline), if accepted.is_some() => {
+                    metrics::quic::handshake_failed();
+                    tracing::debug!("0-RTT connection did not complete its handshake in time");
+                    break;
+                }
+                incoming = h3.accept() => match incoming {
                     Ok(Some(resolver)) => {
                         let state = self.state.clone();
-                        requests.spawn(request(resolver, state, peer).in_current_span());
+                        let h = handshake.clone();
+                        requests.spawn(request(resolver, state, peer, h).in_current_span());
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -335,6 +363,64 @@ impl QuicListener {
     }
 }
 
+/// Accepts an incoming connection; with 0-RTT, returns at once (before the
+/// handshake completes) with the future that says when it does.
+async fn establish(
+    incoming: quinn::Incoming,
+    zero_rtt: bool,
+) -> Result<(quinn::Connection, Option<quinn::ZeroRttAccepted>), quinn::ConnectionError> {
+    if !zero_rtt {
+        return incoming.await.map(|c| (c, None));
+    }
+    let connecting = incoming.accept()?;
+    match connecting.into_0rtt() {
+        Ok((conn, accepted)) => Ok((conn, Some(accepted))),
+        Err(connecting) => connecting.await.map(|c| (c, None)),
+    }
+}
+
+/// A QUIC connection's handshake, as the pipeline sees it.
+struct QuicHandshake {
+    conn: quinn::Connection,
+    done: AtomicBool,
+    notify: tokio::sync::Notify,
+    /// This connection has served an early request (counted once).
+    early_seen: AtomicBool,
+}
+
+impl QuicHandshake {
+    fn complete(&self) {
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+impl crate::exchange::Handshake for QuicHandshake {
+    fn is_complete(&self) -> bool {
+        // Keying material can be exported only once the handshake is
+        // complete: exact even before the connection task has noticed.
+        self.done.load(Ordering::Acquire)
+            || self
+                .conn
+                .export_keying_material(&mut [0u8; 1], b"h3gate handshake probe", b"")
+                .is_ok()
+    }
+
+    fn completed(&self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            loop {
+                let notified = self.notify.notified();
+                if self.is_complete() {
+                    return;
+                }
+                // The notification, or a recheck: completion can also be seen
+                // through the keying material before the task marks it.
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(20), notified).await;
+            }
+        })
+    }
+}
+
 /// The HTTP/3 code for a clean close.
 const H3_NO_ERROR: u32 = 0x100;
 
@@ -347,6 +433,7 @@ async fn request(
     resolver: RequestResolver<h3_quinn::Connection, Bytes>,
     state: SharedState,
     peer: SocketAddr,
+    handshake: Arc<QuicHandshake>,
 ) {
     // h3 answers 431 itself when the header section exceeds the limit.
     let (req, stream) = match resolver.resolve_request().await {
@@ -361,7 +448,7 @@ async fn request(
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     let head_only = parts.method == http::Method::HEAD;
-    let request = GatewayRequest {
+    let mut request = GatewayRequest {
         method: parts.method,
         uri: parts.uri,
         headers,
@@ -372,7 +459,15 @@ async fn request(
         }),
         protocol: Protocol::Http3,
         peer,
+        handshake: None,
     };
+    use crate::exchange::Handshake as _;
+    if !handshake.is_complete() {
+        if !handshake.early_seen.swap(true, Ordering::Relaxed) {
+            metrics::quic::zero_rtt_connection();
+        }
+        request.handshake = Some(handshake);
+    }
     let state = state.load_full();
     let resp = pipeline::handle(&state, request).await;
     if let Err(e) = send_response(&mut send, resp, head_only).await {

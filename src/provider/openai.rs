@@ -75,6 +75,9 @@ impl OpenAi {
         if let Some(auth) = &self.auth {
             req = req.header(header::AUTHORIZATION, auth.clone());
         }
+        if call.early_data {
+            req = req.header("early-data", "1");
+        }
         let first_byte = self.common.timeouts.first_byte.get();
         let resp = match tokio::time::timeout(first_byte, req.send()).await {
             Err(_) => return Err(UpstreamError::Timeout(first_byte)),
