@@ -157,6 +157,8 @@ impl Reloader {
         }
         if let Some(endpoint) = &self.endpoint {
             if transport_changed(&old.config, &new) {
+                // A new TLS config means a new (empty) ticket store: tickets
+                // promising the old limits are not resumed with 0-RTT.
                 let tls = tls::quic_server_config(self.certs.clone(), &new.quic)?;
                 endpoint.set_server_config(Some(quic::server_config(&new.quic, tls)?));
             }
