@@ -354,3 +354,26 @@ async fn zero_rtt_off_never_accepts_early_data() {
         "the gateway's tickets do not allow early data"
     );
 }
+
+/// RFC 8470 §5.1: an intermediary keeps an incoming `Early-Data: 1` (a
+/// proxy in front of the gateway took the request as early data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_early_data_header_is_forwarded() {
+    let gw = Gateway::start().await;
+    let c = gw.client(common::Proto::H2).await;
+    let r = c
+        .request(
+            http::Method::POST,
+            "/v1/chat/completions",
+            &[("early-data", "1")],
+            common::TestBody::Json(chat("gpt-ok", false)),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.upstream.seen()[0].headers["early-data"], "1");
+    c.post_json("/v1/chat/completions", chat("gpt-ok", false))
+        .await
+        .text()
+        .await;
+    assert!(gw.upstream.seen()[1].headers.get("early-data").is_none());
+}
