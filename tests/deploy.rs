@@ -185,7 +185,7 @@ fn dockerfile_builds_like_the_project() {
     // Everything the build needs is copied in.
     for entry in std::fs::read_dir(root()).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        if ["src", "Cargo.toml", "Cargo.lock", "examples"].contains(&name.as_str()) {
+        if ["src", "Cargo.toml", "Cargo.lock", "examples", "benches"].contains(&name.as_str()) {
             assert!(
                 text.contains(&format!("COPY {name}"))
                     || text.contains("COPY Cargo.toml Cargo.lock"),
