@@ -195,8 +195,8 @@ async fn request_rate_limit_headers_and_429(p: Proto) {
     };
     let (gw, keys) = with_keys(vec![limited], |_| {}).await;
     let c = gw.client(p).await;
-    let auth = [("authorization", bearer(&keys[0]))];
-    let h: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let auth = bearer(&keys[0]);
+    let h = [("authorization", auth.as_str())];
     for remaining in ["1", "0"] {
         let r = c
             .request(
@@ -237,8 +237,8 @@ async fn tokens_per_minute_counts_streamed_usage(p: Proto) {
     };
     let (gw, keys) = with_keys(vec![limited], |_| {}).await;
     let c = gw.client(p).await;
-    let h = [("authorization", bearer(&keys[0]))];
-    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let auth = bearer(&keys[0]);
+    let h = [("authorization", auth.as_str())];
     let mut body = chat("gpt-ok", true);
     body["stream_options"] = json!({"include_usage": true});
     let started = std::time::Instant::now();

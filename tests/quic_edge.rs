@@ -3,20 +3,8 @@
 
 mod common;
 
-use common::{chat, Client, Gateway, Proto, ADMIN_TOKEN};
+use common::{chat, Client, Gateway, Proto};
 use h3gate::config::AddressValidation;
-
-async fn scrape(gw: &Gateway) -> String {
-    reqwest::Client::new()
-        .get(format!("http://{}/metrics", gw.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_address_cap_refuses_the_extra_connection() {
@@ -47,7 +35,7 @@ async fn per_address_cap_refuses_the_extra_connection() {
         200,
         "the first keeps working"
     );
-    let metrics = scrape(&gw).await;
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics.lines().any(|l| l.starts_with(
             "h3gate_quic_connections_refused_total{reason=\"max_connections_per_ip\"}"
@@ -82,12 +70,7 @@ async fn retry_validates_addresses_end_to_end() {
         .await;
     assert_eq!(resp.status, 200);
     assert!(resp.text().await.contains("[DONE]"));
-    let metrics = scrape(&gw).await;
-    let sent: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("h3gate_quic_retry_sent_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let sent = gw.metric("h3gate_quic_retry_sent_total").await;
     assert!(
         sent >= 1.0,
         "a Retry was sent and the client came back: {sent}"

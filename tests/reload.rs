@@ -167,15 +167,7 @@ async fn invalid_reload_keeps_the_old_config_and_check_agrees() {
     assert_eq!(check_problems, problems);
 
     // The rejection is counted.
-    let metrics = reqwest::Client::new()
-        .get(format!("http://{}/metrics", gw.admin))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     assert!(
         metrics
             .lines()

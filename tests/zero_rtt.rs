@@ -225,20 +225,10 @@ impl Resuming {
 }
 
 async fn early_counter(gw: &Gateway, outcome: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("http://{}/metrics", gw.admin))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("h3gate_quic_early_requests_total{{outcome=\"{outcome}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    gw.metric(&format!(
+        "h3gate_quic_early_requests_total{{outcome=\"{outcome}\"}}"
+    ))
+    .await
 }
 
 // Whether the client manages to put its request in the 0-RTT flight (rather

@@ -226,6 +226,30 @@ impl Gateway {
         )
     }
 
+    /// The `/metrics` exposition (with the admin token).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of the series written exactly `series` (name and labels),
+    /// 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Starts the graceful drain (like SIGTERM).
     pub fn begin_shutdown(&self) {
         self.stop.cancel();
