@@ -38,3 +38,4 @@ pub mod sse;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod translate;

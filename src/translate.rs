@@ -1,0 +1,164 @@
+//! OpenAI chat completions ↔ Anthropic messages: requests, responses,
+//! streaming events and errors, so any API surface reaches any provider.
+//!
+//! - [`request`]: a client's request body in one API → the provider's API
+//!   (an unsupported parameter is a 400 naming it, unless the route drops them).
+//! - [`response`]: a complete (non-streaming) response body, both directions.
+//! - [`stream`]: SSE events translated one by one as they arrive (no buffering
+//!   of the whole stream), plus the filter that removes a usage chunk the
+//!   gateway asked for and the client did not.
+//!
+//! Everything here works on `serde_json::Value`s: the shapes are open-ended
+//! and the gateway must pass on fields it does not know unchanged where the
+//! two APIs agree.
+
+pub mod request;
+pub mod response;
+pub mod stream;
+
+/// The wire format of a request or response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI's (and every OpenAI-compatible server's).
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::OpenAi => "openai",
+            Api::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// What turns the upstream's response body into the client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversion {
+    /// Same API both sides: bytes pass through untouched.
+    None,
+    /// OpenAI stream with a usage chunk the gateway asked for and the client
+    /// did not: that chunk is removed, everything else passes through.
+    StripUsage,
+    /// Upstream Anthropic messages → client OpenAI chat completions.
+    MessagesToChat { include_usage: bool },
+    /// Upstream OpenAI chat completions → client Anthropic messages.
+    ChatToMessages,
+    /// Upstream Anthropic model object → OpenAI model object.
+    ModelToOpenAi,
+}
+
+/// Why a request cannot be translated: the client's fault, a 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    #[error(
+        "the parameter `{param}` is not supported when this model is served through the {api} API"
+    )]
+    Unsupported { param: String, api: &'static str },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Translation settings of the route and provider serving a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Drop parameters the target API lacks instead of refusing the request.
+    pub drop_unsupported: bool,
+    /// `max_tokens` for Anthropic when the client gave none (it is required there).
+    pub default_max_tokens: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            drop_unsupported: false,
+            default_max_tokens: 4096,
+        }
+    }
+}
+
+/// OpenAI `finish_reason` for an Anthropic `stop_reason`.
+pub fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn
+        _ => "stop",
+    }
+}
+
+/// Anthropic `stop_reason` for an OpenAI `finish_reason`.
+pub fn stop_reason(finish_reason: &str) -> &'static str {
+    match finish_reason {
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// Anthropic's error `type` for an HTTP status.
+pub fn anthropic_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        s if s >= 500 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// The fuzz target's property, here so tests run it too: any bytes into any
+/// translator never panic, and whatever comes out is valid JSON.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    let opts = Options::default();
+    let check = |v: &serde_json::Value| {
+        let text = v.to_string();
+        serde_json::from_str::<serde_json::Value>(&text).expect("translator output is JSON");
+    };
+    if let Ok(v) = request::chat_to_messages(data, &opts) {
+        check(&v);
+    }
+    if let Ok(v) = request::messages_to_chat(data, &opts) {
+        check(&v);
+    }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
+        check(&response::message_to_chat(&value));
+        check(&response::chat_to_message(&value));
+        check(&response::model_to_openai(&value));
+    }
+    // Streams: the input split into events at blank lines.
+    let text = String::from_utf8_lossy(data);
+    for conv in [
+        Conversion::MessagesToChat {
+            include_usage: true,
+        },
+        Conversion::ChatToMessages,
+        Conversion::StripUsage,
+    ] {
+        let mut t = stream::Translator::new(conv, "fuzz");
+        let mut parser = crate::sse::Parser::new(1 << 20);
+        let _ = parser.push(text.as_bytes());
+        let _ = parser.push(b"\n\n");
+        let mut out = String::new();
+        while let Ok(Some(ev)) = parser.next_event() {
+            t.event(&ev, &mut out);
+        }
+        t.finish(&mut out);
+        let mut p = crate::sse::Parser::new(1 << 22);
+        let _ = p.push(out.as_bytes());
+        while let Ok(Some(ev)) = p.next_event() {
+            if ev.data != "[DONE]" {
+                serde_json::from_str::<serde_json::Value>(&ev.data)
+                    .expect("translated events carry JSON");
+            }
+        }
+    }
+}

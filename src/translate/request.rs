@@ -1,0 +1,475 @@
+//! Request bodies: OpenAI chat completions ↔ Anthropic messages.
+//!
+//! Every top-level parameter is either mapped, or refused with a 400 naming
+//! it (dropped instead when the route says so). A `null` parameter counts
+//! as absent, as both APIs treat it.
+
+use serde_json::{json, Map, Value};
+
+use super::{Options, TranslateError};
+
+type Result<T> = std::result::Result<T, TranslateError>;
+
+fn invalid(msg: impl Into<String>) -> TranslateError {
+    TranslateError::Invalid(msg.into())
+}
+
+fn object(body: &[u8]) -> Result<Map<String, Value>> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(invalid("the request body must be a JSON object")),
+        Err(e) => Err(invalid(format!("request body is not valid JSON: {e}"))),
+    }
+}
+
+/// Refuses `param`, or lets it be dropped when the route allows that.
+fn unsupported(param: &str, api: &'static str, opts: &Options) -> Result<()> {
+    if opts.drop_unsupported {
+        Ok(())
+    } else {
+        Err(TranslateError::Unsupported {
+            param: param.to_string(),
+            api,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// OpenAI chat completions → Anthropic messages
+
+/// An OpenAI chat completions request as an Anthropic messages request.
+pub fn chat_to_messages(body: &[u8], opts: &Options) -> Result<Value> {
+    const API: &str = "Anthropic Messages";
+    let mut req = object(body)?;
+    let messages = match req.remove("messages") {
+        Some(Value::Array(m)) => m,
+        _ => return Err(invalid("`messages` must be an array")),
+    };
+    let mut out = Map::new();
+    let (system, messages) = chat_messages(messages, opts)?;
+    let mut max_tokens: Option<Value> = None;
+    let mut parallel_tool_calls: Option<bool> = None;
+    let mut tool_choice: Option<Value> = None;
+    for (key, value) in req {
+        if value.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "model" | "temperature" | "top_p" | "stream" => {
+                out.insert(key, value);
+            }
+            "max_completion_tokens" => max_tokens = Some(value),
+            "max_tokens" => {
+                max_tokens.get_or_insert(value);
+            }
+            "stop" => {
+                let seqs = match value {
+                    Value::String(s) => vec![Value::String(s)],
+                    Value::Array(a) => a,
+                    _ => return Err(invalid("`stop` must be a string or an array of strings")),
+                };
+                out.insert("stop_sequences".into(), Value::Array(seqs));
+            }
+            "tools" => {
+                out.insert("tools".into(), Value::Array(chat_tools(value, opts)?));
+            }
+            "tool_choice" => tool_choice = Some(value),
+            "parallel_tool_calls" => parallel_tool_calls = value.as_bool(),
+            "user" => {
+                out.insert("metadata".into(), json!({ "user_id": value }));
+            }
+            // The translated stream always carries usage; the gateway
+            // decides whether the client sees it.
+            "stream_options" => {}
+            "n" if value.as_u64() == Some(1) => {}
+            _ => unsupported(&key, API, opts)?,
+        }
+    }
+    out.insert(
+        "max_tokens".into(),
+        max_tokens.unwrap_or_else(|| json!(opts.default_max_tokens)),
+    );
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    let choice = match tool_choice {
+        None => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(json!({"type": "auto"})),
+            "required" => Some(json!({"type": "any"})),
+            "none" => Some(json!({"type": "none"})),
+            other => return Err(invalid(format!("unknown tool_choice `{other}`"))),
+        },
+        Some(v) => match v["function"]["name"].as_str() {
+            Some(name) => Some(json!({"type": "tool", "name": name})),
+            None => return Err(invalid("`tool_choice` must name a function")),
+        },
+    };
+    match (choice, parallel_tool_calls) {
+        (Some(mut c), Some(false)) => {
+            c["disable_parallel_tool_use"] = json!(true);
+            out.insert("tool_choice".into(), c);
+        }
+        (None, Some(false)) => {
+            out.insert(
+                "tool_choice".into(),
+                json!({"type": "auto", "disable_parallel_tool_use": true}),
+            );
+        }
+        (Some(c), _) => {
+            out.insert("tool_choice".into(), c);
+        }
+        (None, _) => {}
+    }
+    Ok(Value::Object(out))
+}
+
+fn chat_tools(tools: Value, opts: &Options) -> Result<Vec<Value>> {
+    let Value::Array(tools) = tools else {
+        return Err(invalid("`tools` must be an array"));
+    };
+    let mut out = Vec::with_capacity(tools.len());
+    for tool in tools {
+        if tool["type"] != "function" {
+            unsupported("tools[].type", "Anthropic Messages", opts)?;
+            continue;
+        }
+        let f = &tool["function"];
+        let name = f["name"]
+            .as_str()
+            .ok_or_else(|| invalid("every tool needs `function.name`"))?;
+        let mut t = json!({
+            "name": name,
+            "input_schema": if f["parameters"].is_object() {
+                f["parameters"].clone()
+            } else {
+                json!({"type": "object", "properties": {}})
+            },
+        });
+        if let Some(d) = f["description"].as_str() {
+            t["description"] = json!(d);
+        }
+        out.push(t);
+    }
+    Ok(out)
+}
+
+/// OpenAI messages → (Anthropic `system` blocks, Anthropic messages).
+/// Consecutive messages of the same role are merged (Anthropic alternates).
+fn chat_messages(messages: Vec<Value>, opts: &Options) -> Result<(Vec<Value>, Vec<Value>)> {
+    let mut system = Vec::new();
+    let mut out: Vec<(String, Vec<Value>)> = Vec::new();
+    for (i, m) in messages.into_iter().enumerate() {
+        let role = m["role"].as_str().unwrap_or_default();
+        let blocks = match role {
+            "system" | "developer" => {
+                system.extend(text_blocks(&m["content"], i)?);
+                continue;
+            }
+            "user" => user_blocks(&m["content"], i, opts)?,
+            "assistant" => {
+                let mut blocks = text_blocks(&m["content"], i)?;
+                if let Some(calls) = m["tool_calls"].as_array() {
+                    for call in calls {
+                        let f = &call["function"];
+                        let args = f["arguments"].as_str().unwrap_or("{}");
+                        let input: Value = if args.trim().is_empty() {
+                            json!({})
+                        } else {
+                            serde_json::from_str(args).map_err(|_| {
+                                invalid(format!(
+                                    "messages[{i}].tool_calls: `arguments` is not valid JSON"
+                                ))
+                            })?
+                        };
+                        blocks.push(json!({
+                            "type": "tool_use",
+                            "id": call["id"].as_str().unwrap_or_default(),
+                            "name": f["name"].as_str().unwrap_or_default(),
+                            "input": input,
+                        }));
+                    }
+                }
+                blocks
+            }
+            "tool" => {
+                let content = match &m["content"] {
+                    Value::String(s) => json!(s),
+                    v => Value::Array(text_blocks(v, i)?),
+                };
+                vec![json!({
+                    "type": "tool_result",
+                    "tool_use_id": m["tool_call_id"].as_str().unwrap_or_default(),
+                    "content": content,
+                })]
+            }
+            other => {
+                return Err(invalid(format!(
+                    "messages[{i}]: role `{other}` cannot be sent to an Anthropic model"
+                )))
+            }
+        };
+        let role = if role == "assistant" {
+            "assistant"
+        } else {
+            "user"
+        };
+        match out.last_mut() {
+            Some((r, prev)) if r == role => prev.extend(blocks),
+            _ => out.push((role.to_string(), blocks)),
+        }
+    }
+    let messages = out
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    Ok((system, messages))
+}
+
+/// Text-only content (system, assistant, tool): a string or text parts.
+fn text_blocks(content: &Value, i: usize) -> Result<Vec<Value>> {
+    match content {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match p["type"].as_str() {
+                Some("text") | Some("refusal") => {
+                    let text = p["text"].as_str().or(p["refusal"].as_str());
+                    Ok(json!({"type": "text", "text": text.unwrap_or_default()}))
+                }
+                _ => Err(invalid(format!(
+                    "messages[{i}]: only text content is allowed in this message"
+                ))),
+            })
+            .collect(),
+        _ => Err(invalid(format!("messages[{i}].content has the wrong type"))),
+    }
+}
+
+/// User content: text and images (by URL or base64 data URL).
+fn user_blocks(content: &Value, i: usize, opts: &Options) -> Result<Vec<Value>> {
+    let Value::Array(parts) = content else {
+        return text_blocks(content, i);
+    };
+    let mut out = Vec::with_capacity(parts.len());
+    for p in parts {
+        match p["type"].as_str() {
+            Some("text") => out.push(json!({"type": "text", "text": p["text"]})),
+            Some("image_url") => {
+                let url = p["image_url"]["url"]
+                    .as_str()
+                    .or(p["image_url"].as_str())
+                    .ok_or_else(|| invalid(format!("messages[{i}]: image_url needs a url")))?;
+                out.push(json!({"type": "image", "source": image_source(url, i)?}));
+            }
+            Some(other) => unsupported(
+                &format!("messages[{i}].content[].type={other}"),
+                "Anthropic Messages",
+                opts,
+            )?,
+            None => {
+                return Err(invalid(format!(
+                    "messages[{i}]: content part without a type"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn image_source(url: &str, i: usize) -> Result<Value> {
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Ok(json!({"type": "url", "url": url}));
+    };
+    let (media_type, data) = rest.split_once(";base64,").ok_or_else(|| {
+        invalid(format!(
+            "messages[{i}]: only base64 data URLs are supported"
+        ))
+    })?;
+    Ok(json!({"type": "base64", "media_type": media_type, "data": data}))
+}
+
+// ---------------------------------------------------------------------------
+// Anthropic messages → OpenAI chat completions
+
+/// An Anthropic messages request as an OpenAI chat completions request.
+pub fn messages_to_chat(body: &[u8], opts: &Options) -> Result<Value> {
+    const API: &str = "OpenAI Chat Completions";
+    let mut req = object(body)?;
+    let messages = match req.remove("messages") {
+        Some(Value::Array(m)) => m,
+        _ => return Err(invalid("`messages` must be an array")),
+    };
+    let mut out = Map::new();
+    let mut chat = Vec::with_capacity(messages.len() + 1);
+    if let Some(system) = req.remove("system").filter(|s| !s.is_null()) {
+        let text = joined_text(&system, "system")?;
+        chat.push(json!({"role": "system", "content": text}));
+    }
+    for (i, m) in messages.into_iter().enumerate() {
+        anthropic_message(m, i, opts, &mut chat)?;
+    }
+    let mut disable_parallel = false;
+    for (key, value) in req {
+        if value.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "model" | "temperature" | "top_p" | "max_tokens" => {
+                out.insert(key, value);
+            }
+            "stream" => {
+                if value == json!(true) {
+                    out.insert("stream_options".into(), json!({"include_usage": true}));
+                }
+                out.insert(key, value);
+            }
+            "stop_sequences" => {
+                out.insert("stop".into(), value);
+            }
+            "metadata" => {
+                if let Some(user) = value.get("user_id").filter(|u| !u.is_null()) {
+                    out.insert("user".into(), user.clone());
+                }
+            }
+            "tools" => {
+                let Value::Array(tools) = value else {
+                    return Err(invalid("`tools` must be an array"));
+                };
+                let mut list = Vec::with_capacity(tools.len());
+                for t in tools {
+                    // Custom tools have no type (or "custom"); others are
+                    // Anthropic-hosted tools OpenAI cannot run.
+                    if !matches!(t.get("type").and_then(Value::as_str), None | Some("custom")) {
+                        unsupported("tools[].type", API, opts)?;
+                        continue;
+                    }
+                    let mut f = json!({
+                        "name": t["name"],
+                        "parameters": t["input_schema"],
+                    });
+                    if let Some(d) = t["description"].as_str() {
+                        f["description"] = json!(d);
+                    }
+                    list.push(json!({"type": "function", "function": f}));
+                }
+                out.insert("tools".into(), Value::Array(list));
+            }
+            "tool_choice" => {
+                disable_parallel = value["disable_parallel_tool_use"] == json!(true);
+                let choice = match value["type"].as_str() {
+                    Some("auto") => json!("auto"),
+                    Some("any") => json!("required"),
+                    Some("none") => json!("none"),
+                    Some("tool") => {
+                        json!({"type": "function", "function": {"name": value["name"]}})
+                    }
+                    _ => return Err(invalid("unknown `tool_choice.type`")),
+                };
+                out.insert("tool_choice".into(), choice);
+            }
+            _ => unsupported(&key, API, opts)?,
+        }
+    }
+    if disable_parallel {
+        out.insert("parallel_tool_calls".into(), json!(false));
+    }
+    out.insert("messages".into(), Value::Array(chat));
+    Ok(Value::Object(out))
+}
+
+/// The text of a string or of text blocks, joined.
+fn joined_text(v: &Value, what: &str) -> Result<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(blocks) => {
+            let mut text = Vec::with_capacity(blocks.len());
+            for b in blocks {
+                match (b["type"].as_str(), b["text"].as_str()) {
+                    (Some("text"), Some(t)) => text.push(t),
+                    _ => return Err(invalid(format!("{what}: only text blocks are supported"))),
+                }
+            }
+            Ok(text.join("\n\n"))
+        }
+        _ => Err(invalid(format!("{what} has the wrong type"))),
+    }
+}
+
+/// One Anthropic message → one or more OpenAI messages (tool results
+/// become `tool` messages, placed first as OpenAI requires).
+fn anthropic_message(m: Value, i: usize, opts: &Options, chat: &mut Vec<Value>) -> Result<()> {
+    let role = m["role"].as_str().unwrap_or_default().to_string();
+    let blocks = match &m["content"] {
+        Value::String(s) => {
+            chat.push(json!({"role": role, "content": s}));
+            return Ok(());
+        }
+        Value::Array(b) => b,
+        _ => return Err(invalid(format!("messages[{i}].content has the wrong type"))),
+    };
+    let mut parts = Vec::new();
+    let mut calls = Vec::new();
+    for b in blocks {
+        match b["type"].as_str().unwrap_or_default() {
+            "text" => parts.push(json!({"type": "text", "text": b["text"]})),
+            "image" => {
+                let s = &b["source"];
+                let url = match s["type"].as_str() {
+                    Some("base64") => format!(
+                        "data:{};base64,{}",
+                        s["media_type"].as_str().unwrap_or("image/png"),
+                        s["data"].as_str().unwrap_or_default()
+                    ),
+                    Some("url") => s["url"].as_str().unwrap_or_default().to_string(),
+                    _ => return Err(invalid(format!("messages[{i}]: unknown image source"))),
+                };
+                parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+            }
+            "tool_use" => calls.push(json!({
+                "id": b["id"],
+                "type": "function",
+                "function": {"name": b["name"], "arguments": b["input"].to_string()},
+            })),
+            "tool_result" => {
+                let content = match &b["content"] {
+                    Value::Null => String::new(),
+                    v => joined_text(v, &format!("messages[{i}].tool_result"))?,
+                };
+                chat.push(json!({
+                    "role": "tool",
+                    "tool_call_id": b["tool_use_id"],
+                    "content": content,
+                }));
+            }
+            other => unsupported(
+                &format!("messages[{i}].content[].type={other}"),
+                "OpenAI Chat Completions",
+                opts,
+            )?,
+        }
+    }
+    if role == "assistant" {
+        let text: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+        let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text.concat()) }});
+        if !calls.is_empty() {
+            msg["tool_calls"] = Value::Array(calls);
+        }
+        chat.push(msg);
+    } else if !parts.is_empty() {
+        let only_text = parts.iter().all(|p| p["type"] == "text");
+        let content = if only_text && parts.len() == 1 {
+            parts[0]["text"].clone()
+        } else {
+            Value::Array(parts)
+        };
+        chat.push(json!({"role": role, "content": content}));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
