@@ -56,9 +56,14 @@ pub struct KeysFile {
 /// The scope an endpoint needs.
 pub fn scope_of(endpoint: Option<Endpoint>) -> &'static str {
     match endpoint {
-        Some(Endpoint::ChatCompletions) | Some(Endpoint::Completions) => "chat",
+        Some(
+            Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Messages
+            | Endpoint::CountTokens,
+        ) => "chat",
         Some(Endpoint::Embeddings) => "embeddings",
-        None => "models",
+        Some(Endpoint::Model) | None => "models",
     }
 }
 

@@ -299,8 +299,24 @@ impl Default for LogConfig {
 pub enum ProviderKind {
     /// OpenAI, or any OpenAI-compatible server (vLLM, Groq, LM Studio …) via `base_url`.
     Openai,
-    /// Built-in mock that answers like OpenAI, in-process.
+    /// Anthropic's Messages API (`x-api-key`, `anthropic-version`).
+    Anthropic,
+    /// Ollama through its OpenAI-compatible `/v1` (no key needed).
+    Ollama,
+    /// Built-in mock that answers like OpenAI or Anthropic, in-process.
     Mock,
+}
+
+impl ProviderKind {
+    /// The base URL used when the provider sets none.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com/v1",
+            ProviderKind::Ollama => "http://127.0.0.1:11434/v1",
+            ProviderKind::Mock => "",
+        }
+    }
 }
 
 /// `[[providers]]`: an upstream.
@@ -309,10 +325,20 @@ pub enum ProviderKind {
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
-    /// Base URL including the API version path. Default `https://api.openai.com/v1`.
+    /// Base URL including the API version path. Default by kind:
+    /// `https://api.openai.com/v1`, `https://api.anthropic.com/v1`,
+    /// `http://127.0.0.1:11434/v1` (ollama).
     pub base_url: String,
-    /// Sent as `Authorization: Bearer`. Use `${OPENAI_API_KEY}`.
+    /// Sent as `Authorization: Bearer` (Anthropic: `x-api-key`). Use `${OPENAI_API_KEY}`.
     pub api_key: Secret,
+    /// Extra headers sent with every request to this provider (values may
+    /// hold secrets: they are never logged).
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// `anthropic-version` sent to Anthropic providers. Default `2023-06-01`.
+    pub anthropic_version: String,
+    /// `max_tokens` sent to an Anthropic provider when an OpenAI-style
+    /// request sets none (Anthropic requires it). Default 4096.
+    pub default_max_tokens: u32,
     /// Models this provider serves, listed by `/v1/models` for wildcard routes.
     pub models: Vec<String>,
     pub timeouts: ProviderTimeouts,
@@ -330,14 +356,28 @@ impl Default for ProviderConfig {
         ProviderConfig {
             name: String::new(),
             kind: ProviderKind::Openai,
-            base_url: "https://api.openai.com/v1".into(),
+            base_url: String::new(),
             api_key: Secret::default(),
+            headers: Default::default(),
+            anthropic_version: "2023-06-01".into(),
+            default_max_tokens: 4096,
             models: Vec::new(),
             timeouts: ProviderTimeouts::default(),
             max_concurrent: 0,
             breaker: BreakerConfig::default(),
             health_check: None,
             mock: MockConfig::default(),
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// `base_url`, or the kind's default when unset.
+    pub fn base_url(&self) -> &str {
+        if self.base_url.is_empty() {
+            self.kind.default_base_url()
+        } else {
+            &self.base_url
         }
     }
 }
@@ -404,6 +444,9 @@ pub struct RouteConfig {
     /// While a streaming request waits for its first byte, send `: ping`
     /// SSE comments this often (this commits the 200 status). Off unless set.
     pub stream_keepalive: Option<Duration>,
+    /// When a request is translated to another provider family, drop the
+    /// parameters that family lacks instead of answering 400. Default false.
+    pub drop_unsupported_params: bool,
 }
 
 /// The fuzz target's property, here so tests run it too: any text either

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::admission::Shed;
 use crate::exchange::{json, Response};
+use crate::translate::{anthropic_error_type, Api};
 
 /// ` (attempts: a: timeout; b: status 503)`, or nothing.
 fn attempts(summary: &str) -> String {
@@ -186,8 +187,49 @@ impl GatewayError {
         serde_json::to_vec(&outer).unwrap_or_else(|_| b"{\"error\":{}}".to_vec())
     }
 
+    /// Anthropic's error shape:
+    /// `{"type":"error","error":{"type","message"},"request_id"}`.
+    pub fn anthropic_body(&self, request_id: &str) -> Vec<u8> {
+        let body = serde_json::json!({
+            "type": "error",
+            "error": {
+                "type": anthropic_error_type(self.status().as_u16()),
+                "message": self.to_string(),
+            },
+            "request_id": request_id,
+        });
+        body.to_string().into_bytes()
+    }
+
+    /// The status a client of `api` gets: Anthropic's overloaded status 529
+    /// is 503 for OpenAI clients, and an upstream 503 is 529 for Anthropic's.
+    fn status_for(&self, api: Api) -> StatusCode {
+        let status = self.status();
+        let upstream = matches!(self, GatewayError::Upstream { .. });
+        match (api, status.as_u16()) {
+            (Api::OpenAi, 529) => StatusCode::SERVICE_UNAVAILABLE,
+            (Api::Anthropic, 503) if upstream => StatusCode::from_u16(529).unwrap_or(status),
+            _ => status,
+        }
+    }
+
+    /// The response for a client of `api`, in that API's error shape.
+    pub fn into_response_for(self, api: Api, request_id: &str) -> Response {
+        match api {
+            Api::OpenAi => self.into_response(request_id),
+            Api::Anthropic => {
+                let body = self.anthropic_body(request_id);
+                let status = self.status_for(api);
+                let mut resp = self.into_response(request_id);
+                *resp.status_mut() = status;
+                *resp.body_mut() = crate::exchange::full(body);
+                resp
+            }
+        }
+    }
+
     pub fn into_response(self, request_id: &str) -> Response {
-        let mut resp = json(self.status(), self.body(request_id));
+        let mut resp = json(self.status_for(Api::OpenAi), self.body(request_id));
         let retry_after = match &self {
             GatewayError::Overloaded(_) | GatewayError::NoTarget(_) | GatewayError::ClientLimit => {
                 Some(1)
@@ -211,9 +253,17 @@ impl GatewayError {
     }
 
     /// The error as the SSE event that ends a stream already committed.
-    pub fn sse_event(&self) -> String {
-        let body = serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}});
-        crate::sse::encode(None, &body.to_string())
+    pub fn sse_event(&self, api: Api) -> String {
+        match api {
+            Api::OpenAi => {
+                let body = serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}});
+                crate::sse::encode(None, &body.to_string())
+            }
+            Api::Anthropic => crate::translate::stream::anthropic_error_event(
+                self.status().as_u16(),
+                &self.to_string(),
+            ),
+        }
     }
 
     /// The same error, its message listing every attempt (`target: class; …`).

@@ -33,6 +33,7 @@ use crate::provider::{Endpoint, UpstreamCall};
 use crate::relay::{relay, KeepAliveBody};
 use crate::routing::{self, Forwarded, Route};
 use crate::state::State;
+use crate::translate::Api;
 use crate::{audit, cors, ip_filter};
 
 /// What the steps learn about a request, for its log line and metrics.
@@ -64,6 +65,7 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
         &state.config.network.trusted_proxies,
     );
     let origin = req.headers.get(header::ORIGIN).cloned();
+    let api = client_api(&req);
     let record = Arc::new(Record::default());
     let mut facts = Facts::default();
     state.metrics.request_started(protocol);
@@ -72,7 +74,7 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
     let shared_id: Arc<str> = request_id.as_str().into();
     // A panic in one request's handling becomes a 500 for that request only.
     let dispatched = AssertUnwindSafe(dispatch(
-        state, req, &shared_id, client, &record, &mut facts,
+        state, req, api, &shared_id, client, &record, &mut facts,
     ))
     .catch_unwind()
     .instrument(span)
@@ -87,7 +89,7 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
         Err(e) => {
             tracing::debug!(request_id = %request_id, error = %e, "request failed");
             after_error(state, &e, client, &request_id, facts.key.as_deref());
-            e.into_response(&request_id)
+            e.into_response_for(api, &request_id)
         }
     };
     let h = resp.headers_mut();
@@ -186,9 +188,20 @@ fn after_error(
     }
 }
 
+/// The API the client speaks, from the path (and for the shared
+/// `/v1/models`, from Anthropic's `anthropic-version` header).
+fn client_api(req: &GatewayRequest) -> Api {
+    match Endpoint::from_public_path(req.uri.path()) {
+        Some(e) => e.api(),
+        None if req.headers.contains_key("anthropic-version") => Api::Anthropic,
+        None => Api::OpenAi,
+    }
+}
+
 async fn dispatch(
     state: &State,
     req: GatewayRequest,
+    api: Api,
     request_id: &Arc<str>,
     client: IpAddr,
     record: &Arc<Record>,
@@ -218,9 +231,9 @@ async fn dispatch(
     match (&req.method, endpoint) {
         (&Method::GET, None) => {
             protect::authorize(facts.key.as_deref(), auth::scope_of(None), None)?;
-            Ok(models(state, facts.key.as_deref()))
+            Ok(models(state, facts.key.as_deref(), api))
         }
-        (&Method::POST, Some(endpoint)) => {
+        (m, Some(endpoint)) if *m == endpoint.method() => {
             proxy(state, req, endpoint, request_id, client, record, facts).await
         }
         (m, _) => Err(GatewayError::MethodNotAllowed(m.to_string())),
@@ -234,14 +247,22 @@ fn not_found(req: &GatewayRequest) -> GatewayError {
     }
 }
 
-/// The fields routing and limits need; the rest of the body is forwarded untouched.
-#[derive(Deserialize)]
+/// The fields routing and limits need; the rest of the body is forwarded
+/// untouched (unless the target speaks another API).
+#[derive(Deserialize, Default)]
 struct Routing {
     model: Option<String>,
     #[serde(default)]
     stream: bool,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
 }
 
 async fn proxy(
@@ -254,21 +275,32 @@ async fn proxy(
     facts: &mut Facts,
 ) -> Result<Response, GatewayError> {
     protect::authorize(facts.key.as_deref(), auth::scope_of(Some(endpoint)), None)?;
-    let limit = state.config.server.max_request_body.get();
-    let body = tokio::time::timeout(
-        state.config.server.request_timeout.get(),
-        read_body(req.body, &req.headers, limit),
-    )
-    .await
-    .map_err(|_| GatewayError::RequestTimeout)??;
-    facts.request_bytes = body.len() as u64;
-
-    let routing: Routing = serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            GatewayError::InvalidRequest(format!("invalid request: {e}"))
-        }
-        _ => GatewayError::InvalidJson(e.to_string()),
-    })?;
+    let (body, routing) = if endpoint == Endpoint::Model {
+        // `GET /v1/models/{model}`: the model is in the path.
+        let model = req.uri.path()["/v1/models/".len()..].to_string();
+        let routing = Routing {
+            model: Some(model),
+            max_tokens: Some(0),
+            ..Routing::default()
+        };
+        (Bytes::new(), routing)
+    } else {
+        let limit = state.config.server.max_request_body.get();
+        let body = tokio::time::timeout(
+            state.config.server.request_timeout.get(),
+            read_body(req.body, &req.headers, limit),
+        )
+        .await
+        .map_err(|_| GatewayError::RequestTimeout)??;
+        facts.request_bytes = body.len() as u64;
+        let routing: Routing = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                GatewayError::InvalidRequest(format!("invalid request: {e}"))
+            }
+            _ => GatewayError::InvalidJson(e.to_string()),
+        })?;
+        (body, routing)
+    };
     let model = routing.model.filter(|m| !m.is_empty()).ok_or_else(|| {
         GatewayError::InvalidRequest("you must provide a `model` parameter".into())
     })?;
@@ -317,8 +349,11 @@ async fn proxy(
 
     let call = UpstreamCall {
         endpoint,
+        model: model.as_str().into(),
         body,
-        stream: routing.stream && endpoint != Endpoint::Embeddings,
+        stream: routing.stream && endpoint.streams(),
+        include_usage: routing.stream_options.is_some_and(|o| o.include_usage),
+        drop_unsupported: route.drop_unsupported,
         request_id: request_id.clone(),
         // RFC 8470: an intermediary forwarding early data says so (and keeps
         // an incoming `Early-Data: 1`).
@@ -332,7 +367,7 @@ async fn proxy(
         let (r, c) = (route.clone(), call.clone());
         let mut fwd = Box::pin(async move { routing::forward(&r, &c, &retry).await });
         tokio::select! {
-            done = &mut fwd => return respond(done, &model_label, record, facts),
+            done = &mut fwd => return respond(done, &model_label, record, facts, endpoint.api()),
             _ = tokio::time::sleep(every) => {}
         }
         facts.upstream_wait = started.elapsed();
@@ -342,10 +377,11 @@ async fn proxy(
             every,
             model_label,
             record.clone(),
+            endpoint.api(),
         ));
     }
     let done = routing::forward(&route, &call, &retry).await;
-    respond(done, &model_label, record, facts)
+    respond(done, &model_label, record, facts, endpoint.api())
 }
 
 /// Admission held until the response ends.
@@ -359,10 +395,16 @@ fn respond(
     model_label: &Arc<str>,
     record: &Arc<Record>,
     facts: &mut Facts,
+    api: Api,
 ) -> Result<Response, GatewayError> {
     facts.upstream_wait += done.upstream_wait;
     facts.target = done.target;
-    Ok(relay(done.result?, model_label.clone(), record.clone()))
+    Ok(relay(
+        done.result?,
+        model_label.clone(),
+        record.clone(),
+        api,
+    ))
 }
 
 /// Reads the request body, refusing it as soon as it is known to exceed
@@ -415,8 +457,9 @@ async fn discard(mut body: Body) {
     let _ = tokio::time::timeout(MAX_TIME, drain).await;
 }
 
-/// The models the caller may use: the routes' names, filtered by the key.
-fn models(state: &State, key: Option<&KeyRecord>) -> Response {
+/// The models the caller may use: the routes' names, filtered by the key,
+/// in OpenAI's list shape or Anthropic's.
+fn models(state: &State, key: Option<&KeyRecord>, api: Api) -> Response {
     #[derive(serde::Serialize)]
     struct Model<'a> {
         id: &'a str,
@@ -427,6 +470,17 @@ fn models(state: &State, key: Option<&KeyRecord>) -> Response {
     let mut names = state.router.model_names();
     if let Some(k) = key {
         names.retain(|m| k.allows_model(m));
+    }
+    if api == Api::Anthropic {
+        let data: Vec<serde_json::Value> = names
+            .iter()
+            .map(|id| serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"}))
+            .collect();
+        let body = serde_json::json!({
+            "data": data, "has_more": false,
+            "first_id": names.first(), "last_id": names.last(),
+        });
+        return json(StatusCode::OK, body.to_string());
     }
     let data: Vec<Model> = names
         .iter()

@@ -2,10 +2,12 @@
 //! under `provider/` and turns an [`UpstreamCall`] into an
 //! [`UpstreamResponse`] whose body streams as the provider produces it.
 
+pub mod anthropic;
+pub mod client;
 pub mod mock;
+pub mod ollama;
 pub mod openai;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,22 +24,34 @@ use crate::config::{
 };
 use crate::exchange::Body;
 use crate::metrics::ProviderMetrics;
+use crate::translate::{self, Api, Conversion, TranslateError};
+pub use client::HttpClients;
 
-/// The OpenAI-style API operation a request asks for.
+/// The API operation a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic `/v1/messages`.
+    Messages,
+    /// Anthropic `/v1/messages/count_tokens`.
+    CountTokens,
+    /// `GET /v1/models/{model}`: one model, answered by its provider.
+    Model,
 }
 
 impl Endpoint {
-    /// Path below the provider's base URL (which includes `/v1`).
+    /// Path below the provider's base URL (which includes `/v1`);
+    /// [`Endpoint::Model`] appends the model name.
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Messages => "/messages",
+            Endpoint::CountTokens => "/messages/count_tokens",
+            Endpoint::Model => "/models/",
         }
     }
 
@@ -47,21 +61,86 @@ impl Endpoint {
             "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
             "/v1/completions" => Some(Endpoint::Completions),
             "/v1/embeddings" => Some(Endpoint::Embeddings),
+            "/v1/messages" => Some(Endpoint::Messages),
+            "/v1/messages/count_tokens" => Some(Endpoint::CountTokens),
+            p if p.len() > "/v1/models/".len() && p.starts_with("/v1/models/") => {
+                Some(Endpoint::Model)
+            }
             _ => None,
         }
     }
+
+    /// The API whose wire format this endpoint speaks.
+    pub fn api(self) -> Api {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => Api::Anthropic,
+            _ => Api::OpenAi,
+        }
+    }
+
+    /// The HTTP method the endpoint is called with.
+    pub fn method(self) -> http::Method {
+        match self {
+            Endpoint::Model => http::Method::GET,
+            _ => http::Method::POST,
+        }
+    }
+
+    /// Whether responses can stream.
+    pub fn streams(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages
+        )
+    }
 }
 
-/// One request to send upstream.
+/// One request to send upstream, in the client's API.
 #[derive(Clone)]
 pub struct UpstreamCall {
     pub endpoint: Endpoint,
-    /// The client's JSON body, forwarded as is (unless a target renames the model).
+    /// The model the client asked for.
+    pub model: Arc<str>,
+    /// The client's JSON body (empty for a GET).
     pub body: Bytes,
     pub stream: bool,
+    /// The client asked for `stream_options.include_usage`.
+    pub include_usage: bool,
     pub request_id: Arc<str>,
     /// Forward `Early-Data: 1`: the request (or a proxy before us) used 0-RTT.
     pub early_data: bool,
+    /// The route drops parameters a translation cannot carry.
+    pub drop_unsupported: bool,
+}
+
+/// One attempt's request, in the provider's API: what [`Provider::prepare`]
+/// makes of an [`UpstreamCall`] for one target.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub endpoint: Endpoint,
+    /// The model sent upstream (the target's, or the client's).
+    pub model: String,
+    pub body: Bytes,
+    pub stream: bool,
+    /// How the response body becomes the client's.
+    pub conversion: Conversion,
+}
+
+impl Prepared {
+    /// The wire format of the upstream's response.
+    pub fn upstream_api(&self) -> Api {
+        self.endpoint.api()
+    }
+}
+
+/// Why a target cannot take a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepareError {
+    /// This provider has no such endpoint (e.g. embeddings from Anthropic):
+    /// another target may.
+    Unsupported,
+    /// The request cannot be translated: the client's fault (400).
+    Invalid(TranslateError),
 }
 
 /// The upstream's answer: status, the headers worth passing on, and the body
@@ -90,6 +169,8 @@ pub struct Common {
     pub timeouts: ProviderTimeouts,
     /// Models this provider declares (for `/v1/models` under wildcard routes).
     pub models: Vec<String>,
+    /// `max_tokens` for translated requests that set none.
+    pub default_max_tokens: u32,
     pub metrics: ProviderMetrics,
     pub breaker: BreakerConfig,
     pub health_check: Option<HealthCheckConfig>,
@@ -108,6 +189,7 @@ impl Common {
             name: cfg.name.clone(),
             timeouts: cfg.timeouts.clone(),
             models: cfg.models.clone(),
+            default_max_tokens: cfg.default_max_tokens,
             metrics: ProviderMetrics::new(&cfg.name),
             breaker: cfg.breaker.clone(),
             health_check: cfg.health_check.clone(),
@@ -146,6 +228,8 @@ impl Common {
 #[derive(Debug)]
 pub enum Provider {
     OpenAi(openai::OpenAi),
+    Anthropic(anthropic::Anthropic),
+    Ollama(ollama::Ollama),
     Mock(mock::Mock),
 }
 
@@ -153,19 +237,22 @@ impl Provider {
     /// Builds a provider from its configuration. `clients` shares one pooled
     /// HTTP client between providers with the same connect timeout.
     pub fn build(cfg: &ProviderConfig, clients: &mut HttpClients) -> Result<Provider, String> {
+        let common = Common::new(cfg);
         Ok(match cfg.kind {
-            ProviderKind::Openai => Provider::OpenAi(openai::OpenAi::new(
-                Common::new(cfg),
-                cfg,
-                clients.get(cfg.timeouts.connect.get())?,
-            )?),
-            ProviderKind::Mock => Provider::Mock(mock::Mock::new(Common::new(cfg), cfg)),
+            ProviderKind::Openai => Provider::OpenAi(openai::OpenAi::new(common, cfg, clients)?),
+            ProviderKind::Anthropic => {
+                Provider::Anthropic(anthropic::Anthropic::new(common, cfg, clients)?)
+            }
+            ProviderKind::Ollama => Provider::Ollama(ollama::Ollama::new(common, cfg, clients)?),
+            ProviderKind::Mock => Provider::Mock(mock::Mock::new(common, cfg)),
         })
     }
 
     pub fn common(&self) -> &Common {
         match self {
             Provider::OpenAi(p) => &p.common,
+            Provider::Anthropic(p) => &p.common,
+            Provider::Ollama(p) => &p.common,
             Provider::Mock(p) => &p.common,
         }
     }
@@ -182,47 +269,166 @@ impl Provider {
         &self.common().metrics
     }
 
+    /// The API this provider speaks for `endpoint` (the mock speaks both).
+    fn native_api(&self, endpoint: Endpoint) -> Api {
+        match self {
+            Provider::OpenAi(_) | Provider::Ollama(_) => Api::OpenAi,
+            Provider::Anthropic(_) => Api::Anthropic,
+            Provider::Mock(_) => endpoint.api(),
+        }
+    }
+
     /// One active health check: a cheap GET below the base URL.
     pub async fn health_check(&self, path: &str) -> bool {
         match self {
-            Provider::OpenAi(p) => p.health_check(path).await,
+            Provider::OpenAi(p) => p.client.health_check(path).await,
+            Provider::Anthropic(p) => p.client.health_check(path).await,
+            Provider::Ollama(p) => p.client.health_check(path).await,
             Provider::Mock(_) => true,
         }
     }
 
-    /// Sends the call; resolves when the response headers have arrived.
-    pub async fn send(&self, call: &UpstreamCall) -> Result<UpstreamResponse, UpstreamError> {
+    /// The call as this provider takes it: model renamed for the target,
+    /// translated when the client's API is not the provider's, and (for an
+    /// OpenAI stream) asking for the usage chunk the gateway accounts with.
+    pub fn prepare(
+        &self,
+        call: &UpstreamCall,
+        target_model: Option<&str>,
+    ) -> Result<Prepared, PrepareError> {
+        let model = target_model.unwrap_or(&call.model).to_string();
+        let native = self.native_api(call.endpoint);
+        let opts = translate::Options {
+            drop_unsupported: call.drop_unsupported,
+            default_max_tokens: self.common().default_max_tokens,
+        };
+        let translated = |v: Result<serde_json::Value, TranslateError>| {
+            let mut v = v.map_err(PrepareError::Invalid)?;
+            v["model"] = serde_json::Value::String(model.clone());
+            Ok::<Bytes, PrepareError>(Bytes::from(v.to_string()))
+        };
+        let (endpoint, body, conversion) = match (call.endpoint, native) {
+            (Endpoint::Model, Api::OpenAi) => (Endpoint::Model, Bytes::new(), Conversion::None),
+            (Endpoint::Model, Api::Anthropic) => {
+                (Endpoint::Model, Bytes::new(), Conversion::ModelToOpenAi)
+            }
+            (e, n) if e.api() == n => {
+                let body = rewrite_model(&call.body, target_model);
+                if n == Api::OpenAi && call.stream && !call.include_usage {
+                    (e, with_include_usage(body), Conversion::StripUsage)
+                } else {
+                    (e, body, Conversion::None)
+                }
+            }
+            (Endpoint::ChatCompletions, Api::Anthropic) => (
+                Endpoint::Messages,
+                translated(translate::request::chat_to_messages(&call.body, &opts))?,
+                Conversion::MessagesToChat {
+                    include_usage: call.include_usage,
+                },
+            ),
+            (Endpoint::Messages, Api::OpenAi) => (
+                Endpoint::ChatCompletions,
+                translated(translate::request::messages_to_chat(&call.body, &opts))?,
+                Conversion::ChatToMessages,
+            ),
+            _ => return Err(PrepareError::Unsupported),
+        };
+        Ok(Prepared {
+            endpoint,
+            model,
+            body,
+            stream: call.stream,
+            conversion,
+        })
+    }
+
+    /// Sends one attempt; resolves when the response headers have arrived.
+    pub async fn send(
+        &self,
+        call: &UpstreamCall,
+        prepared: &Prepared,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         match self {
-            Provider::OpenAi(p) => p.send(call).await,
-            Provider::Mock(p) => p.send(call).await,
+            Provider::OpenAi(p) => p.client.send(call, prepared).await,
+            Provider::Anthropic(p) => p.client.send(call, prepared).await,
+            Provider::Ollama(p) => p.client.send(call, prepared).await,
+            Provider::Mock(p) => p.send(prepared).await,
         }
     }
 }
 
-/// Pooled upstream HTTP clients (rustls, HTTP/1.1 and HTTP/2), one per
-/// distinct connect timeout, so providers share connections where they can.
-#[derive(Default)]
-pub struct HttpClients {
-    by_connect_timeout: HashMap<Duration, reqwest::Client>,
+/// The request body with `model` replaced, when the target names another model.
+pub fn rewrite_model(body: &Bytes, model: Option<&str>) -> Bytes {
+    let Some(model) = model else {
+        return body.clone();
+    };
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("model".into(), serde_json::Value::String(model.to_string()));
+            serde_json::to_vec(&map)
+                .map(Bytes::from)
+                .unwrap_or_else(|_| body.clone())
+        }
+        _ => body.clone(),
+    }
 }
 
-impl HttpClients {
-    fn get(&mut self, connect_timeout: Duration) -> Result<reqwest::Client, String> {
-        if let Some(c) = self.by_connect_timeout.get(&connect_timeout) {
-            return Ok(c.clone());
+/// The body with `stream_options.include_usage = true`. Without an existing
+/// `stream_options` this is a byte insertion after the opening brace (no
+/// parse); otherwise the body is parsed and the flag set.
+pub fn with_include_usage(body: Bytes) -> Bytes {
+    const FIELD: &[u8] = br#""stream_options":{"include_usage":true}"#;
+    let has_options = body.windows(16).any(|w| w == b"\"stream_options\"");
+    let open = body.iter().position(|b| !b.is_ascii_whitespace());
+    if !has_options && open.is_some_and(|i| body[i] == b'{') {
+        let i = open.unwrap_or(0) + 1;
+        let empty = body[i..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'}');
+        let mut out = Vec::with_capacity(body.len() + FIELD.len() + 1);
+        out.extend_from_slice(&body[..i]);
+        out.extend_from_slice(FIELD);
+        if !empty {
+            out.push(b',');
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .http2_adaptive_window(true)
-            .user_agent(concat!("h3gate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
-        self.by_connect_timeout
-            .insert(connect_timeout, client.clone());
-        Ok(client)
+        out.extend_from_slice(&body[i..]);
+        return Bytes::from(out);
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(mut v) if v.is_object() => {
+            if !v["stream_options"].is_object() {
+                v["stream_options"] = serde_json::json!({});
+            }
+            v["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+            Bytes::from(v.to_string())
+        }
+        _ => body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_usage_is_added_without_breaking_the_body() {
+        let cases: [&[u8]; 4] = [
+            br#"{"model":"m","stream":true}"#,
+            b"  {\n \"model\": \"m\" }",
+            br#"{"model":"m","stream_options":{"include_usage":false}}"#,
+            br#"{"model":"m","stream_options":null}"#,
+        ];
+        for body in cases {
+            let out = with_include_usage(Bytes::copy_from_slice(body));
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{out:?}");
+            assert_eq!(v["model"], "m");
+        }
+        assert_eq!(
+            with_include_usage(Bytes::from_static(b"{}")),
+            &br#"{"stream_options":{"include_usage":true}}"#[..]
+        );
     }
 }

@@ -23,14 +23,19 @@ use http::header::{self, HeaderValue};
 
 use crate::access::Record;
 use crate::exchange::{Body, BodyError, Response};
+use crate::provider::Prepared;
 use crate::provider::Provider;
 use crate::routing::{AttemptGuard, Attempted, Forwarded};
 use crate::sse;
+use crate::translate::stream::{anthropic_error_event, Translator};
+use crate::translate::{response as translate_response, Api, Conversion};
 
 /// Largest SSE event the relay inspects; larger ones pass through unread.
 const MAX_OBSERVED_EVENT: usize = 1 << 20;
 /// Largest JSON body kept (as shared chunks, no copy) to read its `usage`.
 const MAX_OBSERVED_JSON: usize = 1 << 20;
+/// Largest JSON body translated to the client's API (it is held whole).
+const MAX_TRANSLATED_JSON: usize = 32 << 20;
 
 pub struct RelayBody {
     inner: Option<Body>,
@@ -38,6 +43,16 @@ pub struct RelayBody {
     /// Non-SSE body chunks, kept to read `usage` at the end.
     json: Option<Vec<Bytes>>,
     json_len: usize,
+    /// The upstream's wire format (how usage and the end are read).
+    upstream_api: Api,
+    /// The client's wire format (how failures are reported).
+    client_api: Api,
+    /// Turns upstream SSE events into the client's (None: pass through).
+    translator: Option<Translator>,
+    /// A JSON body to convert whole at its end (None: pass through).
+    json_conversion: Option<Conversion>,
+    /// Anthropic reports input tokens first, output tokens last.
+    input_tokens: u64,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
@@ -66,14 +81,22 @@ enum Failure {
     Idle(Duration),
     #[error("upstream exceeded its total time limit")]
     Total,
+    #[error("upstream response too large to translate")]
+    Untranslatable,
 }
 
 /// The client's response for an upstream answer: its status and headers,
 /// `x-h3gate-target`, and the body relayed as it arrives.
-pub fn relay(attempted: Attempted, model_label: Arc<str>, record: Arc<Record>) -> Response {
+pub fn relay(
+    attempted: Attempted,
+    model_label: Arc<str>,
+    record: Arc<Record>,
+    client_api: Api,
+) -> Response {
     let Attempted {
         target,
         response: up,
+        prepared,
         started,
         guard,
     } = attempted;
@@ -90,7 +113,8 @@ pub fn relay(attempted: Attempted, model_label: Arc<str>, record: Arc<Record>) -
         started,
         model_label,
         record,
-    );
+    )
+    .converting(&prepared, client_api);
     let mut resp = http::Response::new(Body::new(body));
     *resp.status_mut() = up.status;
     *resp.headers_mut() = up.headers;
@@ -128,6 +152,11 @@ impl RelayBody {
             }),
             json: (!sse).then(Vec::new),
             json_len: 0,
+            upstream_api: Api::OpenAi,
+            client_api: Api::OpenAi,
+            translator: None,
+            json_conversion: None,
+            input_tokens: 0,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
@@ -141,14 +170,129 @@ impl RelayBody {
         }
     }
 
-    fn usage(&self, u: Usage) {
-        self.record.set_usage(u.prompt_tokens, u.completion_tokens);
-        self.target
-            .metrics()
-            .tokens(&self.model_label, u.prompt_tokens, u.completion_tokens);
+    /// Reads the body as `prepared`'s API and hands it to the client in
+    /// `client_api`, translating when they differ.
+    pub fn converting(mut self, prepared: &Prepared, client_api: Api) -> Self {
+        self.upstream_api = prepared.upstream_api();
+        self.client_api = client_api;
+        let conversion = prepared.conversion;
+        if conversion != Conversion::None {
+            if self.watch.is_some() {
+                self.translator = Some(Translator::new(conversion, &prepared.model));
+            } else {
+                self.json_conversion = Some(conversion);
+            }
+        }
+        self
     }
 
-    fn observe(&mut self, data: &Bytes) {
+    fn usage(&self, u: Usage) {
+        let prompt = u.prompt_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
+        self.record.set_usage(prompt, u.completion_tokens);
+        self.target
+            .metrics()
+            .tokens(&self.model_label, prompt, u.completion_tokens);
+    }
+
+    /// Usage and the end of the stream, read from one upstream event.
+    fn watch_event(&mut self, ev: &sse::Event) {
+        if self.upstream_api == Api::OpenAi {
+            if ev.data == "[DONE]" {
+                self.mark_done();
+            } else if ev.data.contains("\"usage\"") {
+                if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_str(&ev.data) {
+                    self.usage(u);
+                }
+            }
+            return;
+        }
+        let kind = ev.event.as_deref().unwrap_or_default();
+        match kind {
+            "message_start" => {
+                if let Ok(MessageStart { message }) = serde_json::from_str(&ev.data) {
+                    let u = message.usage;
+                    self.input_tokens =
+                        u.prompt_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens;
+                }
+            }
+            "message_delta" => {
+                if let Ok(UsageOnly { usage: Some(mut u) }) = serde_json::from_str(&ev.data) {
+                    if u.prompt_tokens + u.cache_read_input_tokens == 0 {
+                        u.prompt_tokens = self.input_tokens;
+                    }
+                    self.usage(u);
+                }
+            }
+            "message_stop" => self.mark_done(),
+            "error" => {
+                // An explicit failure, passed on to the client as such.
+                self.record.mark_upstream_failure();
+                self.mark_done();
+            }
+            _ => {}
+        }
+    }
+
+    fn mark_done(&mut self) {
+        if let Some(w) = self.watch.as_mut() {
+            w.done = true;
+        }
+    }
+
+    /// Looks at one chunk; returns what the client gets instead of it
+    /// when the stream is being translated (`Err`: it cannot be).
+    fn observe(&mut self, data: &Bytes) -> Result<Option<Bytes>, Failure> {
+        self.observe_timing();
+        if let Some(chunks) = self.json.as_mut() {
+            self.json_len += data.len();
+            let cap = if self.json_conversion.is_some() {
+                MAX_TRANSLATED_JSON
+            } else {
+                MAX_OBSERVED_JSON
+            };
+            if self.json_len <= cap {
+                chunks.push(data.clone());
+            } else if self.json_conversion.is_some() {
+                return Err(Failure::Untranslatable);
+            } else {
+                self.json = None;
+            }
+            // A converted JSON body is sent whole at the end.
+            return Ok(self.json_conversion.map(|_| Bytes::new()));
+        }
+        let Some(w) = self.watch.as_mut() else {
+            return Ok(None);
+        };
+        let mut out = self.translator.as_ref().map(|_| String::new());
+        if w.parser.push(data).is_err() {
+            return self.unwatchable();
+        }
+        while let Some(w) = self.watch.as_mut() {
+            match w.parser.next_event() {
+                Ok(Some(ev)) => {
+                    self.watch_event(&ev);
+                    if let (Some(t), Some(out)) = (self.translator.as_mut(), out.as_mut()) {
+                        t.event(&ev, out);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return self.unwatchable(),
+            }
+        }
+        Ok(out.map(Bytes::from))
+    }
+
+    /// An event too large to inspect: stop watching and keep relaying —
+    /// unless the stream is being translated, which then cannot go on.
+    fn unwatchable(&mut self) -> Result<Option<Bytes>, Failure> {
+        if self.translator.is_some() {
+            return Err(Failure::Untranslatable);
+        }
+        self.watch = None;
+        Ok(None)
+    }
+
+    fn observe_timing(&mut self) {
         let now = Instant::now();
         let m = self.target.metrics();
         match self.last_chunk {
@@ -156,46 +300,30 @@ impl RelayBody {
             Some(prev) => m.chunk_gap.record((now - prev).as_secs_f64()),
         }
         self.last_chunk = Some(now);
-        if let Some(chunks) = self.json.as_mut() {
-            self.json_len += data.len();
-            if self.json_len <= MAX_OBSERVED_JSON {
-                chunks.push(data.clone());
-            } else {
-                self.json = None;
-            }
-            return;
-        }
-        let Some(w) = self.watch.as_mut() else { return };
-        let mut ok = w.parser.push(data).is_ok();
-        while ok {
-            let Some(w) = self.watch.as_mut() else { return };
-            match w.parser.next_event() {
-                Ok(Some(ev)) if ev.data == "[DONE]" => w.done = true,
-                Ok(Some(ev)) => {
-                    if ev.data.contains("\"usage\"") {
-                        if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_str(&ev.data) {
-                            self.usage(u);
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => ok = false,
-            }
-        }
-        if !ok {
-            // An event too large to inspect: stop watching, keep relaying.
-            self.watch = None;
-        }
     }
 
-    /// At a clean end: the usage of a JSON body.
-    fn finish(&mut self) {
-        if let Some(chunks) = self.json.take() {
-            let body: Vec<u8> = chunks.concat();
-            if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_slice(&body) {
-                self.usage(u);
-            }
+    /// At a clean end: the usage of a JSON body, and what a converted body
+    /// or stream still owes the client.
+    fn finish(&mut self) -> Option<Bytes> {
+        if let Some(t) = self.translator.as_mut() {
+            let mut out = String::new();
+            t.finish(&mut out);
+            return (!out.is_empty()).then(|| Bytes::from(out));
         }
+        let chunks = self.json.take()?;
+        let body: Vec<u8> = chunks.concat();
+        if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_slice(&body) {
+            self.usage(u);
+        }
+        let conversion = self.json_conversion?;
+        let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let converted = match conversion {
+            Conversion::MessagesToChat { .. } => translate_response::message_to_chat(&value),
+            Conversion::ChatToMessages => translate_response::chat_to_message(&value),
+            Conversion::ModelToOpenAi => translate_response::model_to_openai(&value),
+            Conversion::None | Conversion::StripUsage => value,
+        };
+        Some(Bytes::from(converted.to_string()))
     }
 
     fn fail(&mut self, failure: Failure) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -208,7 +336,11 @@ impl RelayBody {
         tracing::warn!(target = self.target.name(), error = %failure, "upstream response failed mid-stream");
         if self.watch.is_some() {
             self.watch = None;
-            Poll::Ready(Some(Ok(Frame::data(Bytes::from(error_event(&failure))))))
+            let event = match self.client_api {
+                Api::OpenAi => error_event(&failure),
+                Api::Anthropic => anthropic_error_event(502, &failure.client_message()),
+            };
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))))
         } else {
             Poll::Ready(Some(Err(Box::new(failure))))
         }
@@ -220,12 +352,27 @@ struct UsageOnly {
     usage: Option<Usage>,
 }
 
-#[derive(Deserialize)]
+/// OpenAI's usage, or Anthropic's under its own names.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct Usage {
-    #[serde(default)]
+    #[serde(alias = "input_tokens")]
     prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(alias = "output_tokens")]
     completion_tokens: u64,
+    cache_read_input_tokens: u64,
+    cache_creation_input_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct MessageStart {
+    message: MessageUsage,
+}
+
+#[derive(Deserialize)]
+struct MessageUsage {
+    #[serde(default)]
+    usage: Usage,
 }
 
 impl Failure {
@@ -235,30 +382,44 @@ impl Failure {
             Failure::Truncated => "truncated",
             Failure::Idle(_) => "idle_timeout",
             Failure::Total => "total_timeout",
+            Failure::Untranslatable => "untranslatable",
+        }
+    }
+
+    fn client_message(&self) -> String {
+        let (message, _) = self.describe();
+        message.to_string()
+    }
+
+    fn describe(&self) -> (&'static str, &'static str) {
+        match self {
+            Failure::Upstream(_) => (
+                "the upstream provider failed mid-stream",
+                "upstream_stream_error",
+            ),
+            Failure::Truncated => (
+                "the upstream provider ended the stream early",
+                "upstream_stream_truncated",
+            ),
+            Failure::Idle(_) => (
+                "the upstream provider stalled mid-stream",
+                "upstream_idle_timeout",
+            ),
+            Failure::Total => (
+                "the upstream provider exceeded its time limit",
+                "upstream_timeout",
+            ),
+            Failure::Untranslatable => (
+                "the upstream response was too large to translate",
+                "upstream_untranslatable",
+            ),
         }
     }
 }
 
 /// The OpenAI-style error event that ends a failed stream.
 fn error_event(failure: &Failure) -> String {
-    let (message, code) = match failure {
-        Failure::Upstream(_) => (
-            "the upstream provider failed mid-stream",
-            "upstream_stream_error",
-        ),
-        Failure::Truncated => (
-            "the upstream provider ended the stream early",
-            "upstream_stream_truncated",
-        ),
-        Failure::Idle(_) => (
-            "the upstream provider stalled mid-stream",
-            "upstream_idle_timeout",
-        ),
-        Failure::Total => (
-            "the upstream provider exceeded its time limit",
-            "upstream_timeout",
-        ),
-    };
+    let (message, code) = failure.describe();
     let body = serde_json::json!({
         "error": {"message": message, "type": "upstream_error", "code": code}
     });
@@ -274,37 +435,47 @@ impl HttpBody for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.observe(data);
+        loop {
+            let Some(inner) = this.inner.as_mut() else {
+                return Poll::Ready(None);
+            };
+            return match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let next = Instant::now() + this.idle;
+                    this.idle_timer.as_mut().reset(next);
+                    let Some(data) = frame.data_ref() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    match this.observe(data) {
+                        Ok(None) => Poll::Ready(Some(Ok(frame))),
+                        // Translated to nothing (yet): read on.
+                        Ok(Some(out)) if out.is_empty() => continue,
+                        Ok(Some(out)) => Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Err(failure) => this.fail(failure),
+                    }
                 }
-                let next = Instant::now() + this.idle;
-                this.idle_timer.as_mut().reset(next);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => this.fail(Failure::Upstream(e)),
-            Poll::Ready(None) => {
-                if this.watch.as_ref().is_some_and(|w| !w.done) {
-                    return this.fail(Failure::Truncated);
+                Poll::Ready(Some(Err(e))) => this.fail(Failure::Upstream(e)),
+                Poll::Ready(None) => {
+                    if this.watch.as_ref().is_some_and(|w| !w.done) {
+                        return this.fail(Failure::Truncated);
+                    }
+                    this.inner = None;
+                    match this.finish() {
+                        Some(out) => Poll::Ready(Some(Ok(Frame::data(out)))),
+                        None => Poll::Ready(None),
+                    }
                 }
-                this.inner = None;
-                this.finish();
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    return this.fail(Failure::Total);
+                Poll::Pending => {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
+                        return this.fail(Failure::Total);
+                    }
+                    if this.idle_timer.as_mut().poll(cx).is_ready() {
+                        let idle = this.idle;
+                        return this.fail(Failure::Idle(idle));
+                    }
+                    Poll::Pending
                 }
-                if this.idle_timer.as_mut().poll(cx).is_ready() {
-                    let idle = this.idle;
-                    return this.fail(Failure::Idle(idle));
-                }
-                Poll::Pending
-            }
+            };
         }
     }
 
@@ -316,8 +487,9 @@ impl HttpBody for RelayBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            // A watched stream may gain an error event: no exact size then.
-            Some(b) if self.watch.is_none() => b.size_hint(),
+            // A watched stream may gain an error event, a converted body
+            // changes size: no exact size then.
+            Some(b) if self.watch.is_none() && self.json_conversion.is_none() => b.size_hint(),
             Some(_) => SizeHint::default(),
             None => SizeHint::with_exact(0),
         }
@@ -335,6 +507,7 @@ pub struct KeepAliveBody {
     relay: Option<RelayBody>,
     model_label: Arc<str>,
     record: Arc<Record>,
+    client_api: Api,
 }
 
 impl KeepAliveBody {
@@ -343,6 +516,7 @@ impl KeepAliveBody {
         every: Duration,
         model_label: Arc<str>,
         record: Arc<Record>,
+        client_api: Api,
     ) -> Response {
         let mut tick = tokio::time::interval_at(Instant::now(), every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -351,6 +525,7 @@ impl KeepAliveBody {
             relay: None,
             model_label,
             record,
+            client_api,
         };
         let mut resp = http::Response::new(Body::new(body));
         let h = resp.headers_mut();
@@ -384,6 +559,7 @@ impl HttpBody for KeepAliveBody {
                 Ok(Attempted {
                     target,
                     response,
+                    prepared,
                     started,
                     guard,
                 }) => {
@@ -395,12 +571,15 @@ impl HttpBody for KeepAliveBody {
                         started,
                         this.model_label.clone(),
                         this.record.clone(),
-                    );
+                    )
+                    .converting(&prepared, this.client_api);
                     Pin::new(this.relay.insert(relay)).poll_frame(cx)
                 }
                 Err(e) => {
                     this.record.mark_upstream_failure();
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(e.sse_event())))))
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(
+                        e.sse_event(this.client_api),
+                    )))))
                 }
             };
         }

@@ -25,7 +25,9 @@ use crate::admission::Permit;
 use crate::config::{Config, RetryConfig, RouteConfig, Strategy};
 use crate::error::GatewayError;
 use crate::metrics::{self as m, Attempt, RouteMetrics};
-use crate::provider::{Provider, UpstreamCall, UpstreamError, UpstreamResponse};
+use crate::provider::{
+    PrepareError, Prepared, Provider, UpstreamCall, UpstreamError, UpstreamResponse,
+};
 use breaker::{Breaker, BreakerState};
 
 /// Live state of one target (shared by every route that names it).
@@ -111,6 +113,8 @@ pub struct Route {
     pub strategy: Strategy,
     pub targets: Vec<Arc<Target>>,
     pub stream_keepalive: Option<Duration>,
+    /// Translations drop parameters the target API lacks (instead of a 400).
+    pub drop_unsupported: bool,
     pub metrics: RouteMetrics,
 }
 
@@ -280,6 +284,7 @@ fn build_route(
         strategy: rc.strategy,
         targets,
         stream_keepalive: rc.stream_keepalive.map(|d| d.get()),
+        drop_unsupported: rc.drop_unsupported_params,
         metrics: RouteMetrics::new(&rc.model),
     }
 }
@@ -309,6 +314,8 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 pub struct Attempted {
     pub target: Arc<Target>,
     pub response: UpstreamResponse,
+    /// The request as sent: its API and how its response is converted.
+    pub prepared: Prepared,
     /// When the attempt started (the provider's total limit counts from it).
     pub started: Instant,
     pub guard: AttemptGuard,
@@ -361,6 +368,7 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
     let mut last: Option<GatewayError> = None;
     let mut waited = Duration::ZERO;
     let mut last_target = None;
+    let mut unsupported: HashSet<usize> = HashSet::new();
     let (mut attempts, mut retries, mut position, mut skipped) = (0u32, 0u32, 0usize, 0usize);
 
     while attempts < retry.max_attempts && skipped < order.len() {
@@ -374,6 +382,23 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
             }
             continue;
         }
+        let prepared = match target.provider.prepare(call, target.model.as_deref()) {
+            Ok(p) => p,
+            Err(PrepareError::Unsupported) => {
+                skipped += 1;
+                if unsupported.insert(i) {
+                    failures.push(format!("{}: does not serve this endpoint", target.name));
+                }
+                continue;
+            }
+            Err(PrepareError::Invalid(e)) => {
+                return Forwarded {
+                    result: Err(GatewayError::InvalidRequest(e.to_string())),
+                    upstream_wait: waited,
+                    target: Some(target.name.clone()),
+                };
+            }
+        };
         // A Retry-After in force: wait for it if the budget allows, else skip.
         if let Some(until) = target.state.cooling_until() {
             if until >= deadline {
@@ -414,12 +439,7 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
 
         let guard = AttemptGuard::new(target.state.clone(), permit);
         let started = Instant::now();
-        let body = rewrite_model(&call.body, target.model.as_deref());
-        let attempt_call = UpstreamCall {
-            body,
-            ..call.clone()
-        };
-        let sent = tokio::time::timeout_at(deadline, target.provider.send(&attempt_call)).await;
+        let sent = tokio::time::timeout_at(deadline, target.provider.send(call, &prepared)).await;
         let elapsed = started.elapsed();
         waited += elapsed;
         let metrics = target.provider.metrics();
@@ -433,6 +453,7 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
                     result: Ok(Attempted {
                         target: target.clone(),
                         response: up,
+                        prepared,
                         started,
                         guard,
                     }),
@@ -499,28 +520,15 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
     let summary = failures.join("; ");
     let err = match last {
         Some(e) => e.with_attempts(&summary),
+        None if !unsupported.is_empty() && attempts == 0 => GatewayError::InvalidRequest(format!(
+            "no provider on this model's route serves this endpoint ({summary})"
+        )),
         None => GatewayError::NoTarget(summary),
     };
     Forwarded {
         result: Err(err),
         upstream_wait: waited,
         target: last_target,
-    }
-}
-
-/// The request body with `model` replaced, when the target names another model.
-fn rewrite_model(body: &Bytes, model: Option<&str>) -> Bytes {
-    let Some(model) = model else {
-        return body.clone();
-    };
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(mut map)) => {
-            map.insert("model".into(), serde_json::Value::String(model.to_string()));
-            serde_json::to_vec(&map)
-                .map(Bytes::from)
-                .unwrap_or_else(|_| body.clone())
-        }
-        _ => body.clone(),
     }
 }
 

@@ -33,6 +33,7 @@ fn add_route(c: &mut Config, model: &str, strategy: Strategy, targets: Vec<Targe
         targets,
         strategy,
         stream_keepalive: None,
+        ..Default::default()
     });
 }
 
@@ -232,6 +233,7 @@ async fn keepalive_pings_while_waiting_for_the_first_token(p: Proto) {
             targets: vec![target("up", Some("slow-400"), 1)],
             strategy: Strategy::Priority,
             stream_keepalive: Some(h3gate::config::Duration::millis(100)),
+            ..Default::default()
         });
     })
     .await;

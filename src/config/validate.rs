@@ -121,12 +121,25 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
                 format!("duplicate provider name {:?}", provider.name),
             );
         }
-        if provider.kind == ProviderKind::Openai {
-            match reqwest::Url::parse(&provider.base_url) {
+        if provider.kind != ProviderKind::Mock {
+            match reqwest::Url::parse(provider.base_url()) {
                 Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
                 Ok(_) => p.add(at("base_url"), "must be an http:// or https:// URL"),
                 Err(e) => p.add(at("base_url"), format!("not a valid URL: {e}")),
             }
+        }
+        for (name, value) in &provider.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value.expose()).is_err()
+            {
+                p.add(
+                    at(&format!("headers.{name}")),
+                    "is not a valid header name and value",
+                );
+            }
+        }
+        if provider.default_max_tokens == 0 {
+            p.add(at("default_max_tokens"), "must be at least 1");
         }
         let b = &provider.breaker;
         if b.consecutive_failures == 0 {

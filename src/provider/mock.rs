@@ -1,8 +1,13 @@
 //! The built-in mock provider: answers in-process exactly like OpenAI (chat
 //! completions JSON and SSE chunks ending in `data: [DONE]`, completions,
-//! embeddings, realistic `usage`), with configurable latency to the first
-//! token and tokens per second. The wire-format builders here are public so
-//! test and benchmark upstreams speak the very same format.
+//! embeddings, realistic `usage`) and like Anthropic (messages JSON and
+//! named SSE events, `count_tokens`), with configurable latency to the first
+//! token and tokens per second. A request that offers tools is answered
+//! with a call to the first one (unless its last message is a tool result).
+//! The wire-format builders here are public so test and benchmark upstreams
+//! speak the very same format.
+
+mod anthropic;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +17,7 @@ use http_body_util::{BodyExt, StreamBody};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Common, Endpoint, UpstreamCall, UpstreamError, UpstreamResponse};
+use super::{Common, Endpoint, Prepared, UpstreamError, UpstreamResponse};
 use crate::config::{MockConfig, ProviderConfig};
 use crate::exchange::{full, BodyError};
 use crate::sse;
@@ -32,6 +37,62 @@ pub struct MockRequest {
     pub max_completion_tokens: Option<u32>,
     pub stream_options: Option<StreamOptions>,
     pub input: Option<Value>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
+    pub messages: Option<Vec<Value>>,
+}
+
+impl MockRequest {
+    /// The tool call the mock answers with: the first tool offered, unless
+    /// the conversation just returned a tool result or tools are off.
+    pub fn tool_call(&self) -> Option<ToolCall> {
+        let tool = self.tools.as_ref()?.first()?;
+        if self
+            .tool_choice
+            .as_ref()
+            .is_some_and(|c| c == "none" || c["type"] == "none")
+        {
+            return None;
+        }
+        let last = self.messages.as_ref()?.last()?;
+        let answered = last["role"] == "tool"
+            || last["content"]
+                .as_array()
+                .is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"));
+        if answered {
+            return None;
+        }
+        // OpenAI: {type, function: {name, parameters}}; Anthropic: {name, input_schema}.
+        let (name, schema) = match tool.get("function") {
+            Some(f) => (&f["name"], &f["parameters"]),
+            None => (&tool["name"], &tool["input_schema"]),
+        };
+        let mut args = serde_json::Map::new();
+        if let Some(props) = schema["properties"].as_object() {
+            for (k, p) in props {
+                let v = match p["type"].as_str() {
+                    Some("number") | Some("integer") => json!(1),
+                    Some("boolean") => json!(true),
+                    _ => json!("mock"),
+                };
+                args.insert(k.clone(), v);
+            }
+        }
+        Some(ToolCall {
+            id: format!("call_mock{:04x}", rand_u16()),
+            name: name.as_str().unwrap_or("tool").to_string(),
+            arguments: Value::Object(args).to_string(),
+        })
+    }
+}
+
+/// A tool call in a mock answer.
+#[derive(Debug, Clone)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -48,7 +109,12 @@ impl Mock {
         }
     }
 
-    pub async fn send(&self, call: &UpstreamCall) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn send(&self, call: &Prepared) -> Result<UpstreamResponse, UpstreamError> {
+        if call.endpoint == Endpoint::Model {
+            return Ok(json_response(
+                json!({"id": call.model, "object": "model", "created": 0, "owned_by": self.common.name}),
+            ));
+        }
         let req: MockRequest = serde_json::from_slice(&call.body).unwrap_or_default();
         if self.cfg.panic_on_model.as_deref() == Some(req.model.as_str()) {
             panic!("mock provider: panic_on_model {:?} requested", req.model);
@@ -59,7 +125,11 @@ impl Mock {
             .unwrap_or(self.cfg.completion_tokens)
             .clamp(1, 4096);
         let prompt_tokens = estimate_tokens(call.body.len());
-        let answer = Answer::new(&req.model, call.endpoint, prompt_tokens, n);
+        if call.endpoint == Endpoint::CountTokens {
+            return Ok(json_response(json!({"input_tokens": prompt_tokens})));
+        }
+        let mut answer = Answer::new(&req.model, call.endpoint, prompt_tokens, n);
+        answer.tool = req.tool_call();
 
         if call.endpoint == Endpoint::Embeddings {
             return Ok(json_response(embeddings(
@@ -78,7 +148,11 @@ impl Mock {
             0 => Duration::ZERO,
             tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
         };
-        let events = answer.stream_events(include_usage);
+        let events = if call.endpoint == Endpoint::Messages {
+            answer.message_events()
+        } else {
+            answer.stream_events(include_usage)
+        };
         let stream = futures_util::stream::unfold(0usize, move |i| {
             let ev = events.get(i).cloned();
             async move {
@@ -142,6 +216,8 @@ pub struct Answer {
     pub endpoint: Endpoint,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Answer with this tool call instead of text.
+    pub tool: Option<ToolCall>,
 }
 
 impl Answer {
@@ -155,10 +231,10 @@ impl Answer {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let prefix = if endpoint == Endpoint::Completions {
-            "cmpl"
-        } else {
-            "chatcmpl"
+        let prefix = match endpoint {
+            Endpoint::Completions => "cmpl",
+            Endpoint::Messages => "msg",
+            _ => "chatcmpl",
         };
         Answer {
             id: format!("{prefix}-mock{created:x}{:04x}", rand_u16()),
@@ -171,6 +247,15 @@ impl Answer {
             endpoint,
             prompt_tokens,
             completion_tokens,
+            tool: None,
+        }
+    }
+
+    fn finish_reason(&self) -> &'static str {
+        if self.tool.is_some() {
+            "tool_calls"
+        } else {
+            "length"
         }
     }
 
@@ -188,7 +273,19 @@ impl Answer {
 
     /// The non-streaming response body.
     pub fn complete(&self) -> Value {
-        let choice = if self.endpoint == Endpoint::Completions {
+        if self.endpoint == Endpoint::Messages {
+            return self.message();
+        }
+        let choice = if let Some(t) = &self.tool {
+            json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                    {"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+                ]},
+                "logprobs": null,
+                "finish_reason": "tool_calls",
+            })
+        } else if self.endpoint == Endpoint::Completions {
             json!({"index": 0, "text": self.text(), "logprobs": null, "finish_reason": "length"})
         } else {
             json!({
@@ -212,25 +309,49 @@ impl Answer {
     /// One streamed chunk as an SSE event. `delta` is the token, `None` for
     /// the role-only first chat chunk; `finish` marks the last choice chunk.
     pub fn chunk(&self, delta: Option<&str>, finish: bool) -> String {
-        let finish_reason = if finish { json!("length") } else { Value::Null };
-        let body = if self.endpoint == Endpoint::Completions {
-            json!({
+        let finish_reason = if finish {
+            json!(self.finish_reason())
+        } else {
+            Value::Null
+        };
+        if self.endpoint == Endpoint::Completions {
+            let body = json!({
                 "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish_reason}],
-            })
-        } else {
-            let d = match (delta, finish) {
-                (_, true) => json!({}),
-                (None, false) => json!({"role": "assistant", "content": "", "refusal": null}),
-                (Some(t), false) => json!({"content": t}),
-            };
-            json!({
-                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "system_fingerprint": "fp_h3gate_mock",
-                "choices": [{"index": 0, "delta": d, "logprobs": null, "finish_reason": finish_reason}],
-            })
+            });
+            return sse::encode(None, &body.to_string());
+        }
+        let d = match (delta, finish) {
+            (_, true) => json!({}),
+            (None, false) => json!({"role": "assistant", "content": "", "refusal": null}),
+            (Some(t), false) => json!({"content": t}),
         };
+        self.chat_chunk(d, finish_reason)
+    }
+
+    fn chat_chunk(&self, delta: Value, finish_reason: Value) -> String {
+        let body = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "system_fingerprint": "fp_h3gate_mock",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        });
         sse::encode(None, &body.to_string())
+    }
+
+    /// A tool call streamed the way OpenAI does: id and name first, then
+    /// the arguments in two pieces.
+    fn tool_chunks(&self, t: &ToolCall, events: &mut Vec<String>) {
+        events.push(self.chat_chunk(
+            json!({"tool_calls": [{"index": 0, "id": t.id, "type": "function",
+                "function": {"name": t.name, "arguments": ""}}]}),
+            Value::Null,
+        ));
+        for piece in split_half(&t.arguments) {
+            events.push(self.chat_chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+                Value::Null,
+            ));
+        }
     }
 
     /// The final usage-only chunk OpenAI sends with `stream_options.include_usage`.
@@ -253,8 +374,13 @@ impl Answer {
         if self.endpoint == Endpoint::ChatCompletions {
             events.push(self.chunk(None, false));
         }
-        for i in 0..self.completion_tokens as usize {
-            events.push(self.chunk(Some(token(i)), false));
+        match &self.tool {
+            Some(t) => self.tool_chunks(t, &mut events),
+            None => {
+                for i in 0..self.completion_tokens as usize {
+                    events.push(self.chunk(Some(token(i)), false));
+                }
+            }
         }
         events.push(self.chunk(None, true));
         if include_usage {
@@ -263,6 +389,15 @@ impl Answer {
         events.push(DONE.to_string());
         events
     }
+}
+
+/// A string cut in two at a character boundary near its middle.
+pub fn split_half(s: &str) -> [&str; 2] {
+    let mut mid = s.len() / 2;
+    while !s.is_char_boundary(mid) {
+        mid += 1;
+    }
+    [&s[..mid], &s[mid..]]
 }
 
 /// The event that ends an OpenAI stream.

@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::{ProviderConfig, ProviderKind, TargetConfig};
+use crate::provider::rewrite_model;
 use crate::provider::HttpClients;
 
 #[test]
