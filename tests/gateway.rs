@@ -198,7 +198,7 @@ async fn unknown_model_is_404(p: Proto) {
     let resp = gw
         .client(p)
         .await
-        .post_json("/v1/chat/completions", chat("claude-nope", false))
+        .post_json("/v1/chat/completions", chat("nonexistent-model", false))
         .await;
     assert_error(resp, 404, "model_not_found").await;
 }

@@ -81,6 +81,13 @@ name = "mock"
 kind = "mock"
 models = ["mock-1"]
 
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "{upstream}"
+api_key = "{key}"
+default_max_tokens = 333
+
 [[routes]]
 model = "gpt-*"
 targets = ["up"]
@@ -120,6 +127,23 @@ targets = ["mock"]
 [[routes]]
 model = "reloadme"
 targets = ["up"]
+
+[[routes]]
+model = "claude-status-529"
+targets = [{ provider = "claude", model = "status-529" }]
+
+[[routes]]
+model = "claude-*"
+targets = ["claude"]
+
+[[routes]]
+model = "cross-family"
+targets = [{ provider = "claude", model = "status-529" }, { provider = "up", model = "gpt-4o-mini" }]
+
+[[routes]]
+model = "lenient-*"
+targets = ["claude"]
+drop_unsupported_params = true
 "#;
 
 pub fn init_logs() {

@@ -1,6 +1,8 @@
-//! A test upstream that speaks OpenAI's wire format over plain HTTP/1.1 on
-//! loopback, and misbehaves on request. The behaviour is picked by the
-//! request's `model`:
+//! A test upstream that speaks OpenAI's wire format (and Anthropic's on
+//! `/v1/messages`, `/v1/messages/count_tokens`) over plain HTTP/1.1 on
+//! loopback, and misbehaves on request. `GET /v1/models/{id}` answers a
+//! model object. A request offering tools gets a tool call (as the mock
+//! does). The behaviour is picked by the request's `model`:
 //!
 //! | model            | behaviour                                                         |
 //! |------------------|-------------------------------------------------------------------|
@@ -132,9 +134,26 @@ async fn handle(
     });
     let model = json["model"].as_str().unwrap_or("").to_string();
     let stream = json["stream"].as_bool().unwrap_or(false);
+    let anthropic = parts.headers.contains_key("anthropic-version");
+    if let Some(id) = parts.uri.path().strip_prefix("/v1/models/") {
+        let body = if anthropic {
+            serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-01-01T00:00:00Z"})
+        } else {
+            serde_json::json!({"id": id, "object": "model", "created": 1, "owned_by": "test-upstream"})
+        };
+        return Ok(respond(200, "application/json", full(body.to_string())));
+    }
     let endpoint = match parts.uri.path() {
         "/v1/completions" => Endpoint::Completions,
         "/v1/embeddings" => Endpoint::Embeddings,
+        "/v1/messages" => Endpoint::Messages,
+        "/v1/messages/count_tokens" => {
+            return Ok(respond(
+                200,
+                "application/json",
+                full(r#"{"input_tokens":42}"#.into()),
+            ))
+        }
         _ => Endpoint::ChatCompletions,
     };
 
@@ -168,12 +187,19 @@ async fn handle(
             None => (spec, None),
         };
         let status: u16 = code.parse().unwrap_or(500);
-        let body = serde_json::json!({"error": {
-            "message": "Rate limit reached. Incorrect API key provided: sk-test-FAKEKEY0123456789abcdef.",
-            "type": if status == 429 { "rate_limit_error" } else { "invalid_request_error" },
-            "param": null,
-            "code": format!("test_{status}"),
-        }});
+        let body = if endpoint == Endpoint::Messages {
+            serde_json::json!({"type": "error", "error": {
+                "type": h3gate::translate::anthropic_error_type(status),
+                "message": "Overloaded. Incorrect API key provided: sk-ant-FAKEKEY0123456789abcdef.",
+            }})
+        } else {
+            serde_json::json!({"error": {
+                "message": "Rate limit reached. Incorrect API key provided: sk-test-FAKEKEY0123456789abcdef.",
+                "type": if status == 429 { "rate_limit_error" } else { "invalid_request_error" },
+                "param": null,
+                "code": format!("test_{status}"),
+            }})
+        };
         let mut resp = respond(status, "application/json", full(body.to_string()));
         if let Some(ra) = retry_after {
             resp.headers_mut()
@@ -187,7 +213,10 @@ async fn handle(
     if let Some(ms) = model.strip_prefix("slow-").and_then(|m| m.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let answer = Answer::new(&model, endpoint, 7, 5);
+    let mut answer = Answer::new(&model, endpoint, 7, 5);
+    answer.tool = serde_json::from_value::<h3gate::provider::mock::MockRequest>(json.clone())
+        .ok()
+        .and_then(|r| r.tool_call());
     if endpoint == Endpoint::Embeddings {
         let body = h3gate::provider::mock::embeddings(&model, &Some(json["input"].clone()), 3);
         return Ok(respond(200, "application/json", full(body.to_string())));
@@ -204,7 +233,11 @@ async fn handle(
     let include_usage = json["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
-    let events = answer.stream_events(include_usage);
+    let events = if endpoint == Endpoint::Messages {
+        answer.message_events()
+    } else {
+        answer.stream_events(include_usage)
+    };
     tokio::spawn(async move {
         let send = |ev: String| {
             let tx = tx.clone();
