@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod python;
 pub mod upstream;
 
 use std::net::SocketAddr;
