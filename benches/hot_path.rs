@@ -147,5 +147,66 @@ fn routing_and_sse(c: &mut Criterion) {
     let _ = Arc::new(());
 }
 
-criterion_group!(benches, protection, metrics, routing_and_sse);
+/// What translating between OpenAI and Anthropic costs: one request body,
+/// one streamed event, both directions; and the usage-chunk filter.
+fn translation(c: &mut Criterion) {
+    use h3gate::provider::{mock::Answer, Endpoint};
+    use h3gate::translate::{request, stream::Translator, Conversion, Options};
+    let opts = Options::default();
+    let chat = br#"{"model":"claude-x","stream":true,"max_tokens":64,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Say hello to the gateway, please."}]}"#;
+    c.bench_function("translate: chat request -> messages", |b| {
+        b.iter(|| black_box(request::chat_to_messages(black_box(chat), &opts).unwrap()))
+    });
+    let messages = br#"{"model":"gpt-4o-mini","stream":true,"max_tokens":64,"system":"Be brief.","messages":[{"role":"user","content":"Say hello to the gateway, please."}]}"#;
+    c.bench_function("translate: messages request -> chat", |b| {
+        b.iter(|| black_box(request::messages_to_chat(black_box(messages), &opts).unwrap()))
+    });
+    let event = |raw: String| {
+        let mut p = h3gate::sse::Parser::new(1 << 20);
+        p.push(raw.as_bytes()).unwrap();
+        p.next_event().unwrap().unwrap()
+    };
+    let anthropic_delta =
+        event(Answer::new("claude-x", Endpoint::Messages, 10, 3).message_events()[3].clone());
+    c.bench_function(
+        "translate: one Anthropic stream event -> OpenAI chunk",
+        |b| {
+            let mut t = Translator::new(
+                Conversion::MessagesToChat {
+                    include_usage: false,
+                },
+                "m",
+            );
+            let mut out = String::with_capacity(512);
+            b.iter(|| {
+                out.clear();
+                t.event(black_box(&anthropic_delta), &mut out);
+                black_box(out.len())
+            })
+        },
+    );
+    let openai_chunk = event(
+        Answer::new("gpt-4o-mini", Endpoint::ChatCompletions, 10, 3).chunk(Some(" hello"), false),
+    );
+    c.bench_function("translate: one OpenAI chunk -> Anthropic events", |b| {
+        let mut t = Translator::new(Conversion::ChatToMessages, "m");
+        let mut out = String::with_capacity(512);
+        b.iter(|| {
+            out.clear();
+            t.event(black_box(&openai_chunk), &mut out);
+            black_box(out.len())
+        })
+    });
+    c.bench_function("translate: usage-chunk filter, one chunk", |b| {
+        let mut t = Translator::new(Conversion::StripUsage, "m");
+        let mut out = String::with_capacity(512);
+        b.iter(|| {
+            out.clear();
+            t.event(black_box(&openai_chunk), &mut out);
+            black_box(out.len())
+        })
+    });
+}
+
+criterion_group!(benches, protection, metrics, routing_and_sse, translation);
 criterion_main!(benches);

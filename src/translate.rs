@@ -162,3 +162,27 @@ pub fn fuzz_check(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The fuzz property on hand-picked shapes (the fuzz target explores the rest).
+    #[test]
+    fn fuzz_property_on_samples() {
+        let samples: &[&str] = &[
+            "",
+            "null",
+            "[]",
+            r#"{"messages": 5}"#,
+            r#"{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
+            r#"{"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}], "tools": [{"type": "function", "function": {}}]}"#,
+            r#"{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "tool_result", "content": [{"type": "image"}]}]}], "system": 5}"#,
+            r#"{"choices": [{"message": {"tool_calls": [{"function": {"arguments": "not json"}}]}}]}"#,
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":9,\"delta\":{\"type\":\"input_json_delta\"}}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":3}]}}]}\n\ndata: [DONE]\n\ndata: [DONE]\n\n",
+            "data: {\"error\": 5}\n\ndata: {\"usage\": {}, \"choices\": []}\n\n",
+        ];
+        for s in samples {
+            super::fuzz_check(s.as_bytes());
+        }
+    }
+}
