@@ -187,3 +187,44 @@ fn shipped_configurations_are_valid() {
         Config::from_toml(&text, root, &env).unwrap_or_else(|e| panic!("deploy/h3gate.toml: {e}"));
     assert_eq!(c.server.listen.port(), 443);
 }
+
+#[test]
+fn provider_kinds_default_their_base_url_and_check_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[[providers]]
+name = "claude"
+kind = "anthropic"
+
+[[providers]]
+name = "local"
+kind = "ollama"
+{VALID_TAIL}"#
+    );
+    let c = Config::from_toml(&text, dir.path(), &no_env).unwrap();
+    assert_eq!(c.providers[0].base_url(), "https://api.anthropic.com/v1");
+    assert_eq!(c.providers[0].anthropic_version, "2023-06-01");
+    assert_eq!(c.providers[0].default_max_tokens, 4096);
+    assert_eq!(c.providers[1].base_url(), "http://127.0.0.1:11434/v1");
+
+    let bad = format!(
+        r#"
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "ftp://example.com"
+default_max_tokens = 0
+headers = {{ "bad header" = "x", "x-ok" = "line\nbreak" }}
+{VALID_TAIL}"#
+    );
+    let p = problems(&bad);
+    for path in [
+        "providers[0].base_url",
+        "providers[0].default_max_tokens",
+        "providers[0].headers.bad header",
+        "providers[0].headers.x-ok",
+    ] {
+        assert!(p.iter().any(|l| l.contains(path)), "{path} in {p:?}");
+    }
+}
