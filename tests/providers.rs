@@ -22,6 +22,7 @@ over_every_protocol!(
     endpoint_no_target_serves_is_400,
     usage_chunk_is_requested_and_stripped,
     single_model_is_forwarded_to_its_provider,
+    mid_stream_failure_reaches_an_anthropic_client_as_an_error_event,
 );
 
 /// The SSE events of a body: (event name, JSON data or `[DONE]`).
@@ -475,4 +476,17 @@ async fn single_model_is_forwarded_to_its_provider(p: Proto) {
         .all(|m| m["type"] == "model"));
     assert_eq!(v["has_more"], false);
     assert_eq!(c.get("/v1/models/nonexistent").await.status, 404);
+}
+
+async fn mid_stream_failure_reaches_an_anthropic_client_as_an_error_event(p: Proto) {
+    let gw = Gateway::start().await;
+    let resp = post(&gw, p, "/v1/messages", anthropic_request("drop-mid-stream", true)).await;
+    assert_eq!(resp.status, 200);
+    let ev = events(&resp.text().await);
+    assert_eq!(ev[0].0.as_deref(), Some("message_start"));
+    let (name, last) = ev.last().unwrap();
+    assert_eq!(name.as_deref(), Some("error"), "{ev:?}");
+    assert_eq!(last["type"], "error");
+    assert_eq!(last["error"]["type"], "api_error");
+    assert!(ev.iter().all(|(n, _)| n.as_deref() != Some("message_stop")));
 }
