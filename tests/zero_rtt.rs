@@ -245,8 +245,9 @@ async fn early_get_is_served_before_the_handshake_completes() {
         // (The counters are per process; only this test serves early GETs.)
         let served = early_counter(&gw, "served").await;
         let relay = Relay::start(gw.udp).await;
+        // A GET the gateway forwards: one model, answered by its provider.
         let (status, body, _) = client
-            .early_request(relay.addr, "GET", "/v1/models", None)
+            .early_request(relay.addr, "GET", "/v1/models/gpt-4o-mini", None)
             .await
             .expect("the ticket allows early data");
         assert_eq!(status, 200, "{body}");
@@ -256,8 +257,20 @@ async fn early_get_is_served_before_the_handshake_completes() {
         // QUIC's anti-amplification limit, which the held handshake keeps
         // in force — not on the gateway.)
         if early_counter(&gw, "served").await > served {
+            let seen = gw.upstream.seen();
+            let last = seen.last().unwrap();
+            assert_eq!(last.path, "/v1/models/gpt-4o-mini");
+            assert_eq!(
+                last.headers["early-data"], "1",
+                "forwarded upstream marked as early data (RFC 8470)"
+            );
             return;
         }
+        let last = gw.upstream.seen().pop().unwrap();
+        assert!(
+            last.headers.get("early-data").is_none(),
+            "a request that was not early is not marked"
+        );
     }
     panic!("no request arrived as early data in {ATTEMPTS} resumptions");
 }
