@@ -480,7 +480,13 @@ async fn single_model_is_forwarded_to_its_provider(p: Proto) {
 
 async fn mid_stream_failure_reaches_an_anthropic_client_as_an_error_event(p: Proto) {
     let gw = Gateway::start().await;
-    let resp = post(&gw, p, "/v1/messages", anthropic_request("drop-mid-stream", true)).await;
+    let resp = post(
+        &gw,
+        p,
+        "/v1/messages",
+        anthropic_request("drop-mid-stream", true),
+    )
+    .await;
     assert_eq!(resp.status, 200);
     let ev = events(&resp.text().await);
     assert_eq!(ev[0].0.as_deref(), Some("message_start"));

@@ -380,3 +380,45 @@ async fn incoming_early_data_header_is_forwarded() {
         .await;
     assert!(gw.upstream.seen()[1].headers.get("early-data").is_none());
 }
+
+/// Single-use tickets, checked with an independent QUIC stack (aioquic, from
+/// the test venv): the same ticket presented twice gives 0-RTT at most once.
+/// (rustls's client ticket cannot be cloned, so a Rust client cannot replay one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_ticket_gives_0rtt_at_most_once() {
+    let Some(python) = common::python::python() else {
+        return;
+    };
+    let gw = Gateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &gw.ca).unwrap();
+    let port = gw.udp.port().to_string();
+    let out = common::python::run_script(
+        &python,
+        "zero_rtt_replay.py",
+        &[&port, ca.to_str().unwrap()],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        v["max_early_data"],
+        u64::from(u32::MAX),
+        "tickets allow early data: {v}"
+    );
+    let uses = v["uses"].as_array().unwrap();
+    assert!(
+        uses.iter().all(|u| u["status"] == 200),
+        "both connections served: {v}"
+    );
+    assert_eq!(uses[0]["resumed"], true, "{v}");
+    assert_eq!(uses[0]["early_data_accepted"], true, "{v}");
+    assert_eq!(
+        uses[1]["resumed"], false,
+        "a replayed ticket does not resume: {v}"
+    );
+    assert_eq!(
+        uses[1]["early_data_accepted"], false,
+        "nor carry early data: {v}"
+    );
+}
