@@ -87,6 +87,17 @@ pub struct TlsConfig {
     pub generate_dev_cert: bool,
     /// Host names the generated development certificate is valid for.
     pub dev_hosts: Vec<String>,
+    /// More certificates, chosen by the client's SNI among the DNS names
+    /// (wildcards included) each certificate holds; `cert` serves the rest.
+    pub certificates: Vec<CertPair>,
+}
+
+/// `[[tls.certificates]]`: one more certificate chain and its key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for TlsConfig {
@@ -96,6 +107,7 @@ impl Default for TlsConfig {
             key: PathBuf::from("certs/key.pem"),
             generate_dev_cert: false,
             dev_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            certificates: Vec::new(),
         }
     }
 }

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::sign::CertifiedKey;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Problem};
@@ -46,7 +45,7 @@ impl ReloadError {
 pub struct Prepared {
     pub state: State,
     /// `None` when the development certificate is still to be generated.
-    pub cert: Option<CertifiedKey>,
+    pub cert: Option<tls::CertSet>,
 }
 
 /// Loads and checks everything a configuration file implies. `generate`
@@ -59,7 +58,7 @@ pub fn prepare(path: &Path, generate: bool) -> Result<Prepared, ReloadError> {
     let cert = if pending_dev_cert && !generate {
         None
     } else {
-        Some(tls::load_certified_key(&config.tls)?)
+        Some(tls::load_certs(&config.tls)?)
     };
     if config.quic.enabled {
         // The transport parameters must be acceptable to quinn.
@@ -149,11 +148,8 @@ impl Reloader {
         let old = self.state.load_full();
         let new = prepared.state.config.clone();
         let restart_required = restart_required(&old.config, &new);
-        if let Some(cert) = prepared.cert {
-            if let Some(expiry) = tls::not_after(&cert) {
-                metrics::certificate_expiry(expiry);
-            }
-            self.certs.replace(cert);
+        if let Some(certs) = prepared.cert {
+            self.certs.replace(certs);
         }
         if let Some(endpoint) = &self.endpoint {
             if transport_changed(&old.config, &new) {

@@ -114,11 +114,11 @@ pub async fn run(
 ) -> Result<(), StartError> {
     // Without the recorder every metric is a no-op (`[admin] metrics = false`).
     let prometheus = config.admin.metrics.then(crate::metrics::install);
-    let key = tls::load_certified_key(&config.tls)?;
-    if let Some(expiry) = tls::not_after(&key) {
+    let loaded = tls::load_certs(&config.tls)?;
+    if let Some(expiry) = loaded.earliest_expiry() {
         crate::metrics::certificate_expiry(expiry);
     }
-    let certs = Arc::new(CertStore::new(key));
+    let certs = Arc::new(CertStore::new(loaded));
     let quic_config = config.quic.clone();
     let state: SharedState = Arc::new(ArcSwap::from_pointee(State::build(config)?));
     let shutdown = Shutdown::new(stop);

@@ -1,8 +1,9 @@
 //! Certificates and the rustls configurations of both listeners.
 //!
-//! The certificate sits behind an atomic swap ([`CertStore`]) that both
-//! listeners resolve through, so a new certificate can be installed without
-//! rebuilding either listener.
+//! The certificates sit behind an atomic swap ([`CertStore`]) that both
+//! listeners resolve through, so new ones can be installed without
+//! rebuilding either listener. Several certificates are chosen by SNI
+//! ([`CertSet`]): an exact DNS name first, then a wildcard, else the default.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::TlsConfig;
+use crate::config::{CertPair, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -35,29 +36,121 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The certificate both listeners serve, swappable at run time.
+/// Every certificate the gateway serves: the default one, and those chosen
+/// by the name the client asks for (SNI).
 #[derive(Debug)]
-pub struct CertStore {
-    current: ArcSwap<CertifiedKey>,
+pub struct CertSet {
+    default: Arc<CertifiedKey>,
+    /// Lower-case DNS names (`*.example.com` for wildcards), in
+    /// configuration order, each with its certificate.
+    by_name: Vec<(String, Arc<CertifiedKey>)>,
 }
 
-impl CertStore {
-    pub fn new(key: CertifiedKey) -> Self {
-        CertStore {
-            current: ArcSwap::from_pointee(key),
+impl CertSet {
+    /// One certificate for every name.
+    pub fn single(key: CertifiedKey) -> CertSet {
+        CertSet {
+            default: Arc::new(key),
+            by_name: Vec::new(),
         }
     }
 
-    /// Installs a new certificate; connections already established keep theirs.
-    pub fn replace(&self, key: CertifiedKey) {
-        self.current.store(Arc::new(key));
+    /// The certificate for `sni`: an exact name, then a wildcard covering
+    /// it (one label), else the default.
+    pub fn select(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni.map(|n| n.trim_end_matches('.').to_ascii_lowercase()) else {
+            return self.default.clone();
+        };
+        let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+        self.by_name
+            .iter()
+            .find(|(n, _)| *n == name)
+            .or_else(|| {
+                let w = wildcard.as_deref()?;
+                self.by_name.iter().find(|(n, _)| n == w)
+            })
+            .map_or_else(|| self.default.clone(), |(_, k)| k.clone())
+    }
+
+    /// The soonest expiry among the served certificates (Unix time).
+    pub fn earliest_expiry(&self) -> Option<i64> {
+        std::iter::once(&self.default)
+            .chain(self.by_name.iter().map(|(_, k)| k))
+            .filter_map(|k| not_after(k))
+            .min()
+    }
+}
+
+/// The certificates both listeners serve, swappable at run time.
+#[derive(Debug)]
+pub struct CertStore {
+    current: ArcSwap<CertSet>,
+}
+
+impl CertStore {
+    pub fn new(certs: CertSet) -> Self {
+        CertStore {
+            current: ArcSwap::from_pointee(certs),
+        }
+    }
+
+    /// Installs new certificates; connections already established keep theirs.
+    pub fn replace(&self, certs: CertSet) {
+        if let Some(expiry) = certs.earliest_expiry() {
+            crate::metrics::certificate_expiry(expiry);
+        }
+        self.current.store(Arc::new(certs));
     }
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load().select(hello.server_name()))
     }
+}
+
+/// Loads the default certificate (generating a development one when
+/// configured so) and every `[[tls.certificates]]` pair, indexed by the DNS
+/// names in each certificate.
+pub fn load_certs(cfg: &TlsConfig) -> Result<CertSet, TlsError> {
+    let default = Arc::new(load_certified_key(cfg)?);
+    let mut by_name = Vec::new();
+    for pair in &cfg.certificates {
+        let key = Arc::new(load_pair(pair)?);
+        let names = dns_names(&key);
+        if names.is_empty() {
+            return Err(TlsError::Invalid {
+                path: pair.cert.clone(),
+                message: "the certificate names no DNS host (subjectAltName) to select it by"
+                    .into(),
+            });
+        }
+        for name in names {
+            by_name.push((name, key.clone()));
+        }
+    }
+    Ok(CertSet { default, by_name })
+}
+
+/// The DNS names of a certificate's subjectAltName, lower-cased.
+fn dns_names(key: &CertifiedKey) -> Vec<String> {
+    let Some(leaf) = key.cert.first() else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Loads the configured certificate chain and key, generating a development
@@ -74,20 +167,28 @@ pub fn load_certified_key(cfg: &TlsConfig) -> Result<CertifiedKey, TlsError> {
             "generated a development certificate (first run); trust its CA to connect, never use it in production"
         );
     }
-    let certs = CertificateDer::pem_file_iter(&cfg.cert)
-        .map_err(|e| pem_error(&cfg.cert, e))?
+    load_pair(&CertPair {
+        cert: cfg.cert.clone(),
+        key: cfg.key.clone(),
+    })
+}
+
+/// One PEM certificate chain and its private key.
+fn load_pair(pair: &CertPair) -> Result<CertifiedKey, TlsError> {
+    let certs = CertificateDer::pem_file_iter(&pair.cert)
+        .map_err(|e| pem_error(&pair.cert, e))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error(&cfg.cert, e))?;
+        .map_err(|e| pem_error(&pair.cert, e))?;
     if certs.is_empty() {
         return Err(TlsError::Invalid {
-            path: cfg.cert.clone(),
+            path: pair.cert.clone(),
             message: "no CERTIFICATE block found".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| pem_error(&cfg.key, e))?;
+    let key = PrivateKeyDer::from_pem_file(&pair.key).map_err(|e| pem_error(&pair.key, e))?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(certs, key, &provider).map_err(|e| TlsError::Invalid {
-        path: cfg.key.clone(),
+        path: pair.key.clone(),
         message: format!("key does not match the certificate or is unsupported: {e}"),
     })
 }
@@ -103,7 +204,10 @@ pub async fn watch(
 ) {
     let stamp = |cfg: &TlsConfig| {
         let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        (m(&cfg.cert), m(&cfg.key))
+        std::iter::once((&cfg.cert, &cfg.key))
+            .chain(cfg.certificates.iter().map(|p| (&p.cert, &p.key)))
+            .map(|(c, k)| (m(c), m(k)))
+            .collect::<Vec<_>>()
     };
     let mut last = stamp(&state.load().config.tls);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
@@ -117,12 +221,9 @@ pub async fn watch(
         let now = stamp(&cfg);
         if now != last {
             last = now;
-            match load_certified_key(&cfg) {
-                Ok(key) => {
-                    if let Some(expiry) = not_after(&key) {
-                        crate::metrics::certificate_expiry(expiry);
-                    }
-                    store.replace(key);
+            match load_certs(&cfg) {
+                Ok(certs) => {
+                    store.replace(certs);
                     tracing::info!(cert = %cfg.cert.display(), "certificate files changed: new connections get the new certificate");
                 }
                 Err(e) => {
@@ -132,7 +233,7 @@ pub async fn watch(
         }
         if last_expiry_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(86_400)) {
             last_expiry_log = Some(tokio::time::Instant::now());
-            if let Some(expiry) = not_after(&store.current.load()) {
+            if let Some(expiry) = store.current.load().earliest_expiry() {
                 let left = expiry - crate::auth::now_secs() as i64;
                 if left < 14 * 86_400 {
                     tracing::warn!(days_left = left / 86_400, cert = %cfg.cert.display(), "the served certificate expires soon: renew it");

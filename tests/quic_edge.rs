@@ -77,7 +77,57 @@ async fn retry_validates_addresses_end_to_end() {
     );
 }
 
-over_every_protocol!(certificate_change_is_seen_by_new_connections_while_old_ones_stream);
+over_every_protocol!(
+    certificate_change_is_seen_by_new_connections_while_old_ones_stream,
+    certificates_are_chosen_by_sni
+);
+
+/// `[[tls.certificates]]`: the name a client asks for picks the certificate
+/// (exact name, then wildcard); other names get the default one.
+async fn certificates_are_chosen_by_sni(p: Proto) {
+    let extra = tempfile::tempdir().unwrap();
+    let mut cas = Vec::new();
+    let mut pairs = Vec::new();
+    for (i, host) in ["api.example.test", "*.wild.test"].iter().enumerate() {
+        let g = h3gate::tls::generate_dev_cert(&[host.to_string()]).unwrap();
+        let dir = extra.path().join(i.to_string());
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        g.write(&dir, &cert, &key).unwrap();
+        cas.push(g.ca_pem);
+        pairs.push(h3gate::config::CertPair { cert, key });
+    }
+    let gw = Gateway::start_with(|c| c.tls.certificates = pairs).await;
+    let local = "127.0.0.1".parse().unwrap();
+    let get = |ca: Vec<u8>, host: &'static str| async move {
+        let c = Client::try_connect_named(p, gw.tcp, gw.udp, &ca, local, host).await?;
+        c.try_request(http::Method::GET, "/health", &[], common::TestBody::Empty)
+            .await
+            .map(|r| r.status)
+    };
+    assert_eq!(
+        get(cas[0].clone().into_bytes(), "api.example.test").await,
+        Ok(200)
+    );
+    assert_eq!(
+        get(cas[1].clone().into_bytes(), "a.wild.test").await,
+        Ok(200)
+    );
+    assert_eq!(
+        get(gw.ca.clone(), "localhost").await,
+        Ok(200),
+        "the default certificate"
+    );
+    assert!(
+        get(gw.ca.clone(), "api.example.test").await.is_err(),
+        "not the default certificate for a configured name"
+    );
+    assert!(
+        get(cas[1].clone().into_bytes(), "a.b.wild.test")
+            .await
+            .is_err(),
+        "a wildcard covers one label"
+    );
+}
 
 /// Replacing the certificate files: new connections (on both listeners) get
 /// the new certificate within seconds; a connection already open keeps

@@ -119,6 +119,10 @@ pub(super) fn from_toml(
 
     config.tls.cert = base_dir.join(&config.tls.cert);
     config.tls.key = base_dir.join(&config.tls.key);
+    for pair in &mut config.tls.certificates {
+        pair.cert = base_dir.join(&pair.cert);
+        pair.key = base_dir.join(&pair.key);
+    }
     for path in [
         config.auth.keys_file.as_mut(),
         config.abuse.state_file.as_mut(),

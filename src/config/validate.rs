@@ -32,6 +32,16 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             }
         }
     }
+    for (i, pair) in c.tls.certificates.iter().enumerate() {
+        for (k, file) in [("cert", &pair.cert), ("key", &pair.key)] {
+            if !file.is_file() {
+                p.add(
+                    format!("tls.certificates[{i}].{k}"),
+                    format!("file {} does not exist", file.display()),
+                );
+            }
+        }
+    }
 
     let q = &c.quic;
     for (path, v) in [

@@ -127,12 +127,24 @@ impl Client {
         ca_pem: &[u8],
         source: std::net::IpAddr,
     ) -> Result<Client, String> {
+        Self::try_connect_named(proto, tcp, udp, ca_pem, source, "localhost").await
+    }
+
+    /// The same, asking for `host` (SNI and authority).
+    pub async fn try_connect_named(
+        proto: Proto,
+        tcp: SocketAddr,
+        udp: SocketAddr,
+        ca_pem: &[u8],
+        source: std::net::IpAddr,
+        host: &str,
+    ) -> Result<Client, String> {
         let inner = match proto {
             Proto::H1 | Proto::H2 => {
                 let cert = reqwest::Certificate::from_pem(ca_pem).unwrap();
                 let mut b = reqwest::Client::builder()
                     .tls_certs_only([cert])
-                    .resolve("localhost", tcp)
+                    .resolve(host, tcp)
                     .local_address(source)
                     .pool_max_idle_per_host(4);
                 b = if proto == Proto::H1 {
@@ -142,7 +154,7 @@ impl Client {
                 };
                 Inner::Reqwest {
                     client: b.build().unwrap(),
-                    base: format!("https://localhost:{}", tcp.port()),
+                    base: format!("https://{host}:{}", tcp.port()),
                 }
             }
             Proto::H3 => {
@@ -158,7 +170,7 @@ impl Client {
                 let mut endpoint = quinn::Endpoint::client(SocketAddr::new(source, 0)).unwrap();
                 endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
                 let conn = endpoint
-                    .connect(udp, "localhost")
+                    .connect(udp, host)
                     .unwrap()
                     .await
                     .map_err(|e| format!("QUIC handshake: {e}"))?;
@@ -170,7 +182,7 @@ impl Client {
                 });
                 Inner::H3 {
                     send: tokio::sync::Mutex::new(send),
-                    authority: format!("localhost:{}", udp.port()),
+                    authority: format!("{host}:{}", udp.port()),
                     _endpoint: endpoint,
                 }
             }
