@@ -181,6 +181,16 @@ impl Resuming {
         drive.abort();
     }
 
+    /// Whether the server accepts 0-RTT from this client's latest ticket
+    /// (None: the client holds no ticket allowing early data).
+    async fn zero_rtt_accepted(&self, server: SocketAddr) -> Option<bool> {
+        let connecting = self.endpoint.connect(server, "localhost").unwrap();
+        let (conn, accepted) = connecting.into_0rtt().ok()?;
+        let accepted = accepted.await;
+        conn.close(0u32.into(), b"done");
+        Some(accepted)
+    }
+
     /// Connects with 0-RTT (None if the client has no early-data ticket)
     /// and sends one request as early data; returns status, body and when
     /// the response arrived.
@@ -420,5 +430,37 @@ async fn the_same_ticket_gives_0rtt_at_most_once() {
     assert_eq!(
         uses[1]["early_data_accepted"], false,
         "nor carry early data: {v}"
+    );
+}
+
+/// Changing transport limits on reload starts a new ticket store: a ticket
+/// promising the old limits is not resumed with 0-RTT (the client would
+/// otherwise send early data under limits the server no longer has).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_new_transport_limits_rotates_the_ticket_store() {
+    let gw = Gateway::start().await;
+    let client = Resuming::new(&gw.ca);
+    client.prime(gw.udp).await;
+    assert_eq!(
+        client.zero_rtt_accepted(gw.udp).await,
+        Some(true),
+        "0-RTT works before the change"
+    );
+
+    client.prime(gw.udp).await;
+    gw.edit_config(|t| format!("{t}\n[quic]\nmax_concurrent_bidi_streams = 77\n"));
+    let (status, report) = gw.reload().await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        client.zero_rtt_accepted(gw.udp).await,
+        Some(false),
+        "a ticket issued before the change gives no 0-RTT"
+    );
+
+    client.prime(gw.udp).await;
+    assert_eq!(
+        client.zero_rtt_accepted(gw.udp).await,
+        Some(true),
+        "tickets issued after the change allow 0-RTT again"
     );
 }
