@@ -278,6 +278,11 @@ async fn proxy(
     let (body, routing) = if endpoint == Endpoint::Model {
         // `GET /v1/models/{model}`: the model is in the path.
         let model = req.uri.path()["/v1/models/".len()..].to_string();
+        if !safe_model_path(&model) {
+            return Err(GatewayError::InvalidRequest(
+                "the model name in the path has characters or segments that are not allowed".into(),
+            ));
+        }
         let routing = Routing {
             model: Some(model),
             max_tokens: Some(0),
@@ -495,6 +500,19 @@ fn models(state: &State, key: Option<&KeyRecord>, api: Api) -> Response {
     json(StatusCode::OK, body.to_string())
 }
 
+/// A model name taken from the path goes into the upstream's URL: only
+/// `[A-Za-z0-9._:@/-]`, and no empty, `.` or `..` segment (no way to reach
+/// another upstream path with the provider's credentials).
+fn safe_model_path(model: &str) -> bool {
+    model.len() <= 256
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@/-".contains(&b))
+        && model
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
 /// Reuses a sane incoming `x-request-id` (1–128 characters of `[A-Za-z0-9._:-]`),
 /// otherwise makes a new random one.
 fn request_id(headers: &http::HeaderMap) -> String {
@@ -523,6 +541,23 @@ fn new_request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_names_in_paths() {
+        for ok in [
+            "gpt-4o-mini",
+            "llama3.1:8b",
+            "meta-llama/Llama-3.1-8B",
+            "a@b",
+        ] {
+            assert!(safe_model_path(ok), "{ok}");
+        }
+        for bad in [
+            "../admin", "a/../b", "a//b", ".", "a/", "a%2F..", "a?b", "a b", "",
+        ] {
+            assert!(!safe_model_path(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn request_ids() {

@@ -476,6 +476,16 @@ async fn single_model_is_forwarded_to_its_provider(p: Proto) {
         .all(|m| m["type"] == "model"));
     assert_eq!(v["has_more"], false);
     assert_eq!(c.get("/v1/models/nonexistent").await.status, 404);
+    // The path cannot walk out of `/models/` on the upstream.
+    // (Clients normalise a literal `..` away; encoded forms reach the gateway.)
+    for bad in ["/v1/models/gpt%2F..%2F..%2Fadmin", "/v1/models/gpt-%2e%2e"] {
+        assert_eq!(c.get(bad).await.status, 400, "{bad}");
+    }
+    assert!(gw
+        .upstream
+        .seen()
+        .iter()
+        .all(|s| !s.path.contains("admin") && !s.path.contains('%')));
 }
 
 async fn mid_stream_failure_reaches_an_anthropic_client_as_an_error_event(p: Proto) {
