@@ -50,9 +50,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .await
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
-                let stream = body
-                    .windows(14)
-                    .any(|w| w == b"\"stream\":true" as &[u8] || w == b"\"stream\": true");
+                let has = |pat: &[u8]| body.windows(pat.len()).any(|w| w == pat);
+                let stream = has(b"\"stream\":true") || has(b"\"stream\": true");
                 let resp: hyper::Response<BoxBody> = if stream {
                     let s = futures_util::stream::unfold(0usize, move |i| async move {
                         if i > chunks {

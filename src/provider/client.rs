@@ -52,6 +52,8 @@ impl HttpClients {
 /// (credentials marked sensitive), the pooled client.
 pub struct Upstream {
     base_url: String,
+    /// `base_url` + each fixed endpoint path, parsed once (not per request).
+    urls: Vec<(Endpoint, reqwest::Url)>,
     headers: HeaderMap,
     client: reqwest::Client,
     first_byte: Duration,
@@ -91,8 +93,25 @@ impl Upstream {
             v.set_sensitive(true);
             headers.insert(name, v);
         }
+        let base_url = cfg.base_url().trim_end_matches('/').to_string();
+        let urls = [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+            Endpoint::Messages,
+            Endpoint::CountTokens,
+        ]
+        .into_iter()
+        .filter_map(|e| {
+            Some((
+                e,
+                reqwest::Url::parse(&format!("{base_url}{}", e.path())).ok()?,
+            ))
+        })
+        .collect();
         Ok(Upstream {
-            base_url: cfg.base_url().trim_end_matches('/').to_string(),
+            urls,
+            base_url,
             headers,
             client: clients.get(cfg.timeouts.connect.get())?,
             first_byte: cfg.timeouts.first_byte.get(),
@@ -104,10 +123,18 @@ impl Upstream {
         call: &UpstreamCall,
         prepared: &Prepared,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut url = format!("{}{}", self.base_url, prepared.endpoint.path());
-        if prepared.endpoint == Endpoint::Model {
-            url.push_str(&prepared.model);
-        }
+        let url = match self.urls.iter().find(|(e, _)| *e == prepared.endpoint) {
+            Some((_, url)) => url.clone(),
+            None => {
+                let url = format!(
+                    "{}{}{}",
+                    self.base_url,
+                    prepared.endpoint.path(),
+                    prepared.model
+                );
+                reqwest::Url::parse(&url).map_err(|e| UpstreamError::Failed(e.to_string()))?
+            }
+        };
         let accept = if prepared.stream {
             "text/event-stream"
         } else {
