@@ -118,6 +118,18 @@ impl Upstream {
         })
     }
 
+    /// An upstream authenticated with `Authorization: Bearer <api_key>`
+    /// (when the provider has a key): OpenAI and every compatible server.
+    pub fn bearer(cfg: &ProviderConfig, clients: &mut HttpClients) -> Result<Upstream, String> {
+        let auth = (!cfg.api_key.is_empty()).then(|| {
+            (
+                header::AUTHORIZATION,
+                format!("Bearer {}", cfg.api_key.expose()),
+            )
+        });
+        Upstream::new(cfg, clients, auth, &[])
+    }
+
     pub async fn send(
         &self,
         call: &UpstreamCall,

@@ -2,8 +2,6 @@
 //! by default). No key is needed; one set (a proxy in front) is sent as
 //! `Authorization: Bearer`.
 
-use http::header;
-
 use super::client::{HttpClients, Upstream};
 use super::Common;
 use crate::config::ProviderConfig;
@@ -20,15 +18,9 @@ impl Ollama {
         cfg: &ProviderConfig,
         clients: &mut HttpClients,
     ) -> Result<Self, String> {
-        let auth = (!cfg.api_key.is_empty()).then(|| {
-            (
-                header::AUTHORIZATION,
-                format!("Bearer {}", cfg.api_key.expose()),
-            )
-        });
         Ok(Ollama {
             common,
-            client: Upstream::new(cfg, clients, auth, &[])?,
+            client: Upstream::bearer(cfg, clients)?,
         })
     }
 }

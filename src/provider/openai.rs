@@ -2,8 +2,6 @@
 //! Studio …): `Authorization: Bearer`, bodies forwarded untouched unless
 //! translated from Anthropic's API.
 
-use http::header;
-
 use super::client::{HttpClients, Upstream};
 use super::Common;
 use crate::config::ProviderConfig;
@@ -20,15 +18,9 @@ impl OpenAi {
         cfg: &ProviderConfig,
         clients: &mut HttpClients,
     ) -> Result<Self, String> {
-        let auth = (!cfg.api_key.is_empty()).then(|| {
-            (
-                header::AUTHORIZATION,
-                format!("Bearer {}", cfg.api_key.expose()),
-            )
-        });
         Ok(OpenAi {
             common,
-            client: Upstream::new(cfg, clients, auth, &[])?,
+            client: Upstream::bearer(cfg, clients)?,
         })
     }
 }
