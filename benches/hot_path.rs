@@ -176,7 +176,8 @@ fn translation(c: &mut Criterion) {
                     include_usage: false,
                 },
                 "m",
-            );
+            )
+            .expect("a converting stream");
             let mut out = String::with_capacity(512);
             b.iter(|| {
                 out.clear();
@@ -189,7 +190,7 @@ fn translation(c: &mut Criterion) {
         Answer::new("gpt-4o-mini", Endpoint::ChatCompletions, 10, 3).chunk(Some(" hello"), false),
     );
     c.bench_function("translate: one OpenAI chunk -> Anthropic events", |b| {
-        let mut t = Translator::new(Conversion::ChatToMessages, "m");
+        let mut t = Translator::new(Conversion::ChatToMessages, "m").expect("a converting stream");
         let mut out = String::with_capacity(512);
         b.iter(|| {
             out.clear();
@@ -198,7 +199,7 @@ fn translation(c: &mut Criterion) {
         })
     });
     c.bench_function("translate: usage-chunk filter, one chunk", |b| {
-        let mut t = Translator::new(Conversion::StripUsage, "m");
+        let mut t = Translator::new(Conversion::StripUsage, "m").expect("a converting stream");
         let mut out = String::with_capacity(512);
         b.iter(|| {
             out.clear();

@@ -27,7 +27,7 @@ use crate::provider::Prepared;
 use crate::provider::Provider;
 use crate::routing::{AttemptGuard, Attempted, Forwarded};
 use crate::sse;
-use crate::translate::stream::{anthropic_error_event, Translator};
+use crate::translate::stream::{anthropic_error_event, has_usage_object, Translator};
 use crate::translate::{response as translate_response, Api, Conversion};
 
 /// Largest SSE event the relay inspects; larger ones pass through unread.
@@ -176,12 +176,10 @@ impl RelayBody {
         self.upstream_api = prepared.upstream_api();
         self.client_api = client_api;
         let conversion = prepared.conversion;
-        if conversion != Conversion::None {
-            if self.watch.is_some() {
-                self.translator = Some(Translator::new(conversion, &prepared.model));
-            } else {
-                self.json_conversion = Some(conversion);
-            }
+        if self.watch.is_some() {
+            self.translator = Translator::new(conversion, &prepared.model);
+        } else if conversion != Conversion::None {
+            self.json_conversion = Some(conversion);
         }
         self
     }
@@ -199,7 +197,7 @@ impl RelayBody {
         if self.upstream_api == Api::OpenAi {
             if ev.data == "[DONE]" {
                 self.mark_done();
-            } else if ev.data.contains("\"usage\"") {
+            } else if has_usage_object(&ev.data) {
                 if let Ok(UsageOnly { usage: Some(u) }) = serde_json::from_str(&ev.data) {
                     self.usage(u);
                 }

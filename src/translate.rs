@@ -143,7 +143,7 @@ pub fn fuzz_check(data: &[u8]) {
         Conversion::ChatToMessages,
         Conversion::StripUsage,
     ] {
-        let mut t = stream::Translator::new(conv, "fuzz");
+        let mut t = stream::Translator::new(conv, "fuzz").expect("a converting stream");
         let mut parser = crate::sse::Parser::new(1 << 20);
         let _ = parser.push(text.as_bytes());
         let _ = parser.push(b"\n\n");

@@ -24,7 +24,6 @@ use crate::sse::{encode, Event};
 
 /// Translates one response stream.
 pub enum Translator {
-    Passthrough,
     StripUsage,
     ToChat(ToChat),
     ToMessages(ToMessages),
@@ -32,9 +31,9 @@ pub enum Translator {
 
 impl Translator {
     /// `model`: the model name the client asked for (used until the
-    /// upstream names one).
-    pub fn new(conversion: Conversion, model: &str) -> Translator {
-        match conversion {
+    /// upstream names one). `None` when the stream passes through as is.
+    pub fn new(conversion: Conversion, model: &str) -> Option<Translator> {
+        Some(match conversion {
             Conversion::StripUsage => Translator::StripUsage,
             Conversion::MessagesToChat { include_usage } => Translator::ToChat(ToChat {
                 id: String::new(),
@@ -55,14 +54,13 @@ impl Translator {
                 usage: Value::Null,
                 ended: false,
             }),
-            Conversion::None | Conversion::ModelToOpenAi => Translator::Passthrough,
-        }
+            Conversion::None | Conversion::ModelToOpenAi => return None,
+        })
     }
 
     /// Appends the client's events for one upstream event to `out`.
     pub fn event(&mut self, ev: &Event, out: &mut String) {
         match self {
-            Translator::Passthrough => out.push_str(&encode(ev.event.as_deref(), &ev.data)),
             Translator::StripUsage => {
                 if !is_usage_only_chunk(&ev.data) {
                     out.push_str(&encode(ev.event.as_deref(), &ev.data));
@@ -83,11 +81,21 @@ impl Translator {
 
 /// The final chunk OpenAI sends for `include_usage`: no choices, a usage.
 fn is_usage_only_chunk(data: &str) -> bool {
-    if !data.contains("\"usage\"") {
-        return false;
-    }
-    serde_json::from_str::<Value>(data).is_ok_and(|v| {
-        v["choices"].as_array().is_some_and(|c| c.is_empty()) && v["usage"].is_object()
+    has_usage_object(data)
+        && serde_json::from_str::<Value>(data).is_ok_and(|v| {
+            v["choices"].as_array().is_some_and(|c| c.is_empty()) && v["usage"].is_object()
+        })
+}
+
+/// Whether an OpenAI chunk carries a `usage` object — without parsing it:
+/// with `include_usage` every chunk says `"usage":null` and only the last
+/// one is worth a parse.
+pub fn has_usage_object(data: &str) -> bool {
+    data.match_indices("\"usage\"").any(|(i, key)| {
+        data[i + key.len()..]
+            .trim_start()
+            .strip_prefix(':')
+            .is_some_and(|rest| rest.trim_start().starts_with('{'))
     })
 }
 
@@ -374,3 +382,18 @@ pub fn anthropic_error_event(status: u16, message: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod usage_tests {
+    #[test]
+    fn usage_objects_are_found_without_parsing() {
+        assert!(super::has_usage_object(
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#
+        ));
+        assert!(super::has_usage_object(r#"{"usage" : {"x":1}}"#));
+        assert!(!super::has_usage_object(r#"{"choices":[{}],"usage":null}"#));
+        assert!(!super::has_usage_object(
+            r#"{"choices":[{"delta":{"content":"\"usage\""}}]}"#
+        ));
+    }
+}

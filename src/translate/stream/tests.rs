@@ -18,7 +18,7 @@ fn events(raw: &str) -> Vec<Event> {
 
 /// Feeds the upstream events one at a time, as they would arrive.
 fn translate(conversion: Conversion, upstream: &[String]) -> Vec<Event> {
-    let mut t = Translator::new(conversion, "asked-model");
+    let mut t = Translator::new(conversion, "asked-model").expect("a converting stream");
     let mut out = String::new();
     for raw in upstream {
         for ev in events(raw) {
