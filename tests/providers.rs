@@ -23,6 +23,7 @@ over_every_protocol!(
     usage_chunk_is_requested_and_stripped,
     single_model_is_forwarded_to_its_provider,
     mid_stream_failure_reaches_an_anthropic_client_as_an_error_event,
+    ollama_provider_and_extra_headers,
 );
 
 /// The SSE events of a body: (event name, JSON data or `[DONE]`).
@@ -65,6 +66,19 @@ async fn post(gw: &Gateway, p: Proto, path: &str, body: Value) -> common::client
     gw.client(p).await.post_json(path, body).await
 }
 
+/// A streamed request answered 200: its SSE events.
+async fn post_stream(
+    gw: &Gateway,
+    p: Proto,
+    path: &str,
+    body: Value,
+) -> Vec<(Option<String>, Value)> {
+    let resp = post(gw, p, path, body).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+    events(&resp.text().await)
+}
+
 async fn openai_chat_reaches_an_anthropic_provider(p: Proto) {
     let gw = Gateway::start().await;
     let body = json!({"model": "claude-x", "messages": [
@@ -101,10 +115,7 @@ async fn openai_stream_from_an_anthropic_provider(p: Proto) {
     let gw = Gateway::start().await;
     let mut body = chat("claude-x", true);
     body["stream_options"] = json!({"include_usage": true});
-    let resp = post(&gw, p, "/v1/chat/completions", body).await;
-    assert_eq!(resp.status, 200);
-    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
-    let ev = events(&resp.text().await);
+    let ev = post_stream(&gw, p, "/v1/chat/completions", body).await;
     assert_eq!(ev.last().unwrap().1, "[DONE]");
     let (text, _, finish) = assemble_openai(&ev);
     assert_eq!(text, FIVE_TOKENS);
@@ -210,15 +221,13 @@ async fn anthropic_messages_reach_an_openai_provider(p: Proto) {
 
 async fn anthropic_stream_from_an_openai_provider(p: Proto) {
     let gw = Gateway::start().await;
-    let resp = post(
+    let ev = post_stream(
         &gw,
         p,
         "/v1/messages",
         anthropic_request("gpt-4o-mini", true),
     )
     .await;
-    assert_eq!(resp.status, 200);
-    let ev = events(&resp.text().await);
     let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
     assert_eq!(
         names,
@@ -251,9 +260,7 @@ async fn anthropic_stream_from_an_openai_provider(p: Proto) {
 async fn anthropic_native_requests_pass_through(p: Proto) {
     let gw = Gateway::start().await;
     let sent = anthropic_request("claude-x", true);
-    let resp = post(&gw, p, "/v1/messages", sent.clone()).await;
-    assert_eq!(resp.status, 200);
-    let ev = events(&resp.text().await);
+    let ev = post_stream(&gw, p, "/v1/messages", sent.clone()).await;
     assert_eq!(ev[0].0.as_deref(), Some("message_start"));
     assert!(
         ev.iter().any(|(n, _)| n.as_deref() == Some("ping")),
@@ -490,19 +497,48 @@ async fn single_model_is_forwarded_to_its_provider(p: Proto) {
 
 async fn mid_stream_failure_reaches_an_anthropic_client_as_an_error_event(p: Proto) {
     let gw = Gateway::start().await;
-    let resp = post(
+    let ev = post_stream(
         &gw,
         p,
         "/v1/messages",
         anthropic_request("drop-mid-stream", true),
     )
     .await;
-    assert_eq!(resp.status, 200);
-    let ev = events(&resp.text().await);
     assert_eq!(ev[0].0.as_deref(), Some("message_start"));
     let (name, last) = ev.last().unwrap();
     assert_eq!(name.as_deref(), Some("error"), "{ev:?}");
     assert_eq!(last["type"], "error");
     assert_eq!(last["error"]["type"], "api_error");
     assert!(ev.iter().all(|(n, _)| n.as_deref() != Some("message_stop")));
+}
+
+async fn ollama_provider_and_extra_headers(p: Proto) {
+    let gw = Gateway::start().await;
+    // Ollama: OpenAI's wire format, no key configured, so no Authorization.
+    let resp = post(&gw, p, "/v1/chat/completions", chat("llama3.1:8b", false)).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.json().await["choices"][0]["message"]["content"],
+        FIVE_TOKENS
+    );
+    let seen = &gw.upstream.seen()[0];
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert!(seen.headers.get("authorization").is_none());
+    // And Anthropic clients reach it too.
+    let ev = post_stream(
+        &gw,
+        p,
+        "/v1/messages",
+        anthropic_request("llama3.1:8b", true),
+    )
+    .await;
+    assert_eq!(ev.last().unwrap().0.as_deref(), Some("message_stop"));
+    // A provider's configured extra headers go with every request.
+    post(&gw, p, "/v1/chat/completions", chat("gpt-4o-mini", false)).await;
+    let last = gw.upstream.seen().pop().unwrap();
+    assert_eq!(last.headers["x-extra-header"], "test-extra");
+    assert!(gw.upstream.seen()[0]
+        .headers
+        .get("x-extra-header")
+        .is_none());
 }

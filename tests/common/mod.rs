@@ -64,6 +64,7 @@ kind = "openai"
 base_url = "{upstream}"
 api_key = "{key}"
 models = ["gpt-4o-mini"]
+headers = { "x-extra-header" = "test-extra" }
 
 [[providers]]
 name = "slowprov"
@@ -81,6 +82,11 @@ timeouts = { connect = "1s" }
 name = "mock"
 kind = "mock"
 models = ["mock-1"]
+
+[[providers]]
+name = "local"
+kind = "ollama"
+base_url = "{upstream}"
 
 [[providers]]
 name = "claude"
@@ -128,6 +134,10 @@ targets = ["mock"]
 [[routes]]
 model = "reloadme"
 targets = ["up"]
+
+[[routes]]
+model = "llama*"
+targets = ["local"]
 
 [[routes]]
 model = "claude-status-529"
