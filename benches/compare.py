@@ -5,12 +5,17 @@
 
 (compare.sh installs the peers it can, then runs this.) For each target —
 the upstream directly, h3gate (client-key auth, per-address and per-key rate
-limits high enough not to trigger, metrics on), Caddy as a plain reverse
-proxy, the LiteLLM proxy and Portkey's gateway — and each protocol it speaks:
+limits high enough not to trigger, metrics on), a TLS relay that does no HTTP
+work at all (the floor: what any TLS proxy on this core adds), Caddy as a
+plain reverse proxy, the LiteLLM proxy and Portkey's gateway — and each
+protocol it speaks:
 
 - requests/s at saturation (oha, 64 connections), median of RUNS runs;
 - p50/p99/p99.9 at fixed open-loop rates (oha -q with latency correction),
-  and the latency *added* over the upstream measured directly in the same run;
+  and the latency *added* over the upstream measured directly in the same
+  rounds; the runs of the direct upstream, the floor, h3gate and Caddy are
+  interleaved (round 1 of each, round 2 of each, ...) so drift in this shared
+  machine's noise lands on all of them alike;
 - CPU seconds per 1,000 requests of the target's processes (from /proc);
 - RSS idle and peak;
 - streaming: added time to first token and inter-chunk gap (20 chunks 10 ms
@@ -36,7 +41,8 @@ import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PEERS = os.environ.get("PEERS_DIR", os.path.join(ROOT, "target", "bench-peers"))
-UP, UP_SLOW, GW, CADDY, LITELLM, PORTKEY, ADMIN = 18080, 18081, 18443, 18444, 18445, 18446, 18901
+UP, UP_SLOW, GW, CADDY, LITELLM, PORTKEY, RELAY, ADMIN = (18080, 18081, 18443, 18444, 18445, 18446,
+                                                         18447, 18901)
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
 STREAM_BODY = ('{"model":"gpt-4o-mini","stream":true,'
                '"messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}')
@@ -278,6 +284,16 @@ targets = ["up"]
             "headers": {"authorization": f"Bearer {key}"}, "protocols": ["h1", "h2", "h3"]}
 
 
+def relay_target(bin_dir, certs):
+    """The floor: a TLS-terminating TCP relay that does no HTTP work
+    (examples/tls_relay.rs) — what any TLS proxy on this core adds."""
+    return {"name": "floor: TLS relay, no HTTP work",
+            "cmd": [f"{bin_dir}/examples/tls_relay", f"127.0.0.1:{RELAY}", f"127.0.0.1:{UP}",
+                    f"{certs}/cert.pem", f"{certs}/key.pem"],
+            "url": f"https://localhost:{RELAY}/v1/chat/completions", "ca": f"{certs}/ca.pem",
+            "headers": {}, "protocols": ["h1", "h2"]}
+
+
 def caddy_target(work, certs):
     caddy = shutil.which("caddy")
     if not caddy:
@@ -356,11 +372,11 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def measure(t, args, direct, results):
+def measure(t, args, results):
+    """Everything but the fixed-rate latencies (see `latencies`)."""
     pid = t.get("proc").pid if t.get("proc") else None
-    row = {"name": t["name"]}
+    row = t["row"]
     if pid:
-        time.sleep(2)
         row["rss_idle"] = rss_mb(pid)
     for proto in t["protocols"]:
         runs = []
@@ -373,26 +389,48 @@ def measure(t, args, direct, results):
         ok = [r for r in runs if r]
         row[f"{proto}.rps"] = median([r["rps"] for r in ok])
         row[f"{proto}.cpu"] = median([r.get("cpu_per_1k") for r in ok])
-        for rate in args.rates:
-            rr = [oha(t["url"], proto, t["headers"], t["ca"], args.rate_duration, conns=32,
-                      rate=rate) for _ in range(args.runs)]
-            rr = [r for r in rr if r]
-            for p in ("p50", "p99", "p999"):
-                v = median([r[p] for r in rr])
-                row[f"{proto}.{rate}.{p}"] = v
-                base = direct.get(f"h1.{rate}.{p}") if direct else None
-                if v is not None and base is not None and t is not direct.get("_t"):
-                    row[f"{proto}.{rate}.{p}.added"] = v - base
-            row[f"{proto}.{rate}.errors"] = sum(r["errors"] for r in rr)
         log(f"  {t['name']} {proto}: {row.get(f'{proto}.rps') or 0:.0f} req/s")
-    try:
-        row["stream"] = asyncio.run(streaming(t["url"], t["headers"], t["ca"]))
-    except Exception as e:  # a peer that cannot stream is reported, not fatal
-        row["stream"] = {"failed": f"{type(e).__name__}: {e}"}
+    if t.get("stream", True):
+        try:
+            row["stream"] = asyncio.run(streaming(t["url"], t["headers"], t["ca"]))
+        except Exception as e:  # a peer that cannot stream is reported, not fatal
+            row["stream"] = {"failed": f"{type(e).__name__}: {e}"}
     if pid:
         row["rss_peak"] = rss_mb(pid, "VmHWM")
     results.append(row)
     return row
+
+
+def latencies(targets, args, direct):
+    """p50/p99/p99.9 at each fixed rate. The runs are interleaved: run 1 of
+    every target and protocol, then run 2, ... so that drift in this shared
+    machine's background noise lands on all of them alike; the upstream
+    measured directly is part of every round, and *added* is each median
+    minus the direct median of the same rounds."""
+    for rate in args.rates:
+        samples = {}
+        for i in range(args.runs):
+            for t in targets:
+                for proto in t["protocols"]:
+                    r = oha(t["url"], proto, t["headers"], t["ca"], args.rate_duration, conns=32,
+                            rate=rate)
+                    samples.setdefault((t["name"], proto), []).append(r)
+            log(f"  {rate} req/s: round {i + 1} of {args.runs}")
+        for t in targets:
+            row = t["row"]
+            for proto in t["protocols"]:
+                rr = [r for r in samples[(t["name"], proto)] if r]
+                for p in ("p50", "p99", "p999"):
+                    row[f"{proto}.{rate}.{p}"] = median([r[p] for r in rr])
+                row[f"{proto}.{rate}.errors"] = sum(r["errors"] for r in rr)
+        for t in targets:
+            if t is direct:
+                continue
+            for proto in t["protocols"]:
+                for p in ("p50", "p99", "p999"):
+                    v, base = t["row"].get(f"{proto}.{rate}.{p}"), direct["row"].get(f"h1.{rate}.{p}")
+                    if v is not None and base is not None:
+                        t["row"][f"{proto}.{rate}.{p}.added"] = v - base
 
 
 def fmt(v, digits=2):
@@ -423,6 +461,20 @@ def report(results, args, skipped):
                 print(f"| {r['name']} | {proto} | {fmt(g('p50'))} | {fmt(g('p99'))} | {fmt(g('p999'))} | "
                       f"{fmt(g('p50.added'))} | {fmt(g('p99.added'))} | {fmt(g('p999.added'))} | "
                       f"{g('errors')} |")
+    gw = next((r for r in results if r["name"] == "h3gate"), None)
+    if gw:
+        print("\n### Added p99: each target's divided by h3gate's (higher = h3gate adds less)\n")
+        print("| target | " + " | ".join(f"{p} @ {rate}" for rate in args.rates for p in ("h1", "h2", "h3")) + " |")
+        print("|---|" + "---|" * (3 * len(args.rates)))
+        for r in results[1:]:
+            if r is gw:
+                continue
+            cells = []
+            for rate in args.rates:
+                for proto in ("h1", "h2", "h3"):
+                    a, b = r.get(f"{proto}.{rate}.p99.added"), gw.get(f"{proto}.{rate}.p99.added")
+                    cells.append(f"{a / b:.1f}×" if a is not None and b and b > 0 else "–")
+            print(f"| {r['name']} | " + " | ".join(cells) + " |")
     print(f"\n### Streaming ({CHUNKS} chunks {CHUNK_MS} ms apart, 30 sequential requests, HTTP/1.1; ms)\n")
     print("| target | TTFT p50 | TTFT p99 | added TTFT p99 | gap p50 | gap p99 | added gap p99 | first chunk before upstream's last |")
     print("|---|---|---|---|---|---|---|---|")
@@ -457,7 +509,7 @@ def main():
     if args.quick:
         args.runs, args.duration, args.rate_duration = 1, 5, 5
     subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--bin", "h3gate",
-                    "--example", "bench_upstream"], cwd=ROOT, check=True)
+                    "--example", "bench_upstream", "--example", "tls_relay"], cwd=ROOT, check=True)
     bin_dir = os.path.join(ROOT, "target", "release")
     work = tempfile.mkdtemp(prefix="h3gate-compare-")
     procs, results, skipped = [], [], []
@@ -468,41 +520,66 @@ def main():
         procs.append(start([f"{bin_dir}/examples/bench_upstream", f"127.0.0.1:{UP_SLOW}", "100",
                             "50"], 1))
         direct = {"name": "upstream, direct (no proxy)", "url": f"http://127.0.0.1:{UP}/v1/chat/completions",
-                  "ca": None, "headers": {}, "protocols": ["h1"]}
+                  "ca": None, "headers": {}, "protocols": ["h1"], "row": {"name": "upstream, direct (no proxy)"}}
         time.sleep(1)
-        targets = [h3gate_target(work, bin_dir)]
+        gw = h3gate_target(work, bin_dir)
         certs = os.path.join(work, "certs")
+        # h3gate, the do-nothing TLS relay (the floor) and Caddy run side by
+        # side (idle when not measured) so that their fixed-rate runs can be
+        # interleaved; LiteLLM and Portkey (milliseconds, not fractions of
+        # one) run alone afterwards.
+        fast, slow = [relay_target(bin_dir, certs), gw], []
         for peer in [p for p in args.peers.split(",") if p]:
             t, why = {"caddy": lambda: caddy_target(work, certs),
                       "litellm": lambda: litellm_target(work),
                       "portkey": lambda: portkey_target(work)}[peer]()
-            if t:
-                targets.append(t)
-            else:
+            if not t:
                 skipped.append(why)
+            else:
+                (fast if peer == "caddy" else slow).append(t)
         log("measuring: upstream direct")
-        d = measure(direct, args, None, results)
-        d["_t"] = direct
-        for t in targets:
+        measure(direct, args, results)
+        running = []
+        for t in fast:
+            t["row"] = {"name": t["name"]}
+            t["proc"] = start(t["cmd"], 0, env=t.get("env"))
+            procs.append(t["proc"])
+            if wait_ready(t["url"], t["headers"], t["ca"]):
+                running.append(t)
+            else:
+                skipped.append(f"{t['name']}: did not become ready")
+                stop(t["proc"])
+        time.sleep(2)
+        for t in running:
             log(f"measuring: {t['name']}")
+            measure(t, args, results)
+        log("measuring: fixed rates, interleaved")
+        latencies([direct] + running, args, direct)
+        if gw in running:
+            pid = gw["proc"].pid
+            peak, ok = asyncio.run(concurrent_streams(gw["url"], gw["headers"], gw["ca"], pid,
+                                                      args.streams))
+            gw["row"]["streams_rss"] = (peak, ok)
+            if args.soak:
+                gw["row"]["soak"] = soak(gw, pid, args.soak)
+        for t in running:
+            stop(t["proc"])
+        for t in slow:
+            log(f"measuring: {t['name']}")
+            t["row"] = {"name": t["name"]}
             t["proc"] = start(t["cmd"], 0, env=t.get("env"))
             procs.append(t["proc"])
             if not wait_ready(t["url"], t["headers"], t["ca"]):
                 skipped.append(f"{t['name']}: did not become ready")
                 stop(t["proc"])
                 continue
-            measure(t, args, d, results)
-            if t["name"] == "h3gate":
-                gw = t["proc"].pid
-                peak, ok = asyncio.run(concurrent_streams(t["url"], t["headers"], t["ca"], gw,
-                                                          args.streams))
-                results[-1]["streams_rss"] = (peak, ok)
-                if args.soak:
-                    results[-1]["soak"] = soak(t, gw, args.soak)
+            time.sleep(2)
+            measure(t, args, results)
+            latencies([t], args, direct)
             stop(t["proc"])
         report(results, args, skipped)
-        gw_row = next(r for r in results if r["name"] == "h3gate")
-        peak, ok = gw_row["streams_rss"]
+        gw_row = gw["row"]
+        peak, ok = gw_row.get("streams_rss", (0, 0))
         print(f"\nh3gate with {args.streams} concurrent streams: peak RSS {peak:.1f} MB ({ok} of {args.streams} completed 200)")
         if "soak" in gw_row:
             s = gw_row["soak"]
