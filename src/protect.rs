@@ -143,7 +143,7 @@ pub fn per_key(
             burst: u64::from(rpm),
         };
         let d = state.limiter.take(&format!("rpm:{}", key.sha256), limit, 1);
-        rate_limit::headers(headers, "requests", &d);
+        rate_limit::headers(headers, rate_limit::Limited::Requests, &d);
         refused(d, "key_requests")?;
     }
     let tpm = key.tpm.unwrap_or(rl.key_tpm);
@@ -157,7 +157,7 @@ pub fn per_key(
     let bucket = format!("tpm:{}", key.sha256);
     let cost = estimated_tokens.min(u64::from(tpm));
     let d = state.limiter.take(&bucket, limit, cost);
-    rate_limit::headers(headers, "tokens", &d);
+    rate_limit::headers(headers, rate_limit::Limited::Tokens, &d);
     refused(d, "key_tokens")?;
     Ok(Some(TokenReservation {
         limiter: state.limiter.clone(),

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 /// A bucket's rate and burst.
@@ -111,7 +111,7 @@ impl Limiter for MemoryLimiter {
                 retry_after: ahead - tau,
             };
         }
-        shard.insert(key.to_string(), new_tat);
+        set(&mut shard, key, new_tat);
         Decision {
             allowed: true,
             limit: limit.burst,
@@ -132,7 +132,17 @@ impl Limiter for MemoryLimiter {
         } else {
             tat.checked_sub(step).unwrap_or(now).max(now)
         };
-        shard.insert(key.to_string(), new_tat);
+        set(&mut shard, key, new_tat);
+    }
+}
+
+/// Stores a bucket's time, allocating the key only for a new bucket.
+fn set(shard: &mut HashMap<String, Instant>, key: &str, tat: Instant) {
+    match shard.get_mut(key) {
+        Some(v) => *v = tat,
+        None => {
+            shard.insert(key.to_string(), tat);
+        }
     }
 }
 
@@ -148,25 +158,41 @@ pub fn openai_duration(d: Duration) -> String {
     }
 }
 
-/// Adds `x-ratelimit-{limit,remaining,reset}-{what}` for a decision.
-pub fn headers(h: &mut HeaderMap, what: &str, d: &Decision) {
-    let mut put = |name: String, value: String| {
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::try_from(name),
-            HeaderValue::try_from(value),
-        ) {
-            h.insert(n, v);
+/// Which limit a decision is about: names the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    Requests,
+    Tokens,
+}
+
+impl Limited {
+    /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (OpenAI's names).
+    fn names(self) -> [HeaderName; 3] {
+        let n = HeaderName::from_static;
+        match self {
+            Limited::Requests => [
+                n("x-ratelimit-limit-requests"),
+                n("x-ratelimit-remaining-requests"),
+                n("x-ratelimit-reset-requests"),
+            ],
+            Limited::Tokens => [
+                n("x-ratelimit-limit-tokens"),
+                n("x-ratelimit-remaining-tokens"),
+                n("x-ratelimit-reset-tokens"),
+            ],
         }
-    };
-    put(format!("x-ratelimit-limit-{what}"), d.limit.to_string());
-    put(
-        format!("x-ratelimit-remaining-{what}"),
-        d.remaining.to_string(),
-    );
-    put(
-        format!("x-ratelimit-reset-{what}"),
-        openai_duration(d.reset),
-    );
+    }
+}
+
+/// Adds the `x-ratelimit-*` headers of a decision (on every request, so
+/// static names and no formatting machinery for the numbers).
+pub fn headers(h: &mut HeaderMap, what: Limited, d: &Decision) {
+    let [limit, remaining, reset] = what.names();
+    h.insert(limit, HeaderValue::from(d.limit));
+    h.insert(remaining, HeaderValue::from(d.remaining));
+    if let Ok(v) = HeaderValue::try_from(openai_duration(d.reset)) {
+        h.insert(reset, v);
+    }
 }
 
 #[cfg(test)]
