@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # h3gate against Caddy, the LiteLLM proxy and Portkey's gateway on the same
-# upstream and load (see benches/compare.py for what is measured).
+# upstream and load, next to a TLS relay that does no HTTP work (the floor any
+# TLS proxy pays on that core); see benches/compare.py for what is measured.
 #
 #   benches/compare.sh [--quick] [--peers caddy,litellm,portkey] [--soak 600]
 #
