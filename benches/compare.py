@@ -390,11 +390,10 @@ def measure(t, args, results):
         row[f"{proto}.rps"] = median([r["rps"] for r in ok])
         row[f"{proto}.cpu"] = median([r.get("cpu_per_1k") for r in ok])
         log(f"  {t['name']} {proto}: {row.get(f'{proto}.rps') or 0:.0f} req/s")
-    if t.get("stream", True):
-        try:
-            row["stream"] = asyncio.run(streaming(t["url"], t["headers"], t["ca"]))
-        except Exception as e:  # a peer that cannot stream is reported, not fatal
-            row["stream"] = {"failed": f"{type(e).__name__}: {e}"}
+    try:
+        row["stream"] = asyncio.run(streaming(t["url"], t["headers"], t["ca"]))
+    except Exception as e:  # a peer that cannot stream is reported, not fatal
+        row["stream"] = {"failed": f"{type(e).__name__}: {e}"}
     if pid:
         row["rss_peak"] = rss_mb(pid, "VmHWM")
     results.append(row)
