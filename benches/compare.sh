@@ -8,14 +8,14 @@
 # Installs what it can and skips a peer that cannot be installed, saying so:
 # Caddy from Debian's packages, LiteLLM (pinned 1.74.9) into a venv and
 # Portkey's gateway (pinned 1.15.2) from npm, both under target/bench-peers.
-# Needs oha (cargo install oha --features http3), taskset, python3.
+# Needs oha (cargo install oha@1.16.0 --locked --features http3), taskset, python3.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PEERS_DIR=${PEERS_DIR:-target/bench-peers}
 export PEERS_DIR
 mkdir -p "$PEERS_DIR"
 
-command -v oha >/dev/null || { echo "oha not found: cargo install oha --features http3" >&2; exit 1; }
+command -v oha >/dev/null || { echo "oha not found: cargo install oha@1.16.0 --locked --features http3" >&2; exit 1; }
 if ! command -v caddy >/dev/null; then
   (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq caddy >/dev/null 2>&1 \
     && systemctl disable --now caddy >/dev/null 2>&1) || echo "could not install caddy" >&2

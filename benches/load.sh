@@ -10,7 +10,7 @@
 # metrics on; nometrics = full without metrics. Runs alternate between
 # variants so drift affects them alike.
 #
-# Needs: oha (cargo install oha --features http3), taskset. Loopback only.
+# Needs: oha (cargo install oha@1.16.0 --locked --features http3), taskset. Loopback only.
 # The gateway is pinned to CPU 0; upstream and load generator to CPU 1.
 # Prints one line per (variant, protocol): median requests/s over RUNS runs.
 set -euo pipefail
@@ -25,7 +25,7 @@ UP_PORT=${UP_PORT:-18080}
 GW_PORT=${GW_PORT:-18443}
 ADMIN_PORT=${ADMIN_PORT:-18901}
 
-command -v oha >/dev/null || { echo "oha not found: cargo install oha --features http3" >&2; exit 1; }
+command -v oha >/dev/null || { echo "oha not found: cargo install oha@1.16.0 --locked --features http3" >&2; exit 1; }
 cargo build --release --locked --bin h3gate --example bench_upstream >&2
 BIN=target/release/h3gate
 UPSTREAM=target/release/examples/bench_upstream
