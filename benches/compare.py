@@ -193,7 +193,7 @@ async def stream_once(client, url, headers):
     return first, gaps, unbuffered
 
 
-async def streaming(url, headers, ca, n=30):
+async def streaming(url, headers, ca, n):
     import httpx
     verify = ssl.create_default_context(cafile=ca) if ca else False
     ttft, gaps, unbuffered = [], [], 0
@@ -391,7 +391,7 @@ def measure(t, args, results):
         row[f"{proto}.cpu"] = median([r.get("cpu_per_1k") for r in ok])
         log(f"  {t['name']} {proto}: {row.get(f'{proto}.rps') or 0:.0f} req/s")
     try:
-        row["stream"] = asyncio.run(streaming(t["url"], t["headers"], t["ca"]))
+        row["stream"] = asyncio.run(streaming(t["url"], t["headers"], t["ca"], args.stream_samples))
     except Exception as e:  # a peer that cannot stream is reported, not fatal
         row["stream"] = {"failed": f"{type(e).__name__}: {e}"}
     if pid:
@@ -474,7 +474,8 @@ def report(results, args, skipped):
                     a, b = r.get(f"{proto}.{rate}.p99.added"), gw.get(f"{proto}.{rate}.p99.added")
                     cells.append(f"{a / b:.1f}×" if a is not None and b and b > 0 else "–")
             print(f"| {r['name']} | " + " | ".join(cells) + " |")
-    print(f"\n### Streaming ({CHUNKS} chunks {CHUNK_MS} ms apart, 30 sequential requests, HTTP/1.1; ms)\n")
+    print(f"\n### Streaming ({CHUNKS} chunks {CHUNK_MS} ms apart, {args.stream_samples} sequential "
+          "requests, HTTP/1.1; ms)\n")
     print("| target | TTFT p50 | TTFT p99 | added TTFT p99 | gap p50 | gap p99 | added gap p99 | first chunk before upstream's last |")
     print("|---|---|---|---|---|---|---|---|")
     d = direct["stream"]
@@ -500,13 +501,15 @@ def main():
     ap.add_argument("--rates", default="100,1000,5000")
     ap.add_argument("--soak", type=int, default=0, help="h3gate RSS soak, seconds at 1,000 req/s")
     ap.add_argument("--streams", type=int, default=1000, help="concurrent streams for the RSS check")
+    ap.add_argument("--stream-samples", type=int, default=200,
+                    help="sequential streamed requests per target (TTFT and gap percentiles)")
     args = ap.parse_args()
     import resource
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     args.rates = [int(r) for r in args.rates.split(",") if r]
     if args.quick:
-        args.runs, args.duration, args.rate_duration = 1, 5, 5
+        args.runs, args.duration, args.rate_duration, args.stream_samples = 1, 5, 5, 30
     subprocess.run(["cargo", "build", "--release", "--locked", "-q", "--bin", "h3gate",
                     "--example", "bench_upstream", "--example", "tls_relay"], cwd=ROOT, check=True)
     bin_dir = os.path.join(ROOT, "target", "release")
