@@ -2,6 +2,7 @@
 """h3gate against its peers, on the same upstream and the same load.
 
     benches/compare.sh [--quick] [--peers caddy,litellm,portkey] [--soak SECONDS]
+                       [--stream-samples N]
 
 (compare.sh installs the peers it can, then runs this.) For each target —
 the upstream directly, h3gate (client-key auth, per-address and per-key rate
@@ -19,8 +20,8 @@ protocol it speaks:
 - CPU seconds per 1,000 requests of the target's processes (from /proc);
 - RSS idle and peak;
 - streaming: added time to first token and inter-chunk gap (20 chunks 10 ms
-  apart), and whether the first chunk arrived before the upstream sent its
-  last (no buffering);
+  apart, --stream-samples sequential requests), and whether the first
+  chunk arrived before the upstream sent its last (no buffering);
 - h3gate only: RSS with 1,000 concurrent streams, and an RSS soak.
 
 The target runs on CPU 0; the upstream, oha and the Python clients on CPU 1
