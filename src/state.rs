@@ -99,6 +99,8 @@ impl State {
         let _ = self
             .audit
             .set(Audit::start(self.config.audit.file.as_deref(), shutdown));
+        // Kept across reloads: a no-op when the inherited writer runs.
+        Abuse::start_writer(&self.abuse, shutdown);
     }
 
     /// The audit log (a no-op until [`State::start_tasks`], or when off).
@@ -109,12 +111,13 @@ impl State {
             .unwrap_or_else(|| OFF.get_or_init(Audit::default))
     }
 
-    /// Keeps the running limiter buckets and abuse state across a reload.
+    /// Keeps the running limiter buckets and abuse state (counters and
+    /// denies) across a reload; the abuse state takes the new `[abuse]`
+    /// settings.
     pub fn inherit(&mut self, old: &State) {
         self.limiter = old.limiter.clone();
-        if self.config.abuse.state_file == old.config.abuse.state_file {
-            self.abuse = old.abuse.clone();
-        }
+        let fresh = std::mem::replace(&mut self.abuse, old.abuse.clone());
+        self.abuse.reconfigure(&self.config.abuse, &fresh);
     }
 }
 

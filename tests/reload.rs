@@ -210,3 +210,44 @@ async fn reload_needs_the_admin_token() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// A malformed chat request: counts as a failure for abuse control.
+async fn malformed(c: &common::Client) -> u16 {
+    let r = c
+        .request(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            TestBody::Bytes(b"{not json".to_vec()),
+        )
+        .await;
+    r.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_abuse_thresholds_apply_and_keep_the_counters_and_denies() {
+    let gw = Gateway::start().await;
+    let c = gw.client(Proto::H2).await;
+    // One failure under the default threshold (20).
+    assert_eq!(malformed(&c).await, 400);
+
+    // `state_file` unchanged (unset): the new threshold must still apply.
+    gw.edit_config(|t| format!("{t}\n[abuse]\nmax_failures = 2\n"));
+    let (status, body) = gw.reload().await;
+    assert_eq!(status, 200, "{body}");
+
+    // The failure counted before the reload still counts: one more denies.
+    assert_eq!(malformed(&c).await, 400);
+    let denied = c
+        .post_json("/v1/chat/completions", chat("mock-1", false))
+        .await;
+    assert_eq!(denied.status, 403, "denied after the second failure");
+
+    // Another reload keeps the running deny list.
+    gw.edit_config(|t| t.replace("max_failures = 2", "max_failures = 5"));
+    assert_eq!(gw.reload().await.0, 200);
+    let still = c
+        .post_json("/v1/chat/completions", chat("mock-1", false))
+        .await;
+    assert_eq!(still.status, 403, "the deny survives the reload");
+}
