@@ -55,6 +55,7 @@ pub const NAMES: &[&str] = &[
     "h3gate_quic_connections_accepted_total",
     "h3gate_quic_connections_refused_total",
     "h3gate_quic_handshake_failures_total",
+    "h3gate_quic_requests_refused_total",
     "h3gate_quic_retry_sent_total",
     "h3gate_quic_zero_rtt_connections_total",
     "h3gate_quic_early_requests_total",
@@ -63,6 +64,7 @@ pub const NAMES: &[&str] = &[
     "h3gate_quic_lost_packets_total",
     "h3gate_quic_sent_packets_total",
     "h3gate_tcp_connections_open",
+    "h3gate_tcp_connections_refused_total",
     "h3gate_tls_handshake_failures_total",
     "h3gate_tls_certificate_expiry_timestamp_seconds",
     "h3gate_config_reloads_total",
@@ -184,6 +186,10 @@ fn describe() {
         "h3gate_quic_handshake_failures_total",
         "QUIC handshakes that failed."
     );
+    describe_counter!(
+        "h3gate_quic_requests_refused_total",
+        "HTTP/3 request streams refused before the pipeline, by reason (header_timeout, malformed)."
+    );
     describe_histogram!(
         "h3gate_quic_rtt_seconds",
         Unit::Seconds,
@@ -202,6 +208,10 @@ fn describe() {
     describe_gauge!(
         "h3gate_tcp_connections_open",
         "Open TCP (HTTPS) connections."
+    );
+    describe_counter!(
+        "h3gate_tcp_connections_refused_total",
+        "TCP connections closed right after accept, before any TLS work, by reason (max_connections, max_connections_per_ip)."
     );
     describe_counter!(
         "h3gate_tls_handshake_failures_total",
@@ -446,6 +456,11 @@ pub mod quic {
         counter!("h3gate_quic_handshake_failures_total").increment(1);
     }
 
+    /// A request stream refused before the pipeline: `header_timeout`, `malformed`.
+    pub fn request_refused(reason: &'static str) {
+        counter!("h3gate_quic_requests_refused_total", "reason" => reason).increment(1);
+    }
+
     /// At close: the connection's path statistics.
     pub fn closed(stats: &quinn::ConnectionStats) {
         gauge!("h3gate_quic_connections_open").decrement(1.0);
@@ -470,6 +485,11 @@ pub mod tcp {
 
     pub fn handshake_failed() {
         counter!("h3gate_tls_handshake_failures_total").increment(1);
+    }
+
+    /// A connection closed at accept by a cap, before any TLS work.
+    pub fn refused(reason: &'static str) {
+        counter!("h3gate_tcp_connections_refused_total", "reason" => reason).increment(1);
     }
 }
 

@@ -7,13 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use h3::error::Code;
-use h3::server::{RequestResolver, RequestStream};
-use http_body::{Body as HttpBody, Frame};
-use http_body_util::BodyExt;
+use bytes::Bytes;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
@@ -21,14 +16,16 @@ use tracing::Instrument;
 
 use super::SharedState;
 use crate::config::{AddressValidation, Congestion, QuicConfig};
-use crate::exchange::{strip_hop_by_hop, Body, BodyError, GatewayRequest, Protocol, Response};
 use crate::metrics;
-use crate::pipeline;
 use crate::shutdown::Shutdown;
 
-type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
-type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+mod request;
+mod streams;
+
+use request::{request, StreamCtx};
+use streams::Stops;
+
+type H3Conn = h3::server::Connection<streams::Connection, Bytes>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuicSetupError {
@@ -229,9 +226,13 @@ impl QuicListener {
                 let _ = incoming.retry();
                 continue;
             }
+            // Counted from now, not from when the task first runs: a burst
+            // of Initials must see itself in the count that triggers Retry.
+            let pending = PendingHandshake::new(&self.conns);
             let this = self.clone();
             self.shutdown.spawn(async move {
-                this.connection(incoming, q.handshake_timeout.get()).await;
+                this.connection(incoming, pending, q.handshake_timeout.get())
+                    .await;
                 drop(slot);
             });
         }
@@ -239,20 +240,23 @@ impl QuicListener {
         tracing::debug!("quic endpoint stopped accepting");
     }
 
-    async fn connection(self, incoming: quinn::Incoming, handshake_timeout: std::time::Duration) {
+    async fn connection(
+        self,
+        incoming: quinn::Incoming,
+        pending: PendingHandshake,
+        handshake_timeout: std::time::Duration,
+    ) {
         let peer = incoming.remote_address();
         if self.shutdown.is_draining() {
             metrics::quic::refused("draining");
             incoming.refuse();
             return;
         }
-        self.conns.pending.fetch_add(1, Ordering::Relaxed);
         let zero_rtt = self.state.load().config.quic.zero_rtt;
         let handshake = tokio::select! {
             _ = self.shutdown.forced() => None,
             c = tokio::time::timeout(handshake_timeout, establish(incoming, zero_rtt)) => Some(c),
         };
-        self.conns.pending.fetch_sub(1, Ordering::Relaxed);
         let (conn, accepted) = match handshake {
             None => return,
             Some(Ok(Ok(c))) => c,
@@ -268,13 +272,16 @@ impl QuicListener {
             }
         };
         metrics::quic::accepted();
+        // A 0-RTT connection stays a pending handshake until it completes.
+        let pending = accepted.is_some().then_some(pending);
         let handshake = Arc::new(QuicHandshake {
             conn: conn.clone(),
             done: AtomicBool::new(accepted.is_none()),
             notify: tokio::sync::Notify::new(),
             early_seen: AtomicBool::new(false),
         });
-        let span = tracing::info_span!("conn", protocol = "h3", remote = %peer, conn_id = conn.stable_id());
+        let span = tracing::info_span!("conn", transport = "quic", remote = %peer, conn_id = conn.stable_id());
+        let accepted = accepted.map(|a| (a, pending));
         self.serve_connection(conn.clone(), peer, handshake, accepted, handshake_timeout)
             .instrument(span)
             .await;
@@ -286,17 +293,28 @@ impl QuicListener {
         conn: quinn::Connection,
         peer: SocketAddr,
         handshake: Arc<QuicHandshake>,
-        accepted: Option<quinn::ZeroRttAccepted>,
+        accepted: Option<(quinn::ZeroRttAccepted, Option<PendingHandshake>)>,
         handshake_timeout: std::time::Duration,
     ) {
         // With 0-RTT the handshake finishes while requests are served:
-        // track it, and bound it.
-        let mut accepted = accepted.map(Box::pin);
+        // track it, and bound it. It counts as pending until then.
+        let (accepted, mut pending) = match accepted {
+            Some((a, p)) => (Some(Box::pin(a)), p),
+            None => (None, None),
+        };
+        let mut accepted = accepted;
         let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
-        let max_field_section_size = self.state.load().config.quic.max_field_section_size.get();
+        let (max_field_section_size, header_timeout) = {
+            let state = self.state.load();
+            (
+                state.config.quic.max_field_section_size.get(),
+                state.config.http.header_read_timeout.get(),
+            )
+        };
+        let stops = Arc::new(Stops::default());
         let mut h3: H3Conn = match h3::server::builder()
             .max_field_section_size(max_field_section_size)
-            .build(h3_quinn::Connection::new(conn.clone()))
+            .build(streams::Connection::new(conn.clone(), stops.clone()))
             .await
         {
             Ok(h3) => h3,
@@ -320,6 +338,7 @@ impl QuicListener {
                 _ = self.shutdown.forced() => break,
                 _ = async { if let Some(a) = accepted.as_mut() { let _ = a.await; } }, if accepted.is_some() => {
                     accepted = None;
+                    pending = None;
                     handshake.complete();
                 }
                 _ = tokio::time::sleep_until(handshake_deadline), if accepted.is_some() => {
@@ -329,9 +348,15 @@ impl QuicListener {
                 }
                 incoming = h3.accept() => match incoming {
                     Ok(Some(resolver)) => {
-                        let state = self.state.clone();
-                        let h = handshake.clone();
-                        requests.spawn(request(resolver, state, peer, h).in_current_span());
+                        let stream = StreamCtx {
+                            state: self.state.clone(),
+                            peer,
+                            handshake: handshake.clone(),
+                            conn: conn.clone(),
+                            stops: stops.clone(),
+                            header_timeout,
+                        };
+                        requests.spawn(request(resolver, stream).in_current_span());
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -343,6 +368,7 @@ impl QuicListener {
                 },
             }
         }
+        drop(pending);
         requests.close();
         tokio::select! {
             _ = requests.wait() => {}
@@ -363,8 +389,14 @@ impl QuicListener {
     }
 }
 
-/// Accepts an incoming connection; with 0-RTT, returns at once (before the
-/// handshake completes) with the future that says when it does.
+/// Accepts an incoming connection. With 0-RTT it returns before the
+/// handshake completes, with the future that says when it does — but only
+/// once the whole ClientHello has been processed: quinn's server grants
+/// `into_0rtt` at once, and a ClientHello spanning several Initial packets
+/// (any post-quantum key share: every Chromium) may not have arrived yet.
+/// Until it has, the server knows neither the client's transport parameters
+/// (so h3's control stream cannot open: the connection hangs) nor any key
+/// to read early data with.
 async fn establish(
     incoming: quinn::Incoming,
     zero_rtt: bool,
@@ -372,10 +404,29 @@ async fn establish(
     if !zero_rtt {
         return incoming.await.map(|c| (c, None));
     }
-    let connecting = incoming.accept()?;
+    let mut connecting = incoming.accept()?;
+    connecting.handshake_data().await?;
     match connecting.into_0rtt() {
         Ok((conn, accepted)) => Ok((conn, Some(accepted))),
         Err(connecting) => connecting.await.map(|c| (c, None)),
+    }
+}
+
+/// A connection counted as a pending handshake (what Retry and the
+/// `max_incoming` cap see), from its first packet until its handshake
+/// completes or it ends.
+struct PendingHandshake(Arc<ConnCounts>);
+
+impl PendingHandshake {
+    fn new(counts: &Arc<ConnCounts>) -> Self {
+        counts.pending.fetch_add(1, Ordering::Relaxed);
+        PendingHandshake(counts.clone())
+    }
+}
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -428,138 +479,3 @@ const H3_NO_ERROR: u32 = 0x100;
 /// and its close.
 const LINGER_MIN: std::time::Duration = std::time::Duration::from_millis(100);
 const LINGER_MAX: std::time::Duration = std::time::Duration::from_secs(2);
-
-async fn request(
-    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
-    state: SharedState,
-    peer: SocketAddr,
-    handshake: Arc<QuicHandshake>,
-) {
-    // h3 answers 431 itself when the header section exceeds the limit.
-    let (req, stream) = match resolver.resolve_request().await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "HTTP/3 request rejected");
-            return;
-        }
-    };
-    let (mut send, recv) = stream.split();
-    let (parts, ()) = req.into_parts();
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    let head_only = parts.method == http::Method::HEAD;
-    let mut request = GatewayRequest {
-        method: parts.method,
-        uri: parts.uri,
-        headers,
-        body: Body::new(H3RequestBody {
-            stream: recv,
-            done: false,
-            reading: false,
-        }),
-        protocol: Protocol::Http3,
-        peer,
-        handshake: None,
-    };
-    use crate::exchange::Handshake as _;
-    if !handshake.is_complete() {
-        if !handshake.early_seen.swap(true, Ordering::Relaxed) {
-            metrics::quic::zero_rtt_connection();
-        }
-        request.handshake = Some(handshake);
-    }
-    let state = state.load_full();
-    let resp = pipeline::handle(&state, request).await;
-    if let Err(e) = send_response(&mut send, resp, head_only).await {
-        tracing::debug!(%peer, error = %e, "HTTP/3 response not delivered");
-    }
-}
-
-/// Writes the response: HEADERS, then DATA frames as the body yields them
-/// (each write waits for flow control: backpressure), then FIN. A body error
-/// resets the stream so the client sees the failure.
-async fn send_response(
-    send: &mut SendHalf,
-    resp: Response,
-    head_only: bool,
-) -> Result<(), h3::error::StreamError> {
-    let (parts, mut body) = resp.into_parts();
-    let mut head = http::Response::from_parts(parts, ());
-    strip_hop_by_hop(head.headers_mut());
-    send.send_response(head).await?;
-    if !head_only {
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(frame) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => send.send_data(data).await?,
-                    Ok(_) => {}
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            send.send_trailers(trailers).await?;
-                        }
-                    }
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "response body failed; resetting the HTTP/3 stream");
-                    send.stop_stream(Code::H3_INTERNAL_ERROR);
-                    return Ok(());
-                }
-            }
-        }
-    }
-    send.finish().await
-}
-
-/// An HTTP/3 request body, streamed. Dropped unread, it asks the client to
-/// stop sending with `H3_NO_ERROR` (RFC 9114 §4.1) instead of a bare reset.
-/// (The pipeline drains what it refuses, so this is rare.)
-struct H3RequestBody {
-    stream: RecvHalf,
-    done: bool,
-    /// A read is in flight: h3-quinn holds the QUIC stream inside it and
-    /// panics on `stop_sending` until it completes.
-    reading: bool,
-}
-
-impl HttpBody for H3RequestBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let polled = self.stream.poll_recv_data(cx);
-        self.reading = polled.is_pending();
-        match polled {
-            Poll::Ready(Ok(Some(mut buf))) => {
-                let bytes = buf.copy_to_bytes(buf.remaining());
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-            Poll::Ready(Ok(None)) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Err(e)) => {
-                self.done = true;
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-}
-
-impl Drop for H3RequestBody {
-    fn drop(&mut self) {
-        if !self.done && !self.reading {
-            self.stream.stop_sending(Code::H3_NO_ERROR);
-        }
-    }
-}

@@ -1,0 +1,200 @@
+//! An HTTP/3 client that goes away cancels its request, exactly as a dropped
+//! HTTP/1.1 or HTTP/2 request does: the upstream call is dropped and the
+//! admission slot comes back. Driven with a raw quinn + h3 client so the test
+//! controls what goes on the wire (CONNECTION_CLOSE, STOP_SENDING +
+//! RESET_STREAM), against an upstream that never answers and reports when
+//! the gateway hangs up on it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{chat, Gateway, Proto};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+
+/// An upstream that reads a request and never answers; counts the requests
+/// it got and the connections the gateway closed.
+#[derive(Clone, Default)]
+struct Hang {
+    got: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    notify: Arc<Notify>,
+}
+
+impl Hang {
+    async fn start() -> (SocketAddr, Hang) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hang = Hang::default();
+        let h = hang.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    let mut counted = false;
+                    loop {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if !counted => {
+                                counted = true;
+                                h.got.fetch_add(1, Ordering::SeqCst);
+                                h.notify.notify_waiters();
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                    if counted {
+                        h.closed.fetch_add(1, Ordering::SeqCst);
+                        h.notify.notify_waiters();
+                    }
+                });
+            }
+        });
+        (addr, hang)
+    }
+
+    /// Waits (bounded, generously) until `f` holds.
+    async fn until(&self, what: &str, f: impl Fn(&Hang) -> bool) {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                if f(self) {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), wait)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not within 15 s"));
+    }
+}
+
+/// A gateway whose `gpt-*` models go to the hanging upstream, with one
+/// admission slot and no queue: a leaked slot shows as a 503.
+async fn gateway() -> (Gateway, Hang) {
+    let (addr, hang) = Hang::start().await;
+    let gw = Gateway::start_with(|c| {
+        let up = c.providers.iter_mut().find(|p| p.name == "up").unwrap();
+        up.base_url = format!("http://{addr}/v1");
+        up.timeouts.first_byte = h3gate::config::Duration::secs(60);
+        up.timeouts.total = h3gate::config::Duration::secs(60);
+        c.admission.max_concurrent = 1;
+        c.admission.max_queue = 0;
+    })
+    .await;
+    (gw, hang)
+}
+
+type H3Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// A raw HTTP/3 connection to the gateway.
+async fn connect(gw: &Gateway) -> (quinn::Endpoint, quinn::Connection, H3Send) {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&gw.ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(gw.udp, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    (endpoint, conn, send)
+}
+
+/// Sends a whole chat request and returns its stream (no response yet).
+async fn post(
+    send: &mut H3Send,
+    gw: &Gateway,
+) -> h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes> {
+    let body = chat("gpt-4o-mini", false).to_string();
+    let req = http::Request::post(format!(
+        "https://localhost:{}/v1/chat/completions",
+        gw.udp.port()
+    ))
+    .header("content-type", "application/json")
+    .header("content-length", body.len())
+    .body(())
+    .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.send_data(Bytes::from(body)).await.unwrap();
+    stream.finish().await.unwrap();
+    stream
+}
+
+/// After the cancelled request, the one admission slot is free again.
+async fn slot_is_free(gw: &Gateway) {
+    let client = gw.client(Proto::H3).await;
+    let resp = client
+        .post_json("/v1/chat/completions", chat("mock-1", false))
+        .await;
+    assert_eq!(resp.status, 200, "the admission slot was given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_cancels_the_upstream_call() {
+    let (gw, hang) = gateway().await;
+    let (_endpoint, conn, mut send) = connect(&gw).await;
+    let _stream = post(&mut send, &gw).await;
+    hang.until("the upstream got the request", |h| {
+        h.got.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    conn.close(quinn::VarInt::from_u32(0x100), b"bye");
+    hang.until("the gateway dropped its upstream call", |h| {
+        h.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    slot_is_free(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sending_and_reset_cancel_the_upstream_call() {
+    let (gw, hang) = gateway().await;
+    let (_endpoint, conn, mut send) = connect(&gw).await;
+    let mut stream = post(&mut send, &gw).await;
+    hang.until("the upstream got the request", |h| {
+        h.got.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // What a browser does when a fetch is aborted: H3_REQUEST_CANCELLED both ways.
+    stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+    stream.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+    hang.until("the gateway dropped its upstream call", |h| {
+        h.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    slot_is_free(&gw).await;
+    // The connection itself stays usable.
+    let again = http::Request::get(format!("https://localhost:{}/health", gw.udp.port()))
+        .body(())
+        .unwrap();
+    let mut s = send.send_request(again).await.unwrap();
+    s.finish().await.unwrap();
+    assert_eq!(s.recv_response().await.unwrap().status(), 200);
+    drop(conn);
+}
