@@ -2,7 +2,7 @@
 //! headers at all). Preflights are answered here, before auth; `*` is never
 //! sent together with credentials.
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 use crate::config::CorsConfig;
@@ -65,6 +65,7 @@ pub fn decorate(cfg: &CorsConfig, request_origin: Option<&HeaderValue>, resp: &m
     let Some(allow) = allowed(cfg, origin) else {
         return;
     };
+    let allow_timing = allow.clone();
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
     if cfg.allow_credentials {
@@ -75,7 +76,23 @@ pub fn decorate(cfg: &CorsConfig, request_origin: Option<&HeaderValue>, resp: &m
     }
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("x-request-id, x-h3gate-target, x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens, retry-after"),
+        HeaderValue::from_static(EXPOSED),
     );
-    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    // The page may read the protocol (`nextHopProtocol`) and timings.
+    h.insert(HeaderName::from_static("timing-allow-origin"), allow_timing);
+    let varies = h
+        .get_all(header::VARY)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"origin"));
+    if !varies {
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
 }
+
+/// Response headers a page may read: the request ids of both API surfaces
+/// (Anthropic's SDKs read `request-id`), the routing target, the rate-limit
+/// state, `Retry-After` and `Server-Timing`.
+const EXPOSED: &str = "x-request-id, request-id, x-h3gate-target, \
+    x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, \
+    x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, \
+    retry-after, server-timing";

@@ -21,6 +21,7 @@ over_every_protocol!(
     tokens_per_minute_counts_streamed_usage,
     repeated_bad_keys_deny_the_address,
     cors_preflight_allowed_and_refused,
+    cors_headers_a_browser_reads,
     oversized_header_is_431,
     panic_is_contained,
     security_headers_on_every_response,
@@ -338,6 +339,67 @@ async fn repeated_bad_keys_deny_the_address(p: Proto) {
         )
         .await;
     assert_eq!(ok.status, 200);
+}
+
+/// What a page needs to read: one `Vary: Origin`, the request ids of both
+/// API surfaces exposed (Anthropic's SDKs read `request-id`), and
+/// `Timing-Allow-Origin` so the page may see the protocol and timings.
+async fn cors_headers_a_browser_reads(p: Proto) {
+    let origin = "https://app.example";
+    let gw = Gateway::start_with(|c| c.cors.allowed_origins = vec![origin.into()]).await;
+    let c = gw.client(p).await;
+    let pre = c
+        .request(
+            Method::OPTIONS,
+            "/v1/messages",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+            ],
+            TestBody::Empty,
+        )
+        .await;
+    assert_eq!(pre.status, 204);
+    assert_eq!(
+        pre.headers.get_all("vary").iter().count(),
+        1,
+        "one Vary on a preflight: {:?}",
+        pre.headers
+    );
+    let body = serde_json::json!({
+        "model": "mock-1", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "Hi"}],
+    });
+    let resp = c
+        .request(
+            Method::POST,
+            "/v1/messages",
+            &[("origin", origin), ("anthropic-version", "2023-06-01")],
+            TestBody::Json(body),
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    let id = resp.header("x-request-id").unwrap().to_string();
+    assert_eq!(resp.header("request-id"), Some(id.as_str()));
+    assert_eq!(resp.header("timing-allow-origin"), Some(origin));
+    let exposed = resp.header("access-control-expose-headers").unwrap();
+    for h in ["x-request-id", "request-id", "retry-after", "server-timing"] {
+        assert!(
+            exposed.split(',').any(|e| e.trim() == h),
+            "{h} exposed: {exposed}"
+        );
+    }
+    assert_eq!(resp.headers.get_all("vary").iter().count(), 1);
+    // The OpenAI surface keeps only its own id.
+    let openai = c
+        .request(
+            Method::GET,
+            "/v1/models",
+            &[("origin", origin)],
+            TestBody::Empty,
+        )
+        .await;
+    assert!(openai.header("request-id").is_none());
 }
 
 async fn cors_preflight_allowed_and_refused(p: Proto) {
