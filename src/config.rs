@@ -22,7 +22,7 @@ pub use protection::{
 pub use resilience::{
     AdmissionConfig, BreakerConfig, HealthCheckConfig, RetryConfig, Strategy, TargetConfig,
 };
-pub use types::{ByteSize, Duration, Secret};
+pub use types::{Addresses, ByteSize, Duration, Secret};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -50,8 +50,11 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServerConfig {
-    /// Address for both TCP and UDP. Default `127.0.0.1:8443`.
-    pub listen: SocketAddr,
+    /// Address, or list of addresses, for both TCP and UDP. Default both
+    /// loopbacks, `["127.0.0.1:8443", "[::1]:8443"]` (browsers send QUIC for
+    /// `localhost` to `::1`). An address whose family the host lacks (no
+    /// IPv6) is logged and skipped while another one binds.
+    pub listen: Addresses,
     /// How long in-flight requests may run after a shutdown signal. Default 30s.
     pub shutdown_timeout: Duration,
     /// Largest request body accepted, counted on the bytes received. Default 8MB.
@@ -60,16 +63,26 @@ pub struct ServerConfig {
     pub server_timing: bool,
     /// Time allowed to receive a whole request body (408 after). Default 30s.
     pub request_timeout: Duration,
+    /// On a shutdown signal, `/ready` answers 503 at once, but the public
+    /// listeners keep accepting for this long before the drain (so a load
+    /// balancer or Kubernetes stops sending new connections first); then
+    /// `shutdown_timeout` applies. Give the process at least
+    /// `drain_delay + shutdown_timeout` to stop. Default 0s.
+    pub drain_delay: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            listen: Addresses(vec![
+                SocketAddr::from(([127, 0, 0, 1], 8443)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 8443)),
+            ]),
             shutdown_timeout: Duration::secs(30),
             max_request_body: ByteSize::mib(8),
             server_timing: false,
             request_timeout: Duration::secs(30),
+            drain_delay: Duration::secs(0),
         }
     }
 }
@@ -235,12 +248,39 @@ impl Default for QuicConfig {
 pub struct HttpConfig {
     /// Largest request header section accepted. Default 64KB.
     pub max_header_bytes: ByteSize,
-    /// Time allowed for the TLS handshake and the request headers. Default 10s.
+    /// Time allowed from accepting a connection to its first request's
+    /// headers: the TLS handshake, the HTTP/1.1-or-HTTP/2 choice, an HTTP/2
+    /// preface and SETTINGS. On HTTP/1.1 it also bounds the wait for each
+    /// later request's headers. The same bound applies to HTTP/3: from a
+    /// QUIC request stream's start to its whole header section (the QUIC
+    /// handshake has its own `[quic] handshake_timeout`). Default 10s.
     pub header_read_timeout: Duration,
+    /// Close a connection with no request in progress for this long: between
+    /// requests on a kept-alive HTTP/1.1 connection (where
+    /// `header_read_timeout` is the tighter bound when shorter), and an
+    /// HTTP/2 connection with no open stream (GOAWAY). Default 60s.
+    pub idle_timeout: Duration,
+    /// Close a connection whose writes make no progress for this long (the
+    /// client stopped reading and its TCP window is full); its requests end
+    /// and their upstream requests are dropped. Default 30s.
+    pub write_timeout: Duration,
+    /// Send an HTTP/2 PING this often, and close the connection when one is
+    /// not answered within the same time (finds dead peers, also while a
+    /// stream waits for its first token). "0s" turns pings off. Default 30s.
+    pub keep_alive_interval: Duration,
     /// Concurrent HTTP/2 streams per connection. Default 100.
     pub max_concurrent_streams: u32,
     /// HTTP/1.1 keep-alive. Default true.
     pub keep_alive: bool,
+    /// Open TCP connections at once; beyond, new ones are closed right after
+    /// accept, before any TLS work. Default 10000.
+    pub max_connections: u32,
+    /// Open TCP connections per client address, refused the same way.
+    /// Default 256. Behind an L4 load balancer or NAT that hides client
+    /// addresses every connection seems to come from the balancer's few
+    /// addresses, so this becomes a cap on the balancer: raise it to
+    /// `max_connections` there.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for HttpConfig {
@@ -248,8 +288,13 @@ impl Default for HttpConfig {
         HttpConfig {
             max_header_bytes: ByteSize::kib(64),
             header_read_timeout: Duration::secs(10),
+            idle_timeout: Duration::secs(60),
+            write_timeout: Duration::secs(30),
+            keep_alive_interval: Duration::secs(30),
             max_concurrent_streams: 100,
             keep_alive: true,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -260,8 +305,8 @@ impl Default for HttpConfig {
 pub struct AdminConfig {
     /// Serve the admin endpoints. Default true.
     pub enabled: bool,
-    /// Default `127.0.0.1:9901`.
-    pub listen: SocketAddr,
+    /// Address, or list of addresses. Default `127.0.0.1:9901`.
+    pub listen: Addresses,
     /// Bearer token for `/metrics` (and admin actions). Required when
     /// `listen` is not a loopback address. Use `${H3GATE_ADMIN_TOKEN}`.
     pub token: Secret,
@@ -273,7 +318,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             enabled: true,
-            listen: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            listen: Addresses::one(SocketAddr::from(([127, 0, 0, 1], 9901))),
             token: Secret::default(),
             metrics: true,
         }

@@ -80,7 +80,7 @@ pub struct Reloader {
     path: PathBuf,
     state: SharedState,
     certs: Arc<CertStore>,
-    endpoint: Option<quinn::Endpoint>,
+    endpoints: Vec<quinn::Endpoint>,
     shutdown: Shutdown,
     lock: tokio::sync::Mutex<()>,
 }
@@ -90,14 +90,14 @@ impl Reloader {
         path: PathBuf,
         state: SharedState,
         certs: Arc<CertStore>,
-        endpoint: Option<quinn::Endpoint>,
+        endpoints: Vec<quinn::Endpoint>,
         shutdown: Shutdown,
     ) -> Self {
         Reloader {
             path,
             state,
             certs,
-            endpoint,
+            endpoints,
             shutdown,
             lock: tokio::sync::Mutex::new(()),
         }
@@ -151,12 +151,14 @@ impl Reloader {
         if let Some(certs) = prepared.cert {
             self.certs.replace(certs);
         }
-        if let Some(endpoint) = &self.endpoint {
-            if transport_changed(&old.config, &new) {
-                // A new TLS config means a new (empty) ticket store: tickets
-                // promising the old limits are not resumed with 0-RTT.
-                let tls = tls::quic_server_config(self.certs.clone(), &new.quic)?;
-                endpoint.set_server_config(Some(quic::server_config(&new.quic, tls)?));
+        if !self.endpoints.is_empty() && transport_changed(&old.config, &new) {
+            // A new TLS config means a new (empty) ticket store: tickets
+            // promising the old limits are not resumed with 0-RTT. One
+            // store for every endpoint, so a ticket resumes on any of them.
+            let tls = tls::quic_server_config(self.certs.clone(), &new.quic)?;
+            let server = quic::server_config(&new.quic, tls)?;
+            for endpoint in &self.endpoints {
+                endpoint.set_server_config(Some(server.clone()));
             }
         }
         let mut state = prepared.state;

@@ -33,35 +33,90 @@ pub enum StartError {
     Quic(#[from] quic::QuicSetupError),
     #[error("socket setup: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{what}: none of its addresses ({addrs}) could be bound on this host")]
+    NoAddress { what: &'static str, addrs: String },
+    /// Not a start failure: the gateway ran, but its drain was forced
+    /// (requests still running after `server.shutdown_timeout` were cut).
+    #[error("the drain was forced: requests still running after server.shutdown_timeout ({0:?}) were cut")]
+    DrainForced(std::time::Duration),
 }
 
 /// The sockets the gateway serves on, bound before it starts (tests bind port 0).
 pub struct Listeners {
-    /// HTTPS: HTTP/1.1 and HTTP/2.
-    pub tcp: std::net::TcpListener,
-    /// HTTP/3; `None` serves no HTTP/3.
-    pub udp: Option<std::net::UdpSocket>,
-    /// Admin endpoints; `None` serves none.
-    pub admin: Option<std::net::TcpListener>,
+    /// HTTPS: HTTP/1.1 and HTTP/2, one per address.
+    pub tcp: Vec<std::net::TcpListener>,
+    /// HTTP/3, one per address; empty serves no HTTP/3.
+    pub udp: Vec<std::net::UdpSocket>,
+    /// Admin endpoints; empty serves none.
+    pub admin: Vec<std::net::TcpListener>,
 }
 
 impl Listeners {
-    /// Binds what the configuration asks for: TCP and UDP on `server.listen`,
-    /// and the admin address.
+    /// One socket of each kind (what tests bind on port 0).
+    pub fn single(
+        tcp: std::net::TcpListener,
+        udp: Option<std::net::UdpSocket>,
+        admin: Option<std::net::TcpListener>,
+    ) -> Listeners {
+        Listeners {
+            tcp: vec![tcp],
+            udp: udp.into_iter().collect(),
+            admin: admin.into_iter().collect(),
+        }
+    }
+
+    /// Binds what the configuration asks for: TCP and UDP on every
+    /// `server.listen` address, and the admin addresses. An address whose
+    /// family the host lacks (no IPv6, say) is logged and skipped as long as
+    /// another address of the same listener binds.
     pub fn bind(config: &Config) -> Result<Listeners, StartError> {
-        let listen = config.server.listen;
-        let tcp = bind_tcp(listen, "the HTTPS listener (TCP)")?;
-        let udp = if config.quic.enabled {
-            Some(bind_udp(listen)?)
-        } else {
-            None
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        let mut admin = Vec::new();
+        for &addr in config.server.listen.iter() {
+            let Some(t) = skip_missing_family(bind_tcp(addr, "the HTTPS listener (TCP)"))? else {
+                continue;
+            };
+            tcp.push(t);
+            if config.quic.enabled {
+                udp.extend(skip_missing_family(bind_udp(addr))?);
+            }
+        }
+        if config.admin.enabled {
+            for &addr in config.admin.listen.iter() {
+                admin.extend(skip_missing_family(bind_tcp(addr, "the admin listener"))?);
+            }
+        }
+        let none = |what, addrs: &crate::config::Addresses| StartError::NoAddress {
+            what,
+            addrs: addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
         };
-        let admin = if config.admin.enabled {
-            Some(bind_tcp(config.admin.listen, "the admin listener")?)
-        } else {
-            None
-        };
+        if tcp.is_empty() || (config.quic.enabled && udp.is_empty()) {
+            return Err(none("server.listen", &config.server.listen));
+        }
+        if config.admin.enabled && admin.is_empty() {
+            return Err(none("admin.listen", &config.admin.listen));
+        }
         Ok(Listeners { tcp, udp, admin })
+    }
+}
+
+/// A bind that failed only because the host lacks the address family (or
+/// the address) becomes a warning; any other failure stays fatal.
+fn skip_missing_family<T>(bound: Result<T, StartError>) -> Result<Option<T>, StartError> {
+    match bound {
+        Ok(t) => Ok(Some(t)),
+        Err(StartError::Bind { what, addr, source })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::Unsupported
+            ) || source.raw_os_error() == Some(97) =>
+        {
+            // 97: EAFNOSUPPORT (no IPv6 in this kernel or namespace).
+            tracing::warn!(%addr, error = %source, "cannot bind {what} on this address (the host lacks it); skipped");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -102,8 +157,12 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, StartError> {
 }
 
 /// Runs the gateway on `listeners` until `stop` is cancelled, then drains:
-/// stop accepting, GOAWAY on HTTP/2 and HTTP/3, let in-flight requests and
-/// streams finish for up to `server.shutdown_timeout`, then close.
+/// `/ready` answers 503 at once; after `server.drain_delay` (the public
+/// listeners still accept meanwhile) stop accepting, GOAWAY on HTTP/2 and
+/// HTTP/3, let in-flight requests and streams finish for up to
+/// `server.shutdown_timeout`, then close. The admin listener answers until
+/// the end. A forced drain (requests cut at the deadline) returns
+/// [`StartError::DrainForced`].
 ///
 /// With `reload_from`, SIGHUP and `POST /admin/reload` re-read that file.
 pub async fn run(
@@ -124,28 +183,26 @@ pub async fn run(
     let shutdown = Shutdown::new(stop);
     state.load().start_tasks(&shutdown);
 
-    // HTTP/3 first: the HTTPS listener advertises its port.
-    let mut endpoint = None;
-    if let Some(udp) = listeners.udp {
-        let ep = quic::endpoint(
-            udp,
-            &quic_config,
-            tls::quic_server_config(certs.clone(), &quic_config)?,
-        )?;
-        tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
-        let listener = QuicListener {
+    // HTTP/3 first: the HTTPS listener advertises its port. One TLS
+    // configuration (and ticket store) and one set of connection counts for
+    // every address.
+    let mut endpoints = Vec::new();
+    if !listeners.udp.is_empty() {
+        let quic_tls = tls::quic_server_config(certs.clone(), &quic_config)?;
+        let quic = QuicListener {
             state: state.clone(),
             shutdown: shutdown.clone(),
             conns: Arc::default(),
         };
-        shutdown.spawn(listener.serve(ep.clone()));
-        endpoint = Some(ep);
+        for udp in listeners.udp {
+            let ep = quic::endpoint(udp, &quic_config, quic_tls.clone())?;
+            tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
+            shutdown.spawn(quic.clone().serve(ep.clone()));
+            endpoints.push(ep);
+        }
     }
 
-    listeners.tcp.set_nonblocking(true)?;
-    let tcp = tokio::net::TcpListener::from_std(listeners.tcp)?;
-    tracing::info!(addr = %tcp.local_addr()?, "HTTPS listening (HTTP/1.1, HTTP/2)");
-    let h3_port = match &endpoint {
+    let h3_port = match endpoints.first() {
         Some(ep) => Some(ep.local_addr()?.port()),
         None => None,
     };
@@ -154,8 +211,14 @@ pub async fn run(
         state: state.clone(),
         h3_port,
         shutdown: shutdown.clone(),
+        conns: Arc::default(),
     };
-    shutdown.spawn(https.serve(tcp));
+    for tcp in listeners.tcp {
+        tcp.set_nonblocking(true)?;
+        let tcp = tokio::net::TcpListener::from_std(tcp)?;
+        tracing::info!(addr = %tcp.local_addr()?, "HTTPS listening (HTTP/1.1, HTTP/2)");
+        shutdown.spawn(https.clone().serve(tcp));
+    }
 
     shutdown.spawn(tls::watch(state.clone(), certs.clone(), shutdown.clone()));
     let reloader = reload_from.map(|path| {
@@ -163,7 +226,7 @@ pub async fn run(
             path,
             state.clone(),
             certs.clone(),
-            endpoint.clone(),
+            endpoints.clone(),
             shutdown.clone(),
         ))
     });
@@ -171,17 +234,17 @@ pub async fn run(
         shutdown.spawn(reload_on_sighup(r.clone(), shutdown.clone()));
     }
 
-    if let Some(admin) = listeners.admin {
-        admin.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(admin)?;
+    let admin = crate::admin::Admin {
+        state: state.clone(),
+        prometheus: prometheus.clone(),
+        reloader,
+        shutdown: shutdown.clone(),
+    };
+    for listener in listeners.admin {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!(addr = %listener.local_addr()?, "admin listening");
-        let admin = crate::admin::Admin {
-            state: state.clone(),
-            prometheus: prometheus.clone(),
-            reloader,
-            shutdown: shutdown.clone(),
-        };
-        shutdown.spawn(admin.serve(listener));
+        shutdown.spawn_until_exit(admin.clone().serve(listener));
     }
     if let Some(prometheus) = prometheus {
         // Histograms need periodic upkeep when rendered on demand.
@@ -197,17 +260,31 @@ pub async fn run(
         });
     }
 
-    shutdown.draining().await;
-    // The grace period as currently configured (a reload may have changed it).
-    let grace = state.load().config.server.shutdown_timeout.get();
+    shutdown.signalled().await;
+    // As currently configured (a reload may have changed them).
+    let (delay, grace) = {
+        let s = &state.load().config.server;
+        (s.drain_delay.get(), s.shutdown_timeout.get())
+    };
+    if !delay.is_zero() {
+        tracing::info!(delay = ?delay, "shutting down: not ready; still accepting for drain_delay");
+        tokio::time::sleep(delay).await;
+    }
     tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
     let clean = shutdown.drain(grace).await;
-    if let Some(ep) = endpoint {
+    for ep in &endpoints {
         ep.close(quinn::VarInt::from_u32(0x100), b"shutdown");
+    }
+    for ep in &endpoints {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
     }
+    shutdown.exit().await;
     tracing::info!(clean, "stopped");
-    Ok(())
+    if clean {
+        Ok(())
+    } else {
+        Err(StartError::DrainForced(grace))
+    }
 }
 
 /// Reloads on every SIGHUP until the drain starts.

@@ -146,7 +146,7 @@ api_key = "${{OPENAI_API_KEY}}"
     );
     let env = |k: &str| (k == "OPENAI_API_KEY").then(|| "test-key-not-real".to_string());
     let c = Config::from_toml(&text, Path::new("."), &env).unwrap();
-    assert_eq!(c.server.listen.port(), 9443);
+    assert_eq!(c.server.listen.first().unwrap().port(), 9443);
     assert_eq!(c.providers[1].api_key.expose(), "test-key-not-real");
     assert!(
         !c.to_redacted_toml().contains("test-key-not-real"),
@@ -185,7 +185,7 @@ fn shipped_configurations_are_valid() {
     };
     let c =
         Config::from_toml(&text, root, &env).unwrap_or_else(|e| panic!("deploy/h3gate.toml: {e}"));
-    assert_eq!(c.server.listen.port(), 443);
+    assert_eq!(c.server.listen.first().unwrap().port(), 443);
 }
 
 #[test]
@@ -227,4 +227,45 @@ headers = {{ "bad header" = "x", "x-ok" = "line\nbreak" }}
     ] {
         assert!(p.iter().any(|l| l.contains(path)), "{path} in {p:?}");
     }
+}
+
+#[test]
+fn listen_takes_one_address_or_a_list() {
+    let load = |server: &str, admin: &str| {
+        let text = format!("[server]\nlisten = {server}\n[admin]\nlisten = {admin}\n{VALID_TAIL}");
+        Config::from_toml(&text, Path::new("."), &no_env)
+    };
+    let one = load("\"127.0.0.1:9443\"", "\"127.0.0.1:9901\"").unwrap();
+    assert_eq!(one.server.listen.iter().count(), 1);
+    let both = load(
+        "[\"127.0.0.1:9443\", \"[::1]:9443\"]",
+        "[\"127.0.0.1:9901\", \"[::1]:9901\"]",
+    )
+    .unwrap();
+    let addrs: Vec<String> = both.server.listen.iter().map(|a| a.to_string()).collect();
+    assert_eq!(addrs, ["127.0.0.1:9443", "[::1]:9443"]);
+    assert_eq!(both.admin.listen.iter().count(), 2);
+    // The redacted config prints what it read, and reads back the same.
+    let printed = both.to_redacted_toml();
+    assert!(printed.contains("\"[::1]:9443\""), "{printed}");
+
+    let found = problems(&format!("[server]\nlisten = []\n{VALID_TAIL}"));
+    assert!(
+        found.iter().any(|f| f.starts_with("server.listen")),
+        "{found:?}"
+    );
+    let found = problems(&format!(
+        "[server]\nlisten = [\"127.0.0.1:9443\", \"[::1]:9443\"]\n[admin]\nlisten = \"[::1]:9443\"\n{VALID_TAIL}"
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("admin.listen: must differ")),
+        "{found:?}"
+    );
+    let found = problems(&format!("[server]\nlisten = \"localhost\"\n{VALID_TAIL}"));
+    assert!(
+        found.iter().any(|f| f.contains("invalid socket address")),
+        "{found:?}"
+    );
 }

@@ -216,3 +216,67 @@ mod tests {
         assert_eq!(s.expose(), "sk-test-not-a-real-key");
     }
 }
+
+/// One address or several: `listen = "127.0.0.1:8443"` or
+/// `listen = ["127.0.0.1:8443", "[::1]:8443"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses(pub Vec<std::net::SocketAddr>);
+
+impl Addresses {
+    pub fn one(addr: std::net::SocketAddr) -> Self {
+        Addresses(vec![addr])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &std::net::SocketAddr> {
+        self.0.iter()
+    }
+
+    /// The first address (the one logs and `h3gate health` name).
+    pub fn first(&self) -> Option<std::net::SocketAddr> {
+        self.0.first().copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<std::net::SocketAddr> for Addresses {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        Addresses::one(addr)
+    }
+}
+
+impl<'de> Deserialize<'de> for Addresses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let list = match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        list.iter()
+            .map(|s| {
+                s.trim().parse().map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "invalid socket address {s:?}; write it like \"127.0.0.1:8443\" or \"[::1]:8443\""
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(Addresses)
+    }
+}
+
+impl Serialize for Addresses {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => s.collect_str(one),
+            many => s.collect_seq(many.iter().map(|a| a.to_string())),
+        }
+    }
+}

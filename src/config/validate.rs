@@ -103,11 +103,34 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     if c.http.max_concurrent_streams == 0 {
         p.add("http.max_concurrent_streams", "must be at least 1");
     }
+    for (path, d) in [
+        ("http.idle_timeout", c.http.idle_timeout),
+        ("http.write_timeout", c.http.write_timeout),
+    ] {
+        if d.is_zero() {
+            p.add(path, "must be greater than zero");
+        }
+    }
+    if c.http.max_connections == 0 || c.http.max_connections_per_ip == 0 {
+        p.add(
+            "http",
+            "max_connections and max_connections_per_ip must be at least 1",
+        );
+    }
 
-    if c.admin.enabled && c.admin.listen == c.server.listen {
+    if c.server.listen.is_empty() {
+        p.add("server.listen", "needs at least one address");
+    }
+    if c.admin.enabled && c.admin.listen.is_empty() {
+        p.add("admin.listen", "needs at least one address");
+    }
+    if c.admin.enabled && c.admin.listen.iter().any(|a| c.server.listen.iter().any(|s| s == a)) {
         p.add("admin.listen", "must differ from server.listen");
     }
-    if c.admin.enabled && !c.admin.listen.ip().is_loopback() && c.admin.token.is_empty() {
+    if c.admin.enabled
+        && c.admin.listen.iter().any(|a| !a.ip().is_loopback())
+        && c.admin.token.is_empty()
+    {
         p.add(
             "admin.token",
             "is required when admin.listen is not a loopback address (set admin.token = \"${H3GATE_ADMIN_TOKEN}\")",

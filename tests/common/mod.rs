@@ -2,8 +2,11 @@
 //! the test upstream, with a freshly generated development CA.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod client;
 pub mod python;
+pub mod relay;
+pub mod tools;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -211,11 +214,7 @@ impl Gateway {
             udp.local_addr().unwrap(),
             admin.local_addr().unwrap(),
         );
-        let listeners = Listeners {
-            tcp,
-            udp: Some(udp),
-            admin: Some(admin),
-        };
+        let listeners = Listeners::single(tcp, Some(udp), Some(admin));
         let stop = CancellationToken::new();
         let task = tokio::spawn(server::run(
             config,
