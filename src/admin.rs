@@ -2,7 +2,10 @@
 //! default), never on the public port.
 //!
 //! - `GET /health`: the process is alive.
-//! - `GET /ready`: it should receive traffic (not while draining).
+//! - `GET /ready`: whether it should receive traffic: 503 from the first
+//!   moment of a shutdown until exit, or when no route can be served at
+//!   all; otherwise 200, with `"status": "degraded"` and the reasons when
+//!   some route or provider cannot serve.
 //! - `GET /metrics`: Prometheus exposition; needs the admin token when one
 //!   is set (required off loopback).
 //! - `POST /admin/reload`: re-read the configuration file.
@@ -43,10 +46,13 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Serves until the process exits, not only until the drain: `/ready`
+    /// answers 503 through the whole drain (load balancers must see it)
+    /// and `/health` keeps answering. Spawn with [`Shutdown::spawn_until_exit`].
     pub async fn serve(self, listener: TcpListener) {
         loop {
             let accepted = tokio::select! {
-                _ = self.shutdown.draining() => break,
+                _ = self.shutdown.exiting() => break,
                 a = listener.accept() => a,
             };
             let Ok((tcp, peer)) = accepted else {
@@ -57,7 +63,7 @@ impl Admin {
                 continue; // dropped: not even an answer
             }
             let this = self.clone();
-            self.shutdown.spawn(async move {
+            self.shutdown.spawn_until_exit(async move {
                 let handler = this.clone();
                 let service = service_fn(move |req: hyper::Request<Incoming>| {
                     let handler = handler.clone();
@@ -70,9 +76,9 @@ impl Admin {
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
-                    _ = this.shutdown.draining() => {
+                    _ = this.shutdown.exiting() => {
                         conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
                     }
                 }
             });
@@ -82,8 +88,8 @@ impl Admin {
     async fn route(&self, req: hyper::Request<Incoming>) -> Response {
         let token = self.state.load().config.admin.token.clone();
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
-            (&Method::GET, "/ready") => self.ready(),
+            (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
+            (&Method::GET | &Method::HEAD, "/ready") => self.ready(),
             (&Method::GET, "/metrics") => {
                 let Some(prometheus) = &self.prometheus else {
                     return error(
@@ -131,23 +137,29 @@ impl Admin {
         }
     }
 
-    /// Ready unless draining or some route has no usable target; lists
-    /// each provider's health and each target's breaker either way.
+    /// Ready unless shutting down or no route has a usable target. A
+    /// degraded node (some routes without a target, unhealthy providers)
+    /// still serves, so it stays 200 and says why. Lists each provider's
+    /// health and each target's breaker either way.
     fn ready(&self) -> Response {
         let s = self.state.load();
+        let mut reasons = Vec::new();
         let providers: serde_json::Map<String, serde_json::Value> = s
             .providers
             .iter()
             .map(|(name, p)| {
-                (
-                    name.clone(),
-                    serde_json::json!({"healthy": p.common().is_healthy()}),
-                )
+                let healthy = p.common().is_healthy();
+                if !healthy {
+                    reasons.push(format!("provider {name} is unhealthy"));
+                }
+                (name.clone(), serde_json::json!({"healthy": healthy}))
             })
             .collect();
         let mut targets = serde_json::Map::new();
         let mut unroutable = Vec::new();
+        let mut routes = 0usize;
         for route in s.router.routes() {
+            routes += 1;
             for t in &route.targets {
                 targets.insert(
                     t.name.clone(),
@@ -159,20 +171,32 @@ impl Admin {
             }
         }
         unroutable.sort();
-        let draining = self.shutdown.is_draining();
-        let ready = !draining && unroutable.is_empty();
+        reasons.sort();
+        for r in &unroutable {
+            reasons.push(format!("route {r} has no usable target"));
+        }
+        let draining = self.shutdown.is_signalled();
+        let nothing_served = routes > 0 && unroutable.len() == routes;
+        let (status, word) = if draining {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        } else if nothing_served {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        } else if !reasons.is_empty() {
+            (StatusCode::OK, "degraded")
+        } else {
+            (StatusCode::OK, "ready")
+        };
+        if draining {
+            reasons.insert(0, "shutting down".to_string());
+        }
         let body = serde_json::json!({
-            "status": if draining { "draining" } else if ready { "ready" } else { "degraded" },
+            "status": word,
+            "reasons": reasons,
             "routes_without_target": unroutable,
             "providers": providers,
             "targets": targets,
             "admission": {"available": s.admission.available(), "queued": s.admission.depth()},
         });
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
         json(status, body.to_string())
     }
 

@@ -2,6 +2,7 @@
 //! turns its protocol's requests into [`crate::exchange::GatewayRequest`]s,
 //! hands them to [`crate::pipeline::handle`] and writes the response back.
 
+pub mod caps;
 pub mod http;
 pub mod quic;
 

@@ -156,6 +156,11 @@ fn serve(path: PathBuf) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ server::StartError::DrainForced(_)) => {
+            tracing::error!(error = %e, "h3gate stopped without a clean drain");
+            eprintln!("h3gate: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             tracing::error!(error = %e, "h3gate could not start");
             eprintln!("h3gate: {e}");

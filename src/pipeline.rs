@@ -229,7 +229,7 @@ async fn dispatch(
     }
     facts.key = protect::authenticate(state, &req.headers)?;
     match (&req.method, endpoint) {
-        (&Method::GET, None) => {
+        (&Method::GET | &Method::HEAD, None) => {
             protect::authorize(facts.key.as_deref(), auth::scope_of(None), None)?;
             Ok(models(state, facts.key.as_deref(), api))
         }
