@@ -302,11 +302,9 @@ impl Provider {
             drop_unsupported: call.drop_unsupported,
             default_max_tokens: self.common().default_max_tokens,
         };
-        let translated = |v: Result<serde_json::Value, TranslateError>| {
-            let mut v = v.map_err(PrepareError::Invalid)?;
-            v["model"] = serde_json::Value::String(model.clone());
-            Ok::<Bytes, PrepareError>(Bytes::from(v.to_string()))
-        };
+        // Translated straight to the body sent, with the target's model.
+        let translated =
+            |v: Result<Vec<u8>, TranslateError>| v.map(Bytes::from).map_err(PrepareError::Invalid);
         let (endpoint, body, conversion) = match (call.endpoint, native) {
             (Endpoint::Model, Api::OpenAi) => (Endpoint::Model, Bytes::new(), Conversion::None),
             (Endpoint::Model, Api::Anthropic) => {
@@ -322,14 +320,22 @@ impl Provider {
             }
             (Endpoint::ChatCompletions, Api::Anthropic) => (
                 Endpoint::Messages,
-                translated(translate::request::chat_to_messages(&call.body, &opts))?,
+                translated(translate::request::chat_to_messages_body(
+                    &call.body,
+                    &opts,
+                    Some(&model),
+                ))?,
                 Conversion::MessagesToChat {
                     include_usage: call.include_usage,
                 },
             ),
             (Endpoint::Messages, Api::OpenAi) => (
                 Endpoint::ChatCompletions,
-                translated(translate::request::messages_to_chat(&call.body, &opts))?,
+                translated(translate::request::messages_to_chat_body(
+                    &call.body,
+                    &opts,
+                    Some(&model),
+                ))?,
                 Conversion::ChatToMessages,
             ),
             _ => return Err(PrepareError::Unsupported),

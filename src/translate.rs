@@ -10,7 +10,9 @@
 //!
 //! Everything here works on `serde_json::Value`s: the shapes are open-ended
 //! and the gateway must pass on fields it does not know unchanged where the
-//! two APIs agree.
+//! two APIs agree. A request is never one `Value` tree, though: its messages
+//! are translated one at a time into the output body, so a large request
+//! costs about its output's size, not tens of times its body.
 
 pub mod request;
 pub mod response;

@@ -3,10 +3,16 @@
 //! Every top-level parameter is either mapped, or refused with a 400 naming
 //! it (dropped instead when the route says so). A `null` parameter counts
 //! as absent, as both APIs treat it.
+//!
+//! Memory: the translated body is written as it is made, one message at a
+//! time ([`body`]), so translating a request costs about its output's size
+//! (plus one message), not a JSON tree of the whole conversation.
 
 use serde_json::{json, Map, Value};
 
 use super::{Options, TranslateError};
+
+mod body;
 
 type Result<T> = std::result::Result<T, TranslateError>;
 
@@ -14,12 +20,31 @@ fn invalid(msg: impl Into<String>) -> TranslateError {
     TranslateError::Invalid(msg.into())
 }
 
-fn object(body: &[u8]) -> Result<Map<String, Value>> {
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(invalid("the request body must be a JSON object")),
-        Err(e) => Err(invalid(format!("request body is not valid JSON: {e}"))),
+/// A fresh output buffer: about twice the body, so it rarely grows (pages
+/// never written are not resident).
+fn output_for(body: &[u8]) -> Vec<u8> {
+    Vec::with_capacity(body.len().saturating_mul(2).saturating_add(256))
+}
+
+/// Writes `v` to `out` (serializing a `Value` or a string cannot fail).
+fn write(out: &mut Vec<u8>, v: &impl serde::Serialize) {
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// Ends the object whose `"messages":[…]` is already in `out` with the
+/// other parameters, `model` (when given) overriding the client's.
+fn finish(mut out: Vec<u8>, mut params: Map<String, Value>, model: Option<&str>) -> Vec<u8> {
+    if let Some(model) = model {
+        params.insert("model".into(), Value::String(model.into()));
     }
+    for (key, value) in &params {
+        out.push(b',');
+        write(&mut out, key);
+        out.push(b':');
+        write(&mut out, value);
+    }
+    out.push(b'}');
+    out
 }
 
 /// Refuses `param`, or lets it be dropped when the route allows that.
@@ -39,24 +64,72 @@ fn unsupported(param: &str, api: &'static str, opts: &Options) -> Result<()> {
 
 /// An OpenAI chat completions request as an Anthropic messages request.
 pub fn chat_to_messages(body: &[u8], opts: &Options) -> Result<Value> {
+    let out = chat_to_messages_body(body, opts, None)?;
+    serde_json::from_slice(&out).map_err(|e| invalid(e.to_string()))
+}
+
+/// [`chat_to_messages`] as the body to send, with `model` (when given)
+/// instead of the client's.
+pub fn chat_to_messages_body(body: &[u8], opts: &Options, model: Option<&str>) -> Result<Vec<u8>> {
     const API: &str = "Anthropic Messages";
-    let mut req = object(body)?;
-    let messages = match req.remove("messages") {
-        Some(Value::Array(m)) => m,
-        _ => return Err(invalid("`messages` must be an array")),
-    };
-    let mut out = Map::new();
-    let (system, messages) = chat_messages(messages, opts)?;
+    let top = body::top_level(body)?;
+    let mut out = output_for(body);
+    out.extend_from_slice(b"{\"messages\":[");
+    let mut system = Vec::new();
+    let mut open: Option<&'static str> = None;
+    let mut blocks_in_open = 0usize;
+    body::for_each_message(body, &top, &mut |i, m| {
+        let (role, blocks) = chat_message(m, i, opts)?;
+        let Some(role) = role else {
+            for b in blocks {
+                if !system.is_empty() {
+                    system.push(b',');
+                }
+                write(&mut system, &b);
+            }
+            return Ok(());
+        };
+        // Consecutive messages of the same role are merged (Anthropic alternates).
+        if open != Some(role) {
+            if open.is_some() {
+                out.extend_from_slice(b"]},");
+            }
+            out.extend_from_slice(b"{\"role\":\"");
+            out.extend_from_slice(role.as_bytes());
+            out.extend_from_slice(b"\",\"content\":[");
+            open = Some(role);
+            blocks_in_open = 0;
+        }
+        for b in blocks {
+            if blocks_in_open > 0 {
+                out.push(b',');
+            }
+            write(&mut out, &b);
+            blocks_in_open += 1;
+        }
+        Ok(())
+    })?;
+    if open.is_some() {
+        out.extend_from_slice(b"]}");
+    }
+    out.push(b']');
+    if !system.is_empty() {
+        out.extend_from_slice(b",\"system\":[");
+        out.extend_from_slice(&system);
+        out.push(b']');
+    }
+    drop(system);
+    let mut params = Map::new();
     let mut max_tokens: Option<Value> = None;
     let mut parallel_tool_calls: Option<bool> = None;
     let mut tool_choice: Option<Value> = None;
-    for (key, value) in req {
+    for (key, value) in top.params {
         if value.is_null() {
             continue;
         }
         match key.as_str() {
             "model" | "temperature" | "top_p" | "stream" => {
-                out.insert(key, value);
+                params.insert(key, value);
             }
             "max_completion_tokens" => max_tokens = Some(value),
             "max_tokens" => {
@@ -68,15 +141,15 @@ pub fn chat_to_messages(body: &[u8], opts: &Options) -> Result<Value> {
                     Value::Array(a) => a,
                     _ => return Err(invalid("`stop` must be a string or an array of strings")),
                 };
-                out.insert("stop_sequences".into(), Value::Array(seqs));
+                params.insert("stop_sequences".into(), Value::Array(seqs));
             }
             "tools" => {
-                out.insert("tools".into(), Value::Array(chat_tools(value, opts)?));
+                params.insert("tools".into(), Value::Array(chat_tools(value, opts)?));
             }
             "tool_choice" => tool_choice = Some(value),
             "parallel_tool_calls" => parallel_tool_calls = value.as_bool(),
             "user" => {
-                out.insert("metadata".into(), json!({ "user_id": value }));
+                params.insert("metadata".into(), json!({ "user_id": value }));
             }
             // The translated stream always carries usage; the gateway
             // decides whether the client sees it.
@@ -85,14 +158,10 @@ pub fn chat_to_messages(body: &[u8], opts: &Options) -> Result<Value> {
             _ => unsupported(&key, API, opts)?,
         }
     }
-    out.insert(
+    params.insert(
         "max_tokens".into(),
         max_tokens.unwrap_or_else(|| json!(opts.default_max_tokens)),
     );
-    if !system.is_empty() {
-        out.insert("system".into(), Value::Array(system));
-    }
-    out.insert("messages".into(), Value::Array(messages));
     let choice = match tool_choice {
         None => None,
         Some(Value::String(s)) => match s.as_str() {
@@ -109,20 +178,20 @@ pub fn chat_to_messages(body: &[u8], opts: &Options) -> Result<Value> {
     match (choice, parallel_tool_calls) {
         (Some(mut c), Some(false)) => {
             c["disable_parallel_tool_use"] = json!(true);
-            out.insert("tool_choice".into(), c);
+            params.insert("tool_choice".into(), c);
         }
         (None, Some(false)) => {
-            out.insert(
+            params.insert(
                 "tool_choice".into(),
                 json!({"type": "auto", "disable_parallel_tool_use": true}),
             );
         }
         (Some(c), _) => {
-            out.insert("tool_choice".into(), c);
+            params.insert("tool_choice".into(), c);
         }
         (None, _) => {}
     }
-    Ok(Value::Object(out))
+    Ok(finish(out, params, model))
 }
 
 fn chat_tools(tools: Value, opts: &Options) -> Result<Vec<Value>> {
@@ -155,76 +224,61 @@ fn chat_tools(tools: Value, opts: &Options) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-/// OpenAI messages → (Anthropic `system` blocks, Anthropic messages).
-/// Consecutive messages of the same role are merged (Anthropic alternates).
-fn chat_messages(messages: Vec<Value>, opts: &Options) -> Result<(Vec<Value>, Vec<Value>)> {
-    let mut system = Vec::new();
-    let mut out: Vec<(String, Vec<Value>)> = Vec::new();
-    for (i, m) in messages.into_iter().enumerate() {
-        let role = m["role"].as_str().unwrap_or_default();
-        let blocks = match role {
-            "system" | "developer" => {
-                system.extend(text_blocks(&m["content"], i)?);
-                continue;
-            }
-            "user" => user_blocks(&m["content"], i, opts)?,
-            "assistant" => {
-                let mut blocks = text_blocks(&m["content"], i)?;
-                if let Some(calls) = m["tool_calls"].as_array() {
-                    for call in calls {
-                        let f = &call["function"];
-                        let args = f["arguments"].as_str().unwrap_or("{}");
-                        let input: Value = if args.trim().is_empty() {
-                            json!({})
-                        } else {
-                            serde_json::from_str(args).map_err(|_| {
-                                invalid(format!(
-                                    "messages[{i}].tool_calls: `arguments` is not valid JSON"
-                                ))
-                            })?
-                        };
-                        blocks.push(json!({
-                            "type": "tool_use",
-                            "id": call["id"].as_str().unwrap_or_default(),
-                            "name": f["name"].as_str().unwrap_or_default(),
-                            "input": input,
-                        }));
-                    }
+/// OpenAI message `i` → its Anthropic role (`None`: a `system` block)
+/// and content blocks.
+fn chat_message(m: Value, i: usize, opts: &Options) -> Result<(Option<&'static str>, Vec<Value>)> {
+    let role = m["role"].as_str().unwrap_or_default();
+    let blocks = match role {
+        "system" | "developer" => return Ok((None, text_blocks(&m["content"], i)?)),
+        "user" => user_blocks(&m["content"], i, opts)?,
+        "assistant" => {
+            let mut blocks = text_blocks(&m["content"], i)?;
+            if let Some(calls) = m["tool_calls"].as_array() {
+                for call in calls {
+                    let f = &call["function"];
+                    let args = f["arguments"].as_str().unwrap_or("{}");
+                    let input: Value = if args.trim().is_empty() {
+                        json!({})
+                    } else {
+                        serde_json::from_str(args).map_err(|_| {
+                            invalid(format!(
+                                "messages[{i}].tool_calls: `arguments` is not valid JSON"
+                            ))
+                        })?
+                    };
+                    blocks.push(json!({
+                        "type": "tool_use",
+                        "id": call["id"].as_str().unwrap_or_default(),
+                        "name": f["name"].as_str().unwrap_or_default(),
+                        "input": input,
+                    }));
                 }
-                blocks
             }
-            "tool" => {
-                let content = match &m["content"] {
-                    Value::String(s) => json!(s),
-                    v => Value::Array(text_blocks(v, i)?),
-                };
-                vec![json!({
-                    "type": "tool_result",
-                    "tool_use_id": m["tool_call_id"].as_str().unwrap_or_default(),
-                    "content": content,
-                })]
-            }
-            other => {
-                return Err(invalid(format!(
-                    "messages[{i}]: role `{other}` cannot be sent to an Anthropic model"
-                )))
-            }
-        };
-        let role = if role == "assistant" {
-            "assistant"
-        } else {
-            "user"
-        };
-        match out.last_mut() {
-            Some((r, prev)) if r == role => prev.extend(blocks),
-            _ => out.push((role.to_string(), blocks)),
+            blocks
         }
-    }
-    let messages = out
-        .into_iter()
-        .map(|(role, content)| json!({"role": role, "content": content}))
-        .collect();
-    Ok((system, messages))
+        "tool" => {
+            let content = match &m["content"] {
+                Value::String(s) => json!(s),
+                v => Value::Array(text_blocks(v, i)?),
+            };
+            vec![json!({
+                "type": "tool_result",
+                "tool_use_id": m["tool_call_id"].as_str().unwrap_or_default(),
+                "content": content,
+            })]
+        }
+        other => {
+            return Err(invalid(format!(
+                "messages[{i}]: role `{other}` cannot be sent to an Anthropic model"
+            )))
+        }
+    };
+    let role = if role == "assistant" {
+        "assistant"
+    } else {
+        "user"
+    };
+    Ok((Some(role), blocks))
 }
 
 /// Text-only content (system, assistant, tool): a string or text parts.
@@ -297,42 +351,58 @@ fn image_source(url: &str, i: usize) -> Result<Value> {
 
 /// An Anthropic messages request as an OpenAI chat completions request.
 pub fn messages_to_chat(body: &[u8], opts: &Options) -> Result<Value> {
+    let out = messages_to_chat_body(body, opts, None)?;
+    serde_json::from_slice(&out).map_err(|e| invalid(e.to_string()))
+}
+
+/// [`messages_to_chat`] as the body to send, with `model` (when given)
+/// instead of the client's.
+pub fn messages_to_chat_body(body: &[u8], opts: &Options, model: Option<&str>) -> Result<Vec<u8>> {
     const API: &str = "OpenAI Chat Completions";
-    let mut req = object(body)?;
-    let messages = match req.remove("messages") {
-        Some(Value::Array(m)) => m,
-        _ => return Err(invalid("`messages` must be an array")),
-    };
-    let mut out = Map::new();
-    let mut chat = Vec::with_capacity(messages.len() + 1);
-    if let Some(system) = req.remove("system").filter(|s| !s.is_null()) {
+    let mut top = body::top_level(body)?;
+    let mut out = output_for(body);
+    out.extend_from_slice(b"{\"messages\":[");
+    let mut first = true;
+    if let Some(system) = top.params.remove("system").filter(|s| !s.is_null()) {
         let text = joined_text(&system, "system")?;
-        chat.push(json!({"role": "system", "content": text}));
+        write(&mut out, &json!({"role": "system", "content": text}));
+        first = false;
     }
-    for (i, m) in messages.into_iter().enumerate() {
+    let mut chat = Vec::new();
+    body::for_each_message(body, &top, &mut |i, m| {
         anthropic_message(m, i, opts, &mut chat)?;
-    }
+        for v in chat.drain(..) {
+            if !first {
+                out.push(b',');
+            }
+            write(&mut out, &v);
+            first = false;
+        }
+        Ok(())
+    })?;
+    out.push(b']');
+    let mut params = Map::new();
     let mut disable_parallel = false;
-    for (key, value) in req {
+    for (key, value) in top.params {
         if value.is_null() {
             continue;
         }
         match key.as_str() {
             "model" | "temperature" | "top_p" | "max_tokens" => {
-                out.insert(key, value);
+                params.insert(key, value);
             }
             "stream" => {
                 if value == json!(true) {
-                    out.insert("stream_options".into(), json!({"include_usage": true}));
+                    params.insert("stream_options".into(), json!({"include_usage": true}));
                 }
-                out.insert(key, value);
+                params.insert(key, value);
             }
             "stop_sequences" => {
-                out.insert("stop".into(), value);
+                params.insert("stop".into(), value);
             }
             "metadata" => {
                 if let Some(user) = value.get("user_id").filter(|u| !u.is_null()) {
-                    out.insert("user".into(), user.clone());
+                    params.insert("user".into(), user.clone());
                 }
             }
             "tools" => {
@@ -356,7 +426,7 @@ pub fn messages_to_chat(body: &[u8], opts: &Options) -> Result<Value> {
                     }
                     list.push(json!({"type": "function", "function": f}));
                 }
-                out.insert("tools".into(), Value::Array(list));
+                params.insert("tools".into(), Value::Array(list));
             }
             "tool_choice" => {
                 disable_parallel = value["disable_parallel_tool_use"] == json!(true);
@@ -369,16 +439,15 @@ pub fn messages_to_chat(body: &[u8], opts: &Options) -> Result<Value> {
                     }
                     _ => return Err(invalid("unknown `tool_choice.type`")),
                 };
-                out.insert("tool_choice".into(), choice);
+                params.insert("tool_choice".into(), choice);
             }
             _ => unsupported(&key, API, opts)?,
         }
     }
     if disable_parallel {
-        out.insert("parallel_tool_calls".into(), json!(false));
+        params.insert("parallel_tool_calls".into(), json!(false));
     }
-    out.insert("messages".into(), Value::Array(chat));
-    Ok(Value::Object(out))
+    Ok(finish(out, params, model))
 }
 
 /// The text of a string or of text blocks, joined.

@@ -213,3 +213,86 @@ fn round_trip_keeps_the_conversation() {
     assert_eq!(back["stop"], chat["stop"]);
     assert_eq!(back["max_tokens"], 10);
 }
+
+/// A conversation of `n` messages written as text (as a client sends it).
+fn big_chat(n: usize) -> String {
+    let mut s = String::from(r#"{"model":"claude-x","messages":["#);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        // Two user messages, then one assistant message: the users merge.
+        let role = if i % 3 == 2 { "assistant" } else { "user" };
+        s.push_str(&format!(r#"{{"role":"{role}","content":"m{i} \"q\""}}"#));
+    }
+    s.push_str(r#"],"max_tokens":7,"messages_note":null}"#);
+    s
+}
+
+#[test]
+fn a_big_request_translates_message_by_message() {
+    let n = 30_000;
+    let body = big_chat(n);
+    let out = chat_to_messages_body(body.as_bytes(), &Options::default(), Some("target")).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v["model"], "target",
+        "the target's model replaces the client's"
+    );
+    assert_eq!(v["max_tokens"], 7);
+    let messages = v["messages"].as_array().unwrap();
+    assert_eq!(
+        messages.len(),
+        n / 3 * 2,
+        "consecutive user messages merged"
+    );
+    assert_eq!(
+        messages[0],
+        json!({"role": "user", "content": [
+            {"type": "text", "text": "m0 \"q\""}, {"type": "text", "text": "m1 \"q\""}
+        ]})
+    );
+    assert_eq!(
+        messages[n / 3 * 2 - 1],
+        json!({"role": "assistant", "content": [{"type": "text", "text": format!("m{} \"q\"", n - 1)}]})
+    );
+    // The same through the other direction and back.
+    let back = messages_to_chat_body(&out, &Options::default(), None).unwrap();
+    let back: Value = serde_json::from_slice(&back).unwrap();
+    let chat = back["messages"].as_array().unwrap();
+    assert_eq!(chat.len(), n / 3 * 2);
+    assert_eq!(chat[1], json!({"role": "assistant", "content": "m2 \"q\""}));
+    assert_eq!(back["model"], "target");
+}
+
+#[test]
+fn the_last_messages_key_counts_and_system_comes_first_wherever_it_is() {
+    let body = r#"{"messages":[{"role":"user","content":"old"}],"model":"m","max_tokens":1,
+        "messages":[{"role":"user","content":"new"}],"system":"S"}"#;
+    let v = messages_to_chat(body.as_bytes(), &Options::default()).unwrap();
+    assert_eq!(
+        v["messages"],
+        json!([{"role": "system", "content": "S"}, {"role": "user", "content": "new"}])
+    );
+    let body = body.replace(r#","system":"S""#, "");
+    let v = chat_to_messages(body.as_bytes(), &Options::default()).unwrap();
+    assert_eq!(
+        v["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "new"}]}])
+    );
+    for bad in [
+        r#"{"model":"m"}"#,
+        r#"{"messages":null}"#,
+        r#"{"messages":{}}"#,
+    ] {
+        let err = chat_to_messages(bad.as_bytes(), &Options::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("`messages` must be an array"),
+            "{bad}: {err}"
+        );
+    }
+    let err = chat_to_messages(b"[]", &Options::default()).unwrap_err();
+    assert!(err.to_string().contains("must be a JSON object"), "{err}");
+    let err = chat_to_messages(b"{\"messages\":[]} x", &Options::default()).unwrap_err();
+    assert!(err.to_string().contains("not valid JSON"), "{err}");
+}
