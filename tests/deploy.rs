@@ -214,6 +214,27 @@ async fn health_subcommand_probes_the_admin_listener() {
     .await
     .unwrap();
     assert!(ok.success());
+
+    // While draining (a stream in flight holds the drain open) the process
+    // is alive, so the container health check still passes.
+    let c = gw.client(common::Proto::H1).await;
+    let mut stream = c
+        .post_json("/v1/chat/completions", common::chat("gated", true))
+        .await;
+    stream.chunk().await.unwrap().unwrap();
+    gw.begin_shutdown();
+    let admin = gw.admin.to_string();
+    let draining = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_h3gate"))
+            .args(["health", "--admin", &admin])
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(draining.success(), "healthy while draining");
+    gw.upstream.release();
+
     let dead = common::dead_addr().to_string();
     let down = Command::new(env!("CARGO_BIN_EXE_h3gate"))
         .args(["health", "--admin", &dead])
@@ -285,5 +306,61 @@ fn keys_cli_creates_lists_and_revokes() {
             .status
             .success(),
         "unknown scope"
+    );
+}
+
+/// `[server] drain_delay + shutdown_timeout` of a configuration text.
+fn drain_budget(toml_text: &str) -> std::time::Duration {
+    let table: toml::Table = toml_text.parse().expect("valid TOML");
+    let server = table["server"].as_table().expect("[server]");
+    let get = |key: &str, default: &str| -> std::time::Duration {
+        let text = server.get(key).and_then(|v| v.as_str()).unwrap_or(default);
+        text.parse::<h3gate::config::Duration>()
+            .unwrap_or_else(|e| panic!("server.{key}: {e}"))
+            .get()
+    };
+    get("drain_delay", "0s") + get("shutdown_timeout", "30s")
+}
+
+#[test]
+fn stop_timeouts_cover_the_drain() {
+    // The process must get longer to stop than its drain may take, or it is
+    // killed mid-drain (and the streams the drain protects are cut anyway).
+    let docs = yaml("deploy/kubernetes/h3gate.yaml");
+    let budget = drain_budget(docs[0]["data"]["h3gate.toml"].as_str().unwrap());
+    let pod = &docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .unwrap()["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap() as u64;
+    assert!(
+        grace > budget.as_secs(),
+        "terminationGracePeriodSeconds {grace} must exceed drain_delay + shutdown_timeout ({budget:?})"
+    );
+    assert!(
+        budget.as_secs() > 30,
+        "the Kubernetes config keeps a drain_delay for endpoint removal"
+    );
+
+    let shared = std::fs::read_to_string(root().join("deploy/h3gate.toml")).unwrap();
+    let budget = drain_budget(&shared);
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/h3gate.service")).unwrap();
+    let stop = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec");
+    let stop: h3gate::config::Duration = stop.trim().parse().unwrap();
+    assert!(
+        stop.get() > budget,
+        "TimeoutStopSec {stop} must exceed {budget:?}"
+    );
+    let compose = yaml("deploy/compose.yaml");
+    let period = compose[0]["services"]["h3gate"]["stop_grace_period"]
+        .as_str()
+        .expect("stop_grace_period");
+    let period: h3gate::config::Duration = period.parse().unwrap();
+    assert!(
+        period.get() > budget,
+        "stop_grace_period {period} must exceed {budget:?}"
     );
 }
