@@ -83,20 +83,13 @@ impl Gate {
             return Ok(Permit { _slot: slot });
         }
         // Claim a place in the queue, or shed at once.
-        let claimed = self
-            .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                (w < self.max_queue).then_some(w + 1)
-            });
-        if claimed.is_err() {
+        let Some(place) = QueuePlace::claim(self) else {
             self.sheds[0].increment(1);
             return Err(Shed::QueueFull);
-        }
-        self.depth.increment(1.0);
+        };
         let started = Instant::now();
         let got = tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        self.depth.decrement(1.0);
+        drop(place);
         match got {
             Ok(Ok(slot)) => {
                 self.wait.record(started.elapsed().as_secs_f64());
@@ -116,6 +109,32 @@ impl Gate {
             .try_acquire_owned()
             .ok()
             .map(|slot| Permit { _slot: slot })
+    }
+}
+
+/// A place in a gate's wait queue: claimed before the wait, given back
+/// (count and depth gauge) when dropped — also when the waiting request is
+/// cancelled mid-wait.
+struct QueuePlace<'a> {
+    gate: &'a Gate,
+}
+
+impl<'a> QueuePlace<'a> {
+    fn claim(gate: &'a Gate) -> Option<Self> {
+        gate.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                (w < gate.max_queue).then_some(w + 1)
+            })
+            .ok()?;
+        gate.depth.increment(1.0);
+        Some(QueuePlace { gate })
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.gate.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.gate.depth.decrement(1.0);
     }
 }
 
@@ -201,6 +220,35 @@ mod tests {
         let started = Instant::now();
         assert_eq!(gate.enter().await.unwrap_err(), Shed::Timeout);
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_gives_its_place_back() {
+        let gate = Arc::new(Gate::new("test-cancel", 1, 2, Duration::from_secs(60)));
+        let held = gate.enter().await.unwrap();
+        let g = gate.clone();
+        let waiter = tokio::spawn(async move { g.enter().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert_eq!(gate.depth(), 1, "queued");
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(gate.depth(), 0, "the cancelled waiter left the queue");
+
+        // The whole queue is usable again: max_queue waiters, then a shed.
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let g = gate.clone();
+                tokio::spawn(async move { g.enter().await.map(|_| ()) })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(gate.depth(), 2);
+        assert_eq!(gate.enter().await.unwrap_err(), Shed::QueueFull);
+        drop(held);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Ok(()));
+        }
+        assert_eq!(gate.depth(), 0);
     }
 
     #[test]
