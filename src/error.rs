@@ -66,13 +66,15 @@ pub enum GatewayError {
     TooEarly,
     #[error("too many concurrent requests from this client")]
     ClientLimit,
-    /// An error status from the provider, passed through with a sanitised message.
+    /// An error status from the provider, passed through with a sanitised
+    /// message (and its `Retry-After`, on a 429 or 503).
     #[error("{message}")]
     Upstream {
         status: StatusCode,
         message: String,
         kind: String,
         code: Option<String>,
+        retry_after: Option<std::time::Duration>,
     },
     #[error("internal error")]
     Internal,
@@ -237,6 +239,14 @@ impl GatewayError {
             GatewayError::RateLimited {
                 retry_after_secs, ..
             } => Some((*retry_after_secs).max(1)),
+            // The provider's own wait, on the statuses that mean "later".
+            GatewayError::Upstream {
+                status,
+                retry_after: Some(d),
+                ..
+            } if matches!(status.as_u16(), 429 | 503 | 529) => {
+                Some(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            }
             _ => None,
         };
         if let Some(secs) = retry_after {
@@ -279,11 +289,34 @@ impl GatewayError {
                 message,
                 kind,
                 code,
+                retry_after,
             } => GatewayError::Upstream {
                 status,
                 message: format!("{message}{}", attempts(&s)),
                 kind,
                 code,
+                retry_after,
+            },
+            other => other,
+        }
+    }
+
+    /// The same error carrying the upstream's `Retry-After` (an upstream
+    /// error only; it reaches the client on a 429 or 503).
+    pub fn with_retry_after(self, wait: Option<std::time::Duration>) -> GatewayError {
+        match self {
+            GatewayError::Upstream {
+                status,
+                message,
+                kind,
+                code,
+                retry_after,
+            } => GatewayError::Upstream {
+                status,
+                message,
+                kind,
+                code,
+                retry_after: wait.or(retry_after),
             },
             other => other,
         }
@@ -346,6 +379,7 @@ impl GatewayError {
             message,
             kind,
             code,
+            retry_after: None,
         }
     }
 }
@@ -414,6 +448,23 @@ mod tests {
                 .len()
                 < 600
         );
+    }
+
+    #[test]
+    fn upstream_retry_after_passes_through_on_429_and_503() {
+        let wait = Some(std::time::Duration::from_millis(14_200));
+        for (status, expected) in [(429, Some("15")), (503, Some("15")), (500, None)] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let resp = GatewayError::from_upstream(status, b"{}")
+                .with_retry_after(wait)
+                .with_attempts("up: status")
+                .into_response_for(Api::Anthropic, "req-1");
+            let got = resp.headers().get(http::header::RETRY_AFTER);
+            assert_eq!(got.and_then(|v| v.to_str().ok()), expected, "{status}");
+        }
+        let resp = GatewayError::from_upstream(StatusCode::TOO_MANY_REQUESTS, b"{}")
+            .into_response("req-2");
+        assert!(resp.headers().get(http::header::RETRY_AFTER).is_none());
     }
 
     #[test]

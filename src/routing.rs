@@ -4,9 +4,10 @@
 //! alone; exact names win, then the more specific glob (more literal
 //! characters), then the one written first. A target is a provider plus an
 //! optional upstream model name. [`forward`] tries a route's targets in the
-//! order its strategy gives, skipping unhealthy, open-breaker and
-//! cooling-down ones, retrying retryable failures with backoff — always
-//! before the first byte reaches the client.
+//! order its strategy gives, skipping unhealthy and open-breaker ones,
+//! passing over a target cooling down after a `Retry-After` while another
+//! can serve (waiting it out only when none can), retrying retryable
+//! failures with backoff — always before the first byte reaches the client.
 
 pub mod breaker;
 pub mod health;
@@ -22,13 +23,13 @@ use metrics::{gauge, Gauge};
 use tokio::time::Instant;
 
 use crate::admission::Permit;
-use crate::config::{Config, RetryConfig, RouteConfig, Strategy};
+use crate::config::{BreakerConfig, Config, RetryConfig, RouteConfig, Strategy};
 use crate::error::GatewayError;
 use crate::metrics::{self as m, Attempt, RouteMetrics};
 use crate::provider::{
     PrepareError, Prepared, Provider, UpstreamCall, UpstreamError, UpstreamResponse,
 };
-use breaker::{Breaker, BreakerState};
+use breaker::{Breaker, BreakerState, Pass};
 
 /// Live state of one target (shared by every route that names it).
 #[derive(Debug)]
@@ -44,12 +45,42 @@ pub struct TargetState {
 }
 
 impl TargetState {
+    fn new(name: &str, cfg: BreakerConfig) -> Self {
+        let g = gauge!("h3gate_breaker_state", "target" => name.to_string());
+        g.set(0.0);
+        TargetState {
+            breaker: Mutex::new(Breaker::new(cfg)),
+            breaker_gauge: g,
+            outstanding: AtomicUsize::new(0),
+            ewma_us: AtomicU64::new(0),
+            not_before: Mutex::new(None),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn breaker_state(&self) -> BreakerState {
         self.lock().state(Instant::now())
+    }
+
+    /// Whether a half-open breaker's probe is in flight now.
+    pub fn probing(&self) -> bool {
+        self.lock().probing()
+    }
+
+    /// Lets one request through the breaker (`None`: refused). A half-open
+    /// breaker's single probe comes as a [`Probe`], to hold until the
+    /// outcome is recorded.
+    pub fn pass(self: &Arc<Self>) -> Option<Option<Probe>> {
+        match self.lock().allow(Instant::now())? {
+            Pass::Free => Some(None),
+            Pass::Probe(id) => Some(Some(Probe {
+                state: self.clone(),
+                id,
+            })),
+        }
     }
 
     /// Records an outcome in the breaker (and the latency of a success).
@@ -79,6 +110,22 @@ impl TargetState {
     fn cost(&self) -> u128 {
         let out = self.outstanding.load(Ordering::Relaxed) as u128 + 1;
         out * u128::from(self.ewma_us.load(Ordering::Relaxed).max(1))
+    }
+}
+
+/// A half-open breaker's one probe, held by the request that is it. Dropped
+/// before an outcome was recorded (the client went away, the attempt was
+/// never sent), it gives the probe back, so a cancelled request cannot wedge
+/// the breaker half-open; after an outcome it changes nothing.
+#[derive(Debug)]
+pub struct Probe {
+    state: Arc<TargetState>,
+    id: u64,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.state.lock().release(self.id);
     }
 }
 
@@ -259,15 +306,7 @@ fn build_route(
             let state = states
                 .entry(name.clone())
                 .or_insert_with(|| {
-                    let g = gauge!("h3gate_breaker_state", "target" => name.clone());
-                    g.set(0.0);
-                    Arc::new(TargetState {
-                        breaker: Mutex::new(Breaker::new(provider.common().breaker.clone())),
-                        breaker_gauge: g,
-                        outstanding: AtomicUsize::new(0),
-                        ewma_us: AtomicU64::new(0),
-                        not_before: Mutex::new(None),
-                    })
+                    Arc::new(TargetState::new(&name, provider.common().breaker.clone()))
                 })
                 .clone();
             Some(Arc::new(Target {
@@ -369,6 +408,10 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
     let mut waited = Duration::ZERO;
     let mut last_target = None;
     let mut unsupported: HashSet<usize> = HashSet::new();
+    // Targets that refused this request (busy, breaker): not worth passing
+    // over a cooling target for.
+    let mut refused: HashSet<usize> = HashSet::new();
+    let mut cooling_noted: HashSet<usize> = HashSet::new();
     let (mut attempts, mut retries, mut position, mut skipped) = (0u32, 0u32, 0usize, 0usize);
 
     while attempts < retry.max_attempts && skipped < order.len() {
@@ -399,11 +442,23 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
                 };
             }
         };
-        // A Retry-After in force: wait for it if the budget allows, else skip.
+        // A Retry-After in force: pass over it while another target can
+        // serve now; wait for it only if none can and the budget allows.
         if let Some(until) = target.state.cooling_until() {
-            if until >= deadline {
-                skipped += 1;
-                failures.push(format!("{}: cooling down (retry-after)", target.name));
+            let another = order.iter().enumerate().any(|(j, t)| {
+                j != i
+                    && !unsupported.contains(&j)
+                    && !refused.contains(&j)
+                    && t.unusable().is_none()
+                    && t.state.cooling_until().is_none()
+            });
+            if another || until >= deadline {
+                if cooling_noted.insert(i) {
+                    failures.push(format!("{}: cooling down (retry-after)", target.name));
+                }
+                if !another {
+                    skipped += 1;
+                }
                 continue;
             }
             let t0 = Instant::now();
@@ -421,14 +476,18 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
         }
         let Some(permit) = target.provider.common().admit() else {
             skipped += 1;
+            refused.insert(i);
             failures.push(format!("{}: busy", target.name));
             continue;
         };
-        if !target.state.lock().allow(Instant::now()) {
+        // Held until the outcome is recorded: dropped with a cancelled
+        // request, a half-open probe is given back.
+        let Some(_probe) = target.state.pass() else {
             skipped += 1;
+            refused.insert(i);
             failures.push(format!("{}: breaker_open", target.name));
             continue;
-        }
+        };
         if attempts > 0 {
             m::failover(&route.pattern);
         }
@@ -465,11 +524,12 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
                 metrics.attempt(Attempt::ErrorStatus);
                 let status = up.status;
                 target.state.record(!retry::breaker_failure(status), None);
-                if let Some(d) = retry::retry_after(&up.headers) {
+                let retry_after = retry::retry_after(&up.headers);
+                if let Some(d) = retry_after {
                     target.state.cool_down(d);
                 }
                 let body = read_error_body(up.body).await;
-                let err = GatewayError::from_upstream(status, &body);
+                let err = GatewayError::from_upstream(status, &body).with_retry_after(retry_after);
                 tracing::warn!(target = %target.name, status = status.as_u16(), attempt = attempts, "upstream answered with an error");
                 failures.push(format!("{}: status {}", target.name, status.as_u16()));
                 if !retry::retryable(status) {

@@ -1,7 +1,10 @@
 //! A circuit breaker per target: closed → open after N consecutive failures
 //! or an error ratio over a sliding window; open → half-open after the
 //! cooldown, letting exactly one probe through; the probe's success closes
-//! it, its failure opens it again.
+//! it, its failure opens it again. A probe is numbered: the caller holds it
+//! as a value that gives the slot back when dropped unrecorded (a cancelled
+//! request cannot wedge the breaker half-open), and giving back a probe
+//! that is no longer the current one changes nothing.
 
 use tokio::time::Instant;
 
@@ -46,7 +49,19 @@ pub struct Breaker {
     last_bucket: u64,
     start: Instant,
     open_until: Instant,
-    probe_in_flight: bool,
+    /// The half-open probe in flight, by number.
+    probe: Option<u64>,
+    /// The number of the last probe handed out.
+    probes: u64,
+}
+
+/// What [`Breaker::allow`] lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Closed: any number of requests.
+    Free,
+    /// Half-open: this request is the one probe, numbered.
+    Probe(u64),
 }
 
 impl Breaker {
@@ -60,7 +75,8 @@ impl Breaker {
             last_bucket: 0,
             start: now,
             open_until: now,
-            probe_in_flight: false,
+            probe: None,
+            probes: 0,
         }
     }
 
@@ -72,28 +88,37 @@ impl Breaker {
         }
     }
 
-    /// Whether a request may go to this target now. In half-open, only one
-    /// probe at a time; the caller must then [`Breaker::record`] its outcome
-    /// (or [`Breaker::release`] it if it was not sent).
-    pub fn allow(&mut self, now: Instant) -> bool {
+    /// Whether a request may go to this target now (`None`: refused). In
+    /// half-open, only one probe at a time; the caller must then
+    /// [`Breaker::record`] its outcome or [`Breaker::release`] it.
+    pub fn allow(&mut self, now: Instant) -> Option<Pass> {
         if self.state == BreakerState::Open && now >= self.open_until {
             self.state = BreakerState::HalfOpen;
-            self.probe_in_flight = false;
+            self.probe = None;
         }
         match self.state {
-            BreakerState::Closed => true,
-            BreakerState::Open => false,
-            BreakerState::HalfOpen if self.probe_in_flight => false,
+            BreakerState::Closed => Some(Pass::Free),
+            BreakerState::Open => None,
+            BreakerState::HalfOpen if self.probe.is_some() => None,
             BreakerState::HalfOpen => {
-                self.probe_in_flight = true;
-                true
+                self.probes += 1;
+                self.probe = Some(self.probes);
+                Some(Pass::Probe(self.probes))
             }
         }
     }
 
-    /// Gives back a half-open probe slot that was not used.
-    pub fn release(&mut self) {
-        self.probe_in_flight = false;
+    /// Gives back probe `id` if it is still the one in flight (its request
+    /// ended without an outcome); any other probe is left alone.
+    pub fn release(&mut self, id: u64) {
+        if self.probe == Some(id) {
+            self.probe = None;
+        }
+    }
+
+    /// Whether a half-open probe is in flight now.
+    pub fn probing(&self) -> bool {
+        self.probe.is_some()
     }
 
     /// Records an outcome. Returns the new state when it changed.
@@ -101,7 +126,7 @@ impl Breaker {
         let before = self.state;
         match self.state {
             BreakerState::HalfOpen => {
-                self.probe_in_flight = false;
+                self.probe = None;
                 if ok {
                     self.close();
                 } else {
@@ -137,7 +162,7 @@ impl Breaker {
     fn open(&mut self, now: Instant) {
         self.state = BreakerState::Open;
         self.open_until = now + self.cfg.cooldown.get();
-        self.probe_in_flight = false;
+        self.probe = None;
     }
 
     fn close(&mut self) {
@@ -180,23 +205,23 @@ mod tests {
     async fn opens_stays_open_half_opens_and_closes() {
         let mut b = Breaker::new(cfg());
         let now = Instant::now();
-        assert!(b.allow(now));
+        assert_eq!(b.allow(now), Some(Pass::Free));
         assert_eq!(b.record(now, false), None);
         b.record(now, false);
         assert_eq!(b.record(now, false), Some(BreakerState::Open));
-        assert!(!b.allow(now), "open: refuses");
+        assert!(b.allow(now).is_none(), "open: refuses");
 
         tokio::time::advance(StdDuration::from_secs(29)).await;
         assert!(
-            !b.allow(Instant::now()),
+            b.allow(Instant::now()).is_none(),
             "still open before the cooldown ends"
         );
 
         tokio::time::advance(StdDuration::from_secs(1)).await;
         let now = Instant::now();
         assert_eq!(b.state(now), BreakerState::HalfOpen);
-        assert!(b.allow(now), "one probe");
-        assert!(!b.allow(now), "only one probe at a time");
+        assert!(matches!(b.allow(now), Some(Pass::Probe(_))), "one probe");
+        assert!(b.allow(now).is_none(), "only one probe at a time");
         assert_eq!(
             b.record(now, false),
             Some(BreakerState::Open),
@@ -205,13 +230,13 @@ mod tests {
 
         tokio::time::advance(StdDuration::from_secs(30)).await;
         let now = Instant::now();
-        assert!(b.allow(now));
+        assert!(b.allow(now).is_some());
         assert_eq!(
             b.record(now, true),
             Some(BreakerState::Closed),
             "successful probe closes"
         );
-        assert!(b.allow(now) && b.allow(now));
+        assert!(b.allow(now) == Some(Pass::Free) && b.allow(now) == Some(Pass::Free));
     }
 
     #[tokio::test(start_paused = true)]
@@ -245,8 +270,17 @@ mod tests {
             b.record(Instant::now(), false);
         }
         tokio::time::advance(StdDuration::from_secs(30)).await;
-        assert!(b.allow(Instant::now()));
-        b.release();
-        assert!(b.allow(Instant::now()), "the slot came back");
+        let Some(Pass::Probe(first)) = b.allow(Instant::now()) else {
+            panic!("half-open: a probe");
+        };
+        b.release(first);
+        let Some(Pass::Probe(second)) = b.allow(Instant::now()) else {
+            panic!("the slot came back");
+        };
+        b.release(first);
+        assert!(b.probing(), "a stale probe does not free the current one");
+        assert!(b.allow(Instant::now()).is_none());
+        b.release(second);
+        assert!(!b.probing());
     }
 }

@@ -127,3 +127,133 @@ fn model_rewrite_only_when_asked() {
     assert_eq!(v["model"], "llama3.1:8b");
     assert_eq!(v["messages"], serde_json::json!([]));
 }
+
+fn mock_provider(name: &str, latency: crate::config::Duration) -> Arc<Provider> {
+    let cfg = ProviderConfig {
+        name: name.to_string(),
+        kind: ProviderKind::Mock,
+        models: vec!["m".into()],
+        mock: crate::config::MockConfig {
+            first_token_latency: latency,
+            ..Default::default()
+        },
+        breaker: crate::config::BreakerConfig {
+            consecutive_failures: 1,
+            cooldown: crate::config::Duration::secs(10),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Arc::new(Provider::build(&cfg, &mut HttpClients::default()).unwrap())
+}
+
+fn call() -> UpstreamCall {
+    UpstreamCall {
+        endpoint: crate::provider::Endpoint::ChatCompletions,
+        model: "m".into(),
+        body: Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#),
+        stream: false,
+        include_usage: false,
+        request_id: "req-test".into(),
+        early_data: false,
+        drop_unsupported: false,
+    }
+}
+
+fn mock_route(targets: &[(&str, u64)]) -> Arc<Route> {
+    let providers: HashMap<String, Arc<Provider>> = targets
+        .iter()
+        .map(|(n, ms)| {
+            (
+                n.to_string(),
+                mock_provider(n, crate::config::Duration::millis(*ms)),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = targets.iter().map(|(n, _)| *n).collect();
+    let config = Config {
+        routes: vec![route("m", &names)],
+        ..Default::default()
+    };
+    Router::new(&config, &providers)
+        .resolve("m")
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_gives_the_half_open_breaker_back() {
+    let route = mock_route(&[("probe-a", 60_000)]);
+    let target = route.targets[0].clone();
+    target.state.record(false, None);
+    assert_eq!(target.state.breaker_state(), BreakerState::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(target.state.breaker_state(), BreakerState::HalfOpen);
+
+    // The probe goes to an upstream that takes a minute; its client goes away.
+    let r = route.clone();
+    let probe = tokio::spawn(async move {
+        forward(&r, &call(), &RetryConfig::default()).await;
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(target.state.probing(), "the request is the probe");
+    probe.abort();
+    assert!(probe.await.unwrap_err().is_cancelled());
+    assert!(!target.state.probing(), "the dropped probe was given back");
+
+    // A later request is admitted as the next probe.
+    let pass = target.state.pass();
+    assert!(matches!(pass, Some(Some(_))), "the next request probes");
+    drop(pass);
+    assert!(!target.state.probing());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_probe_never_frees_the_current_one() {
+    let route = mock_route(&[("probe-b", 0)]);
+    let state = route.targets[0].state.clone();
+    state.record(false, None);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let first = state.pass().unwrap().unwrap();
+    state.record(false, None); // some outcome reopens it; the first probe is done
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let second = state.pass().unwrap().unwrap();
+    drop(first);
+    assert!(state.probing(), "the current probe is still in flight");
+    assert!(state.pass().is_none(), "still one probe at a time");
+    drop(second);
+    assert!(state.pass().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cooling_target_is_passed_over_while_another_can_serve() {
+    let route = mock_route(&[("cool-a", 0), ("cool-b", 0)]);
+    route.targets[0].state.cool_down(Duration::from_secs(15));
+    let started = Instant::now();
+    let done = forward(&route, &call(), &RetryConfig::default()).await;
+    let served = done.result.ok().map(|a| a.target.name.clone());
+    assert_eq!(served.as_deref(), Some("cool-b"));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "did not wait out the Retry-After: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cooling_target_is_waited_for_when_no_other_can_serve() {
+    let route = mock_route(&[("wait-a", 0), ("wait-b", 0)]);
+    route.targets[0].state.cool_down(Duration::from_secs(2));
+    route.targets[1].state.record(false, None); // breaker open
+    let started = Instant::now();
+    let done = forward(&route, &call(), &RetryConfig::default()).await;
+    let served = done.result.ok().map(|a| a.target.name.clone());
+    assert_eq!(served.as_deref(), Some("wait-a"));
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    // Beyond the request's deadline: not waited for, an explicit 503.
+    route.targets[0].state.cool_down(Duration::from_secs(600));
+    let done = forward(&route, &call(), &RetryConfig::default()).await;
+    let err = done.result.err().expect("no target can serve");
+    assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+}
