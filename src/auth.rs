@@ -100,6 +100,22 @@ pub enum KeysError {
     Invalid(String),
 }
 
+/// The files the `h3gate keys` commands use, from a configuration file:
+/// `[auth] keys_file` (`None` when unset) and `[audit] file`. Only those
+/// two sections are read, so keys can be created before the rest of the
+/// configuration (provider keys, certificates) is in place.
+pub fn cli_files(
+    config: &Path,
+) -> Result<(Option<PathBuf>, Option<PathBuf>), crate::config::ConfigError> {
+    use crate::config::load_section;
+    let (auth, base): (crate::config::AuthConfig, _) = load_section(config, "auth")?;
+    let (audit, _): (crate::config::AuditConfig, _) = load_section(config, "audit")?;
+    Ok((
+        auth.keys_file.map(|f| base.join(f)),
+        audit.file.map(|f| base.join(f)),
+    ))
+}
+
 pub fn read_file(path: &Path) -> Result<KeysFile, KeysError> {
     let text = std::fs::read_to_string(path).map_err(|e| KeysError::Read(path.into(), e))?;
     if text.trim().is_empty() {

@@ -258,9 +258,11 @@ fn health(admin: std::net::SocketAddr) -> ExitCode {
 fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> ExitCode {
     let (path, audit_file) = match keys_file {
         Some(p) => (p, None),
-        None => match Config::load(&config) {
-            Ok(c) => match c.auth.keys_file {
-                Some(p) => (p, c.audit.file),
+        // Only [auth] and [audit] are read: the first key can be made
+        // before provider keys or certificates are in place.
+        None => match auth::cli_files(&config) {
+            Ok((keys_file, audit_file)) => match keys_file {
+                Some(p) => (p, audit_file),
                 None => {
                     eprintln!(
                         "h3gate: {} sets no auth.keys_file; pass --keys-file PATH",

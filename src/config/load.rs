@@ -65,6 +65,51 @@ pub(super) fn load_file(path: &Path) -> Result<Config, ConfigError> {
     from_toml(&text, base, &|k| std::env::var(k).ok())
 }
 
+/// One section of a configuration file on its own, for commands that need
+/// one setting (`h3gate keys` needs `[auth] keys_file`): `${VAR}` expanded
+/// and keys checked in that section only, so the rest of the file — other
+/// sections' variables, certificates — need not be in place yet. A missing
+/// section is its defaults. Also returns the directory relative paths are
+/// resolved against.
+pub(crate) fn load_section<T: DeserializeOwned + Default>(
+    path: &Path,
+    section: &str,
+) -> Result<(T, std::path::PathBuf), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let base = path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .to_path_buf();
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        ConfigError::Invalid(vec![Problem {
+            path: String::new(),
+            message: format!("not valid TOML: {}", e.to_string().trim()),
+        }])
+    })?;
+    let Some(mut value) = table.remove(section) else {
+        return Ok((T::default(), base));
+    };
+    let mut problems = Vec::new();
+    expand_env(
+        &mut value,
+        section.to_string(),
+        &|k| std::env::var(k).ok(),
+        &mut problems,
+    );
+    let decoded = if problems.is_empty() {
+        decode(value, section, &mut problems)
+    } else {
+        None
+    };
+    match decoded {
+        Some(v) if problems.is_empty() => Ok((v, base)),
+        _ => Err(ConfigError::Invalid(problems)),
+    }
+}
+
 pub(super) fn from_toml(
     text: &str,
     base_dir: &Path,

@@ -1,0 +1,138 @@
+//! The `h3gate` binary's key commands on a fresh installation: the first
+//! key can be created before any keys file exists, from a configuration
+//! whose other sections are not ready yet (an unset `${VAR}`, missing
+//! certificates).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// An environment variable no test environment sets.
+const UNSET: &str = "H3GATE_TEST_SURELY_UNSET_VAR";
+
+fn h3gate(args: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_h3gate"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove(UNSET)
+        .env_remove("H3GATE_CONFIG")
+        .output()
+        .unwrap()
+}
+
+/// A production-like configuration before first start: keys file, TLS
+/// files and state directory all absent; a provider key from the environment.
+fn fresh_install(auth: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("h3gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[tls]
+cert = "certs/cert.pem"
+key = "certs/key.pem"
+generate_dev_cert = false
+
+[auth]
+{auth}
+
+[audit]
+file = "state/audit.log"
+
+[[providers]]
+name = "openai"
+kind = "openai"
+api_key = "${{{UNSET}}}"
+
+[[routes]]
+model = "*"
+targets = ["openai"]
+"#
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn the_first_key_is_created_with_the_keys_file() {
+    let (dir, config) = fresh_install(r#"keys_file = "state/keys.json""#);
+    let keys_file = dir.path().join("state/keys.json");
+    assert!(!keys_file.exists());
+
+    let out = h3gate(&["keys", "create", "--name", "first"], &config);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "keys create failed: {stderr}");
+    assert!(
+        stdout.trim().starts_with("h3g_"),
+        "the key is printed: {stdout}"
+    );
+    assert!(
+        !stderr.contains(stdout.trim()),
+        "the key is not repeated on stderr"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&keys_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "keys file mode {mode:o}");
+    }
+    let saved = std::fs::read_to_string(&keys_file).unwrap();
+    assert!(saved.contains("\"first\"") && !saved.contains(stdout.trim()));
+    // The CLI's audit line goes where the configuration says.
+    let audit = std::fs::read_to_string(dir.path().join("state/audit.log")).unwrap();
+    assert!(audit.contains("key_create"), "{audit}");
+
+    // The other key commands work the same way.
+    assert!(h3gate(&["keys", "create", "--name", "second"], &config)
+        .status
+        .success());
+    let list = h3gate(&["keys", "list"], &config);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let listed = text(&list.stdout);
+    assert!(
+        listed.contains("first") && listed.contains("second"),
+        "{listed}"
+    );
+    let revoke = h3gate(&["keys", "revoke", "first"], &config);
+    assert!(revoke.status.success(), "{}", text(&revoke.stderr));
+}
+
+#[test]
+fn keys_commands_still_check_the_auth_section() {
+    // A variable in [auth] itself must be set: that is the file to write.
+    let (_dir, config) = fresh_install(&format!(r#"keys_file = "${{{UNSET}}}/keys.json""#));
+    let out = h3gate(&["keys", "create", "--name", "first"], &config);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("auth.keys_file") && stderr.contains(UNSET),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("h3gate keys create"), "{stderr}");
+
+    // An unknown key in [auth] is still an error.
+    let (_dir, config) = fresh_install("keys_file = \"keys.json\"\nkeysfile = \"x\"");
+    let out = h3gate(&["keys", "list"], &config);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("auth.keysfile"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // No keys file configured: say how to give one.
+    let (_dir, config) = fresh_install("required = false");
+    let out = h3gate(&["keys", "create", "--name", "first"], &config);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--keys-file"),
+        "{}",
+        text(&out.stderr)
+    );
+}
