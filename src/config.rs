@@ -389,6 +389,11 @@ pub struct ProviderConfig {
     pub base_url: String,
     /// Sent as `Authorization: Bearer` (Anthropic: `x-api-key`). Use `${OPENAI_API_KEY}`.
     pub api_key: Secret,
+    /// Left out while `api_key` is empty (e.g. `"${ANTHROPIC_API_KEY:-}"`
+    /// with the variable unset): routes skip it, and a route left without
+    /// targets is dropped. For example configurations where only some
+    /// provider keys are present. Default false (an empty key is sent as none).
+    pub optional: bool,
     /// Extra headers sent with every request to this provider (values may
     /// hold secrets: they are never logged).
     pub headers: std::collections::BTreeMap<String, Secret>,
@@ -416,6 +421,7 @@ impl Default for ProviderConfig {
             kind: ProviderKind::Openai,
             base_url: String::new(),
             api_key: Secret::default(),
+            optional: false,
             headers: Default::default(),
             anthropic_version: "2023-06-01".into(),
             default_max_tokens: 4096,

@@ -49,7 +49,8 @@ pub struct State {
 pub struct BuildError(String);
 
 impl State {
-    pub fn build(config: Config) -> Result<State, BuildError> {
+    pub fn build(mut config: Config) -> Result<State, BuildError> {
+        leave_out_keyless_optional_providers(&mut config);
         let mut clients = HttpClients::default();
         let mut providers = HashMap::new();
         for pc in &config.providers {
@@ -119,6 +120,33 @@ impl State {
         let fresh = std::mem::replace(&mut self.abuse, old.abuse.clone());
         self.abuse.reconfigure(&self.config.abuse, &fresh);
     }
+}
+
+/// Removes `optional` providers without an `api_key`, their route targets,
+/// and routes left without a target (the effective configuration, as
+/// `h3gate check` prints it, no longer has them).
+fn leave_out_keyless_optional_providers(config: &mut Config) {
+    let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut config.providers)
+        .into_iter()
+        .partition(|p| p.optional && p.api_key.is_empty());
+    config.providers = kept;
+    if out.is_empty() {
+        return;
+    }
+    for p in &out {
+        tracing::warn!(provider = %p.name, "optional provider left out: its api_key is empty");
+    }
+    let gone = |name: &str| out.iter().any(|p| p.name == name);
+    for route in &mut config.routes {
+        route.targets.retain(|t| !gone(&t.provider));
+    }
+    config.routes.retain(|r| {
+        let keep = !r.targets.is_empty();
+        if !keep {
+            tracing::warn!(route = %r.model, "route left out: none of its providers is configured");
+        }
+        keep
+    });
 }
 
 impl Drop for State {

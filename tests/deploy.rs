@@ -169,7 +169,11 @@ fn compose_file_parses() {
         .filter_map(|v| v.as_str())
         .collect();
     assert!(
-        !volumes.is_empty() && volumes.iter().all(|v| v.ends_with(":ro")),
+        !volumes.is_empty()
+            && volumes
+                .iter()
+                .filter(|v| v.starts_with("./"))
+                .all(|v| v.ends_with(":ro")),
         "config and certificate mounted read-only"
     );
     assert_eq!(svc["read_only"].as_bool(), Some(true));
@@ -363,4 +367,184 @@ fn stop_timeouts_cover_the_drain() {
         period.get() > budget,
         "stop_grace_period {period} must exceed {budget:?}"
     );
+}
+
+/// Compose's interpolation of `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+/// `${VAR:?message}` and `$$` against the host environment `host`.
+fn compose_interpolate(s: &str, host: &[(&str, &str)]) -> Result<String, String> {
+    let get = |k: &str| host.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or(format!("unterminated in {s:?}"))?;
+            let expr = &body[..end];
+            let value = if let Some((name, msg)) = expr.split_once(":?") {
+                get(name)
+                    .filter(|v| !v.is_empty())
+                    .ok_or(format!("compose refuses: {name}: {msg}"))?
+                    .to_string()
+            } else if let Some((name, default)) = expr.split_once(":-") {
+                get(name)
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or(default)
+                    .to_string()
+            } else if let Some((name, default)) = expr.split_once('-') {
+                get(name).unwrap_or(default).to_string()
+            } else {
+                get(expr).unwrap_or_default().to_string()
+            };
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The compose service's filesystem and environment, rebuilt in `dir`:
+/// each volume's container path maps to a directory in `dir` (bind mounts
+/// get what they expect: the configuration file, a certificate; a named
+/// volume starts empty), and the environment is exactly the service's
+/// `environment:`, interpolated from `host`, with container paths mapped.
+/// Returns (container config path mapped, environment, writable mounts).
+fn compose_container(
+    dir: &Path,
+    host: &[(&str, &str)],
+) -> Result<(PathBuf, Vec<(String, String)>, Vec<PathBuf>), String> {
+    let docs = yaml("deploy/compose.yaml");
+    let svc = &docs[0]["services"]["h3gate"];
+    let named = &docs[0]["volumes"];
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    let mut writable = Vec::new();
+    let mut config = None;
+    for v in svc["volumes"].as_vec().expect("volumes") {
+        let spec = v.as_str().expect("short volume syntax");
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (source, target) = (parts[0], parts[1]);
+        let read_only = parts.get(2) == Some(&"ro");
+        let local = dir.join(format!("mount{}", mounts.len()));
+        if let Some(rel) = source.strip_prefix("./") {
+            let from = root().join("deploy").join(rel);
+            if rel.ends_with(".toml") {
+                std::fs::copy(&from, &local).unwrap();
+                config = Some(local.clone());
+            } else if rel == "tls" {
+                // The operator's certificate (see the comment in compose.yaml).
+                std::fs::create_dir_all(&local).unwrap();
+                let dev = h3gate::tls::generate_dev_cert(&["localhost".into()]).unwrap();
+                dev.write(&local, &local.join("cert.pem"), &local.join("key.pem"))
+                    .unwrap();
+            } else {
+                panic!("unexpected bind mount {spec}");
+            }
+        } else {
+            assert!(
+                !named[source].is_badvalue(),
+                "named volume {source} is declared under volumes:"
+            );
+            std::fs::create_dir_all(&local).unwrap();
+        }
+        if !read_only {
+            writable.push(local.clone());
+        }
+        mounts.push((target.to_string(), local));
+    }
+    let map = |value: String| -> String {
+        for (target, local) in &mounts {
+            if let Some(rest) = value.strip_prefix(target.as_str()) {
+                return format!("{}{rest}", local.display());
+            }
+        }
+        value
+    };
+    let mut env = Vec::new();
+    for (k, v) in svc["environment"].as_hash().expect("environment: a map") {
+        let key = k.as_str().expect("variable name").to_string();
+        let raw = match v {
+            Yaml::String(s) => s.clone(),
+            Yaml::Integer(i) => i.to_string(),
+            other => panic!("{key}: {other:?}"),
+        };
+        env.push((key, map(compose_interpolate(&raw, host)?)));
+    }
+    Ok((config.expect("the configuration is mounted"), env, writable))
+}
+
+fn h3gate_in(config: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_h3gate"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap()
+}
+
+/// `deploy/compose.yaml` with `deploy/h3gate.toml` passes `h3gate check`
+/// with exactly the environment compose gives the container, when the
+/// operator sets only what the compose file says is required; the state
+/// (keys, denies, audit) lands on a writable volume; the documented first
+/// key one-liner works.
+#[test]
+fn compose_configuration_checks_with_the_compose_environment() {
+    const ADMIN: (&str, &str) = ("H3GATE_ADMIN_TOKEN", "compose-test-admin-token-0123");
+    for host in [
+        vec![ADMIN],
+        vec![ADMIN, ("ANTHROPIC_API_KEY", "sk-ant-test-not-real")],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, env, writable) =
+            compose_container(dir.path(), &host).unwrap_or_else(|e| panic!("{e}"));
+        // The documented first step (docker compose run --rm h3gate keys create …).
+        let key = h3gate_in(&config, &env, &["keys", "create", "--name", "first"]);
+        assert!(
+            key.status.success(),
+            "keys create: {}",
+            String::from_utf8_lossy(&key.stderr)
+        );
+        let out = h3gate_in(&config, &env, &["check"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "h3gate check: {stderr}");
+        let effective: toml::Table = String::from_utf8_lossy(&out.stdout)
+            .parse()
+            .expect("check prints TOML");
+        for (section, key) in [
+            ("auth", "keys_file"),
+            ("abuse", "state_file"),
+            ("audit", "file"),
+        ] {
+            let path = effective[section][key].as_str().unwrap();
+            assert!(
+                writable
+                    .iter()
+                    .any(|w| path.starts_with(&*w.to_string_lossy())),
+                "{section}.{key} = {path} is on a writable volume"
+            );
+        }
+        let providers: Vec<&str> = effective["providers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        let with_key = host.iter().any(|(k, _)| *k == "ANTHROPIC_API_KEY");
+        assert_eq!(
+            providers.contains(&"anthropic"),
+            with_key,
+            "a provider without its key is left out: {providers:?}"
+        );
+        assert!(!providers.contains(&"openai"), "{providers:?}");
+    }
+    // Without the one thing compose requires, compose itself refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let refused = compose_container(dir.path(), &[]).unwrap_err();
+    assert!(refused.contains("H3GATE_ADMIN_TOKEN"), "{refused}");
 }
