@@ -127,20 +127,6 @@ impl Shutdown {
     }
 }
 
-/// A hyper executor whose tasks (HTTP/2 streams) are tracked for shutdown.
-#[derive(Clone, Debug)]
-pub struct TrackedExecutor(pub TaskTracker);
-
-impl<F> hyper::rt::Executor<F> for TrackedExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        self.0.spawn(fut);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -282,6 +282,74 @@ async fn a_client_that_stops_reading_releases_its_upstream() {
     let _ = client.kill().await;
 }
 
+/// An HTTP/2 client that reads everything and answers SETTINGS and PING,
+/// but gives the stream it opened a 1000-byte window and never opens it
+/// further: its connection is healthy, the stream is stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_its_client_stopped_reading_releases_its_upstream() {
+    let gw = Gateway::start_with(|c| c.http.write_timeout = SHORT).await;
+    let s = tls(&gw, &[b"h2"]).await;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut out = H2_PREFACE.to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (4) = 1000.
+    out.extend(frame(4, 0, 0, &[0, 4, 0, 0, 0x03, 0xe8]));
+    let mut block = vec![0x83, 0x87]; // :method POST, :scheme https
+    for (index, value) in [(4u8, "/v1/chat/completions"), (1, "localhost")] {
+        block.push(index); // literal without indexing, indexed name
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block.extend_from_slice(&[0x0f, 0x10, 16]); // content-type (index 31)
+    block.extend_from_slice(b"application/json");
+    out.extend(frame(1, 0x04, 1, &block)); // HEADERS, END_HEADERS
+    let body = chat("endless", true).to_string();
+    out.extend(frame(0, 0x01, 1, body.as_bytes())); // DATA, END_STREAM
+    wr.write_all(&out).await.unwrap();
+
+    let (status_tx, mut status_rx) = tokio::sync::mpsc::channel::<u8>(16);
+    let reader = tokio::spawn(async move {
+        let mut head = [0u8; 9];
+        while rd.read_exact(&mut head).await.is_ok() {
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if rd.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            let (kind, flags) = (head[3], head[4]);
+            match (kind, flags & 1) {
+                (4, 0) => wr.write_all(&frame(4, 1, 0, &[])).await.unwrap(),
+                (6, 0) => wr.write_all(&frame(6, 1, 0, &payload)).await.unwrap(),
+                _ => {}
+            }
+            if status_tx.send(kind).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut kinds = Vec::new();
+    while !kinds.contains(&1) {
+        let kind = tokio::time::timeout(BOUND, status_rx.recv())
+            .await
+            .expect("the response headers")
+            .expect("the connection stays open");
+        kinds.push(kind);
+    }
+    assert!(
+        gw.upstream.wait_dropped().await,
+        "the stalled stream ended and dropped its upstream"
+    );
+    // The connection itself lives on.
+    assert!(!reader.is_finished(), "only the stream ended");
+    reader.abort();
+}
+
 // ---- 4. HEAD -----------------------------------------------------------------
 
 async fn head_has_no_body(proto: Proto) {

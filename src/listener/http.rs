@@ -9,8 +9,6 @@
 //! upstream requests are dropped); HTTP/2 PINGs find dead peers.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,19 +24,22 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
+
+mod stall;
+
+use stall::{StreamExecutor, StreamProgress, WriteTimeout};
 
 use super::caps::ConnCounts;
 use super::SharedState;
 use crate::exchange::{self, Body, BodyError, GatewayRequest, Protocol, Response};
 use crate::metrics;
 use crate::pipeline;
-use crate::shutdown::{Shutdown, TrackedExecutor};
+use crate::shutdown::Shutdown;
 
 /// How long a connection closed for idleness may take to say goodbye
 /// (HTTP/2 GOAWAY) before it is dropped.
@@ -182,7 +183,10 @@ impl HttpListener {
             }
         });
 
-        let mut builder = auto::Builder::new(TrackedExecutor(self.shutdown.tracker().clone()));
+        let mut builder = auto::Builder::new(StreamExecutor {
+            tracker: self.shutdown.tracker().clone(),
+            write_timeout: config.write_timeout.get(),
+        });
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -326,7 +330,9 @@ impl HttpBody for InProgress {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let poll = Pin::new(&mut self.body).poll_frame(cx);
+        StreamProgress::observe(&poll);
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
@@ -335,89 +341,6 @@ impl HttpBody for InProgress {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// The connection's I/O, failing a write that makes no progress for
-/// `timeout` (the client stopped reading and its window is full), which
-/// ends the connection and every request on it.
-struct WriteTimeout<T> {
-    io: T,
-    timeout: Duration,
-    /// Armed while a write or flush is pending.
-    stalled: Option<Pin<Box<Sleep>>>,
-}
-
-impl<T> WriteTimeout<T> {
-    fn new(io: T, timeout: Duration) -> Self {
-        WriteTimeout {
-            io,
-            timeout,
-            stalled: None,
-        }
-    }
-
-    /// Passes `poll` through, timing how long it stays pending.
-    fn watch<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if poll.is_ready() {
-            self.stalled = None;
-            return poll;
-        }
-        let timeout = self.timeout;
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if timer.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stopped reading (write_timeout)",
-            )));
-        }
-        Poll::Pending
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.watch(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.watch(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.io).poll_flush(cx);
-        self.watch(cx, poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.watch(cx, poll)
     }
 }
 
