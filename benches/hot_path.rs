@@ -102,7 +102,12 @@ fn metrics(c: &mut Criterion) {
             route
                 .metrics
                 .record(Protocol::Http2, 200, std::time::Duration::from_micros(900));
-            state.metrics.request_ended(Protocol::Http2, 120, 300);
+            state.metrics.request_ended(
+                Protocol::Http2,
+                h3gate::access::Outcome::Complete,
+                120,
+                300,
+            );
         })
     });
 }

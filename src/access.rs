@@ -1,21 +1,33 @@
-//! The access log: one structured line per request, written when its
-//! response body has been delivered (or abandoned), so it carries the real
-//! byte count, duration and outcome of streams too. No secrets, no prompts.
+//! The access log and the request's one end. [`Ending`] is created when a
+//! request arrives and owns what the request claims (admission place,
+//! client slot, token reservation) and what is learned about it ([`Facts`]);
+//! it ends exactly once, however the request ends: carried into the
+//! response body ([`Logged`]) it ends when the body is delivered
+//! (`complete`), fails (`error`, `upstream_failed`) or is dropped mid-way
+//! (`aborted`); dropped before any response exists — the client went away —
+//! it ends `cancelled` (logged with status 499, nginx's "client closed
+//! request"). The end writes one structured line (no secrets, no prompts),
+//! records the metrics, brings the in-flight gauge down and corrects the
+//! token reservation.
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::exchange::{Body, BodyError, Protocol};
+use crate::admission::{ClientSlot, Permit};
+use crate::auth::KeyRecord;
+use crate::exchange::{Body, BodyError, Protocol, Response};
 use crate::metrics::Metrics;
+use crate::protect::TokenReservation;
 use crate::routing::Route;
-
 /// What the streaming part of a request learns (token usage, upstream
 /// failure) for the log line written at its end.
 #[derive(Debug, Default)]
@@ -47,90 +59,223 @@ impl Record {
     }
 }
 
-/// Work to run once when a response ends.
-pub type OnEnd = Box<dyn FnOnce(&Record) + Send + Sync>;
-
-/// The facts of one request, known when its response starts.
-pub struct Entry {
-    pub request_id: String,
-    pub protocol: Protocol,
-    pub method: Method,
-    pub path: String,
-    pub status: StatusCode,
-    pub model: Option<String>,
-    pub target: Option<String>,
-    /// The obfuscated id of the caller's key.
-    pub key_id: Option<String>,
-    pub client: std::net::IpAddr,
-    pub request_bytes: u64,
-    pub started: Instant,
-    pub record: Arc<Record>,
-    pub metrics: Arc<Metrics>,
-    /// The route that served the request, if one did.
-    pub route: Option<Arc<Route>>,
-    /// Held until the response ends (the admission slot).
-    pub hold: Option<Box<dyn std::any::Any + Send + Sync>>,
-    /// Run once at the end (token reconciliation).
-    pub on_end: Option<OnEnd>,
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response was delivered whole.
+    Complete,
+    /// Delivered whole, but it reports an upstream failure (an error event).
+    UpstreamFailed,
+    /// The response body failed while being sent.
+    Error,
+    /// The response started and was dropped before its end.
+    Aborted,
+    /// The request was dropped before a response existed.
+    Cancelled,
 }
 
-/// Wraps a response body; logs the request once the body ends, fails or is dropped.
-pub struct Logged {
-    inner: Body,
-    entry: Entry,
-    bytes: u64,
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Complete,
+        Outcome::UpstreamFailed,
+        Outcome::Error,
+        Outcome::Aborted,
+        Outcome::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Error => "error",
+            Outcome::Aborted => "aborted",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What the pipeline's steps learn about a request and what it claims on
+/// the way; all of it is given back when the request ends.
+#[derive(Default)]
+pub struct Facts {
+    pub model: Option<String>,
+    pub route: Option<Arc<Route>>,
+    /// The upstream target that served (or last failed) the request.
+    pub target: Option<String>,
+    pub key: Option<Arc<KeyRecord>>,
+    pub request_bytes: u64,
+    /// Time spent waiting for upstream response headers, all attempts.
+    pub upstream_wait: Duration,
+    /// `x-ratelimit-*` headers for the response, success or not.
+    pub rate_headers: http::HeaderMap,
+    /// Served as 0-RTT early data (before the handshake completed).
+    pub early: bool,
+    /// This client's share of admission, held until the end.
+    pub client_slot: Option<ClientSlot>,
+    /// The gateway-wide admission slot, held until the end.
+    pub permit: Option<Permit>,
+    /// The token reservation, corrected with the real usage at the end.
+    pub tokens: Option<TokenReservation>,
+}
+
+/// The request's one end: see the module documentation.
+pub struct Ending {
+    request_id: String,
+    protocol: Protocol,
+    method: Method,
+    path: String,
+    client: IpAddr,
+    started: Instant,
+    record: Arc<Record>,
+    metrics: Arc<Metrics>,
+    pub facts: Facts,
+    /// The response's status, once there is one.
+    status: Option<StatusCode>,
+    response_bytes: u64,
     done: bool,
 }
 
-impl Logged {
-    pub fn new(inner: Body, entry: Entry) -> Self {
-        Logged {
-            inner,
-            entry,
-            bytes: 0,
+impl Ending {
+    /// A request arrives: counted in flight until its end.
+    pub fn begin(
+        request_id: String,
+        protocol: Protocol,
+        method: Method,
+        path: String,
+        client: IpAddr,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.request_started(protocol);
+        Ending {
+            request_id,
+            protocol,
+            method,
+            path,
+            client,
+            started: Instant::now(),
+            record: Arc::default(),
+            metrics,
+            facts: Facts::default(),
+            status: None,
+            response_bytes: 0,
             done: false,
         }
     }
 
-    fn finish(&mut self, outcome: &str) {
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// What the response body learns (usage, upstream failure).
+    pub fn record(&self) -> &Arc<Record> {
+        &self.record
+    }
+
+    /// The response starts: its body carries this end from now on.
+    pub fn respond(mut self, resp: Response) -> Response {
+        self.status = Some(resp.status());
+        resp.map(|body| Body::new(Logged::new(body, self)))
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        if let Some(on_end) = self.entry.on_end.take() {
-            on_end(&self.entry.record);
-        }
-        let e = &self.entry;
-        let outcome = if outcome == "complete" && e.record.upstream_failed() {
-            "upstream_failed"
+        let outcome = if outcome == Outcome::Complete && self.record.upstream_failed() {
+            Outcome::UpstreamFailed
         } else {
             outcome
         };
-        let elapsed = e.started.elapsed();
-        let route_metrics = e.route.as_ref().map_or(&e.metrics.unrouted, |r| &r.metrics);
-        route_metrics.record(e.protocol, e.status.as_u16(), elapsed);
-        e.metrics
-            .request_ended(e.protocol, e.request_bytes, self.bytes);
-        let prompt = e.record.prompt_tokens.load(Ordering::Relaxed);
-        let completion = e.record.completion_tokens.load(Ordering::Relaxed);
+        if let Some(tokens) = self.facts.tokens.take() {
+            // An answered failure used nothing; otherwise the real usage
+            // (unknown for a request cut short: the estimate stays).
+            let failed = self.status.is_some_and(|s| !s.is_success());
+            tokens.reconcile(if failed {
+                Some(0)
+            } else {
+                self.record.total_tokens()
+            });
+        }
+        let elapsed = self.started.elapsed();
+        if let Some(status) = self.status {
+            let f = &self.facts;
+            let route_metrics = f
+                .route
+                .as_ref()
+                .map_or(&self.metrics.unrouted, |r| &r.metrics);
+            route_metrics.record(self.protocol, status.as_u16(), elapsed);
+        }
+        self.metrics.request_ended(
+            self.protocol,
+            outcome,
+            self.facts.request_bytes,
+            self.response_bytes,
+        );
+        self.log(outcome, elapsed);
+    }
+
+    fn log(&self, outcome: Outcome, elapsed: Duration) {
+        let f = &self.facts;
+        let prompt = self.record.prompt_tokens.load(Ordering::Relaxed);
+        let completion = self.record.completion_tokens.load(Ordering::Relaxed);
+        // `upstream`, not `target`: that key is the log line's own (the
+        // tracing target) in JSON output.
         tracing::info!(
             target: "h3gate::access",
-            request_id = %e.request_id,
-            protocol = e.protocol.as_str(),
-            method = %e.method,
-            path = %e.path,
-            status = e.status.as_u16(),
-            model = e.model.as_deref().unwrap_or(""),
-            target = e.target.as_deref().unwrap_or(""),
-            key_id = e.key_id.as_deref().unwrap_or(""),
-            client = %e.client,
-            request_bytes = e.request_bytes,
-            response_bytes = self.bytes,
+            request_id = %self.request_id,
+            protocol = self.protocol.as_str(),
+            method = %self.method,
+            path = %self.path,
+            status = self.status.map_or(499, |s| s.as_u16()),
+            model = f.model.as_deref().unwrap_or(""),
+            upstream = f.target.as_deref().unwrap_or(""),
+            key_id = f.key.as_ref().map_or("", |k| k.id.as_str()),
+            client = %self.client,
+            request_bytes = f.request_bytes,
+            response_bytes = self.response_bytes,
             prompt_tokens = prompt,
             completion_tokens = completion,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            outcome,
+            outcome = outcome.as_str(),
             "request"
         );
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        // Not handed to a response body (or that body already ended it):
+        // the request was dropped before it had a response.
+        self.finish(Outcome::Cancelled);
+    }
+}
+
+/// A response body carrying the request's end: ends it when the body is
+/// delivered, fails or is dropped. A body with an exact size counts as
+/// delivered once that many bytes went out — HTTP/1.1 stops polling at its
+/// `Content-Length` and drops it.
+pub struct Logged {
+    inner: Body,
+    end: Ending,
+    exact: Option<u64>,
+}
+
+impl Logged {
+    fn new(inner: Body, end: Ending) -> Self {
+        let exact = inner.size_hint().exact();
+        Logged { inner, end, exact }
+    }
+
+    fn delivered(&self) -> bool {
+        self.inner.is_end_stream() || self.exact == Some(self.end.response_bytes)
     }
 }
 
@@ -147,11 +292,14 @@ impl HttpBody for Logged {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    this.bytes += d.len() as u64;
+                    this.end.response_bytes += d.len() as u64;
+                }
+                if this.delivered() {
+                    this.end.finish(Outcome::Complete);
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish("error"),
-            Poll::Ready(None) => this.finish("complete"),
+            Poll::Ready(Some(Err(_))) => this.end.finish(Outcome::Error),
+            Poll::Ready(None) => this.end.finish(Outcome::Complete),
             Poll::Pending => {}
         }
         polled
@@ -168,11 +316,125 @@ impl HttpBody for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        let outcome = if self.inner.is_end_stream() {
-            "complete"
+        let outcome = if self.delivered() {
+            Outcome::Complete
         } else {
-            "aborted"
+            Outcome::Aborted
         };
-        self.finish(outcome);
+        self.end.finish(outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` under the production JSON format; returns the lines written.
+    fn json_lines(f: impl FnOnce()) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_target(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| {
+                // The format's own keys and the event's fields, in order.
+                let keys: Vec<String> = l
+                    .trim_start_matches('{')
+                    .split(",\"")
+                    .filter_map(|kv| kv.trim_start_matches('"').split_once("\":"))
+                    .map(|(k, _)| k.to_string())
+                    .filter(|k| !k.contains('{') && !k.contains('}'))
+                    .collect();
+                let map: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(l).unwrap();
+                // (No nested objects here: no span is entered.)
+                assert_eq!(keys.len(), map.len(), "duplicate keys in {l}");
+                map
+            })
+            .collect()
+    }
+
+    fn ending(protocol: Protocol) -> Ending {
+        let mut end = Ending::begin(
+            "req-1".into(),
+            protocol,
+            Method::POST,
+            "/v1/chat/completions".into(),
+            "127.0.0.1".parse().unwrap(),
+            Arc::new(Metrics::default()),
+        );
+        end.facts.target = Some("up".into());
+        end.facts.model = Some("m".into());
+        end
+    }
+
+    /// A body of exact size that never says it ended (as HTTP/1.1 leaves one).
+    struct Sized(Option<Bytes>);
+
+    impl HttpBody for Sized {
+        type Data = Bytes;
+        type Error = BodyError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(3)
+        }
+    }
+
+    #[test]
+    fn a_request_dropped_before_its_response_is_cancelled_once() {
+        let lines = json_lines(|| drop(ending(Protocol::Http1)));
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["outcome"], "cancelled");
+        assert_eq!(lines[0]["status"], 499);
+        assert_eq!(lines[0]["upstream"], "up");
+        assert_eq!(lines[0]["target"], "h3gate::access");
+    }
+
+    #[test]
+    fn a_sized_body_delivered_whole_is_complete_even_if_dropped_unfinished() {
+        let lines = json_lines(|| {
+            let resp = http::Response::new(Body::new(Sized(Some(Bytes::from_static(b"abc")))));
+            let mut body = ending(Protocol::Http1).respond(resp).into_body();
+            let frame = body.frame().now_or_never().flatten();
+            assert!(frame.is_some_and(|f| f.is_ok()));
+            drop(body); // what hyper's HTTP/1.1 does at the Content-Length
+        });
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["outcome"], "complete");
+        assert_eq!(lines[0]["response_bytes"], 3);
+
+        let lines = json_lines(|| {
+            let resp = http::Response::new(Body::new(Sized(Some(Bytes::from_static(b"ab")))));
+            drop(ending(Protocol::Http2).respond(resp));
+        });
+        assert_eq!(lines[0]["outcome"], "aborted", "dropped before its end");
     }
 }

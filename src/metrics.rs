@@ -18,6 +18,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::access::Outcome;
 use crate::exchange::Protocol;
 
 /// Latency buckets (seconds): 50 µs to 60 s.
@@ -36,6 +37,7 @@ pub const NAMES: &[&str] = &[
     "h3gate_requests_total",
     "h3gate_request_duration_seconds",
     "h3gate_requests_in_flight",
+    "h3gate_request_outcomes_total",
     "h3gate_request_bytes_total",
     "h3gate_response_bytes_total",
     "h3gate_gateway_overhead_seconds",
@@ -93,6 +95,10 @@ fn describe() {
     describe_gauge!(
         "h3gate_requests_in_flight",
         "Requests being handled now, by protocol."
+    );
+    describe_counter!(
+        "h3gate_request_outcomes_total",
+        "Requests ended, by protocol and outcome (complete, upstream_failed, error, aborted mid-response, cancelled before a response)."
     );
     describe_counter!(
         "h3gate_request_bytes_total",
@@ -307,6 +313,7 @@ impl RouteMetrics {
 #[derive(Debug)]
 pub struct Metrics {
     in_flight: [Gauge; 3],
+    outcomes: [[Counter; 5]; 3],
     request_bytes: [Counter; 3],
     response_bytes: [Counter; 3],
     overhead: [Histogram; 3],
@@ -320,6 +327,11 @@ impl Default for Metrics {
         Metrics {
             in_flight: PROTOCOLS
                 .map(|p| gauge!("h3gate_requests_in_flight", "protocol" => p.as_str())),
+            outcomes: PROTOCOLS.map(|p| {
+                Outcome::ALL.map(|o| {
+                    counter!("h3gate_request_outcomes_total", "protocol" => p.as_str(), "outcome" => o.as_str())
+                })
+            }),
             request_bytes: per(&|p| counter!("h3gate_request_bytes_total", "protocol" => p)),
             response_bytes: per(&|p| counter!("h3gate_response_bytes_total", "protocol" => p)),
             overhead: PROTOCOLS
@@ -334,9 +346,17 @@ impl Metrics {
         self.in_flight[protocol_index(p)].increment(1.0);
     }
 
-    pub fn request_ended(&self, p: Protocol, request_bytes: u64, response_bytes: u64) {
+    /// A request's one end (see [`crate::access::Ending`]).
+    pub fn request_ended(
+        &self,
+        p: Protocol,
+        outcome: Outcome,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
         let i = protocol_index(p);
         self.in_flight[i].decrement(1.0);
+        self.outcomes[i][outcome as usize].increment(1);
         self.request_bytes[i].increment(request_bytes);
         self.response_bytes[i].increment(response_bytes);
     }

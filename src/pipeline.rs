@@ -1,18 +1,21 @@
 //! The one request pipeline every protocol feeds. Read it top to bottom:
 //!
 //! ```text
-//! request id → route by path → read body (bounded, counted as it streams)
+//! request id (the request's end begins) → route by path → authenticate
+//!   → admission (client share, gateway slot) → read body (bounded, counted)
 //!   → parse `model`/`stream` → route (model → ordered targets)
-//!   → forward with failover (only before the first byte) → stream back → access log
+//!   → forward with failover (only before the first byte) → stream back → the end
 //! ```
 //!
 //! Each step returns early with a [`GatewayError`]; [`handle`] turns it into
-//! the JSON error response. Nothing here knows which protocol carried the request.
+//! the JSON error response. Nothing here knows which protocol carried the
+//! request. Everything a step claims goes into the request's [`Ending`],
+//! which gives it back and writes the access line once, however the request
+//! ends (the client may go away at any `.await`).
 
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -23,42 +26,20 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::access::{Entry, Logged, Record};
-use crate::admission::{ClientSlot, Permit};
+use crate::access::{Ending, Facts, Record};
 use crate::auth::{self, KeyRecord};
 use crate::error::GatewayError;
 use crate::exchange::{json, Body, GatewayRequest, Response};
-use crate::protect::{self, TokenReservation};
+use crate::protect;
 use crate::provider::{Endpoint, UpstreamCall};
 use crate::relay::{relay, KeepAliveBody};
-use crate::routing::{self, Forwarded, Route};
+use crate::routing::{self, Forwarded};
 use crate::state::State;
 use crate::translate::Api;
 use crate::{audit, cors, ip_filter};
 
-/// What the steps learn about a request, for its log line and metrics.
-#[derive(Default)]
-struct Facts {
-    model: Option<String>,
-    route: Option<Arc<Route>>,
-    target: Option<String>,
-    key: Option<Arc<KeyRecord>>,
-    request_bytes: u64,
-    /// Time spent waiting for upstream response headers, all attempts.
-    upstream_wait: Duration,
-    admitted: Option<Admitted>,
-    /// `x-ratelimit-*` headers for the response, success or not.
-    rate_headers: http::HeaderMap,
-    tokens: Option<TokenReservation>,
-    /// Served as 0-RTT early data (before the handshake completed).
-    early: bool,
-}
-
 /// Handles one request from any listener and returns the response to send.
 pub async fn handle(state: &State, req: GatewayRequest) -> Response {
-    let started = Instant::now();
-    let request_id = request_id(&req.headers);
-    let (protocol, method, path) = (req.protocol, req.method.clone(), req.uri.path().to_owned());
     let client = ip_filter::client_ip(
         req.peer,
         &req.headers,
@@ -66,34 +47,51 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
     );
     let origin = req.headers.get(header::ORIGIN).cloned();
     let api = client_api(&req);
-    let record = Arc::new(Record::default());
-    let mut facts = Facts::default();
-    state.metrics.request_started(protocol);
-
-    let span = tracing::info_span!("request", request_id = %request_id);
-    let shared_id: Arc<str> = request_id.as_str().into();
+    // From here on the request ends exactly once, whatever happens.
+    let mut end = Ending::begin(
+        request_id(&req.headers),
+        req.protocol,
+        req.method.clone(),
+        req.uri.path().to_owned(),
+        client,
+        state.metrics.clone(),
+    );
+    let shared_id: Arc<str> = end.request_id().into();
+    let span = tracing::info_span!("request", request_id = %shared_id);
+    let record = end.record().clone();
     // A panic in one request's handling becomes a 500 for that request only.
     let dispatched = AssertUnwindSafe(dispatch(
-        state, req, api, &shared_id, client, &record, &mut facts,
+        state,
+        req,
+        api,
+        &shared_id,
+        client,
+        &record,
+        &mut end.facts,
     ))
     .catch_unwind()
     .instrument(span)
     .await
     .unwrap_or_else(|_| {
         metrics::counter!("h3gate_panics_total").increment(1);
-        tracing::error!(request_id = %request_id, "request handling panicked; answered 500");
+        tracing::error!(request_id = %shared_id, "request handling panicked; answered 500");
         Err(GatewayError::Internal)
     });
+    let facts = &end.facts;
     let mut resp = match dispatched {
         Ok(resp) => resp,
         Err(e) => {
-            tracing::debug!(request_id = %request_id, error = %e, "request failed");
-            after_error(state, &e, client, &request_id, facts.key.as_deref());
-            e.into_response_for(api, &request_id)
+            tracing::debug!(request_id = %shared_id, error = %e, "request failed");
+            after_error(state, &e, client, &shared_id, facts.key.as_deref());
+            e.into_response_for(api, &shared_id)
         }
     };
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_str(&shared_id) {
+        if api == Api::Anthropic {
+            // Anthropic's SDKs read their own name for it.
+            h.insert("request-id", v.clone());
+        }
         h.insert("x-request-id", v);
     }
     for (name, value) in facts.rate_headers.iter() {
@@ -102,8 +100,8 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
     protect::security_headers(&mut resp);
     cors::decorate(&state.config.cors, origin.as_ref(), &mut resp);
     // The latency the gateway adds: everything but waiting on upstreams.
-    let overhead = started.elapsed().saturating_sub(facts.upstream_wait);
-    state.metrics.overhead(protocol, overhead);
+    let overhead = end.started().elapsed().saturating_sub(facts.upstream_wait);
+    state.metrics.overhead(end.protocol(), overhead);
     if state.config.server.server_timing {
         let timing = format!(
             "gateway;dur={:.3}, upstream;dur={:.3}",
@@ -114,35 +112,8 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
             resp.headers_mut().insert("server-timing", v);
         }
     }
-    let tokens = facts.tokens.take();
-    let succeeded = resp.status().is_success();
-    let entry = Entry {
-        request_id,
-        protocol,
-        method,
-        path,
-        status: resp.status(),
-        model: facts.model,
-        target: facts.target,
-        key_id: facts.key.map(|k| k.id.clone()),
-        client,
-        request_bytes: facts.request_bytes,
-        started,
-        record,
-        metrics: state.metrics.clone(),
-        route: facts.route,
-        hold: facts
-            .admitted
-            .map(|a| Box::new(a) as Box<dyn std::any::Any + Send + Sync>),
-        // Correct the token reservation with the real usage; a failed
-        // request gives its whole reservation back.
-        on_end: tokens.map(|t| {
-            Box::new(move |r: &Record| {
-                t.reconcile(if succeeded { r.total_tokens() } else { Some(0) })
-            }) as crate::access::OnEnd
-        }),
-    };
-    resp.map(|body| Body::new(Logged::new(body, entry)))
+    // The response body carries the end from here.
+    end.respond(resp)
 }
 
 /// Abuse counting and auditing of refused requests. The gateway's own
@@ -275,6 +246,7 @@ async fn proxy(
     facts: &mut Facts,
 ) -> Result<Response, GatewayError> {
     protect::authorize(facts.key.as_deref(), auth::scope_of(Some(endpoint)), None)?;
+    admit(state, client, facts).await?;
     let (body, routing) = if endpoint == Endpoint::Model {
         // `GET /v1/models/{model}`: the model is in the path.
         let model = req.uri.path()["/v1/models/".len()..].to_string();
@@ -332,26 +304,6 @@ async fn proxy(
     facts.route = Some(route.clone());
     let model_label: Arc<str> = state.router.model_label(&model, &route).into();
 
-    // Admission: this client's share (its key's cap, else its address's),
-    // then a slot (or a bounded wait for one).
-    let (who, cap) = match &facts.key {
-        Some(k) => (k.sha256.clone(), k.max_concurrent.map(|c| c as usize)),
-        None => (client.to_string(), None),
-    };
-    let client_slot = state
-        .clients
-        .enter(&who, cap)
-        .map_err(|_| GatewayError::ClientLimit)?;
-    let permit = state
-        .admission
-        .enter()
-        .await
-        .map_err(GatewayError::Overloaded)?;
-    facts.admitted = Some(Admitted {
-        _client: client_slot,
-        _permit: permit,
-    });
-
     let call = UpstreamCall {
         endpoint,
         model: model.as_str().into(),
@@ -389,10 +341,27 @@ async fn proxy(
     respond(done, &model_label, record, facts, endpoint.api())
 }
 
-/// Admission held until the response ends.
-struct Admitted {
-    _client: Option<ClientSlot>,
-    _permit: Permit,
+/// Admission, decided before the body is read (a shed request costs no
+/// buffer): this client's share (its key's cap, else its address's), then a
+/// gateway slot or a bounded wait for one. Both are held in `facts` until
+/// the request ends. (Per-provider gates and token reservations need the
+/// body's `model` and `max_tokens`: they come later.)
+async fn admit(state: &State, client: IpAddr, facts: &mut Facts) -> Result<(), GatewayError> {
+    let (who, cap) = match &facts.key {
+        Some(k) => (k.sha256.clone(), k.max_concurrent.map(|c| c as usize)),
+        None => (client.to_string(), None),
+    };
+    facts.client_slot = state
+        .clients
+        .enter(&who, cap)
+        .map_err(|_| GatewayError::ClientLimit)?;
+    let permit = state
+        .admission
+        .enter()
+        .await
+        .map_err(GatewayError::Overloaded)?;
+    facts.permit = Some(permit);
+    Ok(())
 }
 
 fn respond(

@@ -324,6 +324,18 @@ impl RelayBody {
         Some(Bytes::from(converted.to_string()))
     }
 
+    /// A body passed through whose upstream has delivered its exact size:
+    /// ends it now (its usage read), since the client may not poll again —
+    /// HTTP/1.1 stops at the `Content-Length` and drops the body.
+    fn end_if_delivered(&mut self) {
+        let passed_through = self.watch.is_none() && self.json_conversion.is_none();
+        if passed_through && self.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+            self.inner = None;
+            // Nothing is owed to a body passed through: only its usage.
+            let _ = self.finish();
+        }
+    }
+
     fn fail(&mut self, failure: Failure) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.inner = None;
         self.json = None;
@@ -445,7 +457,10 @@ impl HttpBody for RelayBody {
                         return Poll::Ready(Some(Ok(frame)));
                     };
                     match this.observe(data) {
-                        Ok(None) => Poll::Ready(Some(Ok(frame))),
+                        Ok(None) => {
+                            this.end_if_delivered();
+                            Poll::Ready(Some(Ok(frame)))
+                        }
                         // Translated to nothing (yet): read on.
                         Ok(Some(out)) if out.is_empty() => continue,
                         Ok(Some(out)) => Poll::Ready(Some(Ok(Frame::data(out)))),
