@@ -343,3 +343,55 @@ impl Client {
         }
     }
 }
+
+impl Client {
+    /// Sends a `POST` whose `Content-Length` says `declared` bytes but that
+    /// delivers only `part` and then stalls, and waits for the response's
+    /// status (HTTP/2 and HTTP/3 let it arrive while the upload is unfinished).
+    pub async fn post_unfinished(
+        &self,
+        path: &str,
+        declared: usize,
+        part: Vec<u8>,
+    ) -> Result<u16, String> {
+        use futures_util::StreamExt;
+        match &self.inner {
+            Inner::Reqwest { client, base } => {
+                let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(part) })
+                    .chain(futures_util::stream::pending());
+                let resp = client
+                    .post(format!("{base}{path}"))
+                    .header("content-type", "application/json")
+                    .header("content-length", declared)
+                    .body(reqwest::Body::wrap_stream(body))
+                    .send()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                Ok(resp.status().as_u16())
+            }
+            Inner::H3 {
+                send, authority, ..
+            } => {
+                let req = http::Request::builder()
+                    .method(Method::POST)
+                    .uri(format!("https://{authority}{path}"))
+                    .header("content-type", "application/json")
+                    .header("content-length", declared)
+                    .body(())
+                    .map_err(|e| e.to_string())?;
+                let mut stream = send
+                    .lock()
+                    .await
+                    .send_request(req)
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                stream
+                    .send_data(Bytes::from(part))
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                let resp = stream.recv_response().await.map_err(|e| format!("{e:?}"))?;
+                Ok(resp.status().as_u16())
+            }
+        }
+    }
+}
