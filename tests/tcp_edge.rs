@@ -175,6 +175,27 @@ async fn an_idle_keep_alive_connection_is_closed() {
     assert!(types.contains(&GOAWAY), "then GOAWAY: {types:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_peer_that_does_not_answer_pings_is_closed() {
+    let gw = Gateway::start_with(|c| {
+        c.http.header_read_timeout = Dur::secs(60);
+        c.http.idle_timeout = Dur::secs(60);
+        c.http.keep_alive_interval = SHORT;
+    })
+    .await;
+    let mut s = tls(&gw, &[b"h2"]).await;
+    s.write_all(H2_PREFACE).await.unwrap();
+    s.write_all(H2_SETTINGS).await.unwrap();
+    let got = read_until_closed(&mut s)
+        .await
+        .expect("a peer that never answers a PING is closed");
+    assert!(
+        h2_frame_types(&got).contains(&6),
+        "after a PING: {:?}",
+        h2_frame_types(&got)
+    );
+}
+
 // ---- 2. connection caps ------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
