@@ -415,11 +415,18 @@ fn compose_interpolate(s: &str, host: &[(&str, &str)]) -> Result<String, String>
 /// get what they expect: the configuration file, a certificate; a named
 /// volume starts empty), and the environment is exactly the service's
 /// `environment:`, interpolated from `host`, with container paths mapped.
-/// Returns (container config path mapped, environment, writable mounts).
-fn compose_container(
-    dir: &Path,
-    host: &[(&str, &str)],
-) -> Result<(PathBuf, Vec<(String, String)>, Vec<PathBuf>), String> {
+/// The service as [`compose_container`] rebuilt it.
+#[derive(Debug)]
+struct Container {
+    /// The configuration file, where the container's path maps to.
+    config: PathBuf,
+    /// Exactly the service's environment.
+    env: Vec<(String, String)>,
+    /// The mounts not read-only.
+    writable: Vec<PathBuf>,
+}
+
+fn compose_container(dir: &Path, host: &[(&str, &str)]) -> Result<Container, String> {
     let docs = yaml("deploy/compose.yaml");
     let svc = &docs[0]["services"]["h3gate"];
     let named = &docs[0]["volumes"];
@@ -476,7 +483,11 @@ fn compose_container(
         };
         env.push((key, map(compose_interpolate(&raw, host)?)));
     }
-    Ok((config.expect("the configuration is mounted"), env, writable))
+    Ok(Container {
+        config: config.expect("the configuration is mounted"),
+        env,
+        writable,
+    })
 }
 
 fn h3gate_in(config: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
@@ -503,8 +514,11 @@ fn compose_configuration_checks_with_the_compose_environment() {
         vec![ADMIN, ("ANTHROPIC_API_KEY", "sk-ant-test-not-real")],
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let (config, env, writable) =
-            compose_container(dir.path(), &host).unwrap_or_else(|e| panic!("{e}"));
+        let Container {
+            config,
+            env,
+            writable,
+        } = compose_container(dir.path(), &host).unwrap_or_else(|e| panic!("{e}"));
         // The documented first step (docker compose run --rm h3gate keys create …).
         let key = h3gate_in(&config, &env, &["keys", "create", "--name", "first"]);
         assert!(
