@@ -540,3 +540,20 @@ async fn a_degraded_node_that_still_serves_is_ready() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_idle_h2_client_does_not_hold_the_drain() {
+    let mut gw = Gateway::start_with(|c| c.http.header_read_timeout = Dur::secs(60)).await;
+    // Preface and SETTINGS only: it never answers GOAWAY's PING nor closes.
+    let mut s = tls(&gw, &[b"h2"]).await;
+    s.write_all(H2_PREFACE).await.unwrap();
+    s.write_all(H2_SETTINGS).await.unwrap();
+    s.flush().await.unwrap();
+    let mut buf = [0u8; 64];
+    let _ = s.read(&mut buf).await.unwrap(); // the server's SETTINGS
+    gw.begin_shutdown();
+    gw.stopped()
+        .await
+        .expect("a clean drain: an idle connection is not waited for");
+    drop(s);
+}

@@ -221,8 +221,12 @@ impl HttpListener {
             _ = self.shutdown.draining() => {
                 // HTTP/2 GOAWAY, or close after the current HTTP/1.1 response.
                 conn.as_mut().graceful_shutdown();
+                // Without a request in progress, a client that does not
+                // close its end (nor answer GOAWAY's PING) is not waited for.
+                let done = Instant::now() + CLOSE_GRACE;
                 tokio::select! {
                     r = conn.as_mut() => r,
+                    _ = activity.idle(done, CLOSE_GRACE) => Ok(()),
                     _ = self.shutdown.forced() => return,
                 }
             }
