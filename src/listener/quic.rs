@@ -2,11 +2,10 @@
 //! connection, and the adapter between an h3 request stream and the
 //! pipeline's streamed request and response.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicServerConfig;
@@ -14,6 +13,7 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::caps::ConnCounts;
 use super::SharedState;
 use crate::config::{AddressValidation, Congestion, QuicConfig};
 use crate::metrics;
@@ -136,58 +136,6 @@ pub struct QuicListener {
     pub state: SharedState,
     pub shutdown: Shutdown,
     pub conns: Arc<ConnCounts>,
-}
-
-/// Open and pending connections, in total and per source address.
-#[derive(Debug, Default)]
-pub struct ConnCounts {
-    open: AtomicUsize,
-    pending: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// A connection's place in [`ConnCounts`], given back when it ends.
-struct ConnSlot {
-    counts: Arc<ConnCounts>,
-    ip: IpAddr,
-}
-
-impl ConnCounts {
-    /// Takes a place, unless a cap is reached.
-    fn admit(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        max_total: usize,
-        max_per_ip: usize,
-    ) -> Result<ConnSlot, &'static str> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if self.open.load(Ordering::Relaxed) >= max_total {
-            return Err("max_connections");
-        }
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= max_per_ip {
-            return Err("max_connections_per_ip");
-        }
-        *n += 1;
-        self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(ConnSlot {
-            counts: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.counts.open.fetch_sub(1, Ordering::Relaxed);
-        let mut per_ip = self.counts.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-    }
 }
 
 impl QuicListener {
