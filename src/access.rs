@@ -274,8 +274,12 @@ impl Logged {
         Logged { inner, end, exact }
     }
 
+    /// Whether the client has had the whole body (a `HEAD` response has
+    /// none to send: its body is dropped unread).
     fn delivered(&self) -> bool {
-        self.inner.is_end_stream() || self.exact == Some(self.end.response_bytes)
+        self.inner.is_end_stream()
+            || self.exact == Some(self.end.response_bytes)
+            || self.end.method == Method::HEAD
     }
 }
 
@@ -436,5 +440,16 @@ mod tests {
             drop(ending(Protocol::Http2).respond(resp));
         });
         assert_eq!(lines[0]["outcome"], "aborted", "dropped before its end");
+
+        let lines = json_lines(|| {
+            let resp = http::Response::new(Body::new(Sized(Some(Bytes::from_static(b"ab")))));
+            let mut end = ending(Protocol::Http2);
+            end.method = Method::HEAD;
+            drop(end.respond(resp));
+        });
+        assert_eq!(
+            lines[0]["outcome"], "complete",
+            "a HEAD response sends no body"
+        );
     }
 }
