@@ -11,7 +11,10 @@
 //! | `endless`        | SSE: a chunk every 20 ms (at most 1,000); records when dropped    |
 //! | `drop-mid-stream`| SSE: two chunks, then the connection is cut                       |
 //! | `slow`           | waits 5 s before the response headers                             |
+//! | `slow-MS`        | waits MS milliseconds before answering normally                   |
 //! | `status-NNN`     | an OpenAI-shaped error with status NNN (message holds a fake key) |
+//! | `status-NNN-raS` | the same, with `Retry-After: S`                                   |
+//! | `flaky-PCT`      | PCT % of requests fail: half 503, half a cut body                 |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
