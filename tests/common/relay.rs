@@ -25,6 +25,12 @@ pub struct RelayConfig {
     pub delay_second: Option<Duration>,
     /// Hold every client datagram this long.
     pub delay_all: Option<Duration>,
+    /// Hold each client's handshake-completing datagrams (those carrying a
+    /// Handshake or 1-RTT packet) until this long after its first one,
+    /// while Initial and 0-RTT packets pass: its early requests then reach
+    /// the server before its handshake completes, as over a real round
+    /// trip (on loopback it completes within microseconds).
+    pub hold_handshake: Option<Duration>,
     /// Share of datagrams dropped, each direction (0.0..=1.0).
     pub loss: f64,
     /// Share of datagrams held back behind later ones, each direction.
@@ -41,6 +47,7 @@ impl Default for RelayConfig {
         RelayConfig {
             delay_second: None,
             delay_all: None,
+            hold_handshake: None,
             loss: 0.05,
             reorder: 0.05,
             reorder_hold: Duration::from_millis(20),
@@ -76,6 +83,8 @@ pub struct RelayStats {
     pub dropped: AtomicU64,
     pub reordered: AtomicU64,
     pub delayed: AtomicU64,
+    /// Client datagrams that carried a 0-RTT packet.
+    pub zero_rtt: AtomicU64,
 }
 
 pub struct Relay {
@@ -155,17 +164,19 @@ impl Relay {
     pub fn describe(&self) -> String {
         let s = &self.stats;
         format!(
-            "relay seed {:#x} (loss {}, reorder {}, delay_second {:?}, delay_all {:?}): {} clients, {} forwarded, {} dropped, {} reordered, {} delayed",
+            "relay seed {:#x} (loss {}, reorder {}, delay_second {:?}, delay_all {:?}, hold_handshake {:?}): {} clients, {} forwarded, {} dropped, {} reordered, {} delayed, {} client datagrams with 0-RTT",
             self.config.seed,
             self.config.loss,
             self.config.reorder,
             self.config.delay_second,
             self.config.delay_all,
+            self.config.hold_handshake,
             s.clients.load(Ordering::Relaxed),
             s.forwarded.load(Ordering::Relaxed),
             s.dropped.load(Ordering::Relaxed),
             s.reordered.load(Ordering::Relaxed),
             s.delayed.load(Ordering::Relaxed),
+            s.zero_rtt.load(Ordering::Relaxed),
         )
     }
 }
@@ -180,6 +191,8 @@ impl Drop for Relay {
 struct Peer {
     upstream: Arc<UdpSocket>,
     sent: u64,
+    /// Until when its handshake-completing datagrams are held.
+    hold_until: Option<tokio::time::Instant>,
 }
 
 /// Reads client datagrams and forwards them, each client through its own
@@ -221,6 +234,7 @@ async fn client_side(
                 peers.entry(from).or_insert(Peer {
                     upstream: up,
                     sent: 0,
+                    hold_until: None,
                 })
             }
         };
@@ -231,6 +245,15 @@ async fn client_side(
             if let Some(d) = cfg.delay_second {
                 hold += d;
             }
+        }
+        let kinds = packet_kinds(&buf[..n]);
+        if kinds.zero_rtt {
+            stats.zero_rtt.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (Some(h), true) = (cfg.hold_handshake, kinds.completes) {
+            let now = tokio::time::Instant::now();
+            let until = *peer.hold_until.get_or_insert(now + h);
+            hold += until.saturating_duration_since(now);
         }
         let fate = to_server.fate(nth > 1);
         if let Some(hold) = schedule(fate, hold, &stats) {
@@ -295,4 +318,57 @@ fn schedule(fate: Fate, hold: Duration, stats: &RelayStats) -> Option<Duration> 
     };
     stats.forwarded.fetch_add(1, Ordering::Relaxed);
     Some(hold)
+}
+
+/// What a datagram's (coalesced) QUIC packets are.
+#[derive(Debug, Default)]
+struct Kinds {
+    zero_rtt: bool,
+    /// A Handshake or 1-RTT packet: the handshake is completing or done.
+    completes: bool,
+}
+
+fn packet_kinds(mut d: &[u8]) -> Kinds {
+    let mut k = Kinds::default();
+    while let Some(&first) = d.first() {
+        if first & 0x80 == 0 {
+            k.completes = true; // short header: 1-RTT, the rest of the datagram
+            break;
+        }
+        let ty = (first >> 4) & 0x03;
+        match ty {
+            1 => k.zero_rtt = true,
+            2 => k.completes = true,
+            3 => break, // Retry
+            _ => {}
+        }
+        match long_packet_len(d, ty) {
+            Some(len) if len <= d.len() => d = &d[len..],
+            _ => break,
+        }
+    }
+    k
+}
+
+/// The length of the QUIC v1 long-header packet at the start of `d`.
+fn long_packet_len(d: &[u8], ty: u8) -> Option<usize> {
+    let mut i = 5;
+    i += 1 + *d.get(i)? as usize;
+    i += 1 + *d.get(i)? as usize;
+    if ty == 0 {
+        let (token_len, n) = varint(d.get(i..)?)?;
+        i += n + token_len;
+    }
+    let (len, n) = varint(d.get(i..)?)?;
+    Some(i + n + len)
+}
+
+fn varint(b: &[u8]) -> Option<(usize, usize)> {
+    let first = *b.first()?;
+    let len = 1usize << (first >> 6);
+    let mut v = u64::from(first & 0x3f);
+    for byte in b.get(1..len)? {
+        v = (v << 8) | u64::from(*byte);
+    }
+    Some((v as usize, len))
 }

@@ -3,10 +3,13 @@
 //! gateway with `fetch` (CORS allowed for that origin), QUIC forced on the
 //! gateway's UDP address, the development certificate trusted by its SPKI.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::{metric_sum, serial};
 use crate::common::browser::{spki_sha256_base64, Browser, BrowserOptions, Origin};
+use crate::common::relay::{Relay, RelayConfig};
 use crate::common::Gateway;
 
 /// The test page. `?gw=https://127.0.0.1:<udp port>` says where the
@@ -219,20 +222,29 @@ async fn chromium_streams_over_h3_in_fresh_browsers() {
 /// One browser: a first load, its connections closed through the DevTools
 /// protocol (`chrome.benchmarking.closeConnections()`, evaluated in the
 /// page, with `--enable-net-benchmarking`), then a second load resumes
-/// with 0-RTT — accepted and counted.
+/// with 0-RTT — accepted and counted. Through a relay that holds the
+/// browser's handshake completion for 150 ms (a round trip, as off
+/// loopback), so its early requests are handled before it: otherwise
+/// whether they count as early is a race with microseconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_resumes_with_zero_rtt_and_is_counted() {
     let _turn = serial().await;
     let origin = origin().await;
     let gw = browser_gateway(&origin).await;
+    let hold = RelayConfig {
+        hold_handshake: Some(Duration::from_millis(150)),
+        ..RelayConfig::clean()
+    };
+    let relay = Relay::start(gw.udp, hold).await;
     let mut opts = browser_options(&gw);
+    opts.force_quic = vec![relay.addr];
     opts.net_benchmarking = true;
-    let base = gateway_base(&gw);
+    let base = format!("https://127.0.0.1:{}", relay.addr.port());
     let browser = Browser::launch(&opts).await;
     let first = load(&browser, &origin, &base, "getModels()")
         .await
         .unwrap_or_else(|e| panic!("first load: {e}\n{}", browser.stderr_tail()));
-    check(&first).unwrap();
+    check(&first).unwrap_or_else(|e| panic!("first load: {e}; {}", relay.describe()));
 
     let page = browser.new_page().await;
     page.navigate(&origin.url(&format!("/h3.html?gw={base}")))
@@ -254,14 +266,14 @@ async fn chromium_resumes_with_zero_rtt_and_is_counted() {
         if metric_sum(&gw.metrics_text().await, open) == 0.0 {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let before = gw.metrics_text().await;
     let second = load(&browser, &origin, &base, "getModels()")
         .await
         .unwrap_or_else(|e| panic!("second load: {e}\n{}", browser.stderr_tail()));
-    check(&second).unwrap();
+    check(&second).unwrap_or_else(|e| panic!("second load: {e}; {}", relay.describe()));
     let after = gw.metrics_text().await;
     browser.close().await;
     let accepted = "h3gate_quic_connections_accepted_total";
@@ -272,10 +284,12 @@ async fn chromium_resumes_with_zero_rtt_and_is_counted() {
     ] {
         assert!(
             metric_sum(&after, name) > metric_sum(&before, name),
-            "{name} went up on the second load: {} -> {} (connections open before: {})",
+            "{name} went up on the second load: {} -> {} (connections open before: {}); {}",
             metric_sum(&before, name),
             metric_sum(&after, name),
-            metric_sum(&before, open)
+            metric_sum(&before, open),
+            relay.describe()
         );
     }
+    println!("Chromium 0-RTT: {}", relay.describe());
 }
