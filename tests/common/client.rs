@@ -327,8 +327,14 @@ impl Client {
                             Err(e) => Err(format!("{e}")),
                         };
                         let failed = item.is_err();
-                        if tx.send(item).await.is_err() || failed {
-                            // Reader gone: stop the stream like a browser tab closing.
+                        let gone = tx.send(item).await.is_err();
+                        if failed {
+                            break;
+                        }
+                        if gone {
+                            // Reader gone: stop the stream like a browser tab
+                            // closing (not after a failed read: h3-quinn's
+                            // stream is gone then, and stopping it panics).
                             stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
                             break;
                         }
