@@ -463,7 +463,7 @@ async fn initial_flood_meets_retry_with_zero_rtt_on() {
     legitimate_client_gets_through(&gw).await;
 }
 
-/// A burst of 400 Initials in 0.2 s with 0-RTT off and room for 200
+/// A burst of 400 Initials in 0.2 s with 0-RTT off and room for 100
 /// connections: pending handshakes are counted as they are accepted (not
 /// when their task first runs), so Retry starts within the burst, the
 /// never-finished handshakes do not fill the connection cap, and a
