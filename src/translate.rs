@@ -150,14 +150,26 @@ pub fn fuzz_check(data: &[u8]) {
         let _ = parser.push(text.as_bytes());
         let _ = parser.push(b"\n\n");
         let mut out = String::new();
+        let mut upstream = Vec::new();
         while let Ok(Some(ev)) = parser.next_event() {
             t.event(&ev, &mut out);
+            upstream.push(ev);
         }
         t.finish(&mut out);
         let mut p = crate::sse::Parser::new(1 << 22);
         let _ = p.push(out.as_bytes());
         while let Ok(Some(ev)) = p.next_event() {
-            if ev.data != "[DONE]" {
+            if conv == Conversion::StripUsage {
+                // A filter, not a translation: whatever it lets through is
+                // an upstream event, unchanged (JSON or not).
+                assert!(!stream::is_usage_only_chunk(&ev.data), "usage removed");
+                assert!(
+                    upstream
+                        .iter()
+                        .any(|u| u.data == ev.data && u.event == ev.event),
+                    "events pass through unchanged"
+                );
+            } else if ev.data != "[DONE]" {
                 serde_json::from_str::<serde_json::Value>(&ev.data)
                     .expect("translated events carry JSON");
             }
@@ -186,5 +198,15 @@ mod tests {
         for s in samples {
             super::fuzz_check(s.as_bytes());
         }
+    }
+
+    /// Found by the `translate` fuzz target: a `data` line without a colon
+    /// is an event with empty data, which the usage filter passes through
+    /// unchanged (the property wrongly wanted JSON from a filter).
+    #[test]
+    fn fuzz_regression_an_event_with_empty_data() {
+        super::fuzz_check(b"\n{\t@Q\t\t\ndala\ndata\n[");
+        super::fuzz_check(b"data\n\n");
+        super::fuzz_check(b"data:\n\nevent: x\ndata: \n\n");
     }
 }

@@ -80,7 +80,7 @@ impl Translator {
 }
 
 /// The final chunk OpenAI sends for `include_usage`: no choices, a usage.
-fn is_usage_only_chunk(data: &str) -> bool {
+pub(crate) fn is_usage_only_chunk(data: &str) -> bool {
     has_usage_object(data)
         && serde_json::from_str::<Value>(data).is_ok_and(|v| {
             v["choices"].as_array().is_some_and(|c| c.is_empty()) && v["usage"].is_object()
