@@ -332,10 +332,10 @@ impl Client {
                             break;
                         }
                         if gone {
-                            // Reader gone: stop the stream like a browser tab
-                            // closing (not after a failed read: h3-quinn's
-                            // stream is gone then, and stopping it panics).
-                            stream.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+                            // Reader gone: dropping the stream stops it (quinn
+                            // sends STOP_SENDING), like a browser tab closing.
+                            // Not `stop_sending`: h3-quinn panics on it while
+                            // h3 has a read of the next frame in flight.
                             break;
                         }
                     }
