@@ -311,3 +311,29 @@ async fn a_silent_request_stream_is_ended() {
         .await;
     assert_eq!(refused, 1.0);
 }
+
+/// The same malformed requests from an independent stack (aioquic sends
+/// header bytes as given, uppercase names included): none is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_from_aioquic_are_refused() {
+    let python = common::python::python().expect("python3");
+    let gw = Gateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &gw.ca).unwrap();
+    let port = gw.udp.port().to_string();
+    let out =
+        common::python::run_script(&python, "h3_malformed.py", &[&port, ca.to_str().unwrap()])
+            .await;
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(v["well_formed"], 200, "{v}");
+    for case in [
+        "uppercase_name",
+        "connection",
+        "transfer_encoding",
+        "content_length_above",
+        "content_length_below",
+    ] {
+        assert_ne!(v[case], 200, "{case} must not be served: {v}");
+    }
+}
