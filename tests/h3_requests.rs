@@ -97,22 +97,8 @@ type H3Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
 /// A raw HTTP/3 connection to the gateway.
 async fn connect(gw: &Gateway) -> (quinn::Endpoint, quinn::Connection, H3Send) {
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&gw.ca) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint.set_default_client_config(common::client::h3_client_config(&gw.ca, false));
     let conn = endpoint
         .connect(gw.udp, "localhost")
         .unwrap()

@@ -13,8 +13,6 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use common::{chat, Gateway};
 use h3gate::config::EarlyUnsafe;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -136,22 +134,8 @@ struct Resuming {
 
 impl Resuming {
     fn new(ca: &[u8]) -> Resuming {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h3".to_vec()];
-        tls.enable_early_data = true;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        endpoint.set_default_client_config(common::client::h3_client_config(ca, true));
         Resuming { endpoint }
     }
 

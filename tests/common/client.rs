@@ -100,6 +100,22 @@ fn roots(ca_pem: &[u8]) -> rustls::RootCertStore {
     roots
 }
 
+/// An HTTP/3 client's QUIC configuration trusting `ca_pem` (TLS 1.3, ALPN
+/// h3), sending early data on resumption when `early_data`.
+pub fn h3_client_config(ca_pem: &[u8], early_data: bool) -> quinn::ClientConfig {
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots(ca_pem))
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.enable_early_data = early_data;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(crypto))
+}
+
 impl Client {
     /// Connects to the gateway: `tcp` for HTTP/1.1 and HTTP/2, `udp` for HTTP/3.
     pub async fn connect(proto: Proto, tcp: SocketAddr, udp: SocketAddr, ca_pem: &[u8]) -> Client {
@@ -158,17 +174,8 @@ impl Client {
                 }
             }
             Proto::H3 => {
-                let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates(roots(ca_pem))
-                .with_no_client_auth();
-                tls.alpn_protocols = vec![b"h3".to_vec()];
-                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
                 let mut endpoint = quinn::Endpoint::client(SocketAddr::new(source, 0)).unwrap();
-                endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+                endpoint.set_default_client_config(h3_client_config(ca_pem, false));
                 let conn = endpoint
                     .connect(udp, host)
                     .unwrap()
