@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -48,23 +47,11 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
             .with_current_span(true)
             .with_target(true)
             .with_env_filter("warn,h3gate=info")
-            .with_writer(move || SharedWriter(writer.clone()))
+            .with_writer(move || common::SharedWriter(writer.clone()))
             .try_init();
         buf
     })
     .clone()
-}
-
-struct SharedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The access-log lines (raw JSON text) of one request id.

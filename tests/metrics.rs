@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use common::{chat, Gateway, Proto, ADMIN_TOKEN, UPSTREAM_KEY};
@@ -80,23 +79,11 @@ fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
         let _ = tracing_subscriber::fmt()
             .json()
             .with_env_filter("debug")
-            .with_writer(move || SharedWriter(writer.clone()))
+            .with_writer(move || common::SharedWriter(writer.clone()))
             .try_init();
         buf
     })
     .clone()
-}
-
-struct SharedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 async fn gateway_with_route(route: &str) -> Gateway {

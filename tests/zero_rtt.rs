@@ -21,44 +21,6 @@ const HOLD: Duration = Duration::from_millis(400);
 /// How long it holds the server's first flight.
 const SERVER_HOLD: Duration = Duration::from_millis(150);
 
-/// A QUIC v1 datagram carries a Handshake or 1-RTT packet (coalesced packets walked).
-fn completes_handshake(mut d: &[u8]) -> bool {
-    fn varint(b: &[u8]) -> Option<(usize, usize)> {
-        let first = *b.first()?;
-        let len = 1usize << (first >> 6);
-        let mut v = u64::from(first & 0x3f);
-        for byte in b.get(1..len)? {
-            v = (v << 8) | u64::from(*byte);
-        }
-        Some((v as usize, len))
-    }
-    while let Some(&first) = d.first() {
-        if first & 0x80 == 0 {
-            return true; // short header: 1-RTT
-        }
-        let ty = (first >> 4) & 0x03;
-        if ty == 2 {
-            return true; // Handshake
-        }
-        let parse = || -> Option<usize> {
-            let mut i = 5;
-            i += 1 + *d.get(i)? as usize;
-            i += 1 + *d.get(i)? as usize;
-            if ty == 0 {
-                let (tl, n) = varint(d.get(i..)?)?;
-                i += n + tl;
-            }
-            let (len, n) = varint(d.get(i..)?)?;
-            Some(i + n + len)
-        };
-        match parse() {
-            Some(end) if end <= d.len() => d = &d[end..],
-            _ => return false,
-        }
-    }
-    false
-}
-
 /// A UDP relay that holds the client's handshake-completing datagrams for
 /// [`HOLD`], and the server's first flight for [`SERVER_HOLD`] — so the
 /// client cannot switch to 1-RTT before it has sent its request as 0-RTT.
@@ -88,7 +50,7 @@ impl Relay {
             while let Ok((n, from)) = f.recv_from(&mut buf).await {
                 *c.lock().unwrap() = Some(from);
                 let d = buf[..n].to_vec();
-                if completes_handshake(&d) {
+                if common::relay::packet_kinds(&d).completes {
                     let until = *hold_until.get_or_insert_with(|| Instant::now() + HOLD);
                     let (b, r) = (b.clone(), r.clone());
                     tokio::spawn(async move {

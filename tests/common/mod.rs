@@ -324,3 +324,17 @@ macro_rules! over_every_protocol {
         mod http1 { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $case() { super::$case($crate::common::Proto::H1).await } )* }
     };
 }
+
+/// A log writer into a shared buffer, for tests that read the gateway's
+/// log lines (`tracing_subscriber`'s `with_writer`).
+pub struct SharedWriter(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

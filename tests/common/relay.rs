@@ -322,13 +322,13 @@ fn schedule(fate: Fate, hold: Duration, stats: &RelayStats) -> Option<Duration> 
 
 /// What a datagram's (coalesced) QUIC packets are.
 #[derive(Debug, Default)]
-struct Kinds {
-    zero_rtt: bool,
+pub struct Kinds {
+    pub zero_rtt: bool,
     /// A Handshake or 1-RTT packet: the handshake is completing or done.
-    completes: bool,
+    pub completes: bool,
 }
 
-fn packet_kinds(mut d: &[u8]) -> Kinds {
+pub fn packet_kinds(mut d: &[u8]) -> Kinds {
     let mut k = Kinds::default();
     while let Some(&first) = d.first() {
         if first & 0x80 == 0 {
