@@ -57,7 +57,7 @@ pub const NAMES: &[&str] = &[
     "h3gate_quic_connections_accepted_total",
     "h3gate_quic_connections_refused_total",
     "h3gate_quic_handshake_failures_total",
-    "h3gate_quic_requests_refused_total",
+    "h3gate_quic_stream_errors_total",
     "h3gate_quic_retry_sent_total",
     "h3gate_quic_zero_rtt_connections_total",
     "h3gate_quic_early_requests_total",
@@ -193,8 +193,8 @@ fn describe() {
         "QUIC handshakes that failed."
     );
     describe_counter!(
-        "h3gate_quic_requests_refused_total",
-        "HTTP/3 request streams refused before the pipeline, by reason (header_timeout, malformed)."
+        "h3gate_quic_stream_errors_total",
+        "HTTP/3 request streams the gateway ended with a stream error, by reason (header_timeout, malformed, write_timeout: the client stopped reading)."
     );
     describe_histogram!(
         "h3gate_quic_rtt_seconds",
@@ -476,9 +476,10 @@ pub mod quic {
         counter!("h3gate_quic_handshake_failures_total").increment(1);
     }
 
-    /// A request stream refused before the pipeline: `header_timeout`, `malformed`.
-    pub fn request_refused(reason: &'static str) {
-        counter!("h3gate_quic_requests_refused_total", "reason" => reason).increment(1);
+    /// A request stream ended with a stream error: `header_timeout`,
+    /// `malformed`, `write_timeout` (the client stopped reading).
+    pub fn stream_error(reason: &'static str) {
+        counter!("h3gate_quic_stream_errors_total", "reason" => reason).increment(1);
     }
 
     /// At close: the connection's path statistics.

@@ -263,7 +263,7 @@ async fn malformed_requests_are_refused() {
         );
     }
     assert!(
-        gw.metric("h3gate_quic_requests_refused_total{reason=\"malformed\"}")
+        gw.metric("h3gate_quic_stream_errors_total{reason=\"malformed\"}")
             .await
             >= 3.0
     );
@@ -293,7 +293,7 @@ async fn a_silent_request_stream_is_ended() {
     let ended = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(1024)).await;
     assert!(ended.is_ok(), "the gateway ended the silent stream");
     let refused = gw
-        .metric("h3gate_quic_requests_refused_total{reason=\"header_timeout\"}")
+        .metric("h3gate_quic_stream_errors_total{reason=\"header_timeout\"}")
         .await;
     assert_eq!(refused, 1.0);
 }
@@ -322,4 +322,56 @@ async fn malformed_requests_from_aioquic_are_refused() {
     ] {
         assert_ne!(v[case], 200, "{case} must not be served: {v}");
     }
+}
+
+/// A client that stops reading (its stream window stays full) does not
+/// hold its upstream for ever: after `write_timeout` the stream is reset
+/// and the upstream request dropped, as on the TCP listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_releases_its_upstream() {
+    let gw = Gateway::start_with(|c| {
+        c.http.write_timeout = h3gate::config::Duration::millis(500);
+    })
+    .await;
+    let mut config = common::client::h3_client_config(&gw.ca, false);
+    let mut transport = quinn::TransportConfig::default();
+    // A 2 KB window: full after a few chunks, and never opened again.
+    transport.stream_receive_window(quinn::VarInt::from_u32(2048));
+    config.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint
+        .connect(gw.udp, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let body = chat("endless", true).to_string();
+    let req = http::Request::post(format!(
+        "https://localhost:{}/v1/chat/completions",
+        gw.udp.port()
+    ))
+    .header("content-type", "application/json")
+    .body(())
+    .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.send_data(Bytes::from(body)).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(stream.recv_response().await.unwrap().status(), 200);
+    // ...and never reads the body.
+    assert!(
+        gw.upstream.wait_dropped().await,
+        "the gateway dropped the upstream stream of a client that stopped reading"
+    );
+    assert_eq!(
+        gw.metric("h3gate_quic_stream_errors_total{reason=\"write_timeout\"}")
+            .await,
+        1.0
+    );
+    drop(stream);
 }

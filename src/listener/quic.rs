@@ -252,11 +252,12 @@ impl QuicListener {
         };
         let mut accepted = accepted;
         let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
-        let (max_field_section_size, header_timeout) = {
+        let (max_field_section_size, header_timeout, write_timeout) = {
             let state = self.state.load();
             (
                 state.config.quic.max_field_section_size.get(),
                 state.config.http.header_read_timeout.get(),
+                state.config.http.write_timeout.get(),
             )
         };
         let stops = Arc::new(Stops::default());
@@ -303,6 +304,7 @@ impl QuicListener {
                             conn: conn.clone(),
                             stops: stops.clone(),
                             header_timeout,
+                            write_timeout,
                         };
                         requests.spawn(request(resolver, stream).in_current_span());
                     }

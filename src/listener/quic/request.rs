@@ -38,6 +38,10 @@ pub(super) struct StreamCtx {
     /// Time allowed from the stream's start to its whole header section
     /// (`[http] header_read_timeout`, for both listeners).
     pub header_timeout: Duration,
+    /// Longest wait for the client's flow control to take more of the
+    /// response (`[http] write_timeout`, for both listeners): a client that
+    /// stopped reading does not hold its upstream for ever.
+    pub write_timeout: Duration,
 }
 
 pub(super) async fn request(resolver: RequestResolver<streams::Connection, Bytes>, ctx: StreamCtx) {
@@ -52,7 +56,7 @@ pub(super) async fn request(resolver: RequestResolver<streams::Connection, Bytes
                 return;
             }
             Err(_) => {
-                metrics::quic::request_refused("header_timeout");
+                metrics::quic::stream_error("header_timeout");
                 tracing::debug!(%peer, "HTTP/3 request headers not received in time");
                 return;
             }
@@ -63,7 +67,7 @@ pub(super) async fn request(resolver: RequestResolver<streams::Connection, Bytes
         Ok(declared) => declared,
         Err(why) => {
             // A malformed request is a stream error (RFC 9114 §4.1.2).
-            metrics::quic::request_refused("malformed");
+            metrics::quic::stream_error("malformed");
             tracing::debug!(%peer, why, "malformed HTTP/3 request");
             recv.stop_sending(Code::H3_MESSAGE_ERROR);
             send.stop_stream(Code::H3_MESSAGE_ERROR);
@@ -98,7 +102,7 @@ pub(super) async fn request(resolver: RequestResolver<streams::Connection, Bytes
     let state = ctx.state.load_full();
     let work = async {
         let resp = pipeline::handle(&state, request).await;
-        send_response(&mut send, resp, head_only).await
+        send_response(&mut send, resp, head_only, ctx.write_timeout).await
     };
     let stopped = async {
         match stopped {
@@ -167,6 +171,7 @@ async fn send_response(
     send: &mut SendHalf,
     resp: Response,
     head_only: bool,
+    write_timeout: Duration,
 ) -> Result<(), h3::error::StreamError> {
     let (parts, mut body) = resp.into_parts();
     let mut head = http::Response::from_parts(parts, ());
@@ -176,7 +181,17 @@ async fn send_response(
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(frame) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => send.send_data(data).await?,
+                    Ok(data) if !data.is_empty() => {
+                        let Ok(sent) =
+                            tokio::time::timeout(write_timeout, send.send_data(data)).await
+                        else {
+                            tracing::debug!("the client stopped reading (write_timeout); resetting the HTTP/3 stream");
+                            metrics::quic::stream_error("write_timeout");
+                            send.stop_stream(Code::H3_REQUEST_CANCELLED);
+                            return Ok(());
+                        };
+                        sent?
+                    }
                     Ok(_) => {}
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
