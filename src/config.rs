@@ -263,7 +263,9 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Close a connection whose writes make no progress for this long (the
     /// client stopped reading and its TCP window is full); its requests end
-    /// and their upstream requests are dropped. Default 30s.
+    /// and their upstream requests are dropped. On HTTP/3 the same bound
+    /// applies per stream: a response its client's flow control does not
+    /// take for this long is reset. Default 30s.
     pub write_timeout: Duration,
     /// Send an HTTP/2 PING this often, and close the connection when one is
     /// not answered within the same time (finds dead peers, also while a
