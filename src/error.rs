@@ -36,6 +36,11 @@ pub enum GatewayError {
     PayloadTooLarge { limit: u64 },
     #[error("the request body could not be read completely")]
     BodyIncomplete,
+    /// The client went away before its request could be served (seen
+    /// while it waited for admission). Nobody reads the answer: the
+    /// request ends as cancelled.
+    #[error("the client closed the request")]
+    ClientClosed,
     /// The `String`s list each attempt's target and failure class.
     #[error("the upstream provider could not be reached{}", attempts(.0))]
     UpstreamUnreachable(String),
@@ -86,6 +91,10 @@ impl GatewayError {
             GatewayError::InvalidJson(_)
             | GatewayError::InvalidRequest(_)
             | GatewayError::BodyIncomplete => StatusCode::BAD_REQUEST,
+            // nginx's "client closed request", as the access log writes it.
+            GatewayError::ClientClosed => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             GatewayError::NotFound { .. } | GatewayError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -115,6 +124,7 @@ impl GatewayError {
             GatewayError::InvalidJson(_)
             | GatewayError::InvalidRequest(_)
             | GatewayError::BodyIncomplete
+            | GatewayError::ClientClosed
             | GatewayError::NotFound { .. }
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::ModelNotFound(_)
@@ -142,6 +152,7 @@ impl GatewayError {
             GatewayError::InvalidJson(_) => "invalid_json",
             GatewayError::InvalidRequest(_) => "invalid_request",
             GatewayError::BodyIncomplete => "body_incomplete",
+            GatewayError::ClientClosed => "client_closed_request",
             GatewayError::NotFound { .. } => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::ModelNotFound(_) => "model_not_found",

@@ -77,6 +77,10 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
         tracing::error!(request_id = %shared_id, "request handling panicked; answered 500");
         Err(GatewayError::Internal)
     });
+    if matches!(dispatched, Err(GatewayError::ClientClosed)) {
+        // No one to answer: the request ends as cancelled (`end` drops).
+        return GatewayError::ClientClosed.into_response_for(api, &shared_id);
+    }
     let facts = &end.facts;
     let mut resp = match dispatched {
         Ok(resp) => resp,
@@ -246,7 +250,8 @@ async fn proxy(
     facts: &mut Facts,
 ) -> Result<Response, GatewayError> {
     protect::authorize(facts.key.as_deref(), auth::scope_of(Some(endpoint)), None)?;
-    admit(state, client, facts).await?;
+    let mut req = req;
+    let ahead = admit(state, client, facts, &mut req.body).await?;
     let (body, routing) = if endpoint == Endpoint::Model {
         // `GET /v1/models/{model}`: the model is in the path.
         let model = req.uri.path()["/v1/models/".len()..].to_string();
@@ -265,7 +270,7 @@ async fn proxy(
         let limit = state.config.server.max_request_body.get();
         let body = tokio::time::timeout(
             state.config.server.request_timeout.get(),
-            read_body(req.body, &req.headers, limit),
+            read_body(ahead, req.body, &req.headers, limit),
         )
         .await
         .map_err(|_| GatewayError::RequestTimeout)??;
@@ -346,7 +351,12 @@ async fn proxy(
 /// gateway slot or a bounded wait for one. Both are held in `facts` until
 /// the request ends. (Per-provider gates and token reservations need the
 /// body's `model` and `max_tokens`: they come later.)
-async fn admit(state: &State, client: IpAddr, facts: &mut Facts) -> Result<(), GatewayError> {
+async fn admit(
+    state: &State,
+    client: IpAddr,
+    facts: &mut Facts,
+    body: &mut Body,
+) -> Result<ReadAhead, GatewayError> {
     let (who, cap) = match &facts.key {
         Some(k) => (k.sha256.clone(), k.max_concurrent.map(|c| c as usize)),
         None => (client.to_string(), None),
@@ -355,14 +365,42 @@ async fn admit(state: &State, client: IpAddr, facts: &mut Facts) -> Result<(), G
         .clients
         .enter(&who, cap)
         .map_err(|_| GatewayError::ClientLimit)?;
-    let permit = state
-        .admission
-        .enter()
-        .await
-        .map_err(GatewayError::Overloaded)?;
+    // While queued, read a little of the body: a client that goes away
+    // shows as the body failing (HTTP/1.1 has no other sign of it while its
+    // request waits), and its place is given back at once. Bounded, so a
+    // queued request still costs almost no buffer.
+    let mut ahead = ReadAhead::default();
+    let enter = state.admission.enter();
+    tokio::pin!(enter);
+    let permit = loop {
+        tokio::select! {
+            biased;
+            permit = &mut enter => break permit.map_err(GatewayError::Overloaded)?,
+            frame = body.frame(), if !ahead.ended && ahead.bytes.len() < READ_AHEAD => match frame {
+                None => ahead.ended = true,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        ahead.bytes.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(_)) => return Err(GatewayError::ClientClosed),
+            },
+        }
+    };
     facts.permit = Some(permit);
-    Ok(())
+    Ok(ahead)
 }
+
+/// What was read of a body while its request waited for admission.
+#[derive(Default)]
+struct ReadAhead {
+    bytes: BytesMut,
+    /// The body ended within it.
+    ended: bool,
+}
+
+/// How much of a queued request's body is read ahead.
+const READ_AHEAD: usize = 16 * 1024;
 
 fn respond(
     done: Forwarded,
@@ -384,6 +422,7 @@ fn respond(
 /// Reads the request body, refusing it as soon as it is known to exceed
 /// `limit`: from `Content-Length`, or while counting the streamed bytes.
 async fn read_body(
+    ahead: ReadAhead,
     mut body: Body,
     headers: &http::HeaderMap,
     limit: u64,
@@ -397,8 +436,16 @@ async fn read_body(
         discard(body).await;
         return Err(too_large());
     }
+    if ahead.bytes.len() as u64 > limit {
+        discard(body).await;
+        return Err(too_large());
+    }
     let capacity = declared.unwrap_or(0).min(limit);
     let mut buf = BytesMut::with_capacity(usize::try_from(capacity).unwrap_or(0));
+    buf.extend_from_slice(&ahead.bytes);
+    if ahead.ended {
+        return Ok(buf.freeze());
+    }
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| GatewayError::BodyIncomplete)?;
         if let Ok(data) = frame.into_data() {

@@ -557,3 +557,51 @@ async fn a_silent_idle_h2_client_does_not_hold_the_drain() {
         .expect("a clean drain: an idle connection is not waited for");
     drop(s);
 }
+
+/// An HTTP/1.1 client that goes away mid-upload while its request waits for
+/// admission gives its queue place back at once (HTTP/1.1 has no other sign
+/// of it than the body failing: the gateway reads a little ahead while
+/// queued), and the request ends as cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_http1_client_that_goes_away_gives_its_place_back() {
+    let gw = Gateway::start_with(|c| {
+        c.admission.max_concurrent = 1;
+        c.admission.max_queue = 1;
+        c.admission.max_wait = Dur::secs(60);
+    })
+    .await;
+    let c = gw.client(Proto::H1).await;
+    let held = c
+        .post_json("/v1/chat/completions", chat("gated", true))
+        .await;
+    assert_eq!(held.status, 200, "the one slot is taken");
+
+    let depth = "h3gate_admission_queue_depth{scope=\"gateway\"}";
+    let mut s = tls(&gw, &[b"http/1.1"]).await;
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n\
+                content-type: application/json\r\ncontent-length: 100000\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b' '; 1000]).await.unwrap();
+    s.flush().await.unwrap();
+    let until = |want: f64| {
+        let gw = &gw;
+        async move {
+            tokio::time::timeout(BOUND, async {
+                while gw.metric(depth).await != want {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .is_ok()
+        }
+    };
+    assert!(until(1.0).await, "the upload waits in the queue");
+    drop(s); // the client gives up mid-upload
+    assert!(until(0.0).await, "its queue place came back");
+    let cancelled = gw
+        .metric("h3gate_request_outcomes_total{protocol=\"http/1.1\",outcome=\"cancelled\"}")
+        .await;
+    assert_eq!(cancelled, 1.0);
+    gw.upstream.release();
+    assert!(held.text().await.contains("[DONE]"));
+}
