@@ -37,9 +37,14 @@ impl Shed {
 #[derive(Debug)]
 pub struct Gate {
     slots: Arc<Semaphore>,
+    /// The configured concurrency (what [`Gate::resize`] changes).
+    limit: AtomicUsize,
+    /// Slots to retire as their holders give them back: the limit was
+    /// lowered while they were in use.
+    debt: Arc<AtomicUsize>,
     waiting: AtomicUsize,
-    max_queue: usize,
-    max_wait: Duration,
+    max_queue: AtomicUsize,
+    max_wait: std::sync::Mutex<Duration>,
     depth: Gauge,
     wait: Histogram,
     sheds: [Counter; 2],
@@ -48,21 +53,80 @@ pub struct Gate {
 /// Holding one admits one request; dropped when its response ends.
 #[derive(Debug)]
 pub struct Permit {
-    _slot: OwnedSemaphorePermit,
+    slot: Option<OwnedSemaphorePermit>,
+    debt: Arc<AtomicUsize>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        // A lowered limit is reached as slots come back, not by cutting
+        // the requests that hold them.
+        let retire = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if retire {
+            slot.forget();
+        }
+    }
 }
 
 impl Gate {
     /// `scope` labels the metrics (`gateway` or a provider name).
     pub fn new(scope: &str, max_concurrent: usize, max_queue: usize, max_wait: Duration) -> Self {
+        let max_concurrent = max_concurrent.min(Semaphore::MAX_PERMITS);
         Gate {
-            slots: Arc::new(Semaphore::new(max_concurrent.min(Semaphore::MAX_PERMITS))),
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            limit: AtomicUsize::new(max_concurrent),
+            debt: Arc::default(),
             waiting: AtomicUsize::new(0),
-            max_queue,
-            max_wait,
+            max_queue: AtomicUsize::new(max_queue),
+            max_wait: std::sync::Mutex::new(max_wait),
             depth: gauge!("h3gate_admission_queue_depth", "scope" => scope.to_string()),
             wait: histogram!("h3gate_admission_wait_seconds", "scope" => scope.to_string()),
             sheds: [Shed::QueueFull, Shed::Timeout]
                 .map(|r| counter!("h3gate_admission_shed_total", "scope" => scope.to_string(), "reason" => r.as_str())),
+        }
+    }
+
+    /// Applies new limits to the running gate (a reload): the requests in
+    /// it and in its queue stay, a raised limit admits queued ones at once,
+    /// a lowered one is reached as requests end.
+    pub fn resize(&self, max_concurrent: usize, max_queue: usize, max_wait: Duration) {
+        let new = max_concurrent.min(Semaphore::MAX_PERMITS);
+        let old = self.limit.swap(new, Ordering::AcqRel);
+        if new > old {
+            let mut grow = new - old;
+            // Cancel retirements still owed before adding slots.
+            while grow > 0 {
+                let owed = self.debt.load(Ordering::Acquire);
+                let pay = owed.min(grow);
+                if pay == 0 {
+                    break;
+                }
+                if self
+                    .debt
+                    .compare_exchange(owed, owed - pay, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    grow -= pay;
+                }
+            }
+            self.slots.add_permits(grow);
+        } else if new < old {
+            let shrink = old - new;
+            let forgotten = self.slots.forget_permits(shrink);
+            self.debt.fetch_add(shrink - forgotten, Ordering::AcqRel);
+        }
+        self.max_queue.store(max_queue, Ordering::Release);
+        *self.max_wait.lock().unwrap_or_else(|p| p.into_inner()) = max_wait;
+    }
+
+    fn permit(&self, slot: OwnedSemaphorePermit) -> Permit {
+        Permit {
+            slot: Some(slot),
+            debt: self.debt.clone(),
         }
     }
 
@@ -80,7 +144,7 @@ impl Gate {
     pub async fn enter(&self) -> Result<Permit, Shed> {
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             self.wait.record(0.0);
-            return Ok(Permit { _slot: slot });
+            return Ok(self.permit(slot));
         }
         // Claim a place in the queue, or shed at once.
         let Some(place) = QueuePlace::claim(self) else {
@@ -88,12 +152,13 @@ impl Gate {
             return Err(Shed::QueueFull);
         };
         let started = Instant::now();
-        let got = tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await;
+        let max_wait = *self.max_wait.lock().unwrap_or_else(|p| p.into_inner());
+        let got = tokio::time::timeout(max_wait, self.slots.clone().acquire_owned()).await;
         drop(place);
         match got {
             Ok(Ok(slot)) => {
                 self.wait.record(started.elapsed().as_secs_f64());
-                Ok(Permit { _slot: slot })
+                Ok(self.permit(slot))
             }
             _ => {
                 self.sheds[1].increment(1);
@@ -108,7 +173,7 @@ impl Gate {
             .clone()
             .try_acquire_owned()
             .ok()
-            .map(|slot| Permit { _slot: slot })
+            .map(|slot| self.permit(slot))
     }
 }
 
@@ -123,7 +188,7 @@ impl<'a> QueuePlace<'a> {
     fn claim(gate: &'a Gate) -> Option<Self> {
         gate.waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                (w < gate.max_queue).then_some(w + 1)
+                (w < gate.max_queue.load(Ordering::Acquire)).then_some(w + 1)
             })
             .ok()?;
         gate.depth.increment(1.0);
@@ -161,6 +226,12 @@ impl ClientCaps {
             counts: Arc::default(),
             shed: counter!("h3gate_admission_shed_total", "scope" => "client", "reason" => Shed::ClientLimit.as_str()),
         }
+    }
+
+    /// Takes over the running counts of `old` (a reload): requests admitted
+    /// before it still count against their client's share.
+    pub fn inherit(&mut self, old: &ClientCaps) {
+        self.counts = old.counts.clone();
     }
 
     /// `cap` overrides the default for this client (a key's own cap).
@@ -249,6 +320,38 @@ mod tests {
             assert_eq!(w.await.unwrap(), Ok(()));
         }
         assert_eq!(gate.depth(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resizing_keeps_the_requests_in_it_and_in_its_queue() {
+        let gate = Arc::new(Gate::new("test-resize", 1, 4, Duration::from_secs(60)));
+        let held = gate.enter().await.unwrap();
+        let g = gate.clone();
+        let queued = tokio::spawn(async move { g.enter().await });
+        tokio::task::yield_now().await;
+        assert_eq!(gate.depth(), 1);
+        // A raised limit admits the queued request at once.
+        gate.resize(2, 4, Duration::from_secs(60));
+        let second = queued.await.unwrap().expect("admitted by the new limit");
+        assert_eq!(gate.depth(), 0);
+        // Lowered below what is in use: no new request until enough end.
+        gate.resize(1, 0, Duration::from_secs(60));
+        assert!(gate.try_enter().is_none());
+        drop(held);
+        assert!(gate.try_enter().is_none(), "the returned slot was retired");
+        drop(second);
+        let third = gate.try_enter().expect("one slot, free again");
+        assert_eq!(
+            gate.enter().await.unwrap_err(),
+            Shed::QueueFull,
+            "max_queue 0 applies"
+        );
+        drop(third);
+        // Raised again: the owed retirements are cancelled first.
+        gate.resize(3, 4, Duration::from_secs(60));
+        let all: Vec<_> = (0..3).map(|_| gate.try_enter()).collect();
+        assert!(all.iter().all(Option::is_some));
+        assert!(gate.try_enter().is_none());
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub struct State {
     pub providers: HashMap<String, Arc<Provider>>,
     pub metrics: Arc<Metrics>,
     /// Gateway-wide admission: bounded concurrency and wait queue.
-    pub admission: Gate,
+    pub admission: Arc<Gate>,
     /// Per-client share of admission.
     pub clients: ClientCaps,
     /// Client keys (when a keys file is configured).
@@ -59,12 +59,12 @@ impl State {
         }
         let router = Router::new(&config, &providers);
         let a = &config.admission;
-        let admission = Gate::new(
+        let admission = Arc::new(Gate::new(
             "gateway",
             a.max_concurrent as usize,
             a.max_queue as usize,
             a.max_wait.get(),
-        );
+        ));
         let clients = ClientCaps::new(a.max_per_client as usize);
         let keys = match &config.auth.keys_file {
             Some(path) => Some(Arc::new(
@@ -112,11 +112,20 @@ impl State {
             .unwrap_or_else(|| OFF.get_or_init(Audit::default))
     }
 
-    /// Keeps the running limiter buckets and abuse state (counters and
-    /// denies) across a reload; the abuse state takes the new `[abuse]`
-    /// settings.
+    /// Keeps the running limiter buckets, abuse state (counters and
+    /// denies), admission gate and per-client counts across a reload; each
+    /// takes its new settings. (A fresh gate would strand the requests
+    /// queued on the old one, and let old and new limits add up.)
     pub fn inherit(&mut self, old: &State) {
         self.limiter = old.limiter.clone();
+        let a = &self.config.admission;
+        old.admission.resize(
+            a.max_concurrent as usize,
+            a.max_queue as usize,
+            a.max_wait.get(),
+        );
+        self.admission = old.admission.clone();
+        self.clients.inherit(&old.clients);
         let fresh = std::mem::replace(&mut self.abuse, old.abuse.clone());
         self.abuse.reconfigure(&self.config.abuse, &fresh);
     }

@@ -251,3 +251,55 @@ async fn reloaded_abuse_thresholds_apply_and_keep_the_counters_and_denies() {
         .await;
     assert_eq!(still.status, 403, "the deny survives the reload");
 }
+
+/// A reload that raises the admission limit admits the requests already
+/// queued (they are not stranded on a gate of the old configuration), and
+/// old and new limits do not add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_admission_limits_apply_to_the_queue() {
+    let gw = Gateway::start_with(|c| {
+        c.admission.max_concurrent = 1;
+        c.admission.max_queue = 4;
+        c.admission.max_wait = h3gate::config::Duration::secs(60);
+    })
+    .await;
+    gw.edit_config(|t| {
+        format!("{t}\n[admission]\nmax_concurrent = 1\nmax_queue = 4\nmax_wait = \"60s\"\n")
+    });
+    let c = std::sync::Arc::new(gw.client(Proto::H2).await);
+    let held = c
+        .post_json("/v1/chat/completions", chat("gated", true))
+        .await;
+    assert_eq!(held.status, 200, "the one slot is taken");
+    let queued = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.post_json("/v1/chat/completions", chat("gpt-4o-mini", false))
+                .await
+                .status
+        })
+    };
+    let depth = "h3gate_admission_queue_depth{scope=\"gateway\"}";
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while gw.metric(depth).await != 1.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the second request waits in the queue");
+    gw.edit_config(|t| {
+        t.replace(
+            "max_concurrent = 1\nmax_queue = 4",
+            "max_concurrent = 2\nmax_queue = 4",
+        )
+    });
+    let (status, body) = gw.reload().await;
+    assert_eq!(status, 200, "{body}");
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), queued)
+        .await
+        .expect("the queued request is admitted by the new limit")
+        .unwrap();
+    assert_eq!(got, 200);
+    gw.upstream.release();
+    assert!(held.text().await.contains("[DONE]"));
+}
