@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{ConfigError, Problem};
 pub(crate) use load::load_section;
+pub use load::{ConfigError, Problem};
 pub use protection::{
     AbuseConfig, AuditConfig, AuthConfig, CorsConfig, NetworkConfig, RateLimitConfig,
 };
