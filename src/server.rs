@@ -89,7 +89,11 @@ impl Listeners {
         }
         let none = |what, addrs: &crate::config::Addresses| StartError::NoAddress {
             what,
-            addrs: addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+            addrs: addrs
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         if tcp.is_empty() || (config.quic.enabled && udp.is_empty()) {
             return Err(none("server.listen", &config.server.listen));

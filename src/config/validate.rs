@@ -124,7 +124,12 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     if c.admin.enabled && c.admin.listen.is_empty() {
         p.add("admin.listen", "needs at least one address");
     }
-    if c.admin.enabled && c.admin.listen.iter().any(|a| c.server.listen.iter().any(|s| s == a)) {
+    if c.admin.enabled
+        && c.admin
+            .listen
+            .iter()
+            .any(|a| c.server.listen.iter().any(|s| s == a))
+    {
         p.add("admin.listen", "must differ from server.listen");
     }
     if c.admin.enabled
