@@ -25,10 +25,13 @@ use crate::access::Record;
 use crate::exchange::{Body, BodyError, Response};
 use crate::provider::Prepared;
 use crate::provider::Provider;
-use crate::routing::{AttemptGuard, Attempted, Forwarded};
+use crate::routing::{AttemptGuard, Attempted};
 use crate::sse;
+
+mod keepalive;
 use crate::translate::stream::{anthropic_error_event, has_usage_object, Translator};
 use crate::translate::{response as translate_response, Api, Conversion};
+pub use keepalive::KeepAliveBody;
 
 /// Largest SSE event the relay inspects; larger ones pass through unread.
 const MAX_OBSERVED_EVENT: usize = 1 << 20;
@@ -506,103 +509,5 @@ impl HttpBody for RelayBody {
             Some(_) => SizeHint::default(),
             None => SizeHint::with_exact(0),
         }
-    }
-}
-
-type Forwarding = Pin<Box<dyn std::future::Future<Output = Forwarded> + Send>>;
-
-/// A streaming response committed (200) before the upstream answered:
-/// `: ping` comments every `every` keep idle-timeout middleboxes from
-/// cutting it; then the upstream's stream, or an error event if every
-/// attempt failed (the status can no longer change).
-pub struct KeepAliveBody {
-    waiting: Option<(Forwarding, tokio::time::Interval)>,
-    relay: Option<RelayBody>,
-    model_label: Arc<str>,
-    record: Arc<Record>,
-    client_api: Api,
-}
-
-impl KeepAliveBody {
-    pub fn response(
-        fwd: Forwarding,
-        every: Duration,
-        model_label: Arc<str>,
-        record: Arc<Record>,
-        client_api: Api,
-    ) -> Response {
-        let mut tick = tokio::time::interval_at(Instant::now(), every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let body = KeepAliveBody {
-            waiting: Some((fwd, tick)),
-            relay: None,
-            model_label,
-            record,
-            client_api,
-        };
-        let mut resp = http::Response::new(Body::new(body));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        resp
-    }
-}
-
-impl HttpBody for KeepAliveBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        if let Some(relay) = this.relay.as_mut() {
-            return Pin::new(relay).poll_frame(cx);
-        }
-        let Some((fwd, tick)) = this.waiting.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Poll::Ready(done) = fwd.as_mut().poll(cx) {
-            this.waiting = None;
-            return match done.result {
-                Ok(Attempted {
-                    target,
-                    response,
-                    prepared,
-                    started,
-                    guard,
-                }) => {
-                    let relay = RelayBody::new(
-                        response.body,
-                        true,
-                        target.provider.clone(),
-                        guard,
-                        started,
-                        this.model_label.clone(),
-                        this.record.clone(),
-                    )
-                    .converting(&prepared, this.client_api);
-                    Pin::new(this.relay.insert(relay)).poll_frame(cx)
-                }
-                Err(e) => {
-                    this.record.mark_upstream_failure();
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(
-                        e.sse_event(this.client_api),
-                    )))))
-                }
-            };
-        }
-        if tick.poll_tick(cx).is_ready() {
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": ping\n\n")))));
-        }
-        Poll::Pending
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.waiting.is_none() && self.relay.as_ref().is_none_or(|r| r.is_end_stream())
     }
 }
