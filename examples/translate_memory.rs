@@ -55,25 +55,14 @@ fn peak_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// An OpenAI chat body of `n` messages, written as text (no JSON tree).
-fn chat_body(n: usize) -> Vec<u8> {
+/// A chat body of `n` alternating user/assistant messages for `model`,
+/// written as text (no JSON tree). The OpenAI and Anthropic shapes agree on
+/// this much.
+fn conversation(model: &str, n: usize) -> Vec<u8> {
     let mut s = String::with_capacity(n * 34 + 64);
-    s.push_str(r#"{"model":"claude-x","max_tokens":64,"messages":["#);
-    for i in 0..n {
-        if i > 0 {
-            s.push(',');
-        }
-        let role = if i % 2 == 0 { "user" } else { "assistant" };
-        s.push_str(&format!(r#"{{"role":"{role}","content":"m{}"}}"#, i % 1000));
-    }
-    s.push_str("]}");
-    s.into_bytes()
-}
-
-/// The same conversation as an Anthropic messages body.
-fn messages_body(n: usize) -> Vec<u8> {
-    let mut s = String::with_capacity(n * 34 + 64);
-    s.push_str(r#"{"model":"gpt-x","max_tokens":64,"messages":["#);
+    s.push_str(&format!(
+        r#"{{"model":"{model}","max_tokens":64,"messages":["#
+    ));
     for i in 0..n {
         if i > 0 {
             s.push(',');
@@ -94,9 +83,13 @@ fn main() {
         .unwrap_or_else(|e| panic!("{e}"));
     let state = State::build(config).unwrap_or_else(|e| panic!("{e}"));
     let (endpoint, body, provider) = if messages {
-        (Endpoint::Messages, messages_body(n), "gpt")
+        (Endpoint::Messages, conversation("gpt-x", n), "gpt")
     } else {
-        (Endpoint::ChatCompletions, chat_body(n), "claude")
+        (
+            Endpoint::ChatCompletions,
+            conversation("claude-x", n),
+            "claude",
+        )
     };
     let body = Bytes::from(body);
     let call = UpstreamCall {
