@@ -314,23 +314,11 @@ impl GatewayError {
 
     /// The same error carrying the upstream's `Retry-After` (an upstream
     /// error only; it reaches the client on a 429 or 503).
-    pub fn with_retry_after(self, wait: Option<std::time::Duration>) -> GatewayError {
-        match self {
-            GatewayError::Upstream {
-                status,
-                message,
-                kind,
-                code,
-                retry_after,
-            } => GatewayError::Upstream {
-                status,
-                message,
-                kind,
-                code,
-                retry_after: wait.or(retry_after),
-            },
-            other => other,
+    pub fn with_retry_after(mut self, wait: Option<std::time::Duration>) -> GatewayError {
+        if let GatewayError::Upstream { retry_after, .. } = &mut self {
+            *retry_after = wait.or(*retry_after);
         }
+        self
     }
 }
 

@@ -208,16 +208,15 @@ fn dockerfile_builds_like_the_project() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_subcommand_probes_the_admin_listener() {
     let gw = common::Gateway::start().await;
-    let admin = gw.admin.to_string();
-    let ok = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_h3gate"))
-            .args(["health", "--admin", &admin])
-            .status()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(ok.success());
+    let health = |admin: std::net::SocketAddr| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_h3gate"))
+                .args(["health", "--admin", &admin.to_string()])
+                .status()
+                .unwrap()
+        })
+    };
+    assert!(health(gw.admin).await.unwrap().success());
 
     // While draining (a stream in flight holds the drain open) the process
     // is alive, so the container health check still passes.
@@ -227,16 +226,10 @@ async fn health_subcommand_probes_the_admin_listener() {
         .await;
     stream.chunk().await.unwrap().unwrap();
     gw.begin_shutdown();
-    let admin = gw.admin.to_string();
-    let draining = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_h3gate"))
-            .args(["health", "--admin", &admin])
-            .status()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(draining.success(), "healthy while draining");
+    assert!(
+        health(gw.admin).await.unwrap().success(),
+        "healthy while draining"
+    );
     gw.upstream.release();
 
     let dead = common::dead_addr().to_string();
