@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
-use metrics::counter;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -132,7 +131,7 @@ impl Abuse {
         };
         if trip {
             self.deny(ip, deny_for);
-            counter!("h3gate_abuse_denies_total").increment(1);
+            crate::metrics::ABUSE_DENIES.get().increment(1);
             tracing::warn!(client = %ip, ttl = ?deny_for, "address denied after repeated failures");
         }
         trip

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -83,10 +83,11 @@ impl Gate {
             waiting: AtomicUsize::new(0),
             max_queue: AtomicUsize::new(max_queue),
             max_wait: std::sync::Mutex::new(max_wait),
-            depth: gauge!("h3gate_admission_queue_depth", "scope" => scope.to_string()),
-            wait: histogram!("h3gate_admission_wait_seconds", "scope" => scope.to_string()),
-            sheds: [Shed::QueueFull, Shed::Timeout]
-                .map(|r| counter!("h3gate_admission_shed_total", "scope" => scope.to_string(), "reason" => r.as_str())),
+            depth: crate::metrics::ADMISSION_QUEUE_DEPTH.with([scope.to_string()]),
+            wait: crate::metrics::ADMISSION_WAIT.with([scope.to_string()]),
+            sheds: [Shed::QueueFull, Shed::Timeout].map(|r| {
+                crate::metrics::ADMISSION_SHED.with([scope, r.as_str()].map(str::to_string))
+            }),
         }
     }
 
@@ -224,7 +225,7 @@ impl ClientCaps {
         ClientCaps {
             max,
             counts: Arc::default(),
-            shed: counter!("h3gate_admission_shed_total", "scope" => "client", "reason" => Shed::ClientLimit.as_str()),
+            shed: crate::metrics::ADMISSION_SHED.with(["client", Shed::ClientLimit.as_str()]),
         }
     }
 

@@ -82,7 +82,7 @@ impl Audit {
     pub fn record(&self, event: Event<'_>) {
         if let Some(tx) = &self.tx {
             if tx.try_send(event.line()).is_err() {
-                metrics::counter!("h3gate_audit_dropped_total").increment(1);
+                crate::metrics::AUDIT_DROPPED.get().increment(1);
             }
         }
     }

@@ -73,7 +73,7 @@ pub async fn handle(state: &State, req: GatewayRequest) -> Response {
     .instrument(span)
     .await
     .unwrap_or_else(|_| {
-        metrics::counter!("h3gate_panics_total").increment(1);
+        crate::metrics::PANICS.get().increment(1);
         tracing::error!(request_id = %shared_id, "request handling panicked; answered 500");
         Err(GatewayError::Internal)
     });
@@ -150,7 +150,7 @@ fn after_error(
         } else {
             "forbidden"
         };
-        metrics::counter!("h3gate_auth_failures_total", "reason" => reason).increment(1);
+        crate::metrics::AUTH_FAILURES.with([reason]).increment(1);
         state.audit().record(audit::Event {
             action: "authentication",
             actor: key.map_or("anonymous", |k| k.id.as_str()),

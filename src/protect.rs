@@ -17,7 +17,7 @@ use crate::state::State;
 /// Denied networks, addresses under an abuse deny, or outside the allow list.
 pub fn network(state: &State, client: IpAddr) -> Result<(), GatewayError> {
     if !state.ip_filter.permits(client) || state.abuse.is_denied(client) {
-        metrics::counter!("h3gate_network_denied_total").increment(1);
+        crate::metrics::NETWORK_DENIED.get().increment(1);
         return Err(GatewayError::Forbidden(
             "access from this address is not allowed".into(),
         ));
@@ -67,7 +67,7 @@ fn refused(d: Decision, scope: &'static str) -> Result<(), GatewayError> {
     if d.allowed {
         return Ok(());
     }
-    metrics::counter!("h3gate_rate_limited_total", "scope" => scope).increment(1);
+    crate::metrics::RATE_LIMITED.with([scope]).increment(1);
     Err(GatewayError::RateLimited {
         scope,
         retry_after_secs: d.retry_after.as_secs_f64().ceil() as u64,

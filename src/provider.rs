@@ -16,7 +16,7 @@ use http::{HeaderMap, StatusCode};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use metrics::{gauge, Gauge};
+use metrics::Gauge;
 
 use crate::admission::{Gate, Permit};
 use crate::config::{
@@ -183,7 +183,7 @@ pub struct Common {
 
 impl Common {
     fn new(cfg: &ProviderConfig) -> Self {
-        let health_gauge = gauge!("h3gate_provider_healthy", "provider" => cfg.name.clone());
+        let health_gauge = crate::metrics::PROVIDER_HEALTHY.with([cfg.name.clone()]);
         health_gauge.set(1.0);
         Common {
             name: cfg.name.clone(),

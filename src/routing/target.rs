@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::{gauge, Gauge};
+use metrics::Gauge;
 use tokio::time::Instant;
 
 use super::breaker::{Breaker, BreakerState, Pass};
@@ -26,7 +26,7 @@ pub struct TargetState {
 
 impl TargetState {
     pub(super) fn new(name: &str, cfg: BreakerConfig) -> Self {
-        let g = gauge!("h3gate_breaker_state", "target" => name.to_string());
+        let g = crate::metrics::BREAKER_STATE.with([name.to_string()]);
         g.set(0.0);
         TargetState {
             breaker: Mutex::new(Breaker::new(cfg)),
