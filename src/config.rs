@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) use load::load_section;
 pub use load::{ConfigError, Problem};
 pub use protection::{
-    AbuseConfig, AuditConfig, AuthConfig, CorsConfig, NetworkConfig, RateLimitConfig,
+    AbuseConfig, AuditConfig, AuthConfig, CorsConfig, NetworkConfig, OnBackendError,
+    RateLimitConfig,
 };
 pub use resilience::{
     AdmissionConfig, BreakerConfig, HealthCheckConfig, RetryConfig, Strategy, TargetConfig,

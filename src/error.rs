@@ -63,6 +63,9 @@ pub enum GatewayError {
         scope: &'static str,
         retry_after_secs: u64,
     },
+    /// The rate-limit backend failed and `on_backend_error = "deny"`.
+    #[error("rate limits cannot be checked now; retry shortly")]
+    RateLimiterUnavailable,
     #[error("this host is not served here")]
     Misdirected,
     #[error("the request body did not arrive in time")]
@@ -102,9 +105,9 @@ impl GatewayError {
             | GatewayError::UpstreamAuth
             | GatewayError::UpstreamInvalid(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::NoTarget(_) | GatewayError::Overloaded(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::NoTarget(_)
+            | GatewayError::Overloaded(_)
+            | GatewayError::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::ClientLimit | GatewayError::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -134,7 +137,9 @@ impl GatewayError {
             | GatewayError::UpstreamAuth
             | GatewayError::UpstreamInvalid(_)
             | GatewayError::NoTarget(_) => "upstream_error",
-            GatewayError::Overloaded(_) => "service_unavailable",
+            GatewayError::Overloaded(_) | GatewayError::RateLimiterUnavailable => {
+                "service_unavailable"
+            }
             GatewayError::ClientLimit | GatewayError::RateLimited { .. } => "rate_limit_error",
             GatewayError::Unauthorized => "authentication_error",
             GatewayError::Forbidden(_) => "permission_error",
@@ -167,6 +172,7 @@ impl GatewayError {
             GatewayError::Unauthorized => "invalid_api_key",
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::RateLimited { .. } => "rate_limit_exceeded",
+            GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::Misdirected => "misdirected_request",
             GatewayError::RequestTimeout => "request_timeout",
             GatewayError::TooEarly => "too_early",
@@ -244,9 +250,10 @@ impl GatewayError {
     pub fn into_response(self, request_id: &str) -> Response {
         let mut resp = json(self.status_for(Api::OpenAi), self.body(request_id));
         let retry_after = match &self {
-            GatewayError::Overloaded(_) | GatewayError::NoTarget(_) | GatewayError::ClientLimit => {
-                Some(1)
-            }
+            GatewayError::Overloaded(_)
+            | GatewayError::NoTarget(_)
+            | GatewayError::ClientLimit
+            | GatewayError::RateLimiterUnavailable => Some(1),
             GatewayError::RateLimited {
                 retry_after_secs, ..
             } => Some((*retry_after_secs).max(1)),

@@ -3,7 +3,7 @@
 //! ```text
 //! request id (the request's end begins) → route by path → authenticate
 //!   → admission (client share, gateway slot) → read body (bounded, counted)
-//!   → parse `model`/`stream` → route (model → ordered targets)
+//!   → parse `model`/`stream` → rate limits (one decision) → route (model → ordered targets)
 //!   → forward with failover (only before the first byte) → stream back → the end
 //! ```
 //!
@@ -197,7 +197,6 @@ async fn dispatch(
             ref m => Err(GatewayError::MethodNotAllowed(m.to_string())),
         };
     }
-    protect::per_ip(state, client)?;
     let endpoint = Endpoint::from_public_path(path);
     if endpoint.is_none() && path != "/v1/models" {
         return Err(not_found(&req));
@@ -206,7 +205,9 @@ async fn dispatch(
     match (&req.method, endpoint) {
         (&Method::GET | &Method::HEAD, None) => {
             protect::authorize(facts.key.as_deref(), auth::scope_of(None), None)?;
-            Ok(models(state, facts.key.as_deref(), api))
+            let key = facts.key.as_deref();
+            protect::rate_limit(state, client, key, None, &mut facts.rate_headers).await?;
+            Ok(models(state, key, api))
         }
         (m, Some(endpoint)) if *m == endpoint.method() => {
             proxy(state, req, endpoint, request_id, client, record, facts).await
@@ -292,15 +293,16 @@ async fn proxy(
         auth::scope_of(Some(endpoint)),
         Some(&model),
     )?;
-    if let Some(key) = facts.key.clone() {
-        // Reserve an estimate now; the real usage corrects it at the end.
-        let completion = routing
-            .max_completion_tokens
-            .or(routing.max_tokens)
-            .unwrap_or(u64::from(state.config.rate_limit.default_max_tokens));
-        let estimate = completion + body.len() as u64 / 4;
-        facts.tokens = protect::per_key(state, &key, estimate, &mut facts.rate_headers)?;
-    }
+    // Every limit is known now: one decision. The tokens are reserved from
+    // an estimate; the real usage corrects it at the end.
+    let completion = routing
+        .max_completion_tokens
+        .or(routing.max_tokens)
+        .unwrap_or(u64::from(state.config.rate_limit.default_max_tokens));
+    let estimate = Some(completion + body.len() as u64 / 4);
+    let key = facts.key.as_deref();
+    facts.tokens =
+        protect::rate_limit(state, client, key, estimate, &mut facts.rate_headers).await?;
     let route = state
         .router
         .resolve(&model)

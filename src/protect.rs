@@ -1,7 +1,8 @@
 //! The edge-protection steps of the pipeline, each a plain function the
-//! pipeline calls in order: network filter → host → per-address rate limit
-//! → authentication → authorization → per-key rate limits. Plus the
-//! security headers every response carries.
+//! pipeline calls in order: network filter → host → authentication →
+//! authorization → rate limits (the address's and the key's, in one call,
+//! once every limit is known). Plus the security headers every response
+//! carries.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,9 +10,11 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderValue};
 
 use crate::auth::KeyRecord;
+use crate::config::{OnBackendError, RateLimitConfig};
 use crate::error::GatewayError;
 use crate::exchange::Response;
-use crate::rate_limit::{self, Decision, Limit};
+pub use crate::rate_limit::TokenReservation;
+use crate::rate_limit::{self, Bucket, Claim, Kind, Limit, LimiterError, Subject};
 use crate::state::State;
 
 /// Denied networks, addresses under an abuse deny, or outside the allow list.
@@ -46,32 +49,6 @@ pub fn host(state: &State, uri: &http::Uri, headers: &HeaderMap) -> Result<(), G
     } else {
         Err(GatewayError::Misdirected)
     }
-}
-
-/// Requests per minute per client address — before auth, so a flood of bad
-/// keys is cheap to refuse.
-pub fn per_ip(state: &State, client: IpAddr) -> Result<(), GatewayError> {
-    let rl = &state.config.rate_limit;
-    if rl.per_ip_rpm == 0 {
-        return Ok(());
-    }
-    let limit = Limit {
-        per_minute: u64::from(rl.per_ip_rpm),
-        burst: u64::from(rl.per_ip_burst),
-    };
-    let d = state.limiter.take(&format!("ip:{client}"), limit, 1);
-    refused(d, "ip")
-}
-
-fn refused(d: Decision, scope: &'static str) -> Result<(), GatewayError> {
-    if d.allowed {
-        return Ok(());
-    }
-    crate::metrics::RATE_LIMITED.with([scope]).increment(1);
-    Err(GatewayError::RateLimited {
-        scope,
-        retry_after_secs: d.retry_after.as_secs_f64().ceil() as u64,
-    })
 }
 
 /// The caller's key, when auth is on (401 without a valid one).
@@ -109,62 +86,120 @@ pub fn authorize(
     Ok(())
 }
 
-/// A key's reservation of tokens, reconciled with the real usage at the end.
-pub struct TokenReservation {
-    limiter: Arc<dyn rate_limit::Limiter>,
-    bucket: String,
-    limit: Limit,
-    reserved: u64,
-}
-
-impl TokenReservation {
-    /// Corrects the reservation to what the response really used.
-    pub fn reconcile(self, used: Option<u64>) {
-        if let Some(used) = used {
-            let delta = used as i64 - self.reserved as i64;
-            self.limiter.adjust(&self.bucket, self.limit, delta);
-        }
-    }
-}
-
-/// The key's requests and tokens per minute: 429 beyond them. Returns the
-/// headers to send (on success too) and the token reservation.
-pub fn per_key(
+/// Every rate limit that applies to the request, decided in one call to
+/// the limiter once all are known: the address's requests per minute, and
+/// with a key its requests and — when `tokens` holds the estimate (proxied
+/// endpoints) — its tokens per minute. 429 when any is refused, and then
+/// none is taken. The key's decisions become its `x-ratelimit-*` headers
+/// (on success too). Returns the token reservation, corrected when the
+/// request ends. A request dropped while the limiter answers keeps what the
+/// backend took (the estimate stays: never more than the limit allows).
+pub async fn rate_limit(
     state: &State,
-    key: &KeyRecord,
-    estimated_tokens: u64,
+    client: IpAddr,
+    key: Option<&KeyRecord>,
+    tokens: Option<u64>,
     headers: &mut HeaderMap,
 ) -> Result<Option<TokenReservation>, GatewayError> {
     let rl = &state.config.rate_limit;
-    let rpm = key.rpm.unwrap_or(rl.key_rpm);
-    if rpm > 0 {
-        let limit = Limit {
-            per_minute: u64::from(rpm),
-            burst: u64::from(rpm),
-        };
-        let d = state.limiter.take(&format!("rpm:{}", key.sha256), limit, 1);
-        rate_limit::headers(headers, rate_limit::Limited::Requests, &d);
-        refused(d, "key_requests")?;
-    }
-    let tpm = key.tpm.unwrap_or(rl.key_tpm);
-    if tpm == 0 {
+    let claims = claims(rl, client, key, tokens);
+    if claims.is_empty() {
         return Ok(None);
     }
-    let limit = Limit {
-        per_minute: u64::from(tpm),
-        burst: u64::from(tpm),
+    let decided = state.limiter.consume(&claims).await.and_then(|d| {
+        if d.len() == claims.len() {
+            Ok(d)
+        } else {
+            Err(LimiterError(format!(
+                "{} decisions for {} claims",
+                d.len(),
+                claims.len()
+            )))
+        }
+    });
+    let decisions = match decided {
+        Ok(d) => d,
+        Err(e) => return backend_failed(rl.on_backend_error, &e).map(|()| None),
     };
-    let bucket = format!("tpm:{}", key.sha256);
-    let cost = estimated_tokens.min(u64::from(tpm));
-    let d = state.limiter.take(&bucket, limit, cost);
-    rate_limit::headers(headers, rate_limit::Limited::Tokens, &d);
-    refused(d, "key_tokens")?;
-    Ok(Some(TokenReservation {
-        limiter: state.limiter.clone(),
-        bucket,
-        limit,
-        reserved: cost,
-    }))
+    let decided = || claims.iter().zip(&decisions);
+    for (c, d) in decided() {
+        if matches!(c.bucket.subject, Subject::Key(_)) {
+            rate_limit::headers(headers, c.bucket.kind, d);
+        }
+    }
+    let refused = decided()
+        .filter(|(_, d)| !d.allowed)
+        .max_by_key(|(_, d)| d.retry_after);
+    if let Some((c, d)) = refused {
+        let scope = c.bucket.scope();
+        crate::metrics::RATE_LIMITED.with([scope]).increment(1);
+        return Err(GatewayError::RateLimited {
+            scope,
+            retry_after_secs: d.retry_after.as_secs_f64().ceil() as u64,
+        });
+    }
+    Ok(claims
+        .iter()
+        .find(|c| c.bucket.kind == Kind::Tokens)
+        .map(|c| state.limiter.reservation(c)))
+}
+
+/// The claims of one request (see [`rate_limit`]).
+fn claims(
+    rl: &RateLimitConfig,
+    client: IpAddr,
+    key: Option<&KeyRecord>,
+    tokens: Option<u64>,
+) -> Vec<Claim> {
+    let mut claims = Vec::with_capacity(3);
+    let claim = |subject, kind, per_minute: u32, burst: u32, cost| Claim {
+        bucket: Bucket { subject, kind },
+        limit: Limit {
+            per_minute: u64::from(per_minute),
+            burst: u64::from(burst),
+        },
+        cost,
+    };
+    if rl.per_ip_rpm > 0 {
+        let address = Subject::Address(client);
+        claims.push(claim(
+            address,
+            Kind::Requests,
+            rl.per_ip_rpm,
+            rl.per_ip_burst,
+            1,
+        ));
+    }
+    let Some(key) = key else { return claims };
+    let rpm = key.rpm.unwrap_or(rl.key_rpm);
+    let tpm = key.tpm.unwrap_or(rl.key_tpm);
+    let tokens = tokens.filter(|_| tpm > 0);
+    if rpm == 0 && tokens.is_none() {
+        return claims;
+    }
+    let id: Arc<str> = key.sha256.as_str().into();
+    if rpm > 0 {
+        claims.push(claim(Subject::Key(id.clone()), Kind::Requests, rpm, rpm, 1));
+    }
+    if let Some(estimate) = tokens {
+        let cost = estimate.min(u64::from(tpm));
+        claims.push(claim(Subject::Key(id), Kind::Tokens, tpm, tpm, cost));
+    }
+    claims
+}
+
+/// `[rate_limit] on_backend_error`: serve without limits (counted, and
+/// warned about at most every 10 s), or answer 503.
+fn backend_failed(policy: OnBackendError, e: &LimiterError) -> Result<(), GatewayError> {
+    rate_limit::warn_backend_error("decisions", e);
+    let (label, result) = match policy {
+        OnBackendError::Allow => ("allow", Ok(())),
+        OnBackendError::Deny => ("deny", Err(GatewayError::RateLimiterUnavailable)),
+    };
+    crate::metrics::RATE_LIMIT_BACKEND_ERRORS
+        .with([label])
+        .increment(1);
+    result
 }
 
 /// RFC 8470 for requests that arrived as 0-RTT early data (which an
@@ -227,4 +262,121 @@ pub fn security_headers(resp: &mut Response) {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.remove(header::SERVER);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::rate_limit::{Correction, Decision, Limiter, Pending, RateLimits};
+
+    /// Auth off, the mock provider, and `rate_limit` lines.
+    fn state(rate_limit: &str) -> State {
+        let text = format!(
+            "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n\
+             generate_dev_cert = true\n[auth]\nrequired = false\n[rate_limit]\n{rate_limit}\n\
+             [[providers]]\nname = \"m\"\nkind = \"mock\"\n[[routes]]\nmodel = \"*\"\ntargets = [\"m\"]\n"
+        );
+        let config = Config::from_toml(&text, std::path::Path::new("/nonexistent"), &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        State::build(config).unwrap()
+    }
+
+    fn key(rpm: u32, tpm: u32) -> KeyRecord {
+        KeyRecord {
+            name: "k".into(),
+            id: "h3g_abcd****wxyz".into(),
+            sha256: "ab".repeat(32),
+            scopes: Vec::new(),
+            models: Vec::new(),
+            created_at: 0,
+            expires_at: None,
+            revoked_at: None,
+            rpm: Some(rpm),
+            tpm: Some(tpm),
+            max_concurrent: None,
+        }
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    /// A backend that is down.
+    #[derive(Debug)]
+    struct Down;
+
+    impl Limiter for Down {
+        fn consume<'a>(&'a self, _: &'a [Claim]) -> Pending<'a, Vec<Decision>> {
+            Box::pin(async { Err(LimiterError("connection refused".into())) })
+        }
+        fn correct<'a>(&'a self, _: &'a [Correction]) -> Pending<'a, ()> {
+            Box::pin(async { Err(LimiterError("connection refused".into())) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_decision_for_every_limit_and_a_refusal_takes_none() {
+        let state = state("per_ip_rpm = 60\nper_ip_burst = 2");
+        let k = key(2, 100);
+        let mut h = HeaderMap::new();
+        let first = rate_limit(&state, CLIENT, Some(&k), Some(90), &mut h).await;
+        assert!(first.unwrap().is_some(), "the tokens are reserved");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "1");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "10");
+        let mut h = HeaderMap::new();
+        let refused = rate_limit(&state, CLIENT, Some(&k), Some(20), &mut h).await;
+        match refused {
+            Err(GatewayError::RateLimited { scope, .. }) => assert_eq!(scope, "key_tokens"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h["x-ratelimit-remaining-requests"], "1", "nothing taken");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "10");
+        // Had the refusal taken a request (address or key), this would be refused.
+        let mut h = HeaderMap::new();
+        let last = rate_limit(&state, CLIENT, Some(&k), Some(10), &mut h).await;
+        assert!(last.is_ok());
+        assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+        let over = rate_limit(&state, CLIENT, None, None, &mut HeaderMap::new()).await;
+        match over {
+            Err(GatewayError::RateLimited { scope, .. }) => assert_eq!(scope, "ip"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_backend_allows_or_denies_as_configured() {
+        let mut open = state("");
+        open.limiter = Arc::new(RateLimits::new(Arc::new(Down)));
+        let mut h = HeaderMap::new();
+        let allowed = rate_limit(&open, CLIENT, Some(&key(1, 1)), Some(5), &mut h).await;
+        assert!(allowed.unwrap().is_none(), "served, nothing reserved");
+        assert!(h.is_empty(), "no decisions, no headers");
+
+        let mut closed = state("on_backend_error = \"deny\"");
+        closed.limiter = Arc::new(RateLimits::new(Arc::new(Down)));
+        let denied = rate_limit(&closed, CLIENT, None, None, &mut HeaderMap::new()).await;
+        let e = denied.unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code(), Some("rate_limiter_unavailable"));
+        let resp = e.into_response_for(crate::api::Api::Anthropic, "req-1");
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+
+        // No limit applies: the backend is not asked.
+        let mut idle = state("per_ip_rpm = 0\non_backend_error = \"deny\"");
+        idle.limiter = Arc::new(RateLimits::new(Arc::new(Down)));
+        let none = rate_limit(&idle, CLIENT, None, Some(5), &mut HeaderMap::new()).await;
+        assert!(none.unwrap().is_none());
+    }
+
+    #[test]
+    fn on_backend_error_takes_allow_or_deny_only() {
+        let text = "[tls]\ngenerate_dev_cert = true\n[auth]\nrequired = false\n\
+            [rate_limit]\non_backend_error = \"maybe\"\n[[providers]]\nname = \"m\"\n\
+            kind = \"mock\"\n[[routes]]\nmodel = \"*\"\ntargets = [\"m\"]\n";
+        let e = Config::from_toml(text, std::path::Path::new("/nonexistent"), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("on_backend_error"), "{e}");
+    }
 }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::ip_filter::IpFilter;
 use crate::metrics::Metrics;
 use crate::provider::{HttpClients, Provider};
-use crate::rate_limit::{Limiter, MemoryLimiter};
+use crate::rate_limit::{MemoryLimiter, RateLimits};
 use crate::routing::Router;
 use crate::shutdown::Shutdown;
 
@@ -31,8 +31,9 @@ pub struct State {
     pub clients: ClientCaps,
     /// Client keys (when a keys file is configured).
     pub keys: Option<Arc<Keys>>,
-    /// Rate-limit buckets; kept across reloads.
-    pub limiter: Arc<dyn Limiter>,
+    /// Rate limits (the in-memory backend) and their reconciler; kept
+    /// across reloads.
+    pub limiter: Arc<RateLimits>,
     /// Public listener address filter.
     pub ip_filter: IpFilter,
     /// Admin listener address filter.
@@ -75,7 +76,7 @@ impl State {
         let n = &config.network;
         Ok(State {
             keys,
-            limiter: Arc::new(MemoryLimiter::default()),
+            limiter: Arc::new(RateLimits::new(Arc::new(MemoryLimiter::default()))),
             ip_filter: IpFilter::new(&n.allow, &n.deny),
             admin_filter: IpFilter::new(&n.admin_allow, &n.admin_deny),
             abuse: Arc::new(Abuse::new(&config.abuse)),
@@ -102,6 +103,7 @@ impl State {
             .set(Audit::start(self.config.audit.file.as_deref(), shutdown));
         // Kept across reloads: a no-op when the inherited writer runs.
         Abuse::start_writer(&self.abuse, shutdown);
+        self.limiter.start(shutdown);
     }
 
     /// The audit log (a no-op until [`State::start_tasks`], or when off).
@@ -163,3 +165,7 @@ impl Drop for State {
         self.tasks.cancel();
     }
 }
+
+/// The current runtime state. Each request takes a snapshot when it starts
+/// and keeps it to the end; a reload swaps in a new one for later requests.
+pub type SharedState = Arc<arc_swap::ArcSwap<State>>;
