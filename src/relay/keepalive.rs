@@ -11,11 +11,11 @@ use http::header::{self, HeaderValue};
 use http_body::{Body as HttpBody, Frame};
 use tokio::time::Instant;
 
-use super::RelayBody;
+use super::{ClientEnd, Framing, RelayBody};
 use crate::access::Record;
+use crate::api::Api;
 use crate::exchange::{Body, BodyError, Response};
-use crate::routing::{Attempted, Forwarded};
-use crate::translate::Api;
+use crate::routing::Forwarded;
 
 type Forwarding = Pin<Box<dyn std::future::Future<Output = Forwarded> + Send>>;
 
@@ -26,9 +26,7 @@ type Forwarding = Pin<Box<dyn std::future::Future<Output = Forwarded> + Send>>;
 pub struct KeepAliveBody {
     waiting: Option<(Forwarding, tokio::time::Interval)>,
     relay: Option<RelayBody>,
-    model_label: Arc<str>,
-    record: Arc<Record>,
-    client_api: Api,
+    client: ClientEnd,
 }
 
 impl KeepAliveBody {
@@ -44,9 +42,11 @@ impl KeepAliveBody {
         let body = KeepAliveBody {
             waiting: Some((fwd, tick)),
             relay: None,
-            model_label,
-            record,
-            client_api,
+            client: ClientEnd {
+                model_label,
+                record,
+                api: client_api,
+            },
         };
         let mut resp = http::Response::new(Body::new(body));
         let h = resp.headers_mut();
@@ -77,29 +77,15 @@ impl HttpBody for KeepAliveBody {
         if let Poll::Ready(done) = fwd.as_mut().poll(cx) {
             this.waiting = None;
             return match done.result {
-                Ok(Attempted {
-                    target,
-                    response,
-                    prepared,
-                    started,
-                    guard,
-                }) => {
-                    let relay = RelayBody::new(
-                        response.body,
-                        true,
-                        target.provider.clone(),
-                        guard,
-                        started,
-                        this.model_label.clone(),
-                        this.record.clone(),
-                    )
-                    .converting(&prepared, this.client_api);
-                    Pin::new(this.relay.insert(relay)).poll_frame(cx)
+                Ok(attempted) => {
+                    let client = this.client.clone();
+                    let relay = RelayBody::start(attempted, client, Framing::EventStream);
+                    Pin::new(this.relay.insert(relay.into_body())).poll_frame(cx)
                 }
                 Err(e) => {
-                    this.record.mark_upstream_failure();
+                    this.client.record.mark_upstream_failure();
                     Poll::Ready(Some(Ok(Frame::data(Bytes::from(
-                        e.sse_event(this.client_api),
+                        e.sse_event(this.client.api),
                     )))))
                 }
             };

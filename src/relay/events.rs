@@ -1,0 +1,95 @@
+//! The event-stream mode: an upstream SSE stream read event by event for
+//! its usage and its end, passed through or translated to the client's API.
+
+use bytes::Bytes;
+
+use super::failure::Failure;
+use super::usage::{EventReader, Seen};
+use super::{Accounting, Step};
+use crate::api::Api;
+use crate::sse;
+use crate::translate::stream::Translator;
+
+/// Largest SSE event the relay inspects; larger ones pass through unread.
+const MAX_OBSERVED_EVENT: usize = 1 << 20;
+
+pub(super) struct Events {
+    parser: sse::Parser,
+    reader: EventReader,
+    /// The upstream ended the stream itself (`[DONE]`, `message_stop`, or
+    /// an error event): a stream that stops short of this was cut.
+    done: bool,
+    /// Turns upstream events into the client's (`None`: they pass through).
+    translator: Option<Translator>,
+}
+
+impl Events {
+    pub(super) fn new(upstream: Api, translator: Option<Translator>) -> Self {
+        Events {
+            parser: sse::Parser::new(MAX_OBSERVED_EVENT),
+            reader: EventReader::new(upstream),
+            done: false,
+            translator,
+        }
+    }
+
+    /// Reads one chunk's events; a translated stream hands the client its
+    /// own events for them instead (possibly none yet).
+    pub(super) fn chunk(&mut self, data: &Bytes, account: &Accounting) -> Step {
+        if self.parser.push(data).is_err() {
+            return self.unreadable();
+        }
+        let mut out = String::new();
+        loop {
+            match self.parser.next_event() {
+                Ok(Some(ev)) => {
+                    self.read(&ev, account);
+                    if let Some(t) = self.translator.as_mut() {
+                        t.event(&ev, &mut out);
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return self.unreadable(),
+            }
+        }
+        match self.translator {
+            Some(_) => Step::Replace(Bytes::from(out)),
+            None => Step::Pass,
+        }
+    }
+
+    fn read(&mut self, ev: &sse::Event, account: &Accounting) {
+        match self.reader.read(ev) {
+            Seen::Nothing => {}
+            Seen::Usage(tokens) => account.tokens(tokens),
+            Seen::End => self.done = true,
+            Seen::Failed => {
+                account.record.mark_upstream_failure();
+                self.done = true;
+            }
+        }
+    }
+
+    /// An event too large to inspect: the rest goes unread — unless the
+    /// stream is being translated, which then cannot go on.
+    fn unreadable(&self) -> Step {
+        match self.translator {
+            Some(_) => Step::Fail(Failure::Untranslatable),
+            None => Step::Unread,
+        }
+    }
+
+    /// At the upstream's end: what a translated stream still owes the
+    /// client, or `Truncated` if the upstream never ended the stream.
+    pub(super) fn finish(&mut self) -> Result<Option<Bytes>, Failure> {
+        if !self.done {
+            return Err(Failure::Truncated);
+        }
+        let Some(t) = self.translator.as_mut() else {
+            return Ok(None);
+        };
+        let mut out = String::new();
+        t.finish(&mut out);
+        Ok((!out.is_empty()).then(|| Bytes::from(out)))
+    }
+}

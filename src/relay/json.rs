@@ -1,0 +1,75 @@
+//! The JSON mode: a non-SSE body kept as shared chunks (no copy) to read its
+//! `usage` at the end, and converted whole to the client's API when the
+//! APIs differ.
+
+use bytes::Bytes;
+
+use super::failure::Failure;
+use super::usage;
+use super::{Accounting, Step};
+use crate::api::Api;
+use crate::translate::{response as translate_response, Conversion};
+
+/// Largest JSON body kept to read its `usage`; a larger one goes unread.
+const MAX_OBSERVED_JSON: usize = 1 << 20;
+/// Largest JSON body converted to the client's API (it is held whole).
+const MAX_TRANSLATED_JSON: usize = 32 << 20;
+
+pub(super) struct Json {
+    chunks: Vec<Bytes>,
+    len: usize,
+    upstream: Api,
+    /// How the whole body becomes the client's (`None`: it passes through).
+    conversion: Option<Conversion>,
+}
+
+impl Json {
+    pub(super) fn new(upstream: Api, conversion: Conversion) -> Self {
+        Json {
+            chunks: Vec::new(),
+            len: 0,
+            upstream,
+            conversion: (conversion != Conversion::None).then_some(conversion),
+        }
+    }
+
+    /// Whether the body reaches the client as the upstream sent it.
+    pub(super) fn passes_through(&self) -> bool {
+        self.conversion.is_none()
+    }
+
+    pub(super) fn chunk(&mut self, data: &Bytes) -> Step {
+        self.len += data.len();
+        match self.conversion {
+            // A converted body is sent whole at the end.
+            Some(_) if self.len <= MAX_TRANSLATED_JSON => {
+                self.chunks.push(data.clone());
+                Step::Replace(Bytes::new())
+            }
+            Some(_) => Step::Fail(Failure::Untranslatable),
+            None if self.len <= MAX_OBSERVED_JSON => {
+                self.chunks.push(data.clone());
+                Step::Pass
+            }
+            None => Step::Unread,
+        }
+    }
+
+    /// At the clean end: reads the usage, and returns the converted body
+    /// (nothing for a body passed through, or one that is not JSON).
+    pub(super) fn finish(&mut self, account: &Accounting) -> Option<Bytes> {
+        let body: Vec<u8> = std::mem::take(&mut self.chunks).concat();
+        if let Some(tokens) = usage::json_body(self.upstream, &body) {
+            account.tokens(tokens);
+        }
+        let conversion = self.conversion?;
+        let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let converted = match conversion {
+            Conversion::MessagesToChat { .. } => translate_response::message_to_chat(&value),
+            Conversion::ChatToMessages => translate_response::chat_to_message(&value),
+            Conversion::ModelToOpenAi => translate_response::model_to_openai(&value),
+            Conversion::None | Conversion::StripUsage => value,
+        };
+        Some(Bytes::from(converted.to_string()))
+    }
+}
