@@ -18,7 +18,8 @@ over_every_protocol!(
     scopes_and_models_are_enforced,
     revocation_applies_without_restart_while_others_stream,
     request_rate_limit_headers_and_429,
-    tokens_per_minute_counts_streamed_usage,
+    tokens_per_minute_refuse_then_reconcile_streamed_usage,
+    address_limit_applies_after_authentication,
     repeated_bad_keys_deny_the_address,
     cors_preflight_allowed_and_refused,
     cors_headers_a_browser_reads,
@@ -231,56 +232,112 @@ async fn request_rate_limit_headers_and_429(p: Proto) {
     );
 }
 
-async fn tokens_per_minute_counts_streamed_usage(p: Proto) {
+/// The key's tokens per minute: a held stream's reservation refuses the
+/// next request (429, and nothing taken, not even its request); the
+/// stream's unused reservation comes back once it ends (applied off the
+/// request's path), leaving exactly the usage it reported.
+async fn tokens_per_minute_refuse_then_reconcile_streamed_usage(p: Proto) {
     let limited = NewKey {
-        tpm: Some(60),
+        rpm: Some(3),
+        tpm: Some(100),
         ..key("tpm")
     };
     let (gw, keys) = with_keys(vec![limited], |_| {}).await;
     let c = gw.client(p).await;
     let auth = bearer(&keys[0]);
     let h = [("authorization", auth.as_str())];
-    let mut body = chat("gpt-ok", true);
-    body["stream_options"] = json!({"include_usage": true});
-    let started = std::time::Instant::now();
-    let first = c
-        .request(
+    let post = |body: &Value| {
+        c.request(
             Method::POST,
             "/v1/chat/completions",
             &h,
             TestBody::Json(body.clone()),
         )
-        .await;
-    let r1: i64 = first
-        .header("x-ratelimit-remaining-tokens")
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(first.text().await.contains("\"usage\""));
-    // Give the end-of-stream reconciliation a moment to run.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let second = c
-        .request(
-            Method::POST,
-            "/v1/chat/completions",
-            &h,
-            TestBody::Json(body),
-        )
-        .await;
-    let r2: i64 = second
-        .header("x-ratelimit-remaining-tokens")
-        .unwrap()
-        .parse()
-        .unwrap();
-    second.text().await;
-    // The stream reported 7 prompt + 5 completion tokens: the bucket holds
-    // exactly those 12 from the first request, less what refilled meanwhile
-    // (60 per minute: one a second).
-    let refilled = started.elapsed().as_secs() as i64 + 1;
-    assert!(
-        (12 - refilled..=12).contains(&(r1 - r2)),
-        "reserved then reconciled: {r1} → {r2}"
+    };
+    let started = std::time::Instant::now();
+    // `gated` holds its stream after the first chunk; 95 completion tokens
+    // make the estimate the whole minute's budget.
+    let mut held = chat("gated", true);
+    held["max_tokens"] = json!(95);
+    held["stream_options"] = json!({"include_usage": true});
+    let mut stream = post(&held).await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.header("x-ratelimit-remaining-tokens"), Some("0"));
+    assert_eq!(stream.header("x-ratelimit-remaining-requests"), Some("2"));
+    stream.chunk().await.unwrap().unwrap();
+
+    let small = chat("gpt-ok", false);
+    let refused = post(&small).await;
+    assert_eq!(refused.status, 429);
+    assert!(refused.header("retry-after").is_some());
+    assert!(refused.header("x-ratelimit-remaining-tokens").is_some());
+    assert_eq!(refused.json().await["error"]["code"], "rate_limit_exceeded");
+
+    gw.upstream.release();
+    assert!(stream.text().await.contains("\"usage\""));
+    // Ask until the correction is in: a refused request takes nothing, so
+    // asking costs nothing.
+    let mut served = None;
+    for _ in 0..2000 {
+        let r = post(&small).await;
+        if r.status == 200 {
+            served = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 429);
+    }
+    let served = served.expect("the stream's unused reservation came back");
+    assert_eq!(
+        served.header("x-ratelimit-remaining-requests"),
+        Some("1"),
+        "the refused requests took no request"
     );
+    let left: i64 = served
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    served.text().await;
+    // The stream reported 7 prompt + 5 completion tokens: the bucket holds
+    // those 12 and this request's estimate, less what refilled meanwhile
+    // (100 per minute).
+    let estimate = 5 + small.to_string().len() as i64 / 4;
+    let refilled = started.elapsed().as_secs() as i64 * 100 / 60 + 2;
+    let exact = 100 - 12 - estimate;
+    assert!(
+        (exact..=exact + refilled).contains(&left),
+        "reserved then reconciled: {left} tokens left, {exact} expected"
+    );
+}
+
+/// The address's requests per minute are decided with the key's, after
+/// authentication: 401s do not spend them (the abuse deny bounds those).
+async fn address_limit_applies_after_authentication(p: Proto) {
+    let (gw, keys) = with_keys(vec![key("ip")], |c| {
+        c.rate_limit.per_ip_rpm = 1;
+        c.rate_limit.per_ip_burst = 2;
+    })
+    .await;
+    let c = &gw.client(p).await;
+    let models = |auth: String| async move {
+        c.request(
+            Method::GET,
+            "/v1/models",
+            &[("authorization", &auth)],
+            TestBody::Empty,
+        )
+        .await
+    };
+    for _ in 0..3 {
+        assert_eq!(models("Bearer h3g_bad".into()).await.status, 401);
+    }
+    for _ in 0..2 {
+        assert_eq!(models(bearer(&keys[0])).await.status, 200);
+    }
+    let r = models(bearer(&keys[0])).await;
+    assert_eq!(r.status, 429);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.json().await["error"]["code"], "rate_limit_exceeded");
 }
 
 async fn repeated_bad_keys_deny_the_address(p: Proto) {
