@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use common::{chat, Gateway, Proto, ADMIN_TOKEN, UPSTREAM_KEY};
+use h3gate::auth::{self, NewKey};
 use h3gate::config::RouteConfig;
+use h3gate::metrics::{Kind, FAMILIES};
 use serde_json::json;
 
 over_every_protocol!(traffic_moves_the_series);
@@ -58,15 +60,6 @@ fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
         })
         .map(|s| s.value)
         .sum()
-}
-
-async fn scrape(gw: &Gateway, token: Option<&str>) -> (u16, String) {
-    let mut req = reqwest::Client::new().get(format!("http://{}/metrics", gw.admin));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
 /// Logs of this test process, as JSON lines, for the no-secrets check.
@@ -130,7 +123,7 @@ async fn traffic_moves_the_series(p: Proto) {
     };
     let mut samples = Vec::new();
     for _ in 0..50 {
-        let (status, text) = scrape(&gw, Some(ADMIN_TOKEN)).await;
+        let (status, text) = gw.scrape(Some(ADMIN_TOKEN)).await;
         assert_eq!(status, 200);
         samples = parse(&text);
         if value(&samples, "h3gate_requests_total", &[("route", &route)]) >= 2.0 {
@@ -231,7 +224,7 @@ async fn traffic_moves_the_series(p: Proto) {
     }
 
     // Nothing secret in metrics or logs after this traffic.
-    let (_, text) = scrape(&gw, Some(ADMIN_TOKEN)).await;
+    let (_, text) = gw.scrape(Some(ADMIN_TOKEN)).await;
     let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(logs.contains(&route), "the logs were captured");
     for secret in [UPSTREAM_KEY, ADMIN_TOKEN, "sk-test-FAKEKEY"] {
@@ -240,12 +233,204 @@ async fn traffic_moves_the_series(p: Proto) {
     }
 }
 
+/// Families the traffic of [`every_exported_family_is_described`] does not
+/// reach: they need a misbehaving client or upstream, a full audit queue, or
+/// are recorded when a connection closes (asynchronously). The table test in
+/// `src/metrics/defs.rs` renders them all.
+const NOT_DRIVEN: &[&str] = &[
+    "h3gate_quic_connections_refused_total",
+    "h3gate_quic_handshake_failures_total",
+    "h3gate_quic_stream_errors_total",
+    "h3gate_quic_retry_sent_total",
+    "h3gate_quic_zero_rtt_connections_total",
+    "h3gate_quic_early_requests_total",
+    "h3gate_quic_rtt_seconds",
+    "h3gate_quic_congestion_window_bytes",
+    "h3gate_quic_lost_packets_total",
+    "h3gate_quic_sent_packets_total",
+    "h3gate_tcp_connections_refused_total",
+    "h3gate_tls_handshake_failures_total",
+    "h3gate_upstream_stream_errors_total",
+    "h3gate_audit_dropped_total",
+    "h3gate_rate_limit_corrections_total",
+    "h3gate_rate_limit_backend_errors_total",
+];
+
+/// Checks every `h3gate_*` sample of `text` against its `# TYPE`, its
+/// `# HELP` and the definition table (kind and label names); returns the
+/// families seen.
+fn described_families(text: &str) -> std::collections::BTreeSet<String> {
+    let mut types = BTreeMap::new();
+    let mut helps = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').unwrap();
+            types.insert(name, ty);
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            assert!(!help.trim().is_empty(), "{name}: empty # HELP");
+            helps.insert(name);
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for s in parse(text).iter().filter(|s| s.name.starts_with("h3gate_")) {
+        let family = ["", "_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| s.name.strip_suffix(suffix))
+            .find(|n| types.contains_key(n))
+            .unwrap_or_else(|| panic!("{} has no # TYPE", s.name));
+        assert!(helps.contains(family), "{family} has no # HELP");
+        let def = FAMILIES
+            .iter()
+            .find(|f| f.name == family)
+            .unwrap_or_else(|| panic!("{family} is exported but not in the table"));
+        let kind = match def.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        assert_eq!(types[family], kind, "{family}");
+        let mut labels: Vec<&str> = s.labels.keys().map(String::as_str).collect();
+        labels.retain(|l| *l != "le");
+        let mut want = def.labels.to_vec();
+        want.sort_unstable();
+        assert_eq!(labels, want, "{family}: label names");
+        seen.insert(family.to_string());
+    }
+    seen
+}
+
+/// Traffic over HTTP/3 and HTTP/1.1 that touches the request, upstream,
+/// token and connection families and every refusal (403 forbidden, 429,
+/// panic, 401, abuse deny, network deny, a reload): every exported series
+/// is described.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exported_family_is_described() {
+    captured_logs(); // first: this binary's log subscriber is the capturing one
+    let mut keys = Vec::new();
+    let gw = Gateway::start_with(|c| {
+        c.auth.required = true;
+        c.abuse.max_failures = 2;
+        for pc in &mut c.providers {
+            pc.mock.panic_on_model = Some("mock-boom".into());
+        }
+        let path = c.auth.keys_file.clone().unwrap();
+        let limited = NewKey {
+            name: "limited".into(),
+            models: vec!["gpt-*".into()],
+            rpm: Some(1),
+            ..Default::default()
+        };
+        for k in [
+            NewKey {
+                name: "all".into(),
+                ..Default::default()
+            },
+            limited,
+        ] {
+            keys.push(auth::create(&path, k).unwrap().0);
+        }
+    })
+    .await;
+    let (all, limited) = (format!("Bearer {}", keys[0]), format!("Bearer {}", keys[1]));
+    let h3 = gw.client(Proto::H3).await;
+    let as_key = |key: &str, model: &str, stream: bool| {
+        let body = chat(model, stream);
+        let h = [("authorization", key.to_string())];
+        let c = &h3;
+        async move {
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = c
+                .request(
+                    http::Method::POST,
+                    "/v1/chat/completions",
+                    &h,
+                    common::TestBody::Json(body),
+                )
+                .await;
+            let status = r.status;
+            r.text().await;
+            status
+        }
+    };
+    assert_eq!(as_key(&all, "gpt-ok", false).await, 200);
+    assert_eq!(as_key(&all, "gpt-ok", true).await, 200);
+    assert_eq!(as_key(&all, "failover", false).await, 200);
+    assert_eq!(as_key(&all, "mock-boom", false).await, 500, "a panic");
+    assert_eq!(
+        as_key(&limited, "mock-1", false).await,
+        403,
+        "a model outside the key's globs"
+    );
+    assert_eq!(as_key(&limited, "gpt-ok", false).await, 200);
+    assert_eq!(as_key(&limited, "gpt-ok", false).await, 429);
+
+    let h1 = gw.client(Proto::H1).await;
+    let bad = [("authorization", "Bearer h3g_bad")];
+    for _ in 0..2 {
+        let r = h1
+            .request(
+                http::Method::GET,
+                "/v1/models",
+                &bad,
+                common::TestBody::Empty,
+            )
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let good = [("authorization", all.as_str())];
+    let r = h1
+        .request(
+            http::Method::GET,
+            "/v1/models",
+            &good,
+            common::TestBody::Empty,
+        )
+        .await;
+    assert_eq!(r.status, 403, "the address is denied now");
+    assert_eq!(gw.reload().await.0, 200);
+
+    let seen = described_families(&gw.metrics_text().await);
+    for f in FAMILIES.iter().filter(|f| !NOT_DRIVEN.contains(&f.name)) {
+        assert!(seen.contains(f.name), "{} was not exported", f.name);
+    }
+}
+
+/// A metric name is written once, in the table: nowhere else in `src/` is
+/// a `"h3gate_…"` literal or a `counter!`/`gauge!`/`histogram!` call.
+#[test]
+fn metrics_are_recorded_only_through_the_table() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    for file in files.iter().filter(|f| !f.starts_with(src.join("metrics"))) {
+        let text = std::fs::read_to_string(file).unwrap();
+        for needle in ["\"h3gate_", "counter!(", "gauge!(", "histogram!("] {
+            assert!(
+                !text.contains(needle),
+                "{} has `{needle}`: define the metric in src/metrics/defs.rs and use its Def",
+                file.display()
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_guards_metrics() {
     let gw = gateway_with_route("metrics-token").await;
-    assert_eq!(scrape(&gw, None).await.0, 401);
-    assert_eq!(scrape(&gw, Some("wrong-token-of-some-length")).await.0, 401);
-    let (status, text) = scrape(&gw, Some(ADMIN_TOKEN)).await;
+    assert_eq!(gw.scrape(None).await.0, 401);
+    assert_eq!(gw.scrape(Some("wrong-token-of-some-length")).await.0, 401);
+    let (status, text) = gw.scrape(Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200);
     assert!(text.contains("h3gate_build_info"));
     // Health and readiness stay open for probes.
@@ -301,7 +486,7 @@ fn dashboard_and_alerts_use_real_metric_names() {
                 continue;
             }
             assert!(
-                h3gate::metrics::NAMES.contains(&base),
+                FAMILIES.iter().any(|f| f.name == base),
                 "{file} uses unknown metric {name}"
             );
             used += 1;

@@ -345,7 +345,17 @@ pub const AUTH_FAILURES: Def<Counter, 1> = Def::counter(
 pub const RATE_LIMITED: Def<Counter, 1> = Def::counter(
     "h3gate_rate_limited_total",
     &["scope"],
-    "Requests refused by a rate limit (429), by scope (ip, key_requests, key_tokens).",
+    "Requests refused by a rate limit (429), by scope (ip, ip_tokens, key_requests, key_tokens).",
+);
+pub const RATE_LIMIT_CORRECTIONS: Def<Counter, 1> = Def::counter(
+    "h3gate_rate_limit_corrections_total",
+    &["result"],
+    "Token reservations corrected to the real usage, by result (applied, failed, dropped).",
+);
+pub const RATE_LIMIT_BACKEND_ERRORS: Def<Counter, 1> = Def::counter(
+    "h3gate_rate_limit_backend_errors_total",
+    &["policy"],
+    "Rate-limit decisions the backend failed to make, by the policy applied (allow: served without limits; deny: answered 503).",
 );
 pub const NETWORK_DENIED: Def<Counter> = Def::counter(
     "h3gate_network_denied_total",
@@ -410,6 +420,8 @@ pub const FAMILIES: &[Family] = &[
     CONFIG_RELOADS.family(),
     AUTH_FAILURES.family(),
     RATE_LIMITED.family(),
+    RATE_LIMIT_CORRECTIONS.family(),
+    RATE_LIMIT_BACKEND_ERRORS.family(),
     NETWORK_DENIED.family(),
     ABUSE_DENIES.family(),
     PANICS.family(),
@@ -428,4 +440,94 @@ pub(super) fn describe() {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_prefixed_and_suffixed_by_kind_and_unit() {
+        let mut seen = std::collections::HashSet::new();
+        for f in FAMILIES {
+            assert!(seen.insert(f.name), "{} is defined twice", f.name);
+            assert!(f.name.starts_with("h3gate_"), "{}", f.name);
+            assert!(
+                f.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{}",
+                f.name
+            );
+            assert_eq!(
+                f.kind == Kind::Counter,
+                f.name.ends_with("_total"),
+                "{}: counters, and only counters, end in _total",
+                f.name
+            );
+            let suffix = match f.unit {
+                Some(Unit::Seconds) => Some("_seconds"),
+                Some(Unit::Bytes) => Some("_bytes"),
+                _ => None,
+            };
+            if let Some(s) = suffix {
+                assert!(f.name.trim_end_matches("_total").ends_with(s), "{}", f.name);
+            }
+            if f.kind == Kind::Histogram {
+                // The exporter's buckets match on these suffixes; without
+                // them a histogram would be rendered as a summary.
+                assert!(suffix.is_some(), "{}: a histogram has a unit", f.name);
+            }
+            assert!(f.help.ends_with('.') && f.help.len() > 10, "{}", f.name);
+            let labels: std::collections::HashSet<_> = f.labels.iter().collect();
+            assert_eq!(labels.len(), f.labels.len(), "{}: a label twice", f.name);
+        }
+    }
+
+    /// Every family, registered through the table into a fresh recorder,
+    /// renders with `# HELP` and the `# TYPE` of its kind.
+    #[test]
+    fn every_family_renders_with_help_and_type() {
+        let recorder = super::super::recorder();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            for f in FAMILIES {
+                let labels: Vec<Label> = f.labels.iter().map(|k| Label::new(*k, "x")).collect();
+                match f.kind {
+                    Kind::Counter => Counter::register(f.name, labels).increment(1),
+                    Kind::Gauge => Gauge::register(f.name, labels).set(1.0),
+                    Kind::Histogram => Histogram::register(f.name, labels).record(1.0),
+                }
+            }
+        });
+        let text = recorder.handle().render();
+        for f in FAMILIES {
+            let kind = match f.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            let help = format!("# HELP {} ", f.name);
+            assert!(
+                text.lines().any(|l| l.starts_with(&help)),
+                "{}: no # HELP",
+                f.name
+            );
+            let ty = format!("# TYPE {} {kind}", f.name);
+            assert!(text.lines().any(|l| l == ty), "{}: no `{ty}`", f.name);
+        }
+    }
+
+    #[test]
+    fn a_def_registers_its_labels_in_order() {
+        let recorder = super::super::recorder();
+        metrics::with_local_recorder(&recorder, || {
+            ADMISSION_SHED.with(["client", "client_limit"]).increment(2);
+        });
+        let text = recorder.handle().render();
+        assert!(
+            text.contains(r#"h3gate_admission_shed_total{scope="client",reason="client_limit"} 2"#),
+            "{text}"
+        );
+    }
 }

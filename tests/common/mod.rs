@@ -260,17 +260,22 @@ impl Gateway {
         )
     }
 
+    /// `GET /metrics` with `token` as the bearer (none: no `Authorization`):
+    /// the status and the body.
+    pub async fn scrape(&self, token: Option<&str>) -> (u16, String) {
+        let mut req = reqwest::Client::new().get(format!("http://{}/metrics", self.admin));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
     /// The `/metrics` exposition (with the admin token).
     pub async fn metrics_text(&self) -> String {
-        reqwest::Client::new()
-            .get(format!("http://{}/metrics", self.admin))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let (status, text) = self.scrape(Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        text
     }
 
     /// The value of the series written exactly `series` (name and labels),
