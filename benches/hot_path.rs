@@ -139,7 +139,7 @@ fn metrics(c: &mut Criterion) {
                 .record(Protocol::Http2, 200, std::time::Duration::from_micros(900));
             state.metrics.request_ended(
                 Protocol::Http2,
-                h3gate::access::Outcome::Complete,
+                h3gate::exchange::Outcome::Complete,
                 120,
                 300,
             );

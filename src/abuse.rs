@@ -23,7 +23,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::auth::{now_secs, write_atomic};
+use crate::clock::now_secs;
+use crate::files::write_atomic;
 use crate::config::AbuseConfig;
 use crate::shutdown::Shutdown;
 

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::admission::{ClientSlot, Permit};
 use crate::auth::KeyRecord;
-use crate::exchange::{Body, BodyError, Protocol, Response};
+use crate::exchange::{Body, BodyError, Outcome, Protocol, Response};
 use crate::metrics::Metrics;
 use crate::protect::TokenReservation;
 use crate::routing::Route;
@@ -56,41 +56,6 @@ impl Record {
         let total = self.prompt_tokens.load(Ordering::Relaxed)
             + self.completion_tokens.load(Ordering::Relaxed);
         (total > 0).then_some(total)
-    }
-}
-
-/// How a request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The response was delivered whole.
-    Complete,
-    /// Delivered whole, but it reports an upstream failure (an error event).
-    UpstreamFailed,
-    /// The response body failed while being sent.
-    Error,
-    /// The response started and was dropped before its end.
-    Aborted,
-    /// The request was dropped before a response existed.
-    Cancelled,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Complete,
-        Outcome::UpstreamFailed,
-        Outcome::Error,
-        Outcome::Aborted,
-        Outcome::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Complete => "complete",
-            Outcome::UpstreamFailed => "upstream_failed",
-            Outcome::Error => "error",
-            Outcome::Aborted => "aborted",
-            Outcome::Cancelled => "cancelled",
-        }
     }
 }
 

@@ -7,15 +7,17 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_secs;
 use crate::error::GatewayError;
+use crate::files::write_atomic;
 use crate::provider::Endpoint;
-use crate::routing::glob_match;
+use crate::glob::glob_match;
 
 /// One key's record in the keys file (never the key itself).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -81,13 +83,6 @@ impl KeyRecord {
     }
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum KeysError {
     #[error("cannot read the keys file {0}: {1}")]
@@ -122,45 +117,6 @@ pub fn read_file(path: &Path) -> Result<KeysFile, KeysError> {
         return Ok(KeysFile::default());
     }
     serde_json::from_str(&text).map_err(|e| KeysError::Parse(path.into(), e.to_string()))
-}
-
-/// Writes a file atomically: a temporary file beside it (mode 0600),
-/// fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("h3gate"),
-        fastrand::u64(..)
-    ));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let result = (|| {
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn save(path: &Path, file: &KeysFile) -> Result<(), KeysError> {

@@ -44,6 +44,41 @@ pub trait Handshake: Send + Sync {
     fn completed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response was delivered whole.
+    Complete,
+    /// Delivered whole, but it reports an upstream failure (an error event).
+    UpstreamFailed,
+    /// The response body failed while being sent.
+    Error,
+    /// The response started and was dropped before its end.
+    Aborted,
+    /// The request was dropped before a response existed.
+    Cancelled,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Complete,
+        Outcome::UpstreamFailed,
+        Outcome::Error,
+        Outcome::Aborted,
+        Outcome::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::Error => "error",
+            Outcome::Aborted => "aborted",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// One request, as every listener delivers it to [`crate::pipeline::handle`].
 pub struct GatewayRequest {
     pub method: Method,

@@ -14,14 +14,18 @@
 
 pub mod abuse;
 pub mod access;
+pub mod api;
 pub mod admin;
 pub mod admission;
 pub mod audit;
+pub mod clock;
 pub mod auth;
 pub mod config;
 pub mod cors;
 pub mod error;
 pub mod exchange;
+pub mod files;
+pub mod glob;
 pub mod ip_filter;
 pub mod listener;
 pub mod metrics;

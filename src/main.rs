@@ -330,7 +330,7 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             for k in file.keys {
                 let state = match (k.revoked_at, k.expires_at) {
                     (Some(_), _) => "revoked",
-                    (None, Some(e)) if e <= auth::now_secs() => "expired",
+                    (None, Some(e)) if e <= h3gate::clock::now_secs() => "expired",
                     _ => "active",
                 };
                 let scopes = if k.scopes.is_empty() {

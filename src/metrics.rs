@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use crate::access::Outcome;
+use crate::exchange::Outcome;
 use crate::exchange::Protocol;
 
 mod defs;
@@ -276,13 +276,21 @@ pub mod quic {
         QUIC_STREAM_ERRORS.with([reason]).increment(1);
     }
 
+    /// A connection's path at its close, as the listener read it.
+    pub struct PathStats {
+        pub rtt: std::time::Duration,
+        pub cwnd: u64,
+        pub lost_packets: u64,
+        pub sent_packets: u64,
+    }
+
     /// At close: the connection's path statistics.
-    pub fn closed(stats: &quinn::ConnectionStats) {
+    pub fn closed(path: PathStats) {
         QUIC_CONNECTIONS_OPEN.get().decrement(1.0);
-        QUIC_RTT.get().record(stats.path.rtt.as_secs_f64());
-        QUIC_CONGESTION_WINDOW.get().record(stats.path.cwnd as f64);
-        QUIC_LOST_PACKETS.get().increment(stats.path.lost_packets);
-        QUIC_SENT_PACKETS.get().increment(stats.path.sent_packets);
+        QUIC_RTT.get().record(path.rtt.as_secs_f64());
+        QUIC_CONGESTION_WINDOW.get().record(path.cwnd as f64);
+        QUIC_LOST_PACKETS.get().increment(path.lost_packets);
+        QUIC_SENT_PACKETS.get().increment(path.sent_packets);
     }
 }
 

@@ -35,7 +35,7 @@ use crate::provider::{Endpoint, UpstreamCall};
 use crate::relay::{relay, KeepAliveBody};
 use crate::routing::{self, Forwarded};
 use crate::state::State;
-use crate::translate::Api;
+use crate::api::Api;
 use crate::{audit, cors, ip_filter};
 
 /// Handles one request from any listener and returns the response to send.

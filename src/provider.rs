@@ -24,7 +24,8 @@ use crate::config::{
 };
 use crate::exchange::Body;
 use crate::metrics::ProviderMetrics;
-use crate::translate::{self, Api, Conversion, TranslateError};
+use crate::api::Api;
+use crate::translate::{self, Conversion, TranslateError};
 pub use client::HttpClients;
 
 /// The API operation a request asks for.

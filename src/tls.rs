@@ -198,7 +198,7 @@ fn load_pair(pair: &CertPair) -> Result<CertifiedKey, TlsError> {
 /// a reload; existing connections keep theirs. Once a day (and at start) a
 /// certificate expiring within 14 days is logged.
 pub async fn watch(
-    state: crate::listener::SharedState,
+    state: crate::state::SharedState,
     store: Arc<CertStore>,
     shutdown: crate::shutdown::Shutdown,
 ) {
@@ -234,7 +234,7 @@ pub async fn watch(
         if last_expiry_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(86_400)) {
             last_expiry_log = Some(tokio::time::Instant::now());
             if let Some(expiry) = store.current.load().earliest_expiry() {
-                let left = expiry - crate::auth::now_secs() as i64;
+                let left = expiry - crate::clock::now_secs() as i64;
                 if left < 14 * 86_400 {
                     tracing::warn!(days_left = left / 86_400, cert = %cfg.cert.display(), "the served certificate expires soon: renew it");
                 }

@@ -18,24 +18,6 @@ pub mod request;
 pub mod response;
 pub mod stream;
 
-/// The wire format of a request or response body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
-    /// OpenAI's (and every OpenAI-compatible server's).
-    OpenAi,
-    /// Anthropic's Messages API.
-    Anthropic,
-}
-
-impl Api {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Api::OpenAi => "openai",
-            Api::Anthropic => "anthropic",
-        }
-    }
-}
-
 /// What turns the upstream's response body into the client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conversion {
@@ -99,20 +81,6 @@ pub fn stop_reason(finish_reason: &str) -> &'static str {
         "tool_calls" | "function_call" => "tool_use",
         "content_filter" => "refusal",
         _ => "end_turn",
-    }
-}
-
-/// Anthropic's error `type` for an HTTP status.
-pub fn anthropic_error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        503 | 529 => "overloaded_error",
-        s if s >= 500 => "api_error",
-        _ => "invalid_request_error",
     }
 }
 

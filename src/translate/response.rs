@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use super::{finish_reason, stop_reason};
 
 fn now_secs() -> u64 {
-    crate::auth::now_secs()
+    crate::clock::now_secs()
 }
 
 /// OpenAI `usage` from Anthropic `usage`. Anthropic's `input_tokens`

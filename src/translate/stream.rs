@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::response::{anthropic_usage, message_id, openai_usage};
-use super::{anthropic_error_type, finish_reason, stop_reason, Conversion};
+use super::{finish_reason, stop_reason, Conversion};
 use crate::sse::{encode, Event};
 
 /// Translates one response stream.
@@ -38,7 +38,7 @@ impl Translator {
             Conversion::MessagesToChat { include_usage } => Translator::ToChat(ToChat {
                 id: String::new(),
                 model: model.to_string(),
-                created: crate::auth::now_secs(),
+                created: crate::clock::now_secs(),
                 include_usage,
                 usage: json!({}),
                 tools: HashMap::new(),
@@ -369,15 +369,6 @@ impl ToMessages {
         );
         anthropic_event("message_stop", json!({"type": "message_stop"}), out);
     }
-}
-
-/// An Anthropic `error` event for a failure the gateway reports itself.
-pub fn anthropic_error_event(status: u16, message: &str) -> String {
-    encode(
-        Some("error"),
-        &json!({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
-            .to_string(),
-    )
 }
 
 #[cfg(test)]

@@ -192,7 +192,7 @@ async fn handle(
         let status: u16 = code.parse().unwrap_or(500);
         let body = if endpoint == Endpoint::Messages {
             serde_json::json!({"type": "error", "error": {
-                "type": h3gate::translate::anthropic_error_type(status),
+                "type": h3gate::api::anthropic_error_type(status),
                 "message": "Overloaded. Incorrect API key provided: sk-ant-FAKEKEY0123456789abcdef.",
             }})
         } else {
