@@ -1,10 +1,12 @@
 //! Configuration: the TOML file a user writes, with documented defaults.
 //!
-//! Loading (`load.rs`) expands `${VAR}` / `${VAR:-default}`, reports unknown
-//! keys and type errors with their TOML path, then `validate.rs` checks the
-//! meaning; every problem found is reported at once.
+//! [`Config::from_toml`] runs the two stages: decoding (`load.rs`) expands
+//! `${VAR}` / `${VAR:-default}` and reports unknown keys and type errors with
+//! their TOML path, then `validate.rs` checks the meaning; every problem
+//! found by either is reported at once (`problem.rs`).
 
 mod load;
+mod problem;
 mod protection;
 mod resilience;
 mod types;
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use load::load_section;
-pub use load::{ConfigError, Problem};
+pub use problem::{ConfigError, Problem};
 pub use protection::{
     AbuseConfig, AuditConfig, AuthConfig, CorsConfig, NetworkConfig, OnBackendError,
     RateLimitConfig,
@@ -531,7 +533,9 @@ pub fn fuzz_check(text: &str) {
 impl Config {
     /// Reads, expands, decodes and validates a configuration file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-        load::load_file(path)
+        let text = load::read(path)?;
+        let base = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+        Config::from_toml(&text, base, &|k| std::env::var(k).ok())
     }
 
     /// Decodes and validates configuration text. Relative paths are resolved
@@ -541,7 +545,13 @@ impl Config {
         base_dir: &std::path::Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        load::from_toml(text, base_dir, env)
+        let (config, mut problems) = load::decode_text(text, base_dir, env)?;
+        problems.extend(validate::validate(&config));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
     }
 
     /// The effective configuration as TOML, secrets redacted.

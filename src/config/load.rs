@@ -1,68 +1,21 @@
 //! From TOML text to a checked [`Config`]: environment expansion, decoding
 //! section by section (so one bad section does not hide the others), unknown
-//! keys, then validation. Every problem carries its TOML path.
+//! keys. Every problem carries its TOML path.
 
-use std::fmt;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use toml::Value;
 
+use super::problem::{ConfigError, Problem};
 use super::Config;
 
-/// One thing wrong with the configuration, at a TOML path like `quic.receive_window`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Everything wrong with a configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid configuration:\n{}", format_problems(.0))]
-    Invalid(Vec<Problem>),
-}
-
-impl ConfigError {
-    pub fn problems(&self) -> &[Problem] {
-        match self {
-            ConfigError::Invalid(p) => p,
-            ConfigError::Read { .. } => &[],
-        }
-    }
-}
-
-fn format_problems(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-pub(super) fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// The text of a configuration file.
+pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    let base = path.parent().unwrap_or_else(|| Path::new("."));
-    from_toml(&text, base, &|k| std::env::var(k).ok())
+    })
 }
 
 /// One section of a configuration file on its own, for commands that need
@@ -75,10 +28,7 @@ pub(crate) fn load_section<T: DeserializeOwned + Default>(
     path: &Path,
     section: &str,
 ) -> Result<(T, std::path::PathBuf), ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = read(path)?;
     let base = path
         .parent()
         .unwrap_or_else(|| Path::new("."))
@@ -110,11 +60,14 @@ pub(crate) fn load_section<T: DeserializeOwned + Default>(
     }
 }
 
-pub(super) fn from_toml(
+/// Decodes configuration text into a [`Config`] and the problems found on
+/// the way (validation comes after, in `config.rs`); only text that is not
+/// TOML at all is an error here.
+pub(super) fn decode_text(
     text: &str,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+) -> Result<(Config, Vec<Problem>), ConfigError> {
     let mut problems = Vec::new();
     let mut table: toml::Table = match text.parse() {
         Ok(t) => t,
@@ -179,12 +132,7 @@ pub(super) fn from_toml(
         *path = base_dir.join(&*path);
     }
 
-    problems.extend(super::validate::validate(&config));
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid(problems))
-    }
+    Ok((config, problems))
 }
 
 /// Decodes one value, reporting unknown keys and every type error inside it:

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use super::load::Problem;
+use super::problem::Problem;
 use super::{Config, ProviderKind};
 
 /// The largest value a QUIC variable-length integer can carry (2^62 - 1).
