@@ -1,5 +1,5 @@
-//! The admin listener: plain HTTP/1.1 on its own address (loopback by
-//! default), never on the public port.
+//! The admin API: plain HTTP/1.1 on its own address (loopback by default),
+//! never on the public port; `listener::admin` serves it.
 //!
 //! - `GET /health`: the process is alive.
 //! - `GET /ready`: whether it should receive traffic: 503 from the first
@@ -17,21 +17,16 @@
 //! every admin action is audited. `[network] admin_allow`/`admin_deny`
 //! filter who may connect at all.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 
 use crate::config::Secret;
-use crate::exchange::{full, json, Response};
-use crate::listener::SharedState;
+use crate::exchange::{full, json, Body, Response};
+use crate::state::SharedState;
 use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 
@@ -46,46 +41,8 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Serves until the process exits, not only until the drain: `/ready`
-    /// answers 503 through the whole drain (load balancers must see it)
-    /// and `/health` keeps answering. Spawn with [`Shutdown::spawn_until_exit`].
-    pub async fn serve(self, listener: TcpListener) {
-        loop {
-            let accepted = tokio::select! {
-                _ = self.shutdown.exiting() => break,
-                a = listener.accept() => a,
-            };
-            let Ok((tcp, peer)) = accepted else {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            };
-            if !self.state.load().admin_filter.permits(peer.ip()) {
-                continue; // dropped: not even an answer
-            }
-            let this = self.clone();
-            self.shutdown.spawn_until_exit(async move {
-                let handler = this.clone();
-                let service = service_fn(move |req: hyper::Request<Incoming>| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler.route(req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(tcp), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = this.shutdown.exiting() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
-                    }
-                }
-            });
-        }
-    }
-
-    async fn route(&self, req: hyper::Request<Incoming>) -> Response {
+    /// Answers one admin request (the listener is `listener::admin`).
+    pub async fn route(&self, req: http::Request<Body>) -> Response {
         let token = self.state.load().config.admin.token.clone();
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
@@ -200,7 +157,7 @@ impl Admin {
         json(status, body.to_string())
     }
 
-    async fn admin_api(&self, method: Method, path: &str, body: Incoming) -> Response {
+    async fn admin_api(&self, method: Method, path: &str, body: Body) -> Response {
         let state = self.state.load();
         match (method, path) {
             (Method::POST, "/admin/reload") => self.reload().await,
@@ -230,11 +187,7 @@ impl Admin {
                 let Some(keys) = &state.keys else {
                     return no_keys();
                 };
-                let Ok(bytes) = http_body_util::Limited::new(body, 64 * 1024)
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                else {
+                let Some(bytes) = read_limited(body, 64 * 1024).await else {
                     return error(
                         StatusCode::BAD_REQUEST,
                         "invalid_body",
@@ -406,4 +359,18 @@ fn authorized(headers: &http::HeaderMap, token: &Secret) -> bool {
     let got = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
     // Hashing first makes the comparison length-independent too.
     subtle::ConstantTimeEq::ct_eq(expected.as_ref(), got.as_ref()).into()
+}
+
+/// The whole body, or `None` when it fails or passes `limit` bytes.
+async fn read_limited(mut body: Body, limit: usize) -> Option<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if buf.len() + data.len() > limit {
+                return None;
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Some(buf.freeze())
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Problem};
-use crate::listener::{quic, SharedState};
+use crate::listener::quic;
+use crate::state::SharedState;
 use crate::metrics;
 use crate::shutdown::Shutdown;
 use crate::state::{BuildError, State};
@@ -80,7 +81,7 @@ pub struct Reloader {
     path: PathBuf,
     state: SharedState,
     certs: Arc<CertStore>,
-    endpoints: Vec<quinn::Endpoint>,
+    endpoints: quic::Endpoints,
     shutdown: Shutdown,
     lock: tokio::sync::Mutex<()>,
 }
@@ -90,7 +91,7 @@ impl Reloader {
         path: PathBuf,
         state: SharedState,
         certs: Arc<CertStore>,
-        endpoints: Vec<quinn::Endpoint>,
+        endpoints: quic::Endpoints,
         shutdown: Shutdown,
     ) -> Self {
         Reloader {
@@ -156,10 +157,7 @@ impl Reloader {
             // promising the old limits are not resumed with 0-RTT. One
             // store for every endpoint, so a ticket resumes on any of them.
             let tls = tls::quic_server_config(self.certs.clone(), &new.quic)?;
-            let server = quic::server_config(&new.quic, tls)?;
-            for endpoint in &self.endpoints {
-                endpoint.set_server_config(Some(server.clone()));
-            }
+            self.endpoints.reconfigure(&new.quic, tls)?;
         }
         let mut state = prepared.state;
         state.inherit(&old);

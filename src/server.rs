@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::listener::http::HttpListener;
 use crate::listener::quic::{self, QuicListener};
-use crate::listener::SharedState;
+use crate::state::SharedState;
 use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 use crate::state::State;
@@ -190,26 +190,18 @@ pub async fn run(
     // HTTP/3 first: the HTTPS listener advertises its port. One TLS
     // configuration (and ticket store) and one set of connection counts for
     // every address.
-    let mut endpoints = Vec::new();
-    if !listeners.udp.is_empty() {
+    let endpoints = if listeners.udp.is_empty() {
+        quic::Endpoints::default()
+    } else {
         let quic_tls = tls::quic_server_config(certs.clone(), &quic_config)?;
         let quic = QuicListener {
             state: state.clone(),
             shutdown: shutdown.clone(),
             conns: Arc::default(),
         };
-        for udp in listeners.udp {
-            let ep = quic::endpoint(udp, &quic_config, quic_tls.clone())?;
-            tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
-            shutdown.spawn(quic.clone().serve(ep.clone()));
-            endpoints.push(ep);
-        }
-    }
-
-    let h3_port = match endpoints.first() {
-        Some(ep) => Some(ep.local_addr()?.port()),
-        None => None,
+        quic::Endpoints::start(listeners.udp, &quic_config, quic_tls, &quic)?
     };
+    let h3_port = endpoints.port();
     let https = HttpListener {
         tls: Arc::new(tls::tcp_server_config(certs.clone())?),
         state: state.clone(),
@@ -248,7 +240,16 @@ pub async fn run(
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!(addr = %listener.local_addr()?, "admin listening");
-        shutdown.spawn_until_exit(admin.clone().serve(listener));
+        let admin = admin.clone();
+        shutdown.spawn_until_exit(crate::listener::admin::serve(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+            move |req| {
+                let admin = admin.clone();
+                async move { admin.route(req).await }
+            },
+        ));
     }
     if let Some(prometheus) = prometheus {
         // Histograms need periodic upkeep when rendered on demand.
@@ -276,12 +277,7 @@ pub async fn run(
     }
     tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
     let clean = shutdown.drain(grace).await;
-    for ep in &endpoints {
-        ep.close(quinn::VarInt::from_u32(0x100), b"shutdown");
-    }
-    for ep in &endpoints {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
-    }
+    endpoints.close().await;
     shutdown.exit().await;
     tracing::info!(clean, "stopped");
     if clean {

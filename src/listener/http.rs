@@ -35,7 +35,7 @@ mod stall;
 use stall::{StreamExecutor, StreamProgress, WriteTimeout};
 
 use super::caps::ConnCounts;
-use super::SharedState;
+use crate::state::SharedState;
 use crate::exchange::{self, Body, BodyError, GatewayRequest, Protocol, Response};
 use crate::metrics;
 use crate::pipeline;

@@ -14,13 +14,16 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::caps::ConnCounts;
-use super::SharedState;
+use crate::state::SharedState;
 use crate::config::{AddressValidation, Congestion, QuicConfig};
 use crate::metrics;
 use crate::shutdown::Shutdown;
 
+mod endpoints;
 mod request;
 mod streams;
+
+pub use endpoints::Endpoints;
 
 use request::{request, StreamCtx};
 use streams::Stops;
@@ -233,7 +236,13 @@ impl QuicListener {
         self.serve_connection(conn.clone(), peer, handshake, accepted, handshake_timeout)
             .instrument(span)
             .await;
-        metrics::quic::closed(&conn.stats());
+        let path = conn.stats().path;
+        metrics::quic::closed(metrics::quic::PathStats {
+            rtt: path.rtt,
+            cwnd: path.cwnd,
+            lost_packets: path.lost_packets,
+            sent_packets: path.sent_packets,
+        });
     }
 
     async fn serve_connection(

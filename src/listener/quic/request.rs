@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use super::streams::{self, Stops};
 use super::QuicHandshake;
 use crate::exchange::{strip_hop_by_hop, Body, BodyError, GatewayRequest, Protocol, Response};
-use crate::listener::SharedState;
+use crate::state::SharedState;
 use crate::metrics;
 use crate::pipeline;
 

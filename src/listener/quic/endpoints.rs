@@ -1,0 +1,71 @@
+//! The running QUIC endpoints as one value: started together, reconfigured
+//! together on reload, closed together at the end of a drain. Nothing above
+//! the listener holds a `quinn::Endpoint`.
+
+use super::{endpoint, server_config, QuicListener, QuicSetupError};
+use crate::config::QuicConfig;
+
+/// HTTP/3's `H3_NO_ERROR`: the code a connection is closed with when the
+/// gateway stops (RFC 9114, section 8.1).
+const H3_NO_ERROR: u32 = 0x100;
+
+/// Every endpoint the gateway serves HTTP/3 on (none when QUIC is off).
+#[derive(Clone, Default)]
+pub struct Endpoints(Vec<quinn::Endpoint>);
+
+impl Endpoints {
+    /// An endpoint on each socket, all sharing one TLS configuration (one
+    /// ticket store, so a ticket resumes on any of them), each served by
+    /// `listener`.
+    pub fn start(
+        sockets: Vec<std::net::UdpSocket>,
+        cfg: &QuicConfig,
+        tls: rustls::ServerConfig,
+        listener: &QuicListener,
+    ) -> Result<Endpoints, QuicSetupError> {
+        let mut all = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let ep = endpoint(socket, cfg, tls.clone())?;
+            tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
+            listener
+                .shutdown
+                .spawn(listener.clone().serve(ep.clone()));
+            all.push(ep);
+        }
+        Ok(Endpoints(all))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The UDP port of the first endpoint: what `Alt-Svc` advertises.
+    pub fn port(&self) -> Option<u16> {
+        self.0.first()?.local_addr().ok().map(|a| a.port())
+    }
+
+    /// New connections get `tls` and the transport of `cfg`; open ones keep
+    /// what they have.
+    pub fn reconfigure(
+        &self,
+        cfg: &QuicConfig,
+        tls: rustls::ServerConfig,
+    ) -> Result<(), QuicSetupError> {
+        let server = server_config(cfg, tls)?;
+        for ep in &self.0 {
+            ep.set_server_config(Some(server.clone()));
+        }
+        Ok(())
+    }
+
+    /// Closes every connection left after the drain (`H3_NO_ERROR`) and
+    /// waits, briefly, for the peers to be told.
+    pub async fn close(&self) {
+        for ep in &self.0 {
+            ep.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"shutdown");
+        }
+        for ep in &self.0 {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
+        }
+    }
+}
