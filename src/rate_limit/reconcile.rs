@@ -203,7 +203,7 @@ mod tests {
         let memory = Arc::new(MemoryLimiter::default());
         let limits = RateLimits::new(memory.clone());
         let claim = tokens(500);
-        assert!(limits.consume(&[claim.clone()]).await.unwrap()[0].allowed);
+        assert!(limits.consume(std::slice::from_ref(&claim)).await.unwrap()[0].allowed);
         let reservation = limits.reservation(&claim);
         assert_eq!(left(&memory), 100);
         (memory, limits, reservation)
@@ -220,7 +220,7 @@ mod tests {
 
         // Unknown usage (a request cut short before any): the estimate stays.
         let more = tokens(100);
-        assert!(limits.consume(&[more.clone()]).await.unwrap()[0].allowed);
+        assert!(limits.consume(std::slice::from_ref(&more)).await.unwrap()[0].allowed);
         limits.reservation(&more).reconcile(None);
         drop(limits.reservation(&more));
         for _ in 0..10 {
