@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::admission::Shed;
 use crate::exchange::{json, Response};
-use crate::translate::{anthropic_error_type, Api};
+use crate::api::{anthropic_error_type, Api};
 
 /// ` (attempts: a: timeout; b: status 503)`, or nothing.
 fn attempts(summary: &str) -> String {
@@ -287,7 +287,7 @@ impl GatewayError {
                 let body = serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}});
                 crate::sse::encode(None, &body.to_string())
             }
-            Api::Anthropic => crate::translate::stream::anthropic_error_event(
+            Api::Anthropic => crate::api::anthropic_error_event(
                 self.status().as_u16(),
                 &self.to_string(),
             ),

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::admission::Permit;
 use crate::config::{Config, RetryConfig, RouteConfig, Strategy};
 use crate::error::GatewayError;
+use crate::glob::glob_match;
 use crate::metrics::{self as m, Attempt, RouteMetrics};
 use crate::provider::{
     PrepareError, Prepared, Provider, UpstreamCall, UpstreamError, UpstreamResponse,
@@ -229,26 +230,6 @@ fn build_route(
         drop_unsupported: rc.drop_unsupported_params,
         metrics: RouteMetrics::new(&rc.model),
     }
-}
-
-/// `*` matches any run of characters (including none); everything else is literal.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let pieces: Vec<&str> = parts.collect();
-    let Some((last, middle)) = pieces.split_last() else {
-        return rest.is_empty(); // no `*` at all: exact
-    };
-    for piece in middle {
-        match rest.find(piece) {
-            Some(i) => rest = &rest[i + piece.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// An attempt that got response headers: the target and what it holds

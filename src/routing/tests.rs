@@ -3,20 +3,6 @@ use crate::config::{ProviderConfig, ProviderKind, TargetConfig};
 use crate::provider::rewrite_model;
 use crate::provider::HttpClients;
 
-#[test]
-fn globs() {
-    assert!(glob_match("*", ""));
-    assert!(glob_match("*", "anything"));
-    assert!(glob_match("gpt-*", "gpt-4o"));
-    assert!(!glob_match("gpt-*", "claude"));
-    assert!(glob_match("*-mini", "gpt-4o-mini"));
-    assert!(glob_match("a*b*c", "aXbYc"));
-    assert!(!glob_match("a*b*c", "aXcYb"));
-    assert!(!glob_match("ab*ba", "aba"));
-    assert!(glob_match("exact", "exact"));
-    assert!(!glob_match("exact", "exactly"));
-}
-
 fn providers(names: &[&str]) -> HashMap<String, Arc<Provider>> {
     let mut clients = HttpClients::default();
     names
