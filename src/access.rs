@@ -1,6 +1,6 @@
 //! The access log and the request's one end. [`Ending`] is created when a
-//! request arrives and owns what the request claims (admission place,
-//! client slot, token reservation) and what is learned about it ([`Facts`]);
+//! request arrives and owns what the request claims ([`Claims`]: admission
+//! place, client slot, token reservation) and what is learned ([`Facts`]);
 //! it ends exactly once, however the request ends: carried into the
 //! response body ([`Logged`]) it ends when the body is delivered
 //! (`complete`), fails (`error`, `upstream_failed`) or is dropped mid-way
@@ -59,8 +59,8 @@ impl Record {
     }
 }
 
-/// What the pipeline's steps learn about a request and what it claims on
-/// the way; all of it is given back when the request ends.
+/// What the pipeline's steps learn about a request, for its log line and
+/// metrics.
 #[derive(Default)]
 pub struct Facts {
     pub model: Option<String>,
@@ -75,6 +75,13 @@ pub struct Facts {
     pub rate_headers: http::HeaderMap,
     /// Served as 0-RTT early data (before the handshake completed).
     pub early: bool,
+}
+
+/// What the pipeline's steps claim on the way: each a guard given back
+/// when the request ends (the reservation corrected with the real usage
+/// first).
+#[derive(Default)]
+pub struct Claims {
     /// This client's share of admission, held until the end.
     pub client_slot: Option<ClientSlot>,
     /// The gateway-wide admission slot, held until the end.
@@ -94,6 +101,7 @@ pub struct Ending {
     record: Arc<Record>,
     metrics: Arc<Metrics>,
     pub facts: Facts,
+    pub claims: Claims,
     /// The response's status, once there is one.
     status: Option<StatusCode>,
     response_bytes: u64,
@@ -121,6 +129,7 @@ impl Ending {
             record: Arc::default(),
             metrics,
             facts: Facts::default(),
+            claims: Claims::default(),
             status: None,
             response_bytes: 0,
             done: false,
@@ -159,7 +168,7 @@ impl Ending {
         } else {
             outcome
         };
-        if let Some(tokens) = self.facts.tokens.take() {
+        if let Some(tokens) = self.claims.tokens.take() {
             // An answered failure used nothing; otherwise the real usage
             // (unknown for a request cut short: the estimate stays).
             let failed = self.status.is_some_and(|s| !s.is_success());

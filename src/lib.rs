@@ -5,21 +5,27 @@
 //!                                               ├─► GatewayRequest ─► pipeline::handle(&State, req) ─► Response
 //!  TCP  TLS + HTTP/1.1|2 (hyper) ► listener::http ┘        (one code path for every protocol)
 //!
-//!  pipeline::handle: request id → route by path → read body (bounded) → model → route
-//!    → forward with failover (before the first byte only) → stream back → access log
+//!  pipeline::handle, each step given the request's Ctx:
+//!    begin (request id, client, the request's end) → edge checks (network, 0-RTT, host)
+//!    → endpoint by path → authenticate → authorize → admission → body and model
+//!    → rate limits (one decision) → route → forward with failover (before the first byte)
+//!    → relay back → answer (headers) → the end (access line, metrics, claims given back)
 //! ```
 //!
 //! `State` is built from `Config` in one step (`State::build`) and shared
 //! behind an atomic swap; `server::run` wires sockets, listeners and drain.
+//! Only `listener/` knows the wire protocols (quinn, h3, hyper); the small
+//! leaves (`api`, `glob`, `clock`, `files`, `sse`) depend on nothing above
+//! them, and `tests/shape.rs` keeps the module graph free of cycles.
 
 pub mod abuse;
 pub mod access;
-pub mod api;
 pub mod admin;
 pub mod admission;
+pub mod api;
 pub mod audit;
-pub mod clock;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod cors;
 pub mod error;

@@ -20,7 +20,15 @@ const MAX_LINES: usize = 600;
 
 /// The crates of the wire protocols: only `listener/` (the edge) names them;
 /// below it everything is `http` types and `exchange`.
-const EDGE_CRATES: &[&str] = &["quinn", "quinn_proto", "h3", "h3_quinn", "hyper", "hyper_util", "tokio_rustls"];
+const EDGE_CRATES: &[&str] = &[
+    "quinn",
+    "quinn_proto",
+    "h3",
+    "h3_quinn",
+    "hyper",
+    "hyper_util",
+    "tokio_rustls",
+];
 
 type ModPath = Vec<String>;
 

@@ -243,7 +243,7 @@ mod tests {
             client,
             Arc::default(),
         );
-        end.facts.tokens = Some(reservation);
+        end.claims.tokens = Some(reservation);
         let record = end.record().clone();
         // One chunk, then an upstream that never ends.
         let chunk: Result<Frame<Bytes>, BodyError> = Ok(Frame::data(Bytes::from("data: {}\n\n")));
