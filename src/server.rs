@@ -1,19 +1,22 @@
 //! Starting and stopping the gateway: bind (or take) the sockets, build the
-//! state, run the listeners until the shutdown token fires, then drain.
+//! state, start the listeners (HTTP/3, HTTPS, admin) and the background
+//! tasks (certificate watch, reload on SIGHUP, metrics upkeep), run until
+//! the shutdown token fires, then drain.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::listener::http::HttpListener;
 use crate::listener::quic::{self, QuicListener};
-use crate::state::SharedState;
 use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
+use crate::state::SharedState;
 use crate::state::State;
 use crate::tls::{self, CertStore};
 
@@ -181,109 +184,169 @@ pub async fn run(
     if let Some(expiry) = loaded.earliest_expiry() {
         crate::metrics::certificate_expiry(expiry);
     }
-    let certs = Arc::new(CertStore::new(loaded));
     let quic_config = config.quic.clone();
     let state: SharedState = Arc::new(ArcSwap::from_pointee(State::build(config)?));
-    let shutdown = Shutdown::new(stop);
-    state.load().start_tasks(&shutdown);
+    let gateway = Gateway {
+        state,
+        certs: Arc::new(CertStore::new(loaded)),
+        shutdown: Shutdown::new(stop),
+    };
+    gateway.state.load().start_tasks(&gateway.shutdown);
 
-    // HTTP/3 first: the HTTPS listener advertises its port. One TLS
-    // configuration (and ticket store) and one set of connection counts for
-    // every address.
-    let endpoints = if listeners.udp.is_empty() {
-        quic::Endpoints::default()
-    } else {
-        let quic_tls = tls::quic_server_config(certs.clone(), &quic_config)?;
+    // HTTP/3 first: the HTTPS listener advertises its port.
+    let endpoints = gateway.start_quic(listeners.udp, &quic_config)?;
+    gateway.start_https(listeners.tcp, endpoints.port())?;
+    gateway.shutdown.spawn(tls::watch(
+        gateway.state.clone(),
+        gateway.certs.clone(),
+        gateway.shutdown.clone(),
+    ));
+    let reloader = gateway.start_reloader(reload_from, &endpoints);
+    gateway.start_admin(listeners.admin, prometheus.clone(), reloader)?;
+    if let Some(prometheus) = prometheus {
+        gateway
+            .shutdown
+            .spawn(metrics_upkeep(prometheus, gateway.shutdown.clone()));
+    }
+
+    gateway.shutdown.signalled().await;
+    gateway.drain(endpoints).await
+}
+
+/// What every part of a running gateway shares.
+struct Gateway {
+    state: SharedState,
+    certs: Arc<CertStore>,
+    shutdown: Shutdown,
+}
+
+impl Gateway {
+    /// The HTTP/3 endpoints, one per UDP socket, with one TLS configuration
+    /// (and ticket store) and one set of connection counts for all.
+    fn start_quic(
+        &self,
+        udp: Vec<std::net::UdpSocket>,
+        quic_config: &crate::config::QuicConfig,
+    ) -> Result<quic::Endpoints, StartError> {
+        if udp.is_empty() {
+            return Ok(quic::Endpoints::default());
+        }
+        let quic_tls = tls::quic_server_config(self.certs.clone(), quic_config)?;
         let quic = QuicListener {
-            state: state.clone(),
-            shutdown: shutdown.clone(),
+            state: self.state.clone(),
+            shutdown: self.shutdown.clone(),
             conns: Arc::default(),
         };
-        quic::Endpoints::start(listeners.udp, &quic_config, quic_tls, &quic)?
-    };
-    let h3_port = endpoints.port();
-    let https = HttpListener {
-        tls: Arc::new(tls::tcp_server_config(certs.clone())?),
-        state: state.clone(),
-        h3_port,
-        shutdown: shutdown.clone(),
-        conns: Arc::default(),
-    };
-    for tcp in listeners.tcp {
-        tcp.set_nonblocking(true)?;
-        let tcp = tokio::net::TcpListener::from_std(tcp)?;
-        tracing::info!(addr = %tcp.local_addr()?, "HTTPS listening (HTTP/1.1, HTTP/2)");
-        shutdown.spawn(https.clone().serve(tcp));
+        Ok(quic::Endpoints::start(udp, quic_config, quic_tls, &quic)?)
     }
 
-    shutdown.spawn(tls::watch(state.clone(), certs.clone(), shutdown.clone()));
-    let reloader = reload_from.map(|path| {
-        Arc::new(Reloader::new(
-            path,
-            state.clone(),
-            certs.clone(),
-            endpoints.clone(),
-            shutdown.clone(),
-        ))
-    });
-    if let Some(r) = &reloader {
-        shutdown.spawn(reload_on_sighup(r.clone(), shutdown.clone()));
-    }
-
-    let admin = crate::admin::Admin {
-        state: state.clone(),
-        prometheus: prometheus.clone(),
-        reloader,
-        shutdown: shutdown.clone(),
-    };
-    for listener in listeners.admin {
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        tracing::info!(addr = %listener.local_addr()?, "admin listening");
-        let admin = admin.clone();
-        shutdown.spawn_until_exit(crate::listener::admin::serve(
-            listener,
-            state.clone(),
-            shutdown.clone(),
-            move |req| {
-                let admin = admin.clone();
-                async move { admin.route(req).await }
-            },
-        ));
-    }
-    if let Some(prometheus) = prometheus {
-        // Histograms need periodic upkeep when rendered on demand.
-        let upkeep = shutdown.clone();
-        shutdown.spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = upkeep.draining() => break,
-                    _ = tick.tick() => prometheus.run_upkeep(),
-                }
-            }
-        });
-    }
-
-    shutdown.signalled().await;
-    // As currently configured (a reload may have changed them).
-    let (delay, grace) = {
-        let s = &state.load().config.server;
-        (s.drain_delay.get(), s.shutdown_timeout.get())
-    };
-    if !delay.is_zero() {
-        tracing::info!(delay = ?delay, "shutting down: not ready; still accepting for drain_delay");
-        tokio::time::sleep(delay).await;
-    }
-    tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
-    let clean = shutdown.drain(grace).await;
-    endpoints.close().await;
-    shutdown.exit().await;
-    tracing::info!(clean, "stopped");
-    if clean {
+    /// The HTTPS listeners (HTTP/1.1, HTTP/2), advertising HTTP/3 on
+    /// `h3_port`; one TLS configuration and one set of connection counts.
+    fn start_https(
+        &self,
+        tcp: Vec<std::net::TcpListener>,
+        h3_port: Option<u16>,
+    ) -> Result<(), StartError> {
+        let https = HttpListener {
+            tls: Arc::new(tls::tcp_server_config(self.certs.clone())?),
+            state: self.state.clone(),
+            h3_port,
+            shutdown: self.shutdown.clone(),
+            conns: Arc::default(),
+        };
+        for tcp in tcp {
+            tcp.set_nonblocking(true)?;
+            let tcp = tokio::net::TcpListener::from_std(tcp)?;
+            tracing::info!(addr = %tcp.local_addr()?, "HTTPS listening (HTTP/1.1, HTTP/2)");
+            self.shutdown.spawn(https.clone().serve(tcp));
+        }
         Ok(())
-    } else {
-        Err(StartError::DrainForced(grace))
+    }
+
+    /// With a configuration file, the reloader (SIGHUP and `POST
+    /// /admin/reload`).
+    fn start_reloader(
+        &self,
+        reload_from: Option<PathBuf>,
+        endpoints: &quic::Endpoints,
+    ) -> Option<Arc<Reloader>> {
+        let reloader = Arc::new(Reloader::new(
+            reload_from?,
+            self.state.clone(),
+            self.certs.clone(),
+            endpoints.clone(),
+            self.shutdown.clone(),
+        ));
+        self.shutdown
+            .spawn(reload_on_sighup(reloader.clone(), self.shutdown.clone()));
+        Some(reloader)
+    }
+
+    /// The admin listeners; they answer until the process exits.
+    fn start_admin(
+        &self,
+        listeners: Vec<std::net::TcpListener>,
+        prometheus: Option<PrometheusHandle>,
+        reloader: Option<Arc<Reloader>>,
+    ) -> Result<(), StartError> {
+        let admin = crate::admin::Admin {
+            state: self.state.clone(),
+            prometheus,
+            reloader,
+            shutdown: self.shutdown.clone(),
+        };
+        for listener in listeners {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tracing::info!(addr = %listener.local_addr()?, "admin listening");
+            let admin = admin.clone();
+            self.shutdown
+                .spawn_until_exit(crate::listener::admin::serve(
+                    listener,
+                    self.state.clone(),
+                    self.shutdown.clone(),
+                    move |req| {
+                        let admin = admin.clone();
+                        async move { admin.route(req).await }
+                    },
+                ));
+        }
+        Ok(())
+    }
+
+    /// After the shutdown signal: not ready for `server.drain_delay`, then
+    /// the drain of up to `server.shutdown_timeout`, then the close.
+    async fn drain(self, endpoints: quic::Endpoints) -> Result<(), StartError> {
+        // As currently configured (a reload may have changed them).
+        let (delay, grace) = {
+            let s = &self.state.load().config.server;
+            (s.drain_delay.get(), s.shutdown_timeout.get())
+        };
+        if !delay.is_zero() {
+            tracing::info!(delay = ?delay, "shutting down: not ready; still accepting for drain_delay");
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!(grace = ?grace, "shutting down: draining in-flight requests");
+        let clean = self.shutdown.drain(grace).await;
+        endpoints.close().await;
+        self.shutdown.exit().await;
+        tracing::info!(clean, "stopped");
+        if clean {
+            Ok(())
+        } else {
+            Err(StartError::DrainForced(grace))
+        }
+    }
+}
+
+/// Histograms need periodic upkeep when rendered on demand.
+async fn metrics_upkeep(prometheus: PrometheusHandle, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.draining() => break,
+            _ = tick.tick() => prometheus.run_upkeep(),
+        }
     }
 }
 

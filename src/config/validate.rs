@@ -4,21 +4,42 @@
 use std::collections::HashSet;
 
 use super::problem::Problem;
-use super::{Config, ProviderKind};
+use super::{Config, ProviderConfig, ProviderKind};
 
 /// The largest value a QUIC variable-length integer can carry (2^62 - 1).
 const VARINT_MAX: u64 = (1 << 62) - 1;
 
+/// Every check, section by section, in the order their problems are listed.
 pub(super) fn validate(c: &Config) -> Vec<Problem> {
     let mut p = Problems::default();
+    check_server(c, &mut p);
+    check_tls(c, &mut p);
+    check_quic(c, &mut p);
+    check_http(c, &mut p);
+    check_listeners(c, &mut p);
+    check_log(c, &mut p);
+    check_providers(c, &mut p);
+    check_auth(c, &mut p);
+    check_request_timeout(c, &mut p);
+    check_cors(c, &mut p);
+    check_abuse(c, &mut p);
+    check_retry(c, &mut p);
+    check_routes(c, &mut p);
+    p.0
+}
 
+/// `[server]` limits: the drain and the request body.
+fn check_server(c: &Config, p: &mut Problems) {
     if c.server.shutdown_timeout.is_zero() {
         p.add("server.shutdown_timeout", "must be greater than zero");
     }
     if c.server.max_request_body.get() == 0 {
         p.add("server.max_request_body", "must be greater than zero");
     }
+}
 
+/// `[tls]`: the certificate files exist (or the development certificate has hosts).
+fn check_tls(c: &Config, p: &mut Problems) {
     if c.tls.generate_dev_cert && c.tls.dev_hosts.is_empty() {
         p.add(
             "tls.dev_hosts",
@@ -42,7 +63,10 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             }
         }
     }
+}
 
+/// `[quic]`: windows QUIC can carry, stream counts HTTP/3 needs, timeouts and caps.
+fn check_quic(c: &Config, p: &mut Problems) {
     let q = &c.quic;
     for (path, v) in [
         ("quic.stream_receive_window", q.stream_receive_window.get()),
@@ -93,7 +117,10 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     if q.max_field_section_size.get() < 1024 {
         p.add("quic.max_field_section_size", "must be at least 1KB");
     }
+}
 
+/// `[http]`: header limits, timeouts and connection caps.
+fn check_http(c: &Config, p: &mut Problems) {
     if c.http.max_header_bytes.get() < 1024 {
         p.add("http.max_header_bytes", "must be at least 1KB");
     }
@@ -117,7 +144,10 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             "max_connections and max_connections_per_ip must be at least 1",
         );
     }
+}
 
+/// `server.listen` and `[admin]`: addresses, and the token off loopback.
+fn check_listeners(c: &Config, p: &mut Problems) {
     if c.server.listen.is_empty() {
         p.add("server.listen", "needs at least one address");
     }
@@ -144,10 +174,17 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     if !c.admin.token.is_empty() && c.admin.token.expose().len() < 16 {
         p.add("admin.token", "must be at least 16 characters");
     }
+}
+
+/// `[log] level` is a valid filter.
+fn check_log(c: &Config, p: &mut Problems) {
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log.level) {
         p.add("log.level", format!("not a valid level or filter: {e}"));
     }
+}
 
+/// `[[providers]]`: unique names, then each one.
+fn check_providers(c: &Config, p: &mut Problems) {
     let mut names = HashSet::new();
     for (i, provider) in c.providers.iter().enumerate() {
         let at = |k: &str| format!("providers[{i}].{k}");
@@ -159,66 +196,87 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
                 format!("duplicate provider name {:?}", provider.name),
             );
         }
-        if provider.kind != ProviderKind::Mock {
-            match reqwest::Url::parse(provider.base_url()) {
-                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-                Ok(_) => p.add(at("base_url"), "must be an http:// or https:// URL"),
-                Err(e) => p.add(at("base_url"), format!("not a valid URL: {e}")),
-            }
-        }
-        for (name, value) in &provider.headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-                || http::HeaderValue::from_str(value.expose()).is_err()
-            {
-                p.add(
-                    at(&format!("headers.{name}")),
-                    "is not a valid header name and value",
-                );
-            }
-        }
-        if provider.default_max_tokens == 0 {
-            p.add(at("default_max_tokens"), "must be at least 1");
-        }
-        let b = &provider.breaker;
-        if b.consecutive_failures == 0 {
-            p.add(at("breaker.consecutive_failures"), "must be at least 1");
-        }
-        if !(b.error_ratio > 0.0 && b.error_ratio <= 1.0) {
-            p.add(at("breaker.error_ratio"), "must be in (0, 1]");
-        }
-        if b.window.is_zero() || b.cooldown.is_zero() {
-            p.add(
-                at("breaker"),
-                "window and cooldown must be greater than zero",
-            );
-        }
-        if let Some(h) = &provider.health_check {
-            if h.interval.is_zero() || h.timeout.is_zero() || h.timeout > h.interval {
-                p.add(
-                    at("health_check"),
-                    "needs interval > 0 and 0 < timeout <= interval",
-                );
-            }
-            if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
-                p.add(at("health_check"), "thresholds must be at least 1");
-            }
-            if !h.path.starts_with('/') {
-                p.add(at("health_check.path"), "must start with /");
-            }
-        }
-        let t = &provider.timeouts;
-        for (k, d) in [
-            ("timeouts.connect", t.connect),
-            ("timeouts.first_byte", t.first_byte),
-            ("timeouts.idle", t.idle),
-            ("timeouts.total", t.total),
-        ] {
-            if d.is_zero() {
-                p.add(at(k), "must be greater than zero");
-            }
+        check_provider_endpoint(provider, &at, p);
+        check_provider_failures(provider, &at, p);
+    }
+}
+
+/// A provider's upstream: its URL, extra headers and default `max_tokens`.
+fn check_provider_endpoint(
+    provider: &ProviderConfig,
+    at: &dyn Fn(&str) -> String,
+    p: &mut Problems,
+) {
+    if provider.kind != ProviderKind::Mock {
+        match reqwest::Url::parse(provider.base_url()) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(_) => p.add(at("base_url"), "must be an http:// or https:// URL"),
+            Err(e) => p.add(at("base_url"), format!("not a valid URL: {e}")),
         }
     }
+    for (name, value) in &provider.headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(value.expose()).is_err()
+        {
+            p.add(
+                at(&format!("headers.{name}")),
+                "is not a valid header name and value",
+            );
+        }
+    }
+    if provider.default_max_tokens == 0 {
+        p.add(at("default_max_tokens"), "must be at least 1");
+    }
+}
 
+/// A provider's failure handling: breaker, health check and timeouts.
+fn check_provider_failures(
+    provider: &ProviderConfig,
+    at: &dyn Fn(&str) -> String,
+    p: &mut Problems,
+) {
+    let b = &provider.breaker;
+    if b.consecutive_failures == 0 {
+        p.add(at("breaker.consecutive_failures"), "must be at least 1");
+    }
+    if !(b.error_ratio > 0.0 && b.error_ratio <= 1.0) {
+        p.add(at("breaker.error_ratio"), "must be in (0, 1]");
+    }
+    if b.window.is_zero() || b.cooldown.is_zero() {
+        p.add(
+            at("breaker"),
+            "window and cooldown must be greater than zero",
+        );
+    }
+    if let Some(h) = &provider.health_check {
+        if h.interval.is_zero() || h.timeout.is_zero() || h.timeout > h.interval {
+            p.add(
+                at("health_check"),
+                "needs interval > 0 and 0 < timeout <= interval",
+            );
+        }
+        if h.unhealthy_threshold == 0 || h.healthy_threshold == 0 {
+            p.add(at("health_check"), "thresholds must be at least 1");
+        }
+        if !h.path.starts_with('/') {
+            p.add(at("health_check.path"), "must start with /");
+        }
+    }
+    let t = &provider.timeouts;
+    for (k, d) in [
+        ("timeouts.connect", t.connect),
+        ("timeouts.first_byte", t.first_byte),
+        ("timeouts.idle", t.idle),
+        ("timeouts.total", t.total),
+    ] {
+        if d.is_zero() {
+            p.add(at(k), "must be greater than zero");
+        }
+    }
+}
+
+/// `[auth]`: the keys file when keys are required.
+fn check_auth(c: &Config, p: &mut Problems) {
     if c.auth.required && c.auth.keys_file.is_none() {
         p.add(
             "auth.keys_file",
@@ -236,9 +294,17 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             );
         }
     }
+}
+
+/// `server.request_timeout`.
+fn check_request_timeout(c: &Config, p: &mut Problems) {
     if c.server.request_timeout.is_zero() {
         p.add("server.request_timeout", "must be greater than zero");
     }
+}
+
+/// `[cors]`: origins, and no `*` with credentials.
+fn check_cors(c: &Config, p: &mut Problems) {
     let cors = &c.cors;
     if cors.allow_credentials && cors.allowed_origins.iter().any(|o| o == "*") {
         p.add(
@@ -254,6 +320,10 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             );
         }
     }
+}
+
+/// `[abuse]` and `[rate_limit]`: thresholds that can trigger.
+fn check_abuse(c: &Config, p: &mut Problems) {
     if c.abuse.enabled
         && (c.abuse.max_failures == 0 || c.abuse.window.is_zero() || c.abuse.deny_for.is_zero())
     {
@@ -268,6 +338,10 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             "must be at least 1 when per_ip_rpm is set",
         );
     }
+}
+
+/// `[retry]` and `[admission]`: attempts, backoff and the queue.
+fn check_retry(c: &Config, p: &mut Problems) {
     let r = &c.retry;
     if r.max_attempts == 0 {
         p.add("retry.max_attempts", "must be at least 1");
@@ -285,7 +359,10 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     if a.max_wait.is_zero() {
         p.add("admission.max_wait", "must be greater than zero");
     }
+}
 
+/// `[[routes]]`: unique models, and targets naming known providers.
+fn check_routes(c: &Config, p: &mut Problems) {
     if c.routes.is_empty() {
         p.add("routes", "at least one [[routes]] entry is required");
     }
@@ -332,7 +409,6 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
             );
         }
     }
-    p.0
 }
 
 #[derive(Default)]

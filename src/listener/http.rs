@@ -35,11 +35,12 @@ mod stall;
 use stall::{StreamExecutor, StreamProgress, WriteTimeout};
 
 use super::caps::ConnCounts;
-use crate::state::SharedState;
+use crate::config::HttpConfig;
 use crate::exchange::{self, Body, BodyError, GatewayRequest, Protocol, Response};
 use crate::metrics;
 use crate::pipeline;
 use crate::shutdown::Shutdown;
+use crate::state::{SharedState, State};
 
 /// How long a connection closed for idleness may take to say goodbye
 /// (HTTP/2 GOAWAY) before it is dropped.
@@ -116,22 +117,8 @@ impl HttpListener {
         };
         // Everything up to the first request's headers shares one deadline.
         let first_request_by = Instant::now() + config.header_read_timeout.get();
-        let handshake = TlsAcceptor::from(self.tls.clone()).accept(tcp);
-        let tls = tokio::select! {
-            _ = self.shutdown.draining() => return,
-            r = tokio::time::timeout_at(first_request_by, handshake) => match r {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    metrics::tcp::handshake_failed();
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    metrics::tcp::handshake_failed();
-                    tracing::debug!("TLS handshake timed out");
-                    return;
-                }
-            },
+        let Some(tls) = self.tls_handshake(tcp, first_request_by).await else {
+            return;
         };
 
         let activity = Arc::new(Activity::default());
@@ -145,37 +132,7 @@ impl HttpListener {
             let alt_svc = alt_svc.clone();
             let span = span.clone();
             async move {
-                let protocol = if req.version() == http::Version::HTTP_2 {
-                    Protocol::Http2
-                } else {
-                    Protocol::Http1
-                };
-                let (parts, body) = req.into_parts();
-                let head = parts.method == http::Method::HEAD;
-                let body = if refuse_before_continue(&parts.headers, &state.config) {
-                    // Never polled, so hyper never invites the body with
-                    // `100 Continue`; the pipeline refuses on the length.
-                    exchange::empty()
-                } else {
-                    body.map_err(|e| -> BodyError { Box::new(e) })
-                        .boxed_unsync()
-                };
-                let request = GatewayRequest {
-                    method: parts.method,
-                    uri: parts.uri,
-                    headers: parts.headers,
-                    body,
-                    protocol,
-                    peer,
-                    handshake: None,
-                };
-                let mut resp = pipeline::handle(&state, request).instrument(span).await;
-                if let Some(v) = alt_svc {
-                    resp.headers_mut().insert(http::header::ALT_SVC, v);
-                }
-                if head {
-                    resp = without_body(resp);
-                }
+                let resp = handle_request(&state, req, peer, alt_svc, span).await;
                 Ok::<_, Infallible>(resp.map(|body| InProgress {
                     body,
                     _guard: in_progress,
@@ -183,24 +140,7 @@ impl HttpListener {
             }
         });
 
-        let mut builder = auto::Builder::new(StreamExecutor {
-            tracker: self.shutdown.tracker().clone(),
-            write_timeout: config.write_timeout.get(),
-        });
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout.get())
-            .max_buf_size(config.max_header_bytes.as_usize().max(8192))
-            .keep_alive(config.keep_alive);
-        let ping = config.keep_alive_interval.get();
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(config.max_header_bytes.get()).unwrap_or(u32::MAX))
-            .keep_alive_interval((!ping.is_zero()).then_some(ping))
-            .keep_alive_timeout(ping);
+        let builder = self.builder(&config);
         let io = TokioIo::new(WriteTimeout::new(tls, config.write_timeout.get()));
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
@@ -235,6 +175,98 @@ impl HttpListener {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     }
+
+    /// The TLS handshake, bounded by the first-request deadline; `None`
+    /// when it fails, times out or the drain starts first.
+    async fn tls_handshake(
+        &self,
+        tcp: TcpStream,
+        first_request_by: Instant,
+    ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+        let handshake = TlsAcceptor::from(self.tls.clone()).accept(tcp);
+        tokio::select! {
+            _ = self.shutdown.draining() => None,
+            r = tokio::time::timeout_at(first_request_by, handshake) => match r {
+                Ok(Ok(tls)) => Some(tls),
+                Ok(Err(e)) => {
+                    metrics::tcp::handshake_failed();
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    metrics::tcp::handshake_failed();
+                    tracing::debug!("TLS handshake timed out");
+                    None
+                }
+            },
+        }
+    }
+
+    /// hyper's HTTP/1.1 and HTTP/2 settings from `[http]`.
+    fn builder(&self, config: &HttpConfig) -> auto::Builder<StreamExecutor> {
+        let mut builder = auto::Builder::new(StreamExecutor {
+            tracker: self.shutdown.tracker().clone(),
+            write_timeout: config.write_timeout.get(),
+        });
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout.get())
+            .max_buf_size(config.max_header_bytes.as_usize().max(8192))
+            .keep_alive(config.keep_alive);
+        let ping = config.keep_alive_interval.get();
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(config.max_header_bytes.get()).unwrap_or(u32::MAX))
+            .keep_alive_interval((!ping.is_zero()).then_some(ping))
+            .keep_alive_timeout(ping);
+        builder
+    }
+}
+
+/// One hyper request through the pipeline, and its response with `Alt-Svc`
+/// (and without a body for HEAD).
+async fn handle_request(
+    state: &State,
+    req: hyper::Request<Incoming>,
+    peer: SocketAddr,
+    alt_svc: Option<HeaderValue>,
+    span: tracing::Span,
+) -> Response {
+    let protocol = if req.version() == http::Version::HTTP_2 {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let (parts, body) = req.into_parts();
+    let head = parts.method == http::Method::HEAD;
+    let body = if refuse_before_continue(&parts.headers, &state.config) {
+        // Never polled, so hyper never invites the body with
+        // `100 Continue`; the pipeline refuses on the length.
+        exchange::empty()
+    } else {
+        body.map_err(|e| -> BodyError { Box::new(e) })
+            .boxed_unsync()
+    };
+    let request = GatewayRequest {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+        protocol,
+        peer,
+        handshake: None,
+    };
+    let mut resp = pipeline::handle(state, request).instrument(span).await;
+    if let Some(v) = alt_svc {
+        resp.headers_mut().insert(http::header::ALT_SVC, v);
+    }
+    if head {
+        resp = without_body(resp);
+    }
+    resp
 }
 
 /// Whether a request asks to be invited to send a body (`Expect:

@@ -14,10 +14,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::caps::ConnCounts;
-use crate::state::SharedState;
 use crate::config::{AddressValidation, Congestion, QuicConfig};
 use crate::metrics;
 use crate::shutdown::Shutdown;
+use crate::state::SharedState;
 
 mod endpoints;
 mod request;
@@ -253,13 +253,6 @@ impl QuicListener {
         accepted: Option<(quinn::ZeroRttAccepted, Option<PendingHandshake>)>,
         handshake_timeout: std::time::Duration,
     ) {
-        // With 0-RTT the handshake finishes while requests are served:
-        // track it, and bound it. It counts as pending until then.
-        let (accepted, mut pending) = match accepted {
-            Some((a, p)) => (Some(Box::pin(a)), p),
-            None => (None, None),
-        };
-        let mut accepted = accepted;
         let handshake_deadline = tokio::time::Instant::now() + handshake_timeout;
         let (max_field_section_size, header_timeout, write_timeout) = {
             let state = self.state.load();
@@ -270,19 +263,47 @@ impl QuicListener {
             )
         };
         let stops = Arc::new(Stops::default());
-        let mut h3: H3Conn = match h3::server::builder()
-            .max_field_section_size(max_field_section_size)
-            .build(streams::Connection::new(conn.clone(), stops.clone()))
-            .await
-        {
-            Ok(h3) => h3,
-            Err(e) => {
-                tracing::debug!(error = %e, "HTTP/3 setup failed");
-                return;
-            }
+        let Some(mut h3) = h3_connection(&conn, &stops, max_field_section_size).await else {
+            return;
         };
-
+        let new_stream = || StreamCtx {
+            state: self.state.clone(),
+            peer,
+            handshake: handshake.clone(),
+            conn: conn.clone(),
+            stops: stops.clone(),
+            header_timeout,
+            write_timeout,
+        };
         let requests = TaskTracker::new();
+        let early = accepted.map(|(accepted, pending)| EarlyHandshake {
+            accepted,
+            pending,
+            deadline: handshake_deadline,
+        });
+        let draining = self
+            .accept_requests(&mut h3, &requests, &handshake, early, new_stream)
+            .await;
+        self.close(&conn, &requests, draining).await;
+    }
+
+    /// Spawns a task per request until the connection ends, the drain's
+    /// GOAWAY has let its requests finish, or the shutdown is forced. With
+    /// 0-RTT (`early`) the handshake finishes while requests are served:
+    /// it is tracked, and bounded by its deadline; it counts as pending
+    /// until then. Returns whether the drain started.
+    async fn accept_requests(
+        &self,
+        h3: &mut H3Conn,
+        requests: &TaskTracker,
+        handshake: &QuicHandshake,
+        early: Option<EarlyHandshake>,
+        new_stream: impl Fn() -> StreamCtx,
+    ) -> bool {
+        let (mut accepted, mut pending, handshake_deadline) = match early {
+            Some(e) => (Some(Box::pin(e.accepted)), e.pending, e.deadline),
+            None => (None, None, tokio::time::Instant::now()),
+        };
         let mut draining = false;
         loop {
             tokio::select! {
@@ -306,16 +327,7 @@ impl QuicListener {
                 }
                 incoming = h3.accept() => match incoming {
                     Ok(Some(resolver)) => {
-                        let stream = StreamCtx {
-                            state: self.state.clone(),
-                            peer,
-                            handshake: handshake.clone(),
-                            conn: conn.clone(),
-                            stops: stops.clone(),
-                            header_timeout,
-                            write_timeout,
-                        };
-                        requests.spawn(request(resolver, stream).in_current_span());
+                        requests.spawn(request(resolver, new_stream()).in_current_span());
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -328,6 +340,12 @@ impl QuicListener {
             }
         }
         drop(pending);
+        draining
+    }
+
+    /// Waits for the connection's requests to finish, then closes it with
+    /// H3_NO_ERROR (after a short linger when draining).
+    async fn close(&self, conn: &quinn::Connection, requests: &TaskTracker, draining: bool) {
         requests.close();
         tokio::select! {
             _ = requests.wait() => {}
@@ -345,6 +363,33 @@ impl QuicListener {
             }
         }
         conn.close(VarInt::from_u32(H3_NO_ERROR), b"");
+    }
+}
+
+/// A 0-RTT connection's unfinished handshake: what says when it completes,
+/// its count as a pending handshake, and its deadline.
+struct EarlyHandshake {
+    accepted: quinn::ZeroRttAccepted,
+    pending: Option<PendingHandshake>,
+    deadline: tokio::time::Instant,
+}
+
+/// The h3 server side of a QUIC connection; `None` when its setup fails.
+async fn h3_connection(
+    conn: &quinn::Connection,
+    stops: &Arc<Stops>,
+    max_field_section_size: u64,
+) -> Option<H3Conn> {
+    match h3::server::builder()
+        .max_field_section_size(max_field_section_size)
+        .build(streams::Connection::new(conn.clone(), stops.clone()))
+        .await
+    {
+        Ok(h3) => Some(h3),
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/3 setup failed");
+            None
+        }
     }
 }
 

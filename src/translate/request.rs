@@ -71,14 +71,26 @@ pub fn chat_to_messages(body: &[u8], opts: &Options) -> Result<Value> {
 /// [`chat_to_messages`] as the body to send, with `model` (when given)
 /// instead of the client's.
 pub fn chat_to_messages_body(body: &[u8], opts: &Options, model: Option<&str>) -> Result<Vec<u8>> {
-    const API: &str = "Anthropic Messages";
     let top = body::top_level(body)?;
     let mut out = output_for(body);
+    write_anthropic_messages(body, &top, opts, &mut out)?;
+    let params = anthropic_params(top.params, opts)?;
+    Ok(finish(out, params, model))
+}
+
+/// Writes `{"messages":[…]` (and `"system":[…]` when there is any) to
+/// `out`, a message at a time.
+fn write_anthropic_messages(
+    body: &[u8],
+    top: &body::Top,
+    opts: &Options,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     out.extend_from_slice(b"{\"messages\":[");
     let mut system = Vec::new();
     let mut open: Option<&'static str> = None;
     let mut blocks_in_open = 0usize;
-    body::for_each_message(body, &top, &mut |i, m| {
+    body::for_each_message(body, top, &mut |i, m| {
         let (role, blocks) = chat_message(m, i, opts)?;
         let Some(role) = role else {
             for b in blocks {
@@ -104,7 +116,7 @@ pub fn chat_to_messages_body(body: &[u8], opts: &Options, model: Option<&str>) -
             if blocks_in_open > 0 {
                 out.push(b',');
             }
-            write(&mut out, &b);
+            write(out, &b);
             blocks_in_open += 1;
         }
         Ok(())
@@ -118,12 +130,17 @@ pub fn chat_to_messages_body(body: &[u8], opts: &Options, model: Option<&str>) -
         out.extend_from_slice(&system);
         out.push(b']');
     }
-    drop(system);
+    Ok(())
+}
+
+/// The OpenAI parameters other than `messages` as Anthropic's.
+fn anthropic_params(chat: Map<String, Value>, opts: &Options) -> Result<Map<String, Value>> {
+    const API: &str = "Anthropic Messages";
     let mut params = Map::new();
     let mut max_tokens: Option<Value> = None;
     let mut parallel_tool_calls: Option<bool> = None;
     let mut tool_choice: Option<Value> = None;
-    for (key, value) in top.params {
+    for (key, value) in chat {
         if value.is_null() {
             continue;
         }
@@ -162,6 +179,18 @@ pub fn chat_to_messages_body(body: &[u8], opts: &Options, model: Option<&str>) -
         "max_tokens".into(),
         max_tokens.unwrap_or_else(|| json!(opts.default_max_tokens)),
     );
+    if let Some(choice) = anthropic_tool_choice(tool_choice, parallel_tool_calls)? {
+        params.insert("tool_choice".into(), choice);
+    }
+    Ok(params)
+}
+
+/// OpenAI's `tool_choice` and `parallel_tool_calls` as Anthropic's
+/// `tool_choice` (`None`: leave it out).
+fn anthropic_tool_choice(
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+) -> Result<Option<Value>> {
     let choice = match tool_choice {
         None => None,
         Some(Value::String(s)) => match s.as_str() {
@@ -175,23 +204,14 @@ pub fn chat_to_messages_body(body: &[u8], opts: &Options, model: Option<&str>) -
             None => return Err(invalid("`tool_choice` must name a function")),
         },
     };
-    match (choice, parallel_tool_calls) {
+    Ok(match (choice, parallel_tool_calls) {
         (Some(mut c), Some(false)) => {
             c["disable_parallel_tool_use"] = json!(true);
-            params.insert("tool_choice".into(), c);
+            Some(c)
         }
-        (None, Some(false)) => {
-            params.insert(
-                "tool_choice".into(),
-                json!({"type": "auto", "disable_parallel_tool_use": true}),
-            );
-        }
-        (Some(c), _) => {
-            params.insert("tool_choice".into(), c);
-        }
-        (None, _) => {}
-    }
-    Ok(finish(out, params, model))
+        (None, Some(false)) => Some(json!({"type": "auto", "disable_parallel_tool_use": true})),
+        (c, _) => c,
+    })
 }
 
 fn chat_tools(tools: Value, opts: &Options) -> Result<Vec<Value>> {
@@ -358,32 +378,50 @@ pub fn messages_to_chat(body: &[u8], opts: &Options) -> Result<Value> {
 /// [`messages_to_chat`] as the body to send, with `model` (when given)
 /// instead of the client's.
 pub fn messages_to_chat_body(body: &[u8], opts: &Options, model: Option<&str>) -> Result<Vec<u8>> {
-    const API: &str = "OpenAI Chat Completions";
     let mut top = body::top_level(body)?;
     let mut out = output_for(body);
+    write_chat_messages(body, &mut top, opts, &mut out)?;
+    let params = chat_params(top.params, opts)?;
+    Ok(finish(out, params, model))
+}
+
+/// Writes `{"messages":[…]` to `out`, a message at a time, starting with
+/// the `system` parameter (taken out of `top`) as a system message.
+fn write_chat_messages(
+    body: &[u8],
+    top: &mut body::Top,
+    opts: &Options,
+    out: &mut Vec<u8>,
+) -> Result<()> {
     out.extend_from_slice(b"{\"messages\":[");
     let mut first = true;
     if let Some(system) = top.params.remove("system").filter(|s| !s.is_null()) {
         let text = joined_text(&system, "system")?;
-        write(&mut out, &json!({"role": "system", "content": text}));
+        write(out, &json!({"role": "system", "content": text}));
         first = false;
     }
     let mut chat = Vec::new();
-    body::for_each_message(body, &top, &mut |i, m| {
+    body::for_each_message(body, top, &mut |i, m| {
         anthropic_message(m, i, opts, &mut chat)?;
         for v in chat.drain(..) {
             if !first {
                 out.push(b',');
             }
-            write(&mut out, &v);
+            write(out, &v);
             first = false;
         }
         Ok(())
     })?;
     out.push(b']');
+    Ok(())
+}
+
+/// The Anthropic parameters other than `messages` and `system` as OpenAI's.
+fn chat_params(anthropic: Map<String, Value>, opts: &Options) -> Result<Map<String, Value>> {
+    const API: &str = "OpenAI Chat Completions";
     let mut params = Map::new();
     let mut disable_parallel = false;
-    for (key, value) in top.params {
+    for (key, value) in anthropic {
         if value.is_null() {
             continue;
         }
@@ -406,40 +444,11 @@ pub fn messages_to_chat_body(body: &[u8], opts: &Options, model: Option<&str>) -
                 }
             }
             "tools" => {
-                let Value::Array(tools) = value else {
-                    return Err(invalid("`tools` must be an array"));
-                };
-                let mut list = Vec::with_capacity(tools.len());
-                for t in tools {
-                    // Custom tools have no type (or "custom"); others are
-                    // Anthropic-hosted tools OpenAI cannot run.
-                    if !matches!(t.get("type").and_then(Value::as_str), None | Some("custom")) {
-                        unsupported("tools[].type", API, opts)?;
-                        continue;
-                    }
-                    let mut f = json!({
-                        "name": t["name"],
-                        "parameters": t["input_schema"],
-                    });
-                    if let Some(d) = t["description"].as_str() {
-                        f["description"] = json!(d);
-                    }
-                    list.push(json!({"type": "function", "function": f}));
-                }
-                params.insert("tools".into(), Value::Array(list));
+                params.insert("tools".into(), Value::Array(anthropic_tools(value, opts)?));
             }
             "tool_choice" => {
                 disable_parallel = value["disable_parallel_tool_use"] == json!(true);
-                let choice = match value["type"].as_str() {
-                    Some("auto") => json!("auto"),
-                    Some("any") => json!("required"),
-                    Some("none") => json!("none"),
-                    Some("tool") => {
-                        json!({"type": "function", "function": {"name": value["name"]}})
-                    }
-                    _ => return Err(invalid("unknown `tool_choice.type`")),
-                };
-                params.insert("tool_choice".into(), choice);
+                params.insert("tool_choice".into(), chat_tool_choice(&value)?);
             }
             _ => unsupported(&key, API, opts)?,
         }
@@ -447,7 +456,43 @@ pub fn messages_to_chat_body(body: &[u8], opts: &Options, model: Option<&str>) -
     if disable_parallel {
         params.insert("parallel_tool_calls".into(), json!(false));
     }
-    Ok(finish(out, params, model))
+    Ok(params)
+}
+
+/// Anthropic `tools` as OpenAI function tools.
+fn anthropic_tools(tools: Value, opts: &Options) -> Result<Vec<Value>> {
+    let Value::Array(tools) = tools else {
+        return Err(invalid("`tools` must be an array"));
+    };
+    let mut list = Vec::with_capacity(tools.len());
+    for t in tools {
+        // Custom tools have no type (or "custom"); others are
+        // Anthropic-hosted tools OpenAI cannot run.
+        if !matches!(t.get("type").and_then(Value::as_str), None | Some("custom")) {
+            unsupported("tools[].type", "OpenAI Chat Completions", opts)?;
+            continue;
+        }
+        let mut f = json!({
+            "name": t["name"],
+            "parameters": t["input_schema"],
+        });
+        if let Some(d) = t["description"].as_str() {
+            f["description"] = json!(d);
+        }
+        list.push(json!({"type": "function", "function": f}));
+    }
+    Ok(list)
+}
+
+/// Anthropic's `tool_choice` as OpenAI's.
+fn chat_tool_choice(choice: &Value) -> Result<Value> {
+    Ok(match choice["type"].as_str() {
+        Some("auto") => json!("auto"),
+        Some("any") => json!("required"),
+        Some("none") => json!("none"),
+        Some("tool") => json!({"type": "function", "function": {"name": choice["name"]}}),
+        _ => return Err(invalid("unknown `tool_choice.type`")),
+    })
 }
 
 /// The text of a string or of text blocks, joined.
