@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 
 use crate::shutdown::Shutdown;
 
-/// One audit event.
+/// One audit log entry: a security event.
 #[derive(Debug, Serialize)]
-pub struct Event<'a> {
+pub struct Entry<'a> {
     pub action: &'a str,
     /// Who: `admin-api`, `cli`, `signal`, or the obfuscated key id.
     pub actor: &'a str,
@@ -28,7 +28,7 @@ pub struct Event<'a> {
     pub details: serde_json::Value,
 }
 
-impl Event<'_> {
+impl Entry<'_> {
     fn line(&self) -> String {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
@@ -79,7 +79,7 @@ impl Audit {
 
     /// Queues an event; if the writer is far behind, the event is dropped
     /// and counted rather than slowing the request.
-    pub fn record(&self, event: Event<'_>) {
+    pub fn record(&self, event: Entry<'_>) {
         if let Some(tx) = &self.tx {
             if tx.try_send(event.line()).is_err() {
                 crate::metrics::AUDIT_DROPPED.get().increment(1);
@@ -89,7 +89,7 @@ impl Audit {
 }
 
 /// Appends one event directly (for the CLI).
-pub fn append_now(file: &Path, event: Event<'_>) {
+pub fn append_now(file: &Path, event: Entry<'_>) {
     append(&file.to_path_buf(), &event.line());
 }
 

@@ -139,7 +139,7 @@ pub enum Congestion {
 }
 
 /// `[quic]`: the HTTP/3 endpoint and its transport tuning.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct QuicConfig {
     /// Serve HTTP/3 on UDP. Default true.
@@ -486,9 +486,6 @@ pub struct MockConfig {
     pub tokens_per_second: u32,
     /// Tokens in an answer when the request sets no `max_tokens`. Default 16.
     pub completion_tokens: u32,
-    /// Chaos hook for checking containment: a request for this model makes
-    /// the mock panic inside the pipeline. Unset by default.
-    pub panic_on_model: Option<String>,
 }
 
 impl Default for MockConfig {
@@ -497,7 +494,6 @@ impl Default for MockConfig {
             first_token_latency: Duration::secs(0),
             tokens_per_second: 0,
             completion_tokens: 16,
-            panic_on_model: None,
         }
     }
 }

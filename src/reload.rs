@@ -11,9 +11,9 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError, Problem};
 use crate::listener::quic;
-use crate::state::SharedState;
 use crate::metrics;
 use crate::shutdown::Shutdown;
+use crate::state::SharedState;
 use crate::state::{BuildError, State};
 use crate::tls::{self, CertStore, TlsError};
 
@@ -43,7 +43,7 @@ impl ReloadError {
 }
 
 /// A configuration that passed every check, ready to be swapped in.
-pub struct Prepared {
+pub struct Candidate {
     pub state: State,
     /// `None` when the development certificate is still to be generated.
     pub cert: Option<tls::CertSet>,
@@ -52,7 +52,7 @@ pub struct Prepared {
 /// Loads and checks everything a configuration file implies. `generate`
 /// allows creating the development certificate (serving); `check` does not
 /// write files.
-pub fn prepare(path: &Path, generate: bool) -> Result<Prepared, ReloadError> {
+pub fn prepare(path: &Path, generate: bool) -> Result<Candidate, ReloadError> {
     let config = Config::load(path)?;
     let pending_dev_cert =
         config.tls.generate_dev_cert && !config.tls.cert.exists() && !config.tls.key.exists();
@@ -66,7 +66,7 @@ pub fn prepare(path: &Path, generate: bool) -> Result<Prepared, ReloadError> {
         quic::transport_config(&config.quic)?;
     }
     let state = State::build(config)?;
-    Ok(Prepared { state, cert })
+    Ok(Candidate { state, cert })
 }
 
 /// What a successful reload did.
@@ -110,16 +110,16 @@ impl Reloader {
         let _one_at_a_time = self.lock.lock().await;
         let before = self.state.load_full();
         let path = self.path.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&path, true))
+        let candidate = tokio::task::spawn_blocking(move || prepare(&path, true))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        let result = prepared.and_then(|p| self.apply(p));
+        let result = candidate.and_then(|c| self.apply(c));
         let problems: Vec<String> = match &result {
             Ok(_) => Vec::new(),
             Err(e) => e.problems().iter().map(|p| p.to_string()).collect(),
         };
         // Recorded in the audit log of the configuration that was running.
-        before.audit().record(crate::audit::Event {
+        before.audit().record(crate::audit::Entry {
             action: "config_reload",
             actor: "operator",
             result: if result.is_ok() { "ok" } else { "rejected" },
@@ -145,11 +145,11 @@ impl Reloader {
         result
     }
 
-    fn apply(&self, prepared: Prepared) -> Result<ReloadReport, ReloadError> {
+    fn apply(&self, candidate: Candidate) -> Result<ReloadReport, ReloadError> {
         let old = self.state.load_full();
-        let new = prepared.state.config.clone();
+        let new = candidate.state.config.clone();
         let restart_required = restart_required(&old.config, &new);
-        if let Some(certs) = prepared.cert {
+        if let Some(certs) = candidate.cert {
             self.certs.replace(certs);
         }
         if !self.endpoints.is_empty() && transport_changed(&old.config, &new) {
@@ -159,7 +159,7 @@ impl Reloader {
             let tls = tls::quic_server_config(self.certs.clone(), &new.quic)?;
             self.endpoints.reconfigure(&new.quic, tls)?;
         }
-        let mut state = prepared.state;
+        let mut state = candidate.state;
         state.inherit(&old);
         state.start_tasks(&self.shutdown);
         // The old state (and its health checks) goes when its last request ends.
@@ -169,8 +169,7 @@ impl Reloader {
 }
 
 fn transport_changed(old: &Config, new: &Config) -> bool {
-    let (o, n) = (&old.quic, &new.quic);
-    format!("{o:?}") != format!("{n:?}")
+    old.quic != new.quic
 }
 
 /// Settings a running process cannot change, by TOML path.

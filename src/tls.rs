@@ -47,14 +47,6 @@ pub struct CertSet {
 }
 
 impl CertSet {
-    /// One certificate for every name.
-    pub fn single(key: CertifiedKey) -> CertSet {
-        CertSet {
-            default: Arc::new(key),
-            by_name: Vec::new(),
-        }
-    }
-
     /// The certificate for `sni`: an exact name, then a wildcard covering
     /// it (one label), else the default.
     pub fn select(&self, sni: Option<&str>) -> Arc<CertifiedKey> {

@@ -84,6 +84,32 @@ targets = ["up", "missing"]
     }
 }
 
+/// The mock's test-only panic is armed from the test harness, never from a
+/// configuration: the schema has no key for it.
+#[test]
+fn no_configuration_key_arms_the_mock_panic() {
+    let text = r#"
+[tls]
+generate_dev_cert = true
+
+[[providers]]
+name = "mock"
+kind = "mock"
+mock = { panic_on_model = "mock-boom" }
+
+[[routes]]
+model = "*"
+targets = ["mock"]
+"#;
+    let found = problems(text);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.starts_with("providers[0].mock.panic_on_model: unknown key")),
+        "{found:#?}"
+    );
+}
+
 #[test]
 fn semantic_problems_are_all_reported() {
     let text = r#"

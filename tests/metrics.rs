@@ -308,12 +308,10 @@ fn described_families(text: &str) -> std::collections::BTreeSet<String> {
 async fn every_exported_family_is_described() {
     captured_logs(); // first: this binary's log subscriber is the capturing one
     let mut keys = Vec::new();
+    let boom = common::armed_panic_model();
     let gw = Gateway::start_with(|c| {
         c.auth.required = true;
         c.abuse.max_failures = 2;
-        for pc in &mut c.providers {
-            pc.mock.panic_on_model = Some("mock-boom".into());
-        }
         let path = c.auth.keys_file.clone().unwrap();
         let limited = NewKey {
             name: "limited".into(),
@@ -356,7 +354,7 @@ async fn every_exported_family_is_described() {
     assert_eq!(as_key(&all, "gpt-ok", false).await, 200);
     assert_eq!(as_key(&all, "gpt-ok", true).await, 200);
     assert_eq!(as_key(&all, "failover", false).await, 200);
-    assert_eq!(as_key(&all, "mock-boom", false).await, 500, "a panic");
+    assert_eq!(as_key(&all, boom, false).await, 500, "a panic");
     assert_eq!(
         as_key(&limited, "mock-1", false).await,
         403,

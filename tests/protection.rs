@@ -554,16 +554,10 @@ async fn oversized_header_is_431(p: Proto) {
 }
 
 async fn panic_is_contained(p: Proto) {
-    let gw = Gateway::start_with(|c| {
-        for pc in &mut c.providers {
-            pc.mock.panic_on_model = Some("mock-boom".into());
-        }
-    })
-    .await;
+    let boom = common::armed_panic_model();
+    let gw = Gateway::start().await;
     let c = gw.client(p).await;
-    let r = c
-        .post_json("/v1/chat/completions", chat("mock-boom", false))
-        .await;
+    let r = c.post_json("/v1/chat/completions", chat(boom, false)).await;
     assert_eq!(r.status, 500);
     assert_eq!(r.json().await["error"]["code"], "internal_error");
     let after = c

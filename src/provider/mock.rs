@@ -9,6 +9,7 @@
 
 mod anthropic;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -21,6 +22,22 @@ use super::{Common, Endpoint, Prepared, UpstreamError, UpstreamResponse};
 use crate::config::{MockConfig, ProviderConfig};
 use crate::exchange::{full, BodyError};
 use crate::sse;
+
+/// Test support only, for checking that a panic inside the pipeline is
+/// contained (a 500, and the gateway keeps serving). A request for this
+/// model makes the mock panic, but only while [`PANIC_SWITCH`] is on.
+#[doc(hidden)]
+pub const PANIC_MODEL: &str = "mock-test-only-panic";
+
+/// Test support only: arms [`PANIC_MODEL`]. Off unless a test harness
+/// linking the library sets it; no configuration key or request can turn
+/// it on, so a production gateway never honours the reserved model name.
+#[doc(hidden)]
+pub static PANIC_SWITCH: AtomicBool = AtomicBool::new(false);
+
+fn test_panic_requested(model: &str) -> bool {
+    model == PANIC_MODEL && PANIC_SWITCH.load(Ordering::Relaxed)
+}
 
 #[derive(Debug)]
 pub struct Mock {
@@ -35,7 +52,7 @@ pub struct MockRequest {
     pub model: String,
     pub max_tokens: Option<u32>,
     pub max_completion_tokens: Option<u32>,
-    pub stream_options: Option<StreamOptions>,
+    pub stream_options: Option<MockStreamOptions>,
     pub input: Option<Value>,
     pub tools: Option<Vec<Value>>,
     pub tool_choice: Option<Value>,
@@ -97,7 +114,7 @@ pub struct ToolCall {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub struct StreamOptions {
+pub struct MockStreamOptions {
     pub include_usage: bool,
 }
 
@@ -116,8 +133,8 @@ impl Mock {
             ));
         }
         let req: MockRequest = serde_json::from_slice(&call.body).unwrap_or_default();
-        if self.cfg.panic_on_model.as_deref() == Some(req.model.as_str()) {
-            panic!("mock provider: panic_on_model {:?} requested", req.model);
+        if test_panic_requested(&req.model) {
+            panic!("mock provider: {PANIC_MODEL:?} requested with the test panic switch on");
         }
         let n = req
             .max_completion_tokens
@@ -437,6 +454,13 @@ fn rand_u16() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reserved_model_is_inert_while_the_switch_is_off() {
+        // Nothing in the library's own tests sets the switch.
+        assert!(!test_panic_requested(PANIC_MODEL));
+        assert!(!test_panic_requested("mock-1"));
+    }
 
     #[test]
     fn stream_text_equals_complete_text() {

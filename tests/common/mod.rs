@@ -311,6 +311,15 @@ impl Drop for Gateway {
 }
 
 /// A chat request body.
+/// Arms the mock provider's test-only panic (for checking containment) and
+/// returns the model name that triggers it. Process-wide, but harmless to
+/// other tests: only a request for that reserved model panics.
+pub fn armed_panic_model() -> &'static str {
+    use h3gate::provider::mock;
+    mock::PANIC_SWITCH.store(true, std::sync::atomic::Ordering::Relaxed);
+    mock::PANIC_MODEL
+}
+
 pub fn chat(model: &str, stream: bool) -> serde_json::Value {
     serde_json::json!({
         "model": model,
