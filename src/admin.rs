@@ -26,9 +26,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Secret;
 use crate::exchange::{full, json, Body, Response};
-use crate::state::SharedState;
 use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
+use crate::state::{SharedState, State};
 
 #[derive(Clone)]
 pub struct Admin {
@@ -79,7 +79,7 @@ impl Admin {
                 let method = req.method().clone();
                 let path = p.to_string();
                 let resp = self.admin_api(method.clone(), &path, req.into_body()).await;
-                self.state.load().audit().record(crate::audit::Event {
+                self.state.load().audit().record(crate::audit::Entry {
                     action: "admin",
                     actor: "admin-api",
                     result: if resp.status().is_success() { "ok" } else { "refused" },
@@ -157,122 +157,19 @@ impl Admin {
         json(status, body.to_string())
     }
 
+    /// The `/admin/*` endpoints, behind the token check in `route`.
     async fn admin_api(&self, method: Method, path: &str, body: Body) -> Response {
         let state = self.state.load();
         match (method, path) {
             (Method::POST, "/admin/reload") => self.reload().await,
-            (Method::GET, "/admin/keys") => {
-                let Some(keys) = &state.keys else {
-                    return no_keys();
-                };
-                keys.refresh();
-                let list: Vec<_> = crate::auth::read_file(keys.path())
-                    .map(|f| f.keys)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|k| {
-                        serde_json::json!({
-                            "name": k.name, "id": k.id, "scopes": k.scopes, "models": k.models,
-                            "created_at": k.created_at, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
-                            "rpm": k.rpm, "tpm": k.tpm, "max_concurrent": k.max_concurrent,
-                        })
-                    })
-                    .collect();
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({"keys": list}).to_string(),
-                )
-            }
-            (Method::POST, "/admin/keys") => {
-                let Some(keys) = &state.keys else {
-                    return no_keys();
-                };
-                let Some(bytes) = read_limited(body, 64 * 1024).await else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_body",
-                        "the body could not be read",
-                    );
-                };
-                let req: NewKeyRequest = match serde_json::from_slice(&bytes) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string())
-                    }
-                };
-                let expires_in = match req.expires.as_deref().map(humantime::parse_duration) {
-                    Some(Err(e)) => {
-                        return error(StatusCode::BAD_REQUEST, "invalid_expires", &e.to_string())
-                    }
-                    Some(Ok(d)) => Some(d),
-                    None => None,
-                };
-                let new = crate::auth::NewKey {
-                    name: req.name,
-                    scopes: req.scopes,
-                    models: req.models,
-                    expires_in,
-                    rpm: req.rpm,
-                    tpm: req.tpm,
-                    max_concurrent: req.max_concurrent,
-                };
-                match crate::auth::create(keys.path(), new) {
-                    Ok((key, rec)) => {
-                        keys.refresh();
-                        let body = serde_json::json!({"name": rec.name, "id": rec.id, "key": key});
-                        json(StatusCode::CREATED, body.to_string())
-                    }
-                    Err(e) => error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_key_request",
-                        &e.to_string(),
-                    ),
-                }
-            }
+            (Method::GET, "/admin/keys") => list_keys(&state),
+            (Method::POST, "/admin/keys") => create_key(&state, body).await,
             (Method::DELETE, p) if p.starts_with("/admin/keys/") => {
-                let Some(keys) = &state.keys else {
-                    return no_keys();
-                };
-                match crate::auth::revoke(keys.path(), &p["/admin/keys/".len()..]) {
-                    Ok(rec) => {
-                        keys.refresh();
-                        json(
-                            StatusCode::OK,
-                            serde_json::json!({"revoked": rec.name, "id": rec.id}).to_string(),
-                        )
-                    }
-                    Err(e) => error(StatusCode::NOT_FOUND, "no_such_key", &e.to_string()),
-                }
+                revoke_key(&state, &p["/admin/keys/".len()..])
             }
-            (Method::GET, "/admin/denylist") => {
-                let list: Vec<_> = state
-                    .abuse
-                    .list()
-                    .into_iter()
-                    .map(|(ip, secs)| serde_json::json!({"address": ip.to_string(), "seconds_left": secs}))
-                    .collect();
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({"denied": list}).to_string(),
-                )
-            }
+            (Method::GET, "/admin/denylist") => list_denied(&state),
             (Method::DELETE, p) if p.starts_with("/admin/denylist/") => {
-                match p["/admin/denylist/".len()..].parse::<std::net::IpAddr>() {
-                    Ok(ip) if state.abuse.lift(ip) => json(
-                        StatusCode::OK,
-                        serde_json::json!({"lifted": ip.to_string()}).to_string(),
-                    ),
-                    Ok(_) => error(
-                        StatusCode::NOT_FOUND,
-                        "not_denied",
-                        "that address is not denied",
-                    ),
-                    Err(_) => error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_address",
-                        "not an IP address",
-                    ),
-                }
+                lift_deny(&state, &p["/admin/denylist/".len()..])
             }
             _ => error(StatusCode::NOT_FOUND, "not_found", "not found"),
         }
@@ -302,6 +199,137 @@ impl Admin {
                 json(StatusCode::UNPROCESSABLE_ENTITY, body.to_string())
             }
         }
+    }
+}
+
+/// `GET /admin/keys`: every key in the keys file, without the secrets.
+fn list_keys(state: &State) -> Response {
+    let Some(keys) = &state.keys else {
+        return no_keys();
+    };
+    keys.refresh();
+    let list: Vec<_> = crate::auth::read_file(keys.path())
+        .map(|f| f.keys)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|k| {
+            serde_json::json!({
+                "name": k.name, "id": k.id, "scopes": k.scopes, "models": k.models,
+                "created_at": k.created_at, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
+                "rpm": k.rpm, "tpm": k.tpm, "max_concurrent": k.max_concurrent,
+            })
+        })
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({"keys": list}).to_string(),
+    )
+}
+
+/// `POST /admin/keys`: creates a key; the answer carries it, once.
+async fn create_key(state: &State, body: Body) -> Response {
+    let Some(keys) = &state.keys else {
+        return no_keys();
+    };
+    let new = match read_new_key(body).await {
+        Ok(new) => new,
+        Err(resp) => return resp,
+    };
+    match crate::auth::create(keys.path(), new) {
+        Ok((key, rec)) => {
+            keys.refresh();
+            let body = serde_json::json!({"name": rec.name, "id": rec.id, "key": key});
+            json(StatusCode::CREATED, body.to_string())
+        }
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_key_request",
+            &e.to_string(),
+        ),
+    }
+}
+
+/// The body of `POST /admin/keys` as an `auth::NewKey`, or the 400 to send.
+async fn read_new_key(body: Body) -> Result<crate::auth::NewKey, Response> {
+    let Some(bytes) = read_limited(body, 64 * 1024).await else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body could not be read",
+        ));
+    };
+    let req: NewKeyRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()))?;
+    let expires_in = match req.expires.as_deref().map(humantime::parse_duration) {
+        Some(Err(e)) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_expires",
+                &e.to_string(),
+            ))
+        }
+        Some(Ok(d)) => Some(d),
+        None => None,
+    };
+    Ok(crate::auth::NewKey {
+        name: req.name,
+        scopes: req.scopes,
+        models: req.models,
+        expires_in,
+        rpm: req.rpm,
+        tpm: req.tpm,
+        max_concurrent: req.max_concurrent,
+    })
+}
+
+/// `DELETE /admin/keys/NAME`: revokes the key.
+fn revoke_key(state: &State, name: &str) -> Response {
+    let Some(keys) = &state.keys else {
+        return no_keys();
+    };
+    match crate::auth::revoke(keys.path(), name) {
+        Ok(rec) => {
+            keys.refresh();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"revoked": rec.name, "id": rec.id}).to_string(),
+            )
+        }
+        Err(e) => error(StatusCode::NOT_FOUND, "no_such_key", &e.to_string()),
+    }
+}
+
+/// `GET /admin/denylist`: the denied addresses and the seconds each has left.
+fn list_denied(state: &State) -> Response {
+    let list: Vec<_> = state
+        .abuse
+        .list()
+        .into_iter()
+        .map(|(ip, secs)| serde_json::json!({"address": ip.to_string(), "seconds_left": secs}))
+        .collect();
+    json(
+        StatusCode::OK,
+        serde_json::json!({"denied": list}).to_string(),
+    )
+}
+
+/// `DELETE /admin/denylist/ADDRESS`: lifts the deny on one address.
+fn lift_deny(state: &State, address: &str) -> Response {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(ip) if state.abuse.lift(ip) => json(
+            StatusCode::OK,
+            serde_json::json!({"lifted": ip.to_string()}).to_string(),
+        ),
+        Ok(_) => error(
+            StatusCode::NOT_FOUND,
+            "not_denied",
+            "that address is not denied",
+        ),
+        Err(_) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_address",
+            "not an IP address",
+        ),
     }
 }
 

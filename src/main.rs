@@ -1,7 +1,9 @@
-//! The `h3gate` command: parse arguments, load the configuration, start
-//! logging, run until a signal. Everything else lives in the library.
+//! The `h3gate` command: parse arguments, then either serve (load the
+//! configuration, start logging, run until a signal) or run one of the
+//! other subcommands: `check`, `keys`, `health`, `certs`. Everything else
+//! lives in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -256,45 +258,9 @@ fn health(admin: std::net::SocketAddr) -> ExitCode {
 }
 
 fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> ExitCode {
-    let (path, audit_file) = match keys_file {
-        Some(p) => (p, None),
-        // Only [auth] and [audit] are read: the first key can be made
-        // before provider keys or certificates are in place.
-        None => match auth::cli_files(&config) {
-            Ok((keys_file, audit_file)) => match keys_file {
-                Some(p) => (p, audit_file),
-                None => {
-                    eprintln!(
-                        "h3gate: {} sets no auth.keys_file; pass --keys-file PATH",
-                        config.display()
-                    );
-                    return ExitCode::from(2);
-                }
-            },
-            Err(e) => {
-                eprintln!(
-                    "h3gate: {}: {e}\n(or pass --keys-file PATH)",
-                    config.display()
-                );
-                return ExitCode::from(2);
-            }
-        },
-    };
-    let audit = |action: &str, name: &str, id: &str| {
-        if let Some(f) = &audit_file {
-            audit::append_now(
-                f,
-                audit::Event {
-                    action,
-                    actor: "cli",
-                    result: "ok",
-                    request_id: None,
-                    client_ip: None,
-                    key_id: Some(id),
-                    details: serde_json::json!({"name": name}),
-                },
-            );
-        }
+    let files = match KeysFiles::find(&config, keys_file) {
+        Ok(files) => files,
+        Err(code) => return code,
     };
     let result = match action {
         KeysAction::Create {
@@ -305,8 +271,8 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             rpm,
             tpm,
             max_concurrent,
-        } => auth::create(
-            &path,
+        } => create_key(
+            &files,
             auth::NewKey {
                 name,
                 scopes,
@@ -316,43 +282,9 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
                 tpm,
                 max_concurrent,
             },
-        )
-        .map(|(key, rec)| {
-            audit("key_create", &rec.name, &rec.id);
-            println!("{key}");
-            eprintln!(
-                "h3gate: created key {:?} ({}); it is shown only this once",
-                rec.name, rec.id
-            );
-        }),
-        KeysAction::List => auth::read_file(&path).map(|file| {
-            audit("key_list", "*", "-");
-            for k in file.keys {
-                let state = match (k.revoked_at, k.expires_at) {
-                    (Some(_), _) => "revoked",
-                    (None, Some(e)) if e <= h3gate::clock::now_secs() => "expired",
-                    _ => "active",
-                };
-                let scopes = if k.scopes.is_empty() {
-                    "all".to_string()
-                } else {
-                    k.scopes.join(",")
-                };
-                let models = if k.models.is_empty() {
-                    "*".to_string()
-                } else {
-                    k.models.join(",")
-                };
-                println!(
-                    "{}\t{}\t{state}\tscopes={scopes}\tmodels={models}",
-                    k.name, k.id
-                );
-            }
-        }),
-        KeysAction::Revoke { name } => auth::revoke(&path, &name).map(|rec| {
-            audit("key_revoke", &rec.name, &rec.id);
-            eprintln!("h3gate: revoked {:?} ({})", rec.name, rec.id);
-        }),
+        ),
+        KeysAction::List => list_keys(&files),
+        KeysAction::Revoke { name } => revoke_key(&files, &name),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -361,4 +293,106 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             ExitCode::FAILURE
         }
     }
+}
+
+/// The keys file a `keys` subcommand works on, and the audit log it
+/// records to (none with `--keys-file`).
+struct KeysFiles {
+    keys: PathBuf,
+    audit: Option<PathBuf>,
+}
+
+impl KeysFiles {
+    /// `--keys-file`, else the configuration's `[auth] keys_file` and
+    /// `[audit]` file; the exit code when there is none.
+    fn find(config: &Path, keys_file: Option<PathBuf>) -> Result<Self, ExitCode> {
+        if let Some(keys) = keys_file {
+            return Ok(KeysFiles { keys, audit: None });
+        }
+        // Only [auth] and [audit] are read: the first key can be made
+        // before provider keys or certificates are in place.
+        match auth::cli_files(config) {
+            Ok((Some(keys), audit)) => Ok(KeysFiles { keys, audit }),
+            Ok((None, _)) => {
+                eprintln!(
+                    "h3gate: {} sets no auth.keys_file; pass --keys-file PATH",
+                    config.display()
+                );
+                Err(ExitCode::from(2))
+            }
+            Err(e) => {
+                eprintln!(
+                    "h3gate: {}: {e}\n(or pass --keys-file PATH)",
+                    config.display()
+                );
+                Err(ExitCode::from(2))
+            }
+        }
+    }
+
+    /// Records a key action in the audit log, when there is one.
+    fn audit(&self, action: &str, name: &str, id: &str) {
+        if let Some(f) = &self.audit {
+            audit::append_now(
+                f,
+                audit::Entry {
+                    action,
+                    actor: "cli",
+                    result: "ok",
+                    request_id: None,
+                    client_ip: None,
+                    key_id: Some(id),
+                    details: serde_json::json!({"name": name}),
+                },
+            );
+        }
+    }
+}
+
+/// `keys create`: prints the new key, once.
+fn create_key(files: &KeysFiles, new: auth::NewKey) -> Result<(), auth::KeysError> {
+    let (key, rec) = auth::create(&files.keys, new)?;
+    files.audit("key_create", &rec.name, &rec.id);
+    println!("{key}");
+    eprintln!(
+        "h3gate: created key {:?} ({}); it is shown only this once",
+        rec.name, rec.id
+    );
+    Ok(())
+}
+
+/// `keys list`: one line per key, with its state, scopes and models.
+fn list_keys(files: &KeysFiles) -> Result<(), auth::KeysError> {
+    let file = auth::read_file(&files.keys)?;
+    files.audit("key_list", "*", "-");
+    for k in file.keys {
+        let state = match (k.revoked_at, k.expires_at) {
+            (Some(_), _) => "revoked",
+            (None, Some(e)) if e <= h3gate::clock::now_secs() => "expired",
+            _ => "active",
+        };
+        let scopes = if k.scopes.is_empty() {
+            "all".to_string()
+        } else {
+            k.scopes.join(",")
+        };
+        let models = if k.models.is_empty() {
+            "*".to_string()
+        } else {
+            k.models.join(",")
+        };
+        println!(
+            "{}\t{}\t{state}\tscopes={scopes}\tmodels={models}",
+            k.name, k.id
+        );
+    }
+    Ok(())
+}
+
+/// `keys revoke NAME`.
+fn revoke_key(files: &KeysFiles, name: &str) -> Result<(), auth::KeysError> {
+    let rec = auth::revoke(&files.keys, name)?;
+    files.audit("key_revoke", &rec.name, &rec.id);
+    eprintln!("h3gate: revoked {:?} ({})", rec.name, rec.id);
+    Ok(())
 }
