@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::ip_filter::IpFilter;
 use crate::metrics::Metrics;
 use crate::provider::{HttpClients, Provider};
-use crate::rate_limit::{MemoryLimiter, RateLimits};
+use crate::rate_limit::RateLimits;
 use crate::routing::Router;
 use crate::shutdown::Shutdown;
 
@@ -76,7 +76,7 @@ impl State {
         let n = &config.network;
         Ok(State {
             keys,
-            limiter: Arc::new(RateLimits::new(Arc::new(MemoryLimiter::default()))),
+            limiter: Arc::new(RateLimits::in_memory(Arc::default())),
             ip_filter: IpFilter::new(&n.allow, &n.deny),
             admin_filter: IpFilter::new(&n.admin_allow, &n.admin_deny),
             abuse: Arc::new(Abuse::new(&config.abuse)),

@@ -25,6 +25,8 @@ pub struct MemoryLimiter {
 }
 
 const SHARDS: usize = 16;
+/// Claims per batch whose shard is remembered rather than recomputed.
+const INLINE: usize = 8;
 /// Sweep a shard of idle buckets when it grows past this.
 const SWEEP_AT: usize = 4096;
 
@@ -53,7 +55,8 @@ fn shard_of(b: &Bucket) -> usize {
     let h = match &b.subject {
         Subject::Address(std::net::IpAddr::V4(a)) => fold(1, &a.octets()),
         Subject::Address(std::net::IpAddr::V6(a)) => fold(2, &a.octets()),
-        Subject::Key(k) => fold(3, k.as_bytes()),
+        // A key's SHA-256 (hex): its first 16 digits spread as well as all.
+        Subject::Key(k) => fold(3, &k.as_bytes()[..k.len().min(16)]),
     };
     (h as usize ^ b.kind as usize) % SHARDS
 }
@@ -115,9 +118,16 @@ impl MemoryLimiter {
     /// The batch, decided and (when all fit) taken under its shards' locks.
     pub fn consume_now(&self, claims: &[Claim]) -> Vec<Decision> {
         let now = Instant::now();
+        // Each claim's shard, computed once (for the usual small batch).
+        let mut at = [0u8; INLINE];
+        for (i, c) in claims.iter().take(INLINE).enumerate() {
+            at[i] = shard_of(&c.bucket) as u8;
+        }
+        let shard = |i: usize, b: &Bucket| at.get(i).map_or_else(|| shard_of(b), |&s| s as usize);
         let used = claims
             .iter()
-            .fold(0u32, |m, c| m | 1 << shard_of(&c.bucket));
+            .enumerate()
+            .fold(0u32, |m, (i, c)| m | 1 << shard(i, &c.bucket));
         // Ascending shard order: two batches never wait on each other.
         let mut guards: [Option<MutexGuard<'_, Shard>>; SHARDS] = Default::default();
         for (i, g) in guards.iter_mut().enumerate() {
@@ -129,8 +139,8 @@ impl MemoryLimiter {
                 *g = Some(shard);
             }
         }
-        let stored = |guards: &[Option<MutexGuard<'_, Shard>>], b: &Bucket| {
-            guards[shard_of(b)].as_ref().and_then(|s| s.get(b).copied())
+        let stored = |guards: &[Option<MutexGuard<'_, Shard>>], i: usize, b: &Bucket| {
+            guards[shard(i, b)].as_ref().and_then(|s| s.get(b).copied())
         };
         let mut decisions: Vec<Decision> = Vec::with_capacity(claims.len());
         for (i, c) in claims.iter().enumerate() {
@@ -140,19 +150,19 @@ impl MemoryLimiter {
                 .zip(&decisions)
                 .rfind(|(e, d)| e.bucket == c.bucket && d.allowed)
                 .map(|(_, d)| now + d.reset);
-            let tat = earlier.or_else(|| stored(&guards, &c.bucket));
+            let tat = earlier.or_else(|| stored(&guards, i, &c.bucket));
             decisions.push(decide(now, tat, c.limit, c.cost));
         }
         if decisions.iter().all(|d| d.allowed) {
-            for (c, d) in claims.iter().zip(&decisions) {
-                if let Some(shard) = guards[shard_of(&c.bucket)].as_mut() {
-                    set(shard, &c.bucket, now + d.reset);
+            for (i, (c, d)) in claims.iter().zip(&decisions).enumerate() {
+                if let Some(map) = guards[shard(i, &c.bucket)].as_mut() {
+                    set(map, &c.bucket, now + d.reset);
                 }
             }
         } else {
-            for (c, d) in claims.iter().zip(decisions.iter_mut()) {
+            for (i, (c, d)) in claims.iter().zip(decisions.iter_mut()).enumerate() {
                 if d.allowed {
-                    let tat = stored(&guards, &c.bucket).unwrap_or(now);
+                    let tat = stored(&guards, i, &c.bucket).unwrap_or(now);
                     *d = state(now, tat, c.limit);
                 }
             }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::{Bucket, Claim, Correction, Decision, Limit, Limiter, LimiterError};
+use super::{Bucket, Claim, Correction, Decision, Limit, Limiter, LimiterError, MemoryLimiter};
 use crate::shutdown::Shutdown;
 
 /// Corrections waiting for the task, at most.
@@ -26,14 +26,41 @@ const BATCH: usize = 256;
 /// reconciler with it).
 #[derive(Debug)]
 pub struct RateLimits {
-    backend: Arc<dyn Limiter>,
+    backend: Backend,
     corrections: mpsc::Sender<Correction>,
     /// Taken by the reconciler when it starts.
     receiver: Mutex<Option<mpsc::Receiver<Correction>>>,
 }
 
+/// The in-memory backend is called directly (its answer is immediate: no
+/// boxed future on the request path); any other through the seam.
+#[derive(Debug, Clone)]
+enum Backend {
+    Memory(Arc<MemoryLimiter>),
+    Shared(Arc<dyn Limiter>),
+}
+
+impl Backend {
+    fn dyn_limiter(&self) -> Arc<dyn Limiter> {
+        match self {
+            Backend::Memory(m) => m.clone(),
+            Backend::Shared(s) => s.clone(),
+        }
+    }
+}
+
 impl RateLimits {
+    /// The embedded limiter (the default).
+    pub fn in_memory(limiter: Arc<MemoryLimiter>) -> RateLimits {
+        RateLimits::with(Backend::Memory(limiter))
+    }
+
+    /// A shared backend (or a test double).
     pub fn new(backend: Arc<dyn Limiter>) -> RateLimits {
+        RateLimits::with(Backend::Shared(backend))
+    }
+
+    fn with(backend: Backend) -> RateLimits {
         let (corrections, receiver) = mpsc::channel(QUEUE);
         RateLimits {
             backend,
@@ -44,7 +71,10 @@ impl RateLimits {
 
     /// See [`Limiter::consume`].
     pub async fn consume(&self, claims: &[Claim]) -> Result<Vec<Decision>, LimiterError> {
-        self.backend.consume(claims).await
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.consume_now(claims)),
+            Backend::Shared(s) => s.consume(claims).await,
+        }
     }
 
     /// Reserves `claim` (already taken): corrected to the real usage when the
@@ -68,7 +98,8 @@ impl RateLimits {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(rx) = taken {
-            shutdown.spawn(reconciler(self.backend.clone(), rx, shutdown.clone()));
+            let backend = self.backend.dyn_limiter();
+            shutdown.spawn(reconciler(backend, rx, shutdown.clone()));
         }
     }
 }
@@ -201,7 +232,7 @@ mod tests {
     /// A limiter with 500 of its 600 tokens reserved, and its reservation.
     async fn reserved() -> (Arc<MemoryLimiter>, RateLimits, TokenReservation) {
         let memory = Arc::new(MemoryLimiter::default());
-        let limits = RateLimits::new(memory.clone());
+        let limits = RateLimits::in_memory(memory.clone());
         let claim = tokens(500);
         assert!(limits.consume(std::slice::from_ref(&claim)).await.unwrap()[0].allowed);
         let reservation = limits.reservation(&claim);
