@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{chat, Gateway, Proto, TestBody, UPSTREAM_KEY};
+use std::time::Duration;
+
+use common::{chat, sse, Gateway, Proto, TestBody, UPSTREAM_KEY};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -45,23 +47,6 @@ async fn assert_error(resp: common::client::TestResponse, status: u16, code: &st
     assert!(body["error"]["type"].is_string());
     assert_eq!(body["error"]["request_id"], id.as_str());
     body
-}
-
-/// The concatenated `delta.content` of an OpenAI stream, and whether it ended in `[DONE]`.
-fn assemble(sse: &str) -> (String, bool) {
-    let mut p = h3gate::sse::Parser::new(1 << 20);
-    p.push(sse.as_bytes()).unwrap();
-    let (mut text, mut done) = (String::new(), false);
-    while let Some(ev) = p.next_event().unwrap() {
-        if ev.data == "[DONE]" {
-            done = true;
-            continue;
-        }
-        let v: Value = serde_json::from_str(&ev.data).unwrap();
-        assert!(v.get("error").is_none(), "unexpected error event: {v}");
-        text.push_str(v["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
-    }
-    (text, done)
 }
 
 async fn non_streaming_chat(p: Proto) {
@@ -118,7 +103,7 @@ async fn streaming_chat_is_not_buffered(p: Proto) {
     let mut all = String::from_utf8(first.to_vec()).unwrap();
     all.push_str(&resp.text().await);
     assert_eq!(gw.upstream.sent_last(), 1);
-    let (text, done) = assemble(&all);
+    let (text, done) = sse::openai_text(&all);
     assert_eq!(text, "The quick brown fox jumps");
     assert!(done, "stream ends with [DONE]");
 }
@@ -340,12 +325,7 @@ async fn upstream_drop_mid_stream_ends_with_error_event(p: Proto) {
         .await;
     assert_eq!(resp.status, 200);
     let (text, end) = resp.text_and_end().await;
-    let mut parser = h3gate::sse::Parser::new(1 << 20);
-    parser.push(text.as_bytes()).unwrap();
-    let mut events = Vec::new();
-    while let Some(ev) = parser.next_event().unwrap() {
-        events.push(ev.data);
-    }
+    let events = sse::data(&text);
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(
         last["error"]["code"], "upstream_stream_error",
@@ -395,12 +375,17 @@ async fn graceful_shutdown_completes_stream(p: Proto) {
         .await;
     let first = resp.chunk().await.unwrap().unwrap();
     gw.begin_shutdown();
-    // The drain has started; the in-flight stream is allowed to finish.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Once the drain has started (`/ready` says so), the in-flight stream
+    // is allowed to finish.
+    let draining = common::wait_until(Duration::from_secs(10), async || {
+        gw.ready().await.1["status"] == "draining"
+    })
+    .await;
+    assert!(draining, "the drain started");
     gw.upstream.release();
     let mut all = String::from_utf8(first.to_vec()).unwrap();
     all.push_str(&resp.text().await);
-    let (text, done) = assemble(&all);
+    let (text, done) = sse::openai_text(&all);
     assert_eq!(text, "The quick brown fox jumps");
     assert!(done);
     gw.stopped().await.expect("clean stop");
@@ -421,7 +406,7 @@ async fn builtin_mock_streams(p: Proto) {
         )
         .await;
     assert_eq!(resp.header("x-h3gate-target"), Some("mock"));
-    let (text, done) = assemble(&resp.text().await);
+    let (text, done) = sse::openai_text(&resp.text().await);
     assert_eq!(text, "The quick brown");
     assert!(done);
 }

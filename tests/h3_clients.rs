@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::relay::{Relay, RelayConfig};
 use common::tools::Gtlsclient;
-use common::{chat, Client, Gateway, Proto};
+use common::{chat, sse, Client, Gateway, Proto};
 use h3gate::config::AddressValidation;
 
 /// One test at a time: the metrics recorder is process-wide, and every
@@ -37,24 +37,6 @@ fn metric_sum(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .fold(0.0, |a, b| a + b)
-}
-
-/// The `content` deltas of an OpenAI SSE body, joined, and whether it ended with `[DONE]`.
-fn sse_content(body: &str) -> (String, bool) {
-    let mut content = String::new();
-    let mut done = false;
-    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
-        if data.trim() == "[DONE]" {
-            done = true;
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(data)
-            .unwrap_or_else(|e| panic!("an SSE event is not JSON ({e}): {data}"));
-        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
-            content.push_str(c);
-        }
-    }
-    (content, done)
 }
 
 /// `--groups` that make GnuTLS send an FFDHE8192 key share: a ClientHello
@@ -192,7 +174,7 @@ async fn lossy_reordering_path_streams_complete() {
         .await
         .text()
         .await;
-    let (want, done) = sse_content(&reference);
+    let (want, done) = sse::openai_text(&reference);
     assert!(done && !want.is_empty(), "{reference}");
 
     let relay = Relay::start(gw.udp, RelayConfig::default()).await;
@@ -232,7 +214,7 @@ async fn lossy_reordering_path_streams_complete() {
             relay.describe()
         );
         assert_eq!(
-            sse_content(body),
+            sse::openai_text(body),
             (want.clone(), true),
             "stream {i} whole; {}",
             relay.describe()
@@ -259,7 +241,7 @@ async fn lossy_reordering_path_streams_complete() {
             run.log_tail
         );
         assert_eq!(
-            sse_content(&run.body_text()),
+            sse::openai_text(&run.body_text()),
             (want.clone(), true),
             "ngtcp2 run {i} whole; {}",
             relay.describe()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{chat, Gateway, Proto, TestBody, UPSTREAM_KEY};
+use common::{chat, sse, Gateway, Proto, TestBody, UPSTREAM_KEY};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -25,22 +25,6 @@ over_every_protocol!(
     mid_stream_failure_reaches_an_anthropic_client_as_an_error_event,
     ollama_provider_and_extra_headers,
 );
-
-/// The SSE events of a body: (event name, JSON data or `[DONE]`).
-fn events(sse: &str) -> Vec<(Option<String>, Value)> {
-    let mut p = h3gate::sse::Parser::new(1 << 20);
-    p.push(sse.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    while let Some(ev) = p.next_event().unwrap() {
-        let v = if ev.data == "[DONE]" {
-            json!("[DONE]")
-        } else {
-            serde_json::from_str(&ev.data).unwrap()
-        };
-        out.push((ev.event, v));
-    }
-    out
-}
 
 /// Text and tool-call arguments assembled from OpenAI chunks; the finish reason.
 fn assemble_openai(ev: &[(Option<String>, Value)]) -> (String, String, Option<String>) {
@@ -76,7 +60,7 @@ async fn post_stream(
     let resp = post(gw, p, path, body).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("content-type"), Some("text/event-stream"));
-    events(&resp.text().await)
+    sse::events(&resp.text().await)
 }
 
 async fn openai_chat_reaches_an_anthropic_provider(p: Proto) {
@@ -148,7 +132,7 @@ async fn openai_tool_call_stream_from_an_anthropic_provider(p: Proto) {
         let resp = post(&gw, p, "/v1/chat/completions", body).await;
         assert_eq!(resp.status, 200);
         let (args, finish) = if stream {
-            let ev = events(&resp.text().await);
+            let ev = sse::events(&resp.text().await);
             let first_call = ev.iter().find_map(|(_, v)| {
                 v["choices"][0]["delta"]["tool_calls"][0]["function"]["name"]
                     .as_str()
@@ -430,7 +414,7 @@ async fn endpoint_no_target_serves_is_400(p: Proto) {
 async fn usage_chunk_is_requested_and_stripped(p: Proto) {
     let gw = Gateway::start().await;
     let resp = post(&gw, p, "/v1/chat/completions", chat("gpt-4o-mini", true)).await;
-    let ev = events(&resp.text().await);
+    let ev = sse::events(&resp.text().await);
     assert!(
         ev.iter()
             .all(|(_, v)| v.get("usage").is_none_or(Value::is_null)),

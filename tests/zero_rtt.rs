@@ -7,12 +7,14 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use common::{chat, Gateway};
 use h3gate::config::EarlyUnsafe;
+use rustls::pki_types::ServerName;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -89,20 +91,81 @@ impl Relay {
     }
 }
 
+/// The client's session store, counting the tickets it is given, so that
+/// priming waits for them rather than for a while.
+#[derive(Debug)]
+struct Tickets {
+    store: rustls::client::ClientSessionMemoryCache,
+    received: AtomicUsize,
+}
+
+impl Tickets {
+    fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+impl rustls::client::ClientSessionStore for Tickets {
+    fn set_kx_hint(&self, server: ServerName<'static>, group: rustls::NamedGroup) {
+        self.store.set_kx_hint(server, group);
+    }
+    fn kx_hint(&self, server: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.store.kx_hint(server)
+    }
+    fn set_tls12_session(
+        &self,
+        server: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.store.set_tls12_session(server, value);
+    }
+    fn tls12_session(
+        &self,
+        server: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.store.tls12_session(server)
+    }
+    fn remove_tls12_session(&self, server: &ServerName<'static>) {
+        self.store.remove_tls12_session(server);
+    }
+    fn insert_tls13_ticket(
+        &self,
+        server: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.store.insert_tls13_ticket(server, value);
+        self.received.fetch_add(1, Ordering::SeqCst);
+    }
+    fn take_tls13_ticket(
+        &self,
+        server: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.store.take_tls13_ticket(server)
+    }
+}
+
 /// A client that remembers session tickets and sends early data.
 struct Resuming {
     endpoint: quinn::Endpoint,
+    tickets: Arc<Tickets>,
 }
 
 impl Resuming {
     fn new(ca: &[u8]) -> Resuming {
+        let tickets = Arc::new(Tickets {
+            store: rustls::client::ClientSessionMemoryCache::new(256),
+            received: AtomicUsize::new(0),
+        });
+        let mut tls = common::client::h3_tls_config(ca, true);
+        tls.resumption = rustls::client::Resumption::store(tickets.clone());
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(common::client::h3_client_config(ca, true));
-        Resuming { endpoint }
+        endpoint.set_default_client_config(common::client::quic_client_config(tls));
+        Resuming { endpoint, tickets }
     }
 
     /// A full handshake and one request, so the client holds tickets.
     async fn prime(&self, server: SocketAddr) {
+        let before = self.tickets.received();
         let conn = self
             .endpoint
             .connect(server, "localhost")
@@ -121,8 +184,12 @@ impl Resuming {
         s.finish().await.unwrap();
         s.recv_response().await.unwrap();
         while s.recv_data().await.unwrap().is_some() {}
-        // Tickets arrive just after the handshake; give them a moment.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Tickets arrive just after the handshake: wait for one.
+        let ticketed = common::wait_until(Duration::from_secs(10), async || {
+            self.tickets.received() > before
+        })
+        .await;
+        assert!(ticketed, "the server sent a session ticket");
         conn.close(0u32.into(), b"done");
         drive.abort();
     }

@@ -100,9 +100,9 @@ fn roots(ca_pem: &[u8]) -> rustls::RootCertStore {
     roots
 }
 
-/// An HTTP/3 client's QUIC configuration trusting `ca_pem` (TLS 1.3, ALPN
+/// An HTTP/3 client's TLS configuration trusting `ca_pem` (TLS 1.3, ALPN
 /// h3), sending early data on resumption when `early_data`.
-pub fn h3_client_config(ca_pem: &[u8], early_data: bool) -> quinn::ClientConfig {
+pub fn h3_tls_config(ca_pem: &[u8], early_data: bool) -> rustls::ClientConfig {
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -112,6 +112,16 @@ pub fn h3_client_config(ca_pem: &[u8], early_data: bool) -> quinn::ClientConfig 
     .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     tls.enable_early_data = early_data;
+    tls
+}
+
+/// [`h3_tls_config`] as a QUIC client configuration.
+pub fn h3_client_config(ca_pem: &[u8], early_data: bool) -> quinn::ClientConfig {
+    quic_client_config(h3_tls_config(ca_pem, early_data))
+}
+
+/// A QUIC client configuration from a TLS one.
+pub fn quic_client_config(tls: rustls::ClientConfig) -> quinn::ClientConfig {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     quinn::ClientConfig::new(Arc::new(crypto))
 }

@@ -6,8 +6,10 @@ pub mod browser;
 pub mod client;
 pub mod python;
 pub mod relay;
+pub mod sse;
 pub mod tools;
 pub mod upstream;
+pub mod wait;
 
 use std::net::SocketAddr;
 
@@ -19,6 +21,7 @@ use h3gate::server::{self, Listeners, StartError};
 
 pub use client::{Client, Proto, TestBody};
 pub use upstream::Upstream;
+pub use wait::wait_until;
 
 /// A fake credential for the upstream; the tests check it never leaks.
 pub const UPSTREAM_KEY: &str = "test-upstream-credential-0000";
@@ -287,6 +290,16 @@ impl Gateway {
             .find_map(|l| l.strip_prefix(&prefix))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// `GET /ready` on the admin listener: the status and the JSON body.
+    pub async fn ready(&self) -> (u16, serde_json::Value) {
+        let resp = reqwest::get(format!("http://{}/ready", self.admin))
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap();
+        (status, serde_json::from_str(&body).unwrap())
     }
 
     /// Starts the graceful drain (like SIGTERM).
