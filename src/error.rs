@@ -8,15 +8,19 @@ use http::StatusCode;
 use serde::Serialize;
 
 use crate::admission::Shed;
-use crate::exchange::{json, Response};
 use crate::api::{anthropic_error_type, Api};
+use crate::exchange::{json, Response};
+
+pub mod ledger;
+
+pub use ledger::{AttemptFailure, FailureClass, Ledger, Skip};
 
 /// ` (attempts: a: timeout; b: status 503)`, or nothing.
-fn attempts(summary: &str) -> String {
-    if summary.is_empty() {
+fn attempts(ledger: &Ledger) -> String {
+    if ledger.is_empty() {
         String::new()
     } else {
-        format!(" (attempts: {summary})")
+        format!(" (attempts: {ledger})")
     }
 }
 
@@ -41,17 +45,22 @@ pub enum GatewayError {
     /// request ends as cancelled.
     #[error("the client closed the request")]
     ClientClosed,
-    /// The `String`s list each attempt's target and failure class.
+    /// The failover errors carry the [`Ledger`] of the request's attempts
+    /// (each target and what it came to) and list it.
     #[error("the upstream provider could not be reached{}", attempts(.0))]
-    UpstreamUnreachable(String),
+    UpstreamUnreachable(Ledger),
     #[error("the upstream provider did not answer in time{}", attempts(.0))]
-    UpstreamTimeout(String),
+    UpstreamTimeout(Ledger),
     #[error("the gateway's credentials were refused by the upstream provider")]
     UpstreamAuth,
     #[error("the upstream provider returned an invalid response{}", attempts(.0))]
-    UpstreamInvalid(String),
+    UpstreamInvalid(Ledger),
     #[error("no upstream target can take this request now{}", attempts(.0))]
-    NoTarget(String),
+    NoTarget(Ledger),
+    /// No target on the route has the request's endpoint (a 400: no
+    /// attempt could serve it).
+    #[error("no provider on this model's route serves this endpoint ({0})")]
+    EndpointUnserved(Ledger),
     #[error("the gateway is at capacity; retry shortly")]
     Overloaded(Shed),
     #[error("a valid API key is required (Authorization: Bearer, or x-api-key)")]
@@ -75,14 +84,16 @@ pub enum GatewayError {
     #[error("too many concurrent requests from this client")]
     ClientLimit,
     /// An error status from the provider, passed through with a sanitised
-    /// message (and its `Retry-After`, on a 429 or 503).
-    #[error("{message}")]
+    /// message (and its `Retry-After`, on a 429 or 503), and the attempts
+    /// of the request when it was retried.
+    #[error("{message}{}", attempts(.ledger))]
     Upstream {
         status: StatusCode,
         message: String,
         kind: String,
         code: Option<String>,
         retry_after: Option<std::time::Duration>,
+        ledger: Ledger,
     },
     #[error("internal error")]
     Internal,
@@ -93,6 +104,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_)
             | GatewayError::InvalidRequest(_)
+            | GatewayError::EndpointUnserved(_)
             | GatewayError::BodyIncomplete => StatusCode::BAD_REQUEST,
             // nginx's "client closed request", as the access log writes it.
             GatewayError::ClientClosed => {
@@ -126,6 +138,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidJson(_)
             | GatewayError::InvalidRequest(_)
+            | GatewayError::EndpointUnserved(_)
             | GatewayError::BodyIncomplete
             | GatewayError::ClientClosed
             | GatewayError::NotFound { .. }
@@ -155,7 +168,10 @@ impl GatewayError {
     pub fn code(&self) -> Option<&str> {
         Some(match self {
             GatewayError::InvalidJson(_) => "invalid_json",
-            GatewayError::InvalidRequest(_) => "invalid_request",
+            // The code it had as an `InvalidRequest`, for clients that match on it.
+            GatewayError::InvalidRequest(_) | GatewayError::EndpointUnserved(_) => {
+                "invalid_request"
+            }
             GatewayError::BodyIncomplete => "body_incomplete",
             GatewayError::ClientClosed => "client_closed_request",
             GatewayError::NotFound { .. } => "not_found",
@@ -287,36 +303,19 @@ impl GatewayError {
                 let body = serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}});
                 crate::sse::encode(None, &body.to_string())
             }
-            Api::Anthropic => crate::api::anthropic_error_event(
-                self.status().as_u16(),
-                &self.to_string(),
-            ),
+            Api::Anthropic => {
+                crate::api::anthropic_error_event(self.status().as_u16(), &self.to_string())
+            }
         }
     }
 
-    /// The same error, its message listing every attempt (`target: class; …`).
-    pub fn with_attempts(self, summary: &str) -> GatewayError {
-        let s = summary.to_string();
-        match self {
-            GatewayError::UpstreamUnreachable(_) => GatewayError::UpstreamUnreachable(s),
-            GatewayError::UpstreamTimeout(_) => GatewayError::UpstreamTimeout(s),
-            GatewayError::UpstreamInvalid(_) => GatewayError::UpstreamInvalid(s),
-            GatewayError::NoTarget(_) => GatewayError::NoTarget(s),
-            GatewayError::Upstream {
-                status,
-                message,
-                kind,
-                code,
-                retry_after,
-            } => GatewayError::Upstream {
-                status,
-                message: format!("{message}{}", attempts(&s)),
-                kind,
-                code,
-                retry_after,
-            },
-            other => other,
+    /// The same upstream error carrying the request's attempts, which its
+    /// message then lists (an upstream error only).
+    pub fn with_attempts(mut self, attempts: Ledger) -> GatewayError {
+        if let GatewayError::Upstream { ledger, .. } = &mut self {
+            *ledger = attempts;
         }
+        self
     }
 
     /// The same error carrying the upstream's `Retry-After` (an upstream
@@ -386,6 +385,7 @@ impl GatewayError {
             kind,
             code,
             retry_after: None,
+            ledger: Ledger::default(),
         }
     }
 }
@@ -463,7 +463,14 @@ mod tests {
             let status = StatusCode::from_u16(status).unwrap();
             let resp = GatewayError::from_upstream(status, b"{}")
                 .with_retry_after(wait)
-                .with_attempts("up: status")
+                .with_attempts(
+                    [AttemptFailure {
+                        target: "up".into(),
+                        class: FailureClass::Status(status.as_u16()),
+                    }]
+                    .into_iter()
+                    .collect(),
+                )
                 .into_response_for(Api::Anthropic, "req-1");
             let got = resp.headers().get(http::header::RETRY_AFTER);
             assert_eq!(got.and_then(|v| v.to_str().ok()), expected, "{status}");
@@ -471,6 +478,42 @@ mod tests {
         let resp = GatewayError::from_upstream(StatusCode::TOO_MANY_REQUESTS, b"{}")
             .into_response("req-2");
         assert!(resp.headers().get(http::header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn failover_errors_list_their_attempts() {
+        let ledger = |attempts: &[(&str, FailureClass)]| -> Ledger {
+            let attempt = |(target, class): &(&str, FailureClass)| AttemptFailure {
+                target: target.to_string(),
+                class: *class,
+            };
+            attempts.iter().map(attempt).collect()
+        };
+        let tried = ledger(&[
+            ("a", FailureClass::Connect),
+            ("b", FailureClass::Status(503)),
+        ]);
+        let e = GatewayError::from_upstream(StatusCode::SERVICE_UNAVAILABLE, b"{}")
+            .with_attempts(tried);
+        assert_eq!(
+            e.to_string(),
+            "the upstream provider answered with status 503 \
+             (attempts: a: connect error; b: status 503)"
+        );
+        let unserved = ledger(&[("a", FailureClass::Skipped(Skip::Unsupported))]);
+        let e = GatewayError::EndpointUnserved(unserved);
+        assert_eq!(
+            e.to_string(),
+            "no provider on this model's route serves this endpoint \
+             (a: does not serve this endpoint)"
+        );
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(e.code(), Some("invalid_request"));
+        let e = GatewayError::NoTarget(Ledger::default());
+        assert_eq!(
+            e.to_string(),
+            "no upstream target can take this request now"
+        );
     }
 
     #[test]

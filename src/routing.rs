@@ -7,10 +7,14 @@
 //! order its strategy gives, skipping unhealthy and open-breaker ones,
 //! passing over a target cooling down after a `Retry-After` while another
 //! can serve (waiting it out only when none can), retrying retryable
-//! failures with backoff — always before the first byte reaches the client.
+//! failures with backoff — always before the first byte reaches the client
+//! (the loop: `routing/failover.rs`). What each attempt came to goes in a
+//! [`Ledger`], which the client's error carries and lists.
 
 pub mod breaker;
+mod failover;
 pub mod health;
+mod ledger;
 pub mod retry;
 mod target;
 
@@ -19,18 +23,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::admission::Permit;
-use crate::config::{Config, RetryConfig, RouteConfig, Strategy};
+use crate::config::{Config, RouteConfig, Strategy};
 use crate::error::GatewayError;
+pub use crate::error::{AttemptFailure, FailureClass, Ledger, Skip};
 use crate::glob::glob_match;
-use crate::metrics::{self as m, Attempt, RouteMetrics};
-use crate::provider::{
-    PrepareError, Prepared, Provider, UpstreamCall, UpstreamError, UpstreamResponse,
-};
+use crate::metrics::RouteMetrics;
+use crate::provider::{Prepared, Provider, UpstreamResponse};
 use breaker::BreakerState;
+pub use failover::forward;
 pub use target::{Probe, TargetState};
 
 #[derive(Debug)]
@@ -46,11 +49,11 @@ pub struct Target {
 
 impl Target {
     /// Why this target cannot take a request now, if it cannot.
-    fn unusable(&self) -> Option<&'static str> {
+    fn unusable(&self) -> Option<Skip> {
         if !self.provider.common().is_healthy() {
-            Some("unhealthy")
+            Some(Skip::Unhealthy)
         } else if self.state.breaker_state() == BreakerState::Open {
-            Some("breaker_open")
+            Some(Skip::BreakerOpen)
         } else {
             None
         }
@@ -279,224 +282,9 @@ pub struct Forwarded {
     pub upstream_wait: Duration,
     /// The last target tried.
     pub target: Option<String>,
-}
-
-/// Tries the route's targets until one answers with a success, a
-/// non-retryable error, or the attempts or deadline run out.
-pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) -> Forwarded {
-    let deadline = Instant::now() + retry.deadline.get();
-    let order = route.order();
-    let mut failures: Vec<String> = Vec::new();
-    let mut tried: HashSet<usize> = HashSet::new();
-    let mut last: Option<GatewayError> = None;
-    let mut waited = Duration::ZERO;
-    let mut last_target = None;
-    let mut unsupported: HashSet<usize> = HashSet::new();
-    // Targets that refused this request (busy, breaker): not worth passing
-    // over a cooling target for.
-    let mut refused: HashSet<usize> = HashSet::new();
-    let mut cooling_noted: HashSet<usize> = HashSet::new();
-    let (mut attempts, mut retries, mut position, mut skipped) = (0u32, 0u32, 0usize, 0usize);
-
-    while attempts < retry.max_attempts && skipped < order.len() {
-        let i = position % order.len();
-        position += 1;
-        let target = &order[i];
-        if let Some(reason) = target.unusable() {
-            skipped += 1;
-            if !tried.contains(&i) {
-                failures.push(format!("{}: {reason}", target.name));
-            }
-            continue;
-        }
-        let prepared = match target.provider.prepare(call, target.model.as_deref()) {
-            Ok(p) => p,
-            Err(PrepareError::Unsupported) => {
-                skipped += 1;
-                if unsupported.insert(i) {
-                    failures.push(format!("{}: does not serve this endpoint", target.name));
-                }
-                continue;
-            }
-            Err(PrepareError::Invalid(e)) => {
-                return Forwarded {
-                    result: Err(GatewayError::InvalidRequest(e.to_string())),
-                    upstream_wait: waited,
-                    target: Some(target.name.clone()),
-                };
-            }
-        };
-        // A Retry-After in force: pass over it while another target can
-        // serve now; wait for it only if none can and the budget allows.
-        if let Some(until) = target.state.cooling_until() {
-            let another = order.iter().enumerate().any(|(j, t)| {
-                j != i
-                    && !unsupported.contains(&j)
-                    && !refused.contains(&j)
-                    && t.unusable().is_none()
-                    && t.state.cooling_until().is_none()
-            });
-            if another || until >= deadline {
-                if cooling_noted.insert(i) {
-                    failures.push(format!("{}: cooling down (retry-after)", target.name));
-                }
-                if !another {
-                    skipped += 1;
-                }
-                continue;
-            }
-            let t0 = Instant::now();
-            tokio::time::sleep_until(until).await;
-            waited += t0.elapsed();
-        } else if tried.contains(&i) {
-            // Retrying a target already tried: back off (failing over does not).
-            let pause = retry::backoff(retries, retry.backoff_base.get(), retry.backoff_max.get());
-            if Instant::now() + pause >= deadline {
-                break;
-            }
-            tokio::time::sleep(pause).await;
-            waited += pause;
-            retries += 1;
-        }
-        let Some(permit) = target.provider.common().admit() else {
-            skipped += 1;
-            refused.insert(i);
-            failures.push(format!("{}: busy", target.name));
-            continue;
-        };
-        // Held until the outcome is recorded: dropped with a cancelled
-        // request, a half-open probe is given back.
-        let Some(_probe) = target.state.pass() else {
-            skipped += 1;
-            refused.insert(i);
-            failures.push(format!("{}: breaker_open", target.name));
-            continue;
-        };
-        if attempts > 0 {
-            m::failover(&route.pattern);
-        }
-        attempts += 1;
-        skipped = 0;
-        tried.insert(i);
-        last_target = Some(target.name.clone());
-
-        let guard = AttemptGuard::new(target.state.clone(), permit);
-        let started = Instant::now();
-        let sent = tokio::time::timeout_at(deadline, target.provider.send(call, &prepared)).await;
-        let elapsed = started.elapsed();
-        waited += elapsed;
-        let metrics = target.provider.metrics();
-        let failure = match sent {
-            Ok(Ok(up)) if up.status.is_success() => {
-                metrics.attempt(Attempt::Success);
-                metrics.first_byte.record(elapsed.as_secs_f64());
-                target.state.record(true, Some(elapsed));
-                tracing::debug!(target = %target.name, attempt = attempts, "upstream answered");
-                return Forwarded {
-                    result: Ok(Attempted {
-                        target: target.clone(),
-                        response: up,
-                        prepared,
-                        started,
-                        guard,
-                    }),
-                    upstream_wait: waited,
-                    target: last_target,
-                };
-            }
-            Ok(Ok(up)) => {
-                metrics.attempt(Attempt::ErrorStatus);
-                let status = up.status;
-                target.state.record(!retry::breaker_failure(status), None);
-                let retry_after = retry::retry_after(&up.headers);
-                if let Some(d) = retry_after {
-                    target.state.cool_down(d);
-                }
-                let body = read_error_body(up.body).await;
-                let err = GatewayError::from_upstream(status, &body).with_retry_after(retry_after);
-                tracing::warn!(target = %target.name, status = status.as_u16(), attempt = attempts, "upstream answered with an error");
-                failures.push(format!("{}: status {}", target.name, status.as_u16()));
-                if !retry::retryable(status) {
-                    return Forwarded {
-                        result: Err(err),
-                        upstream_wait: waited,
-                        target: last_target,
-                    };
-                }
-                err
-            }
-            Ok(Err(e)) => {
-                target.state.record(false, None);
-                tracing::warn!(target = %target.name, error = %e, attempt = attempts, "upstream attempt failed");
-                let (outcome, class, err) = match e {
-                    UpstreamError::Timeout(_) => (
-                        Attempt::Timeout,
-                        "timeout",
-                        GatewayError::UpstreamTimeout(String::new()),
-                    ),
-                    UpstreamError::Connect(_) => (
-                        Attempt::ConnectError,
-                        "connect error",
-                        GatewayError::UpstreamUnreachable(String::new()),
-                    ),
-                    UpstreamError::Failed(_) => (
-                        Attempt::Failed,
-                        "invalid response",
-                        GatewayError::UpstreamInvalid(String::new()),
-                    ),
-                };
-                metrics.attempt(outcome);
-                failures.push(format!("{}: {class}", target.name));
-                err
-            }
-            Err(_deadline) => {
-                target.state.record(false, None);
-                metrics.attempt(Attempt::Timeout);
-                failures.push(format!("{}: timeout (request deadline)", target.name));
-                last = Some(GatewayError::UpstreamTimeout(String::new()));
-                break;
-            }
-        };
-        drop(guard);
-        last = Some(failure);
-    }
-
-    let summary = failures.join("; ");
-    let err = match last {
-        Some(e) => e.with_attempts(&summary),
-        None if !unsupported.is_empty() && attempts == 0 => GatewayError::InvalidRequest(format!(
-            "no provider on this model's route serves this endpoint ({summary})"
-        )),
-        None => GatewayError::NoTarget(summary),
-    };
-    Forwarded {
-        result: Err(err),
-        upstream_wait: waited,
-        target: last_target,
-    }
-}
-
-/// Upstream error bodies are read up to this size to build the client's error.
-const MAX_UPSTREAM_ERROR_BODY: usize = 64 * 1024;
-
-/// Reads at most [`MAX_UPSTREAM_ERROR_BODY`] bytes of an upstream error body.
-async fn read_error_body(mut body: crate::exchange::Body) -> Bytes {
-    use http_body_util::BodyExt;
-    let mut buf = bytes::BytesMut::new();
-    let read = async {
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(d) = frame.into_data() {
-                buf.extend_from_slice(&d);
-                if buf.len() >= MAX_UPSTREAM_ERROR_BODY {
-                    break;
-                }
-            }
-        }
-    };
-    // An error body that trickles is not worth waiting for.
-    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    buf.truncate(MAX_UPSTREAM_ERROR_BODY);
-    buf.freeze()
+    /// The attempts that did not serve the request, in order (on an error,
+    /// the same list the error carries).
+    pub ledger: Ledger,
 }
 
 #[cfg(test)]
