@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::clock::now_secs;
-use crate::files::write_atomic;
 use crate::config::AbuseConfig;
+use crate::files::write_atomic;
 use crate::shutdown::Shutdown;
 
 /// Failure counters kept at most; older windows are dropped first.

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::clock::now_secs;
 use crate::error::GatewayError;
 use crate::files::write_atomic;
-use crate::provider::Endpoint;
 use crate::glob::glob_match;
+use crate::provider::Endpoint;
 
 /// One key's record in the keys file (never the key itself).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use metrics::Gauge;
 
 use crate::admission::{Gate, Permit};
+use crate::api::Api;
 use crate::config::{
     BreakerConfig, HealthCheckConfig, ProviderConfig, ProviderKind, ProviderTimeouts,
 };
 use crate::exchange::Body;
 use crate::metrics::ProviderMetrics;
-use crate::api::Api;
 use crate::translate::{self, Conversion, TranslateError};
 pub use client::HttpClients;
 

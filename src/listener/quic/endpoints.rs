@@ -27,9 +27,7 @@ impl Endpoints {
         for socket in sockets {
             let ep = endpoint(socket, cfg, tls.clone())?;
             tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
-            listener
-                .shutdown
-                .spawn(listener.clone().serve(ep.clone()));
+            listener.shutdown.spawn(listener.clone().serve(ep.clone()));
             all.push(ep);
         }
         Ok(Endpoints(all))

@@ -21,9 +21,9 @@ use http_body_util::BodyExt;
 use super::streams::{self, Stops};
 use super::QuicHandshake;
 use crate::exchange::{strip_hop_by_hop, Body, BodyError, GatewayRequest, Protocol, Response};
-use crate::state::SharedState;
 use crate::metrics;
 use crate::pipeline;
+use crate::state::SharedState;
 
 type SendHalf = RequestStream<streams::SendStream<Bytes>, Bytes>;
 type RecvHalf = RequestStream<streams::RecvStream, Bytes>;
