@@ -178,34 +178,7 @@ async fn lossy_reordering_path_streams_complete() {
     assert!(done && !want.is_empty(), "{reference}");
 
     let relay = Relay::start(gw.udp, RelayConfig::default()).await;
-    let conns = (0..4).map(|c| {
-        let (gw, relay) = (&gw, &relay);
-        async move {
-            let client = Client::try_connect_from(
-                Proto::H3,
-                gw.tcp,
-                relay.addr,
-                &gw.ca,
-                "127.0.0.1".parse().unwrap(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("connection {c}: {e}; {}", relay.describe()));
-            let mut bodies = Vec::new();
-            for _ in 0..5 {
-                let resp = client
-                    .post_json("/v1/chat/completions", chat("gpt-4o-mini", true))
-                    .await;
-                assert_eq!(resp.status, 200, "{}", relay.describe());
-                bodies.push(resp.text_and_end().await);
-            }
-            bodies
-        }
-    });
-    let bodies: Vec<_> = futures_util::future::join_all(conns)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    let bodies = streams_over_our_client(&gw, &relay).await;
     assert_eq!(bodies.len(), 20);
     for (i, (body, end)) in bodies.iter().enumerate() {
         assert!(
@@ -222,6 +195,43 @@ async fn lossy_reordering_path_streams_complete() {
     }
 
     println!("our h3 client, 20 streams: {}", relay.describe());
+    streams_over_ngtcp2(&relay, &want).await;
+    println!("and 5 ngtcp2 streams: {}", relay.describe());
+}
+
+/// Five streamed chat completions on each of 4 connections of our h3
+/// client through `relay`: each body and how it ended.
+async fn streams_over_our_client(gw: &Gateway, relay: &Relay) -> Vec<(String, Result<(), String>)> {
+    let conns = (0..4).map(|c| async move {
+        let client = Client::try_connect_from(
+            Proto::H3,
+            gw.tcp,
+            relay.addr,
+            &gw.ca,
+            "127.0.0.1".parse().unwrap(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connection {c}: {e}; {}", relay.describe()));
+        let mut bodies = Vec::new();
+        for _ in 0..5 {
+            let resp = client
+                .post_json("/v1/chat/completions", chat("gpt-4o-mini", true))
+                .await;
+            assert_eq!(resp.status, 200, "{}", relay.describe());
+            bodies.push(resp.text_and_end().await);
+        }
+        bodies
+    });
+    futures_util::future::join_all(conns)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Five streamed chat completions from ngtcp2 through `relay`, each whole
+/// (`want`).
+async fn streams_over_ngtcp2(relay: &Relay, want: &str) {
     let ng = Gtlsclient::require();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("chat.json");
@@ -242,12 +252,11 @@ async fn lossy_reordering_path_streams_complete() {
         );
         assert_eq!(
             sse::openai_text(&run.body_text()),
-            (want.clone(), true),
+            (want.to_string(), true),
             "ngtcp2 run {i} whole; {}",
             relay.describe()
         );
     }
-    println!("and 5 ngtcp2 streams: {}", relay.describe());
 }
 
 #[path = "h3_clients/chromium.rs"]

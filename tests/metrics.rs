@@ -97,112 +97,16 @@ async fn traffic_moves_the_series(p: Proto) {
     let logs = captured_logs();
     let route = format!("metrics-{p:?}").to_lowercase();
     let gw = gateway_with_route(&route).await;
-    let c = gw.client(p).await;
-
-    let resp = c
-        .post_json("/v1/chat/completions", chat(&route, false))
-        .await;
-    assert!(resp
-        .header("server-timing")
-        .is_some_and(|t| t.starts_with("gateway;dur=")));
-    resp.json().await;
-    let mut body = chat(&route, true);
-    body["stream_options"] = json!({"include_usage": true});
-    c.post_json("/v1/chat/completions", body).await.text().await;
-    c.post_json("/v1/chat/completions", chat("status-400", false))
-        .await
-        .text()
-        .await;
-
-    // Request series are recorded when a response ends; the scrape may race
-    // the last one by a moment.
+    let c = gw.client(p).await; // kept open: the connection series count it
+    send_traffic(&c, &route).await;
     let proto = match p {
         Proto::H1 => "http/1.1",
         Proto::H2 => "h2",
         Proto::H3 => "h3",
     };
-    let mut samples = Vec::new();
-    for _ in 0..50 {
-        let (status, text) = gw.scrape(Some(ADMIN_TOKEN)).await;
-        assert_eq!(status, 200);
-        samples = parse(&text);
-        if value(&samples, "h3gate_requests_total", &[("route", &route)]) >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let ok = [
-        ("protocol", proto),
-        ("route", route.as_str()),
-        ("status_class", "2xx"),
-    ];
-    assert_eq!(value(&samples, "h3gate_requests_total", &ok), 2.0);
-    assert_eq!(
-        value(&samples, "h3gate_request_duration_seconds_count", &ok),
-        2.0
-    );
-    let bad = [
-        ("protocol", proto),
-        ("route", "status-*"),
-        ("status_class", "4xx"),
-    ];
-    assert!(value(&samples, "h3gate_requests_total", &bad) >= 1.0);
-    assert!(
-        value(
-            &samples,
-            "h3gate_gateway_overhead_seconds_count",
-            &[("protocol", proto)]
-        ) >= 3.0
-    );
-    assert!(
-        value(
-            &samples,
-            "h3gate_request_bytes_total",
-            &[("protocol", proto)]
-        ) > 0.0
-    );
-    assert!(
-        value(
-            &samples,
-            "h3gate_response_bytes_total",
-            &[("protocol", proto)]
-        ) > 0.0
-    );
-    assert!(
-        value(
-            &samples,
-            "h3gate_upstream_attempts_total",
-            &[("provider", "up"), ("outcome", "success")]
-        ) >= 2.0
-    );
-    assert!(
-        value(
-            &samples,
-            "h3gate_upstream_attempts_total",
-            &[("provider", "up"), ("outcome", "error_status")]
-        ) >= 1.0
-    );
-    assert!(
-        value(
-            &samples,
-            "h3gate_upstream_first_byte_seconds_count",
-            &[("provider", "up")]
-        ) >= 2.0
-    );
-    assert!(
-        value(
-            &samples,
-            "h3gate_upstream_first_token_seconds_count",
-            &[("provider", "up")]
-        ) >= 2.0
-    );
-    assert!(
-        value(
-            &samples,
-            "h3gate_upstream_chunk_gap_seconds_count",
-            &[("provider", "up")]
-        ) >= 5.0
-    );
+    let samples = samples_once_recorded(&gw, &route).await;
+    assert_request_series(&samples, proto, &route);
+    assert_upstream_series(&samples);
     // Usage from the JSON answer and from the stream's usage chunk: 5 + 5.
     let tokens = [
         ("direction", "completion"),
@@ -231,6 +135,93 @@ async fn traffic_moves_the_series(p: Proto) {
         assert!(!text.contains(secret), "{secret} in /metrics");
         assert!(!logs.contains(secret), "{secret} in logs");
     }
+}
+
+/// A JSON answer (with Server-Timing), a stream with a usage chunk, and an
+/// upstream 400, on `route`.
+async fn send_traffic(c: &common::Client, route: &str) {
+    let resp = c
+        .post_json("/v1/chat/completions", chat(route, false))
+        .await;
+    assert!(resp
+        .header("server-timing")
+        .is_some_and(|t| t.starts_with("gateway;dur=")));
+    resp.json().await;
+    let mut body = chat(route, true);
+    body["stream_options"] = json!({"include_usage": true});
+    c.post_json("/v1/chat/completions", body).await.text().await;
+    c.post_json("/v1/chat/completions", chat("status-400", false))
+        .await
+        .text()
+        .await;
+}
+
+/// The samples, once both answers on `route` are counted: request series
+/// are recorded when a response ends, and the scrape may race the last one
+/// by a moment (bounded wait; the assertions that follow tell).
+async fn samples_once_recorded(gw: &Gateway, route: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    common::wait_until(std::time::Duration::from_secs(5), async || {
+        let (status, text) = gw.scrape(Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200);
+        samples = parse(&text);
+        value(&samples, "h3gate_requests_total", &[("route", route)]) >= 2.0
+    })
+    .await;
+    samples
+}
+
+/// The request families: two 2xx on `route`, one 4xx, overhead and bytes.
+fn assert_request_series(samples: &[Sample], proto: &str, route: &str) {
+    let ok = [
+        ("protocol", proto),
+        ("route", route),
+        ("status_class", "2xx"),
+    ];
+    assert_eq!(value(samples, "h3gate_requests_total", &ok), 2.0);
+    assert_eq!(
+        value(samples, "h3gate_request_duration_seconds_count", &ok),
+        2.0
+    );
+    let bad = [
+        ("protocol", proto),
+        ("route", "status-*"),
+        ("status_class", "4xx"),
+    ];
+    assert!(value(samples, "h3gate_requests_total", &bad) >= 1.0);
+    let by_protocol = [("protocol", proto)];
+    assert!(
+        value(
+            samples,
+            "h3gate_gateway_overhead_seconds_count",
+            &by_protocol
+        ) >= 3.0
+    );
+    assert!(value(samples, "h3gate_request_bytes_total", &by_protocol) > 0.0);
+    assert!(value(samples, "h3gate_response_bytes_total", &by_protocol) > 0.0);
+}
+
+/// The upstream families of provider `up`: attempts, first byte and token,
+/// chunk gaps.
+fn assert_upstream_series(samples: &[Sample]) {
+    let up = [("provider", "up")];
+    assert!(
+        value(
+            samples,
+            "h3gate_upstream_attempts_total",
+            &[("provider", "up"), ("outcome", "success")]
+        ) >= 2.0
+    );
+    assert!(
+        value(
+            samples,
+            "h3gate_upstream_attempts_total",
+            &[("provider", "up"), ("outcome", "error_status")]
+        ) >= 1.0
+    );
+    assert!(value(samples, "h3gate_upstream_first_byte_seconds_count", &up) >= 2.0);
+    assert!(value(samples, "h3gate_upstream_first_token_seconds_count", &up) >= 2.0);
+    assert!(value(samples, "h3gate_upstream_chunk_gap_seconds_count", &up) >= 5.0);
 }
 
 /// Families the traffic of [`every_exported_family_is_described`] does not
@@ -307,30 +298,8 @@ fn described_families(text: &str) -> std::collections::BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_exported_family_is_described() {
     captured_logs(); // first: this binary's log subscriber is the capturing one
-    let mut keys = Vec::new();
     let boom = common::armed_panic_model();
-    let gw = Gateway::start_with(|c| {
-        c.auth.required = true;
-        c.abuse.max_failures = 2;
-        let path = c.auth.keys_file.clone().unwrap();
-        let limited = NewKey {
-            name: "limited".into(),
-            models: vec!["gpt-*".into()],
-            rpm: Some(1),
-            ..Default::default()
-        };
-        for k in [
-            NewKey {
-                name: "all".into(),
-                ..Default::default()
-            },
-            limited,
-        ] {
-            keys.push(auth::create(&path, k).unwrap().0);
-        }
-    })
-    .await;
-    let (all, limited) = (format!("Bearer {}", keys[0]), format!("Bearer {}", keys[1]));
+    let (gw, all, limited) = gateway_with_two_keys().await;
     let h3 = gw.client(Proto::H3).await;
     let as_key = |key: &str, model: &str, stream: bool| {
         let body = chat(model, stream);
@@ -363,6 +332,47 @@ async fn every_exported_family_is_described() {
     assert_eq!(as_key(&limited, "gpt-ok", false).await, 200);
     assert_eq!(as_key(&limited, "gpt-ok", false).await, 429);
 
+    let _h1 = get_the_address_denied(&gw, &all).await;
+    assert_eq!(gw.reload().await.0, 200);
+
+    let seen = described_families(&gw.metrics_text().await);
+    for f in FAMILIES.iter().filter(|f| !NOT_DRIVEN.contains(&f.name)) {
+        assert!(seen.contains(f.name), "{} was not exported", f.name);
+    }
+}
+
+/// A gateway requiring keys (abuse deny after 2 failures), with the keys
+/// `all` and `limited` (gpt-* only, 1 rpm): their `Authorization` values.
+async fn gateway_with_two_keys() -> (Gateway, String, String) {
+    let mut keys = Vec::new();
+    let gw = Gateway::start_with(|c| {
+        c.auth.required = true;
+        c.abuse.max_failures = 2;
+        let path = c.auth.keys_file.clone().unwrap();
+        let limited = NewKey {
+            name: "limited".into(),
+            models: vec!["gpt-*".into()],
+            rpm: Some(1),
+            ..Default::default()
+        };
+        for k in [
+            NewKey {
+                name: "all".into(),
+                ..Default::default()
+            },
+            limited,
+        ] {
+            keys.push(auth::create(&path, k).unwrap().0);
+        }
+    })
+    .await;
+    let (all, limited) = (format!("Bearer {}", keys[0]), format!("Bearer {}", keys[1]));
+    (gw, all, limited)
+}
+
+/// Two 401s over HTTP/1.1 get the address denied: then even a good key
+/// (`auth`) is refused with 403. The client, still connected.
+async fn get_the_address_denied(gw: &Gateway, auth: &str) -> common::Client {
     let h1 = gw.client(Proto::H1).await;
     let bad = [("authorization", "Bearer h3g_bad")];
     for _ in 0..2 {
@@ -376,7 +386,7 @@ async fn every_exported_family_is_described() {
             .await;
         assert_eq!(r.status, 401);
     }
-    let good = [("authorization", all.as_str())];
+    let good = [("authorization", auth)];
     let r = h1
         .request(
             http::Method::GET,
@@ -386,12 +396,7 @@ async fn every_exported_family_is_described() {
         )
         .await;
     assert_eq!(r.status, 403, "the address is denied now");
-    assert_eq!(gw.reload().await.0, 200);
-
-    let seen = described_families(&gw.metrics_text().await);
-    for f in FAMILIES.iter().filter(|f| !NOT_DRIVEN.contains(&f.name)) {
-        assert!(seen.contains(f.name), "{} was not exported", f.name);
-    }
+    h1
 }
 
 /// A metric name is written once, in the table: nowhere else in `src/` is

@@ -172,16 +172,13 @@ async fn revocation_applies_without_restart_while_others_stream(p: Proto) {
 
     let keys_file = gw.config_path.parent().unwrap().join("keys.json");
     auth::revoke(&keys_file, "victim").unwrap();
-    let mut refused = false;
-    for _ in 0..50 {
+    let refused = common::wait_until(Duration::from_secs(5), async || {
         let r = chat_as(&c, &keys[1], "gpt-ok", false).await;
-        if r.status == 401 {
-            refused = true;
-            break;
-        }
+        let refused = r.status == 401;
         r.text().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        refused
+    })
+    .await;
     assert!(refused, "the revoked key stopped working within seconds");
     gw.upstream.release();
     assert!(
@@ -679,21 +676,7 @@ async fn admin_key_api_and_audit_log() {
     let af = audit_file.clone();
     let (gw, _) = with_keys(vec![], move |c| c.audit.file = Some(af)).await;
     let admin = reqwest::Client::new();
-    let created: Value = serde_json::from_str(
-        &admin
-            .post(format!("http://{}/admin/keys", gw.admin))
-            .bearer_auth(ADMIN_TOKEN)
-            .body(r#"{"name":"svc","scopes":["chat"],"expires":"90d","rpm":100}"#)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let key = created["key"].as_str().unwrap().to_string();
-    assert!(key.starts_with("h3g_"));
+    let key = create_key_through_the_api(&gw, &admin).await;
     let c = gw.client(Proto::H2).await;
     let ok = chat_as(&c, &key, "gpt-ok", false).await;
     assert_eq!(
@@ -724,16 +707,38 @@ async fn admin_key_api_and_audit_log() {
     assert_eq!(refused.status, 401);
 
     assert_eq!(gw.reload().await.0, 200);
+    audit_log_has_every_event_and_no_secret(&audit_file, &key).await;
+}
 
-    // The audit log has every event, and no secret.
+/// `POST /admin/keys` for `svc`: the new key.
+async fn create_key_through_the_api(gw: &Gateway, admin: &reqwest::Client) -> String {
+    let created: Value = serde_json::from_str(
+        &admin
+            .post(format!("http://{}/admin/keys", gw.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(r#"{"name":"svc","scopes":["chat"],"expires":"90d","rpm":100}"#)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("h3g_"));
+    key
+}
+
+/// The audit log (written in the background: waited for, bounded) has
+/// every event, and no secret; it is private to its owner.
+async fn audit_log_has_every_event_and_no_secret(audit_file: &std::path::Path, key: &str) {
     let mut text = String::new();
-    for _ in 0..50 {
-        text = std::fs::read_to_string(&audit_file).unwrap_or_default();
-        if text.contains("\"authentication\"") && text.contains("config_reload") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until(Duration::from_secs(5), async || {
+        text = std::fs::read_to_string(audit_file).unwrap_or_default();
+        text.contains("\"authentication\"") && text.contains("config_reload")
+    })
+    .await;
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -750,14 +755,14 @@ async fn admin_key_api_and_audit_log() {
     assert!(actions.contains(&"config_reload"), "{actions:?}");
     assert!(lines.iter().all(|l| l["timestamp"].is_string()));
     assert!(
-        !text.contains(&key) && !text.contains(ADMIN_TOKEN),
+        !text.contains(key) && !text.contains(ADMIN_TOKEN),
         "no secret in the audit log"
     );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
-            std::fs::metadata(&audit_file).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(audit_file).unwrap().permissions().mode() & 0o777,
             0o600
         );
     }

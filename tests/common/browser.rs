@@ -44,6 +44,69 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
+/// Chromium's command line: headless, quiet, a fresh profile in `profile`,
+/// and what `opts` asks for.
+fn chromium_args(opts: &BrowserOptions, profile: &std::path::Path) -> Vec<String> {
+    let mut args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".into(),
+        "--disable-gpu".into(),
+        "--remote-debugging-port=0".into(),
+        format!("--user-data-dir={}", profile.display()),
+        "--disable-background-networking".into(),
+        "--disable-component-update".into(),
+        "--disable-sync".into(),
+        "--no-first-run".into(),
+        "--no-default-browser-check".into(),
+        "--disable-dev-shm-usage".into(),
+    ];
+    if !opts.force_quic.is_empty() {
+        let origins: Vec<String> = opts.force_quic.iter().map(|a| a.to_string()).collect();
+        args.push(format!("--origin-to-force-quic-on={}", origins.join(",")));
+    }
+    if !opts.trusted_spki.is_empty() {
+        args.push(format!(
+            "--ignore-certificate-errors-spki-list={}",
+            opts.trusted_spki.join(",")
+        ));
+    }
+    if opts.net_benchmarking {
+        args.push("--enable-net-benchmarking".into());
+    }
+    args.extend(opts.extra_args.iter().cloned());
+    args.push("about:blank".into());
+    args
+}
+
+/// Reads Chromium's stderr: keeps the last 60 lines in `tail` and sends
+/// the DevTools websocket URL once it is printed.
+fn watch_stderr(
+    stderr: tokio::process::ChildStderr,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) -> (JoinHandle<()>, tokio::sync::oneshot::Receiver<String>) {
+    let (url_tx, url_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut url_tx = Some(url_tx);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.split("DevTools listening on ").nth(1) {
+                if let Some(tx) = url_tx.take() {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+            if line.contains("dbus") {
+                continue; // no system bus in a container: noise
+            }
+            let mut t = tail.lock().unwrap();
+            t.push_back(line);
+            if t.len() > 60 {
+                t.pop_front();
+            }
+        }
+    });
+    (task, url_rx)
+}
+
 impl Browser {
     /// Starts Chromium (panics with the install line if missing) and
     /// connects to its DevTools websocket.
@@ -54,37 +117,8 @@ impl Browser {
 
     async fn launch_exe(exe: PathBuf, opts: &BrowserOptions) -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let mut args = vec![
-            "--headless".to_string(),
-            "--no-sandbox".into(),
-            "--disable-gpu".into(),
-            "--remote-debugging-port=0".into(),
-            format!("--user-data-dir={}", profile.path().display()),
-            "--disable-background-networking".into(),
-            "--disable-component-update".into(),
-            "--disable-sync".into(),
-            "--no-first-run".into(),
-            "--no-default-browser-check".into(),
-            "--disable-dev-shm-usage".into(),
-        ];
-        if !opts.force_quic.is_empty() {
-            let origins: Vec<String> = opts.force_quic.iter().map(|a| a.to_string()).collect();
-            args.push(format!("--origin-to-force-quic-on={}", origins.join(",")));
-        }
-        if !opts.trusted_spki.is_empty() {
-            args.push(format!(
-                "--ignore-certificate-errors-spki-list={}",
-                opts.trusted_spki.join(",")
-            ));
-        }
-        if opts.net_benchmarking {
-            args.push("--enable-net-benchmarking".into());
-        }
-        args.extend(opts.extra_args.iter().cloned());
-        args.push("about:blank".into());
-
         let mut child = tokio::process::Command::new(&exe)
-            .args(&args)
+            .args(chromium_args(opts, profile.path()))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -92,29 +126,8 @@ impl Browser {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
-        let stderr = child.stderr.take().unwrap();
         let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
-        let (url_tx, url_rx) = tokio::sync::oneshot::channel();
-        let t = tail.clone();
-        let stderr_task = tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            let mut url_tx = Some(url_tx);
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(url) = line.split("DevTools listening on ").nth(1) {
-                    if let Some(tx) = url_tx.take() {
-                        let _ = tx.send(url.trim().to_string());
-                    }
-                }
-                if line.contains("dbus") {
-                    continue; // no system bus in a container: noise
-                }
-                let mut t = t.lock().unwrap();
-                t.push_back(line);
-                if t.len() > 60 {
-                    t.pop_front();
-                }
-            }
-        });
+        let (stderr_task, url_rx) = watch_stderr(child.stderr.take().unwrap(), tail.clone());
         let url = match tokio::time::timeout(Duration::from_secs(30), url_rx).await {
             Ok(Ok(url)) => url,
             _ => {

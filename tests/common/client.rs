@@ -236,59 +236,13 @@ impl Client {
         headers: &[(&str, &str)],
         body: TestBody,
     ) -> Result<TestResponse, String> {
-        let (tx, rx) = mpsc::channel(64);
         match &self.inner {
             Inner::Reqwest { client, base } => {
                 let mut req = client.request(method, format!("{base}{path}"));
                 for (k, v) in headers {
                     req = req.header(*k, *v);
                 }
-                req = match body {
-                    TestBody::Empty => req,
-                    TestBody::Json(v) => req
-                        .header("content-type", "application/json")
-                        .body(v.to_string()),
-                    TestBody::Bytes(b) => req.body(b),
-                    TestBody::Chunked(chunks) => {
-                        let s = futures_util::stream::iter(
-                            chunks.into_iter().map(Ok::<_, std::io::Error>),
-                        );
-                        req.body(reqwest::Body::wrap_stream(s))
-                    }
-                    TestBody::Slow(chunks, gap) => {
-                        let s = futures_util::stream::unfold(
-                            chunks.into_iter(),
-                            move |mut it| async move {
-                                let c = it.next()?;
-                                tokio::time::sleep(gap).await;
-                                Some((Ok::<_, std::io::Error>(c), it))
-                            },
-                        );
-                        req.body(reqwest::Body::wrap_stream(s))
-                    }
-                };
-                let resp = req.send().await.map_err(|e| format!("{e:?}"))?;
-                let status = resp.status().as_u16();
-                let headers = resp.headers().clone();
-                tokio::spawn(async move {
-                    let mut resp = resp;
-                    loop {
-                        let item = match resp.chunk().await {
-                            Ok(Some(b)) => Ok(b),
-                            Ok(None) => break,
-                            Err(e) => Err(format!("{e:?}")),
-                        };
-                        let failed = item.is_err();
-                        if tx.send(item).await.is_err() || failed {
-                            break; // reader gone: dropping `resp` cancels the request
-                        }
-                    }
-                });
-                Ok(TestResponse {
-                    status,
-                    headers,
-                    rx,
-                })
+                reqwest_send(reqwest_body(req, body)).await
             }
             Inner::H3 {
                 send, authority, ..
@@ -299,70 +253,151 @@ impl Client {
                 for (k, v) in headers {
                     b = b.header(*k, *v);
                 }
-                let mut gap = None;
-                let chunks: Vec<Vec<u8>> = match body {
-                    TestBody::Slow(c, g) => {
-                        gap = Some(g);
-                        c
-                    }
-                    TestBody::Empty => vec![],
-                    TestBody::Json(v) => {
-                        b = b.header("content-type", "application/json");
-                        vec![v.to_string().into_bytes()]
-                    }
-                    TestBody::Bytes(bytes) => {
-                        b = b.header("content-length", bytes.len());
-                        vec![bytes]
-                    }
-                    TestBody::Chunked(c) => c,
-                };
-                // The reader keeps a handle: h3 closes the connection when the last one goes.
-                let keep_alive = send.lock().await.clone();
-                let sent = send.lock().await.send_request(b.body(()).unwrap()).await;
-                let mut stream = match sent {
-                    Ok(s) => s,
-                    Err(e) => return Err(format!("{e:?}")),
-                };
-                for c in chunks {
-                    if let Some(g) = gap {
-                        tokio::time::sleep(g).await;
-                    }
-                    if stream.send_data(Bytes::from(c)).await.is_err() {
-                        break; // the server may stop reading (413): its answer still comes
-                    }
-                }
-                let _ = stream.finish().await;
-                let resp = stream.recv_response().await.expect("h3 response");
-                let status = resp.status().as_u16();
-                let headers = resp.headers().clone();
-                tokio::spawn(async move {
-                    let _keep_alive = keep_alive;
-                    loop {
-                        let item = match stream.recv_data().await {
-                            Ok(Some(mut buf)) => Ok(buf.copy_to_bytes(buf.remaining())),
-                            Ok(None) => break,
-                            Err(e) => Err(format!("{e}")),
-                        };
-                        let failed = item.is_err();
-                        let gone = tx.send(item).await.is_err();
-                        if failed {
-                            break;
-                        }
-                        if gone {
-                            // Reader gone: dropping the stream stops it (quinn
-                            // sends STOP_SENDING), like a browser tab closing.
-                            // Not `stop_sending`: h3-quinn panics on it while
-                            // h3 has a read of the next frame in flight.
-                            break;
-                        }
-                    }
-                });
-                Ok(TestResponse {
-                    status,
-                    headers,
-                    rx,
-                })
+                h3_send(send, b, body).await
             }
+        }
+    }
+}
+
+type H3Send = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+type H3Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type BodySender = mpsc::Sender<Result<Bytes, String>>;
+
+/// A reqwest request with `body`.
+fn reqwest_body(req: reqwest::RequestBuilder, body: TestBody) -> reqwest::RequestBuilder {
+    match body {
+        TestBody::Empty => req,
+        TestBody::Json(v) => req
+            .header("content-type", "application/json")
+            .body(v.to_string()),
+        TestBody::Bytes(b) => req.body(b),
+        TestBody::Chunked(chunks) => {
+            let s = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+            req.body(reqwest::Body::wrap_stream(s))
+        }
+        TestBody::Slow(chunks, gap) => {
+            let s = futures_util::stream::unfold(chunks.into_iter(), move |mut it| async move {
+                let c = it.next()?;
+                // The slow client under test: its chunks this far apart.
+                tokio::time::sleep(gap).await;
+                Some((Ok::<_, std::io::Error>(c), it))
+            });
+            req.body(reqwest::Body::wrap_stream(s))
+        }
+    }
+}
+
+/// Sends a reqwest request; a task reads the response body into the
+/// [`TestResponse`]'s channel.
+async fn reqwest_send(req: reqwest::RequestBuilder) -> Result<TestResponse, String> {
+    let (tx, rx) = mpsc::channel(64);
+    let resp = req.send().await.map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    tokio::spawn(async move {
+        let mut resp = resp;
+        loop {
+            let item = match resp.chunk().await {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => break,
+                Err(e) => Err(format!("{e:?}")),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break; // reader gone: dropping `resp` cancels the request
+            }
+        }
+    });
+    Ok(TestResponse {
+        status,
+        headers,
+        rx,
+    })
+}
+
+/// An h3 request's body as chunks, the gap between them (slow bodies), and
+/// the headers it implies.
+fn h3_body(
+    mut b: http::request::Builder,
+    body: TestBody,
+) -> (http::request::Builder, Vec<Vec<u8>>, Option<Duration>) {
+    let mut gap = None;
+    let chunks: Vec<Vec<u8>> = match body {
+        TestBody::Slow(c, g) => {
+            gap = Some(g);
+            c
+        }
+        TestBody::Empty => vec![],
+        TestBody::Json(v) => {
+            b = b.header("content-type", "application/json");
+            vec![v.to_string().into_bytes()]
+        }
+        TestBody::Bytes(bytes) => {
+            b = b.header("content-length", bytes.len());
+            vec![bytes]
+        }
+        TestBody::Chunked(c) => c,
+    };
+    (b, chunks, gap)
+}
+
+/// Sends an h3 request and its body; a task reads the response body into
+/// the [`TestResponse`]'s channel.
+async fn h3_send(
+    send: &tokio::sync::Mutex<H3Send>,
+    b: http::request::Builder,
+    body: TestBody,
+) -> Result<TestResponse, String> {
+    let (tx, rx) = mpsc::channel(64);
+    let (b, chunks, gap) = h3_body(b, body);
+    // The reader keeps a handle: h3 closes the connection when the last one goes.
+    let keep_alive = send.lock().await.clone();
+    let sent = send.lock().await.send_request(b.body(()).unwrap()).await;
+    let mut stream = match sent {
+        Ok(s) => s,
+        Err(e) => return Err(format!("{e:?}")),
+    };
+    for c in chunks {
+        if let Some(g) = gap {
+            // The slow client under test: its chunks this far apart.
+            tokio::time::sleep(g).await;
+        }
+        if stream.send_data(Bytes::from(c)).await.is_err() {
+            break; // the server may stop reading (413): its answer still comes
+        }
+    }
+    let _ = stream.finish().await;
+    let resp = stream.recv_response().await.expect("h3 response");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    tokio::spawn(read_h3_body(stream, keep_alive, tx));
+    Ok(TestResponse {
+        status,
+        headers,
+        rx,
+    })
+}
+
+/// Forwards an h3 response body to `tx` until it ends, fails, or the reader goes.
+async fn read_h3_body(mut stream: H3Stream, keep_alive: H3Send, tx: BodySender) {
+    let _keep_alive = keep_alive;
+    loop {
+        let item = match stream.recv_data().await {
+            Ok(Some(mut buf)) => Ok(buf.copy_to_bytes(buf.remaining())),
+            Ok(None) => break,
+            Err(e) => Err(format!("{e}")),
+        };
+        let failed = item.is_err();
+        let gone = tx.send(item).await.is_err();
+        if failed {
+            break;
+        }
+        if gone {
+            // Reader gone: dropping the stream stops it (quinn
+            // sends STOP_SENDING), like a browser tab closing.
+            // Not `stop_sending`: h3-quinn panics on it while
+            // h3 has a read of the next frame in flight.
+            break;
         }
     }
 }

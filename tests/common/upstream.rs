@@ -138,78 +138,14 @@ async fn handle(
     let model = json["model"].as_str().unwrap_or("").to_string();
     let stream = json["stream"].as_bool().unwrap_or(false);
     let anthropic = parts.headers.contains_key("anthropic-version");
-    if let Some(id) = parts.uri.path().strip_prefix("/v1/models/") {
-        let body = if anthropic {
-            serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-01-01T00:00:00Z"})
-        } else {
-            serde_json::json!({"id": id, "object": "model", "created": 1, "owned_by": "test-upstream"})
-        };
-        return Ok(respond(200, "application/json", full(body.to_string())));
-    }
-    let endpoint = match parts.uri.path() {
-        "/v1/completions" => Endpoint::Completions,
-        "/v1/embeddings" => Endpoint::Embeddings,
-        "/v1/messages" => Endpoint::Messages,
-        "/v1/messages/count_tokens" => {
-            return Ok(respond(
-                200,
-                "application/json",
-                full(r#"{"input_tokens":42}"#.into()),
-            ))
-        }
-        _ => Endpoint::ChatCompletions,
-    };
-
-    if let Some(pct) = model
-        .strip_prefix("flaky-")
-        .and_then(|p| p.parse::<u32>().ok())
-    {
-        let roll = fastrand::u32(0..100);
-        if roll < pct / 2 {
-            return Ok(respond(
-                503,
-                "application/json",
-                full(r#"{"error":{"message":"overloaded","type":"server_error"}}"#.into()),
-            ));
-        }
-        if roll < pct {
-            // A cut connection: the gateway sees an invalid response.
-            return Ok(respond(
-                200,
-                "application/json",
-                Box::pin(http_body_util::StreamBody::new(futures_util::stream::iter(
-                    [Err::<Frame<Bytes>, BoxError>("cut".into())],
-                )))
-                .boxed(),
-            ));
-        }
-    }
-    if let Some(spec) = model.strip_prefix("status-") {
-        let (code, retry_after) = match spec.split_once("-ra") {
-            Some((c, ra)) => (c, Some(ra.to_string())),
-            None => (spec, None),
-        };
-        let status: u16 = code.parse().unwrap_or(500);
-        let body = if endpoint == Endpoint::Messages {
-            serde_json::json!({"type": "error", "error": {
-                "type": h3gate::api::anthropic_error_type(status),
-                "message": "Overloaded. Incorrect API key provided: sk-ant-FAKEKEY0123456789abcdef.",
-            }})
-        } else {
-            serde_json::json!({"error": {
-                "message": "Rate limit reached. Incorrect API key provided: sk-test-FAKEKEY0123456789abcdef.",
-                "type": if status == 429 { "rate_limit_error" } else { "invalid_request_error" },
-                "param": null,
-                "code": format!("test_{status}"),
-            }})
-        };
-        let mut resp = respond(status, "application/json", full(body.to_string()));
-        if let Some(ra) = retry_after {
-            resp.headers_mut()
-                .insert("retry-after", ra.parse().unwrap());
-        }
+    if let Some(resp) = fixed_answer(parts.uri.path(), anthropic) {
         return Ok(resp);
     }
+    let endpoint = endpoint_of(parts.uri.path());
+    if let Some(resp) = flaky(&model).or_else(|| status_error(&model, endpoint)) {
+        return Ok(resp);
+    }
+    // The slow upstream under test: these waits are its behaviour.
     if model == "slow" {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
@@ -231,7 +167,100 @@ async fn handle(
             full(answer.complete().to_string()),
         ));
     }
+    Ok(stream_answer(model, endpoint, &json, answer, s))
+}
 
+/// The answers that depend on the path alone: a model object, a token count.
+fn fixed_answer(path: &str, anthropic: bool) -> Option<hyper::Response<RespBody>> {
+    if let Some(id) = path.strip_prefix("/v1/models/") {
+        let body = if anthropic {
+            serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-01-01T00:00:00Z"})
+        } else {
+            serde_json::json!({"id": id, "object": "model", "created": 1, "owned_by": "test-upstream"})
+        };
+        return Some(respond(200, "application/json", full(body.to_string())));
+    }
+    (path == "/v1/messages/count_tokens").then(|| {
+        respond(
+            200,
+            "application/json",
+            full(r#"{"input_tokens":42}"#.into()),
+        )
+    })
+}
+
+fn endpoint_of(path: &str) -> Endpoint {
+    match path {
+        "/v1/completions" => Endpoint::Completions,
+        "/v1/embeddings" => Endpoint::Embeddings,
+        "/v1/messages" => Endpoint::Messages,
+        _ => Endpoint::ChatCompletions,
+    }
+}
+
+/// `flaky-PCT`: a failure PCT % of the time (half 503, half a cut body).
+fn flaky(model: &str) -> Option<hyper::Response<RespBody>> {
+    let pct = model.strip_prefix("flaky-")?.parse::<u32>().ok()?;
+    let roll = fastrand::u32(0..100);
+    if roll < pct / 2 {
+        return Some(respond(
+            503,
+            "application/json",
+            full(r#"{"error":{"message":"overloaded","type":"server_error"}}"#.into()),
+        ));
+    }
+    // A cut connection: the gateway sees an invalid response.
+    (roll < pct).then(|| {
+        respond(
+            200,
+            "application/json",
+            Box::pin(http_body_util::StreamBody::new(futures_util::stream::iter(
+                [Err::<Frame<Bytes>, BoxError>("cut".into())],
+            )))
+            .boxed(),
+        )
+    })
+}
+
+/// `status-NNN[-raS]`: an error in the endpoint's shape, holding a fake key.
+fn status_error(model: &str, endpoint: Endpoint) -> Option<hyper::Response<RespBody>> {
+    let spec = model.strip_prefix("status-")?;
+    let (code, retry_after) = match spec.split_once("-ra") {
+        Some((c, ra)) => (c, Some(ra.to_string())),
+        None => (spec, None),
+    };
+    let status: u16 = code.parse().unwrap_or(500);
+    let body = if endpoint == Endpoint::Messages {
+        serde_json::json!({"type": "error", "error": {
+            "type": h3gate::api::anthropic_error_type(status),
+            "message": "Overloaded. Incorrect API key provided: sk-ant-FAKEKEY0123456789abcdef.",
+        }})
+    } else {
+        serde_json::json!({"error": {
+            "message": "Rate limit reached. Incorrect API key provided: sk-test-FAKEKEY0123456789abcdef.",
+            "type": if status == 429 { "rate_limit_error" } else { "invalid_request_error" },
+            "param": null,
+            "code": format!("test_{status}"),
+        }})
+    };
+    let mut resp = respond(status, "application/json", full(body.to_string()));
+    if let Some(ra) = retry_after {
+        resp.headers_mut()
+            .insert("retry-after", ra.parse().unwrap());
+    }
+    Some(resp)
+}
+
+type FrameSender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+/// A streamed answer, played by a task as `model` asks.
+fn stream_answer(
+    model: String,
+    endpoint: Endpoint,
+    json: &Value,
+    answer: Answer,
+    s: Arc<Shared>,
+) -> hyper::Response<RespBody> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
     let include_usage = json["stream_options"]["include_usage"]
         .as_bool()
@@ -241,53 +270,58 @@ async fn handle(
     } else {
         answer.stream_events(include_usage)
     };
-    tokio::spawn(async move {
-        let send = |ev: String| {
-            let tx = tx.clone();
-            async move { tx.send(Ok(Frame::data(Bytes::from(ev)))).await.is_ok() }
-        };
-        match model.as_str() {
-            "gated" => {
-                let released = s.gate.notified();
-                tokio::pin!(released);
-                released.as_mut().enable();
-                let _ = send(events[0].clone()).await;
-                released.await;
-                for ev in &events[1..] {
-                    if !send(ev.clone()).await {
-                        return;
-                    }
+    tokio::spawn(play(model, events, answer, tx, s));
+    let body = StreamBody::new(tokio_stream_from(rx)).boxed();
+    respond(200, "text/event-stream", body)
+}
+
+/// Sends the events: gated, endless, cut mid-stream, or straight through.
+async fn play(model: String, events: Vec<String>, answer: Answer, tx: FrameSender, s: Arc<Shared>) {
+    let send = |ev: String| {
+        let tx = tx.clone();
+        async move { tx.send(Ok(Frame::data(Bytes::from(ev)))).await.is_ok() }
+    };
+    match model.as_str() {
+        "gated" => {
+            let released = s.gate.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let _ = send(events[0].clone()).await;
+            released.await;
+            for ev in &events[1..] {
+                if !send(ev.clone()).await {
+                    return;
                 }
-                s.sent_last.fetch_add(1, Ordering::SeqCst);
             }
-            "endless" => {
-                for i in 0..1000 {
-                    if !send(answer.chunk(Some(h3gate::provider::mock::token(i)), false)).await {
-                        s.dropped.fetch_add(1, Ordering::SeqCst);
-                        s.dropped_notify.notify_waiters();
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+            s.sent_last.fetch_add(1, Ordering::SeqCst);
+        }
+        "endless" => {
+            for i in 0..1000 {
+                if !send(answer.chunk(Some(h3gate::provider::mock::token(i)), false)).await {
+                    s.dropped.fetch_add(1, Ordering::SeqCst);
+                    s.dropped_notify.notify_waiters();
+                    return;
                 }
-                let _ = send(DONE.to_string()).await;
+                // The pace of the endless stream (its behaviour).
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            "drop-mid-stream" => {
-                let _ = send(events[0].clone()).await;
-                let _ = send(events[1].clone()).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let _ = tx.send(Err("upstream cut the connection".into())).await;
-            }
-            _ => {
-                for ev in events {
-                    if !send(ev).await {
-                        return;
-                    }
+            let _ = send(DONE.to_string()).await;
+        }
+        "drop-mid-stream" => {
+            let _ = send(events[0].clone()).await;
+            let _ = send(events[1].clone()).await;
+            // A gap before the cut (the behaviour: a stream that dies later).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx.send(Err("upstream cut the connection".into())).await;
+        }
+        _ => {
+            for ev in events {
+                if !send(ev).await {
+                    return;
                 }
             }
         }
-    });
-    let body = StreamBody::new(tokio_stream_from(rx)).boxed();
-    Ok(respond(200, "text/event-stream", body))
+    }
 }
 
 fn tokio_stream_from(
