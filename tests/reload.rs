@@ -49,6 +49,7 @@ async fn reload_under_streaming_traffic(p: Proto) {
                     .await;
                 statuses.push(r.status);
                 r.text().await;
+                // The traffic's pace (load, not a wait for anything).
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
             statuses
