@@ -127,7 +127,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::TooEarly => StatusCode::from_u16(425).unwrap_or(StatusCode::BAD_REQUEST),
+            GatewayError::TooEarly => StatusCode::TOO_EARLY,
             GatewayError::Upstream { status, .. } => *status,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
