@@ -5,10 +5,9 @@
 //! less the estimate) goes over a bounded channel to a tracked task that
 //! applies corrections in batches. Nothing in `Drop` waits or blocks: a full
 //! or closed channel drops the correction (the estimate stays), counted in
-//! `h3gate_rate_limit_corrections_total{result="dropped"}`. The task ends
-//! when the drain starts, after applying what is queued; corrections from
-//! requests that end later are dropped (for the in-memory backend nothing
-//! outlives the process anyway).
+//! `h3gate_rate_limit_corrections_total{result="dropped"}`. The task runs
+//! until the process exits, not just until the drain, so requests that end
+//! during the drain are corrected too; at exit it applies what is queued.
 
 use std::sync::{Arc, Mutex};
 
@@ -99,12 +98,15 @@ impl RateLimits {
             .take();
         if let Some(rx) = taken {
             let backend = self.backend.dyn_limiter();
-            shutdown.spawn(reconciler(backend, rx, shutdown.clone()));
+            // Until exit, not the drain: requests that end during the drain
+            // still send their corrections.
+            shutdown.spawn_until_exit(reconciler(backend, rx, shutdown.clone()));
         }
     }
 }
 
-/// Applies corrections as they come, in batches, until the drain starts.
+/// Applies corrections as they come, in batches, until the process exits
+/// (the drain is over by then: every request has ended and sent its own).
 async fn reconciler(backend: Arc<dyn Limiter>, mut rx: mpsc::Receiver<Correction>, sd: Shutdown) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -115,7 +117,7 @@ async fn reconciler(backend: Arc<dyn Limiter>, mut rx: mpsc::Receiver<Correction
                     return;
                 }
             }
-            _ = sd.draining() => {
+            _ = sd.exiting() => {
                 rx.close();
                 while rx.recv_many(&mut batch, BATCH).await > 0 {
                     apply(&*backend, &mut batch).await;
@@ -288,14 +290,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_reconciler_ends_with_the_drain() {
-        let (_memory, limits, reservation) = reserved().await;
+    async fn the_reconciler_outlives_the_drain_and_ends_at_exit() {
+        let (memory, limits, reservation) = reserved().await;
         let signal = CancellationToken::new();
         let shutdown = Shutdown::new(signal.clone());
         limits.start(&shutdown);
         limits.start(&shutdown); // a reload's: the running one stays alone
         signal.cancel();
+        // It does not hold the drain up...
         assert!(shutdown.drain(std::time::Duration::from_secs(5)).await);
-        reservation.reconcile(Some(1)); // too late: dropped, counted
+        // ...and a request that ends during the drain is still corrected.
+        reservation.reconcile(Some(1));
+        assert!(settles(|| left(&memory) > 100).await, "{}", left(&memory));
+        let exited = tokio::time::timeout(std::time::Duration::from_secs(3), shutdown.exit());
+        assert!(exited.await.is_ok());
     }
 }
