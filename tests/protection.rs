@@ -1,26 +1,22 @@
-//! Edge protection over HTTP/3, HTTP/2 and HTTP/1.1: keys, scopes, rate
-//! limits, address filters, hosts, CORS, security headers, limits, panics,
-//! abuse denies and the audit log.
+//! Edge protection over HTTP/3, HTTP/2 and HTTP/1.1: keys, scopes, address
+//! filters, hosts, CORS, security headers, limits, panics, the admin key API
+//! and the audit log. Rate limits and abuse denies are in `rate_limits.rs`.
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::keys::{bearer, key, with_keys};
 use common::{chat, Gateway, Proto, TestBody, ADMIN_TOKEN};
 use h3gate::auth::{self, NewKey};
 use h3gate::config::Config;
 use http::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 over_every_protocol!(
     keys_are_required_and_checked,
     scopes_and_models_are_enforced,
     revocation_applies_without_restart_while_others_stream,
-    request_rate_limit_headers_and_429,
-    tokens_per_minute_refuse_then_reconcile_streamed_usage,
-    address_limit_applies_after_authentication,
-    repeated_bad_keys_deny_the_address,
     cors_preflight_allowed_and_refused,
     cors_headers_a_browser_reads,
     oversized_header_is_431,
@@ -29,37 +25,6 @@ over_every_protocol!(
     address_filters_and_trusted_proxies,
     slow_body_is_408,
 );
-
-/// Starts a gateway with auth on and the given keys created; returns the keys.
-async fn with_keys(
-    keys: Vec<NewKey>,
-    tweak: impl FnOnce(&mut Config) + Send + 'static,
-) -> (Gateway, Vec<String>) {
-    let created = Arc::new(Mutex::new(Vec::new()));
-    let out = created.clone();
-    let gw = Gateway::start_with(move |c| {
-        c.auth.required = true;
-        let path = c.auth.keys_file.clone().unwrap();
-        for k in keys {
-            out.lock().unwrap().push(auth::create(&path, k).unwrap().0);
-        }
-        tweak(c);
-    })
-    .await;
-    let keys = created.lock().unwrap().clone();
-    (gw, keys)
-}
-
-fn key(name: &str) -> NewKey {
-    NewKey {
-        name: name.into(),
-        ..Default::default()
-    }
-}
-
-fn bearer(k: &str) -> String {
-    format!("Bearer {k}")
-}
 
 /// A chat request authenticated with `key`.
 async fn chat_as(
@@ -185,214 +150,6 @@ async fn revocation_applies_without_restart_while_others_stream(p: Proto) {
         stream.text().await.contains("[DONE]"),
         "the other client's stream was not disturbed"
     );
-}
-
-async fn request_rate_limit_headers_and_429(p: Proto) {
-    let limited = NewKey {
-        rpm: Some(2),
-        ..key("rl")
-    };
-    let (gw, keys) = with_keys(vec![limited], |_| {}).await;
-    let c = gw.client(p).await;
-    let auth = bearer(&keys[0]);
-    let h = [("authorization", auth.as_str())];
-    for remaining in ["1", "0"] {
-        let r = c
-            .request(
-                Method::POST,
-                "/v1/chat/completions",
-                &h,
-                TestBody::Json(chat("gpt-ok", false)),
-            )
-            .await;
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("2"));
-        assert_eq!(r.header("x-ratelimit-remaining-requests"), Some(remaining));
-        assert!(r.header("x-ratelimit-reset-requests").is_some());
-    }
-    let r = c
-        .request(
-            Method::POST,
-            "/v1/chat/completions",
-            &h,
-            TestBody::Json(chat("gpt-ok", false)),
-        )
-        .await;
-    assert_eq!(r.status, 429);
-    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    assert!((1..=30).contains(&retry), "{retry}");
-    assert_eq!(r.json().await["error"]["code"], "rate_limit_exceeded");
-    assert_eq!(
-        gw.upstream.seen().len(),
-        2,
-        "the refused request never reached the upstream"
-    );
-}
-
-/// The key's tokens per minute: a held stream's reservation refuses the
-/// next request (429, and nothing taken, not even its request); the
-/// stream's unused reservation comes back once it ends (applied off the
-/// request's path), leaving exactly the usage it reported.
-async fn tokens_per_minute_refuse_then_reconcile_streamed_usage(p: Proto) {
-    let limited = NewKey {
-        rpm: Some(3),
-        tpm: Some(100),
-        ..key("tpm")
-    };
-    let (gw, keys) = with_keys(vec![limited], |_| {}).await;
-    let c = gw.client(p).await;
-    let auth = bearer(&keys[0]);
-    let h = [("authorization", auth.as_str())];
-    let post = |body: &Value| {
-        c.request(
-            Method::POST,
-            "/v1/chat/completions",
-            &h,
-            TestBody::Json(body.clone()),
-        )
-    };
-    let started = std::time::Instant::now();
-    // `gated` holds its stream after the first chunk; 95 completion tokens
-    // make the estimate the whole minute's budget.
-    let mut held = chat("gated", true);
-    held["max_tokens"] = json!(95);
-    held["stream_options"] = json!({"include_usage": true});
-    let mut stream = post(&held).await;
-    assert_eq!(stream.status, 200);
-    assert_eq!(stream.header("x-ratelimit-remaining-tokens"), Some("0"));
-    assert_eq!(stream.header("x-ratelimit-remaining-requests"), Some("2"));
-    stream.chunk().await.unwrap().unwrap();
-
-    let small = chat("gpt-ok", false);
-    let refused = post(&small).await;
-    assert_eq!(refused.status, 429);
-    assert!(refused.header("retry-after").is_some());
-    assert!(refused.header("x-ratelimit-remaining-tokens").is_some());
-    assert_eq!(refused.json().await["error"]["code"], "rate_limit_exceeded");
-
-    gw.upstream.release();
-    assert!(stream.text().await.contains("\"usage\""));
-    // Ask until the correction is in: a refused request takes nothing, so
-    // asking costs nothing.
-    let mut served = None;
-    for _ in 0..2000 {
-        let r = post(&small).await;
-        if r.status == 200 {
-            served = Some(r);
-            break;
-        }
-        assert_eq!(r.status, 429);
-    }
-    let served = served.expect("the stream's unused reservation came back");
-    assert_eq!(
-        served.header("x-ratelimit-remaining-requests"),
-        Some("1"),
-        "the refused requests took no request"
-    );
-    let left: i64 = served
-        .header("x-ratelimit-remaining-tokens")
-        .unwrap()
-        .parse()
-        .unwrap();
-    served.text().await;
-    // The stream reported 7 prompt + 5 completion tokens: the bucket holds
-    // those 12 and this request's estimate, less what refilled meanwhile
-    // (100 per minute).
-    let estimate = 5 + small.to_string().len() as i64 / 4;
-    let refilled = started.elapsed().as_secs() as i64 * 100 / 60 + 2;
-    let exact = 100 - 12 - estimate;
-    assert!(
-        (exact..=exact + refilled).contains(&left),
-        "reserved then reconciled: {left} tokens left, {exact} expected"
-    );
-}
-
-/// The address's requests per minute are decided with the key's, after
-/// authentication: 401s do not spend them (the abuse deny bounds those).
-async fn address_limit_applies_after_authentication(p: Proto) {
-    let (gw, keys) = with_keys(vec![key("ip")], |c| {
-        c.rate_limit.per_ip_rpm = 1;
-        c.rate_limit.per_ip_burst = 2;
-    })
-    .await;
-    let c = &gw.client(p).await;
-    let models = |auth: String| async move {
-        c.request(
-            Method::GET,
-            "/v1/models",
-            &[("authorization", &auth)],
-            TestBody::Empty,
-        )
-        .await
-    };
-    for _ in 0..3 {
-        assert_eq!(models("Bearer h3g_bad".into()).await.status, 401);
-    }
-    for _ in 0..2 {
-        assert_eq!(models(bearer(&keys[0])).await.status, 200);
-    }
-    let r = models(bearer(&keys[0])).await;
-    assert_eq!(r.status, 429);
-    assert!(r.header("retry-after").is_some());
-    assert_eq!(r.json().await["error"]["code"], "rate_limit_exceeded");
-}
-
-async fn repeated_bad_keys_deny_the_address(p: Proto) {
-    let (gw, keys) = with_keys(vec![key("good")], |c| {
-        c.abuse.max_failures = 3;
-    })
-    .await;
-    let c = gw.client(p).await;
-    for _ in 0..3 {
-        let r = c
-            .request(
-                Method::GET,
-                "/v1/models",
-                &[("authorization", "Bearer h3g_bad")],
-                TestBody::Empty,
-            )
-            .await;
-        assert_eq!(r.status, 401);
-    }
-    let denied = c
-        .request(
-            Method::GET,
-            "/v1/models",
-            &[("authorization", &bearer(&keys[0]))],
-            TestBody::Empty,
-        )
-        .await;
-    assert_eq!(denied.status, 403, "denied even with a good key");
-    let admin = reqwest::Client::new();
-    let list: Value = serde_json::from_str(
-        &admin
-            .get(format!("http://{}/admin/denylist", gw.admin))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(list["denied"][0]["address"], "127.0.0.1");
-    let lifted = admin
-        .delete(format!("http://{}/admin/denylist/127.0.0.1", gw.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(lifted.status(), 200);
-    let ok = c
-        .request(
-            Method::GET,
-            "/v1/models",
-            &[("authorization", &bearer(&keys[0]))],
-            TestBody::Empty,
-        )
-        .await;
-    assert_eq!(ok.status, 200);
 }
 
 /// What a page needs to read: one `Vary: Origin`, the request ids of both

@@ -4,7 +4,9 @@
 
 pub mod browser;
 pub mod client;
+pub mod keys;
 pub mod python;
+pub mod raw_tls;
 pub mod relay;
 pub mod sse;
 pub mod tools;
