@@ -145,9 +145,7 @@ pub trait Limiter: Send + Sync + std::fmt::Debug {
 /// backend fails for every request).
 pub(crate) fn warn_backend_error(what: &'static str, e: &LimiterError) {
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::now_secs();
     let last = LAST.load(Ordering::Relaxed);
     if now >= last + 10
         && LAST

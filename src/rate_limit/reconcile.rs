@@ -109,6 +109,11 @@ impl RateLimits {
 /// (the drain is over by then: every request has ended and sent its own).
 async fn reconciler(backend: Arc<dyn Limiter>, mut rx: mpsc::Receiver<Correction>, sd: Shutdown) {
     let mut batch = Vec::with_capacity(BATCH);
+    // Registered once: a correction per request must not look its series up.
+    let counted = Counted {
+        applied: crate::metrics::RATE_LIMIT_CORRECTIONS.with(["applied"]),
+        failed: crate::metrics::RATE_LIMIT_CORRECTIONS.with(["failed"]),
+    };
     loop {
         tokio::select! {
             biased;
@@ -120,26 +125,30 @@ async fn reconciler(backend: Arc<dyn Limiter>, mut rx: mpsc::Receiver<Correction
             _ = sd.exiting() => {
                 rx.close();
                 while rx.recv_many(&mut batch, BATCH).await > 0 {
-                    apply(&*backend, &mut batch).await;
+                    apply(&*backend, &mut batch, &counted).await;
                 }
                 return;
             }
         }
-        apply(&*backend, &mut batch).await;
+        apply(&*backend, &mut batch, &counted).await;
     }
 }
 
-async fn apply(backend: &dyn Limiter, batch: &mut Vec<Correction>) {
-    let result = match backend.correct(batch).await {
-        Ok(()) => "applied",
+/// The corrections counter's series the reconciler records.
+struct Counted {
+    applied: metrics::Counter,
+    failed: metrics::Counter,
+}
+
+async fn apply(backend: &dyn Limiter, batch: &mut Vec<Correction>, counted: &Counted) {
+    let counter = match backend.correct(batch).await {
+        Ok(()) => &counted.applied,
         Err(e) => {
             super::warn_backend_error("corrections", &e);
-            "failed"
+            &counted.failed
         }
     };
-    crate::metrics::RATE_LIMIT_CORRECTIONS
-        .with([result])
-        .increment(batch.len() as u64);
+    counter.increment(batch.len() as u64);
     batch.clear();
 }
 
