@@ -353,6 +353,14 @@ mod tests {
         // `deny` or `failure` written the file, it would exist now.
         assert!(!file.exists(), "persisted on the caller's thread");
         assert!(wait_persisted(&file, &ips).await, "the writer persists");
+        // The file is visible at its rename; the write is counted a moment
+        // later, once the directory is synced.
+        for _ in 0..500 {
+            if a.writes() > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(a.writes(), 1, "the burst is coalesced into one write");
         assert_eq!(Abuse::new(&cfg(Some(file))).list().len(), ips.len());
     }
