@@ -1,6 +1,7 @@
 //! Rate limits and abuse denies over HTTP/3, HTTP/2 and HTTP/1.1: a key's
 //! requests and tokens per minute (with streamed usage reconciled), the
-//! address's requests per minute after authentication, and the deny that
+//! address's requests per minute after authentication (listing models
+//! spends only the address's), and the deny that
 //! repeated bad keys earn an address.
 
 mod common;
@@ -15,8 +16,40 @@ over_every_protocol!(
     request_rate_limit_headers_and_429,
     tokens_per_minute_refuse_then_reconcile_streamed_usage,
     address_limit_applies_after_authentication,
+    listing_models_spends_no_key_budget,
     repeated_bad_keys_deny_the_address,
 );
+
+/// Listing models (SDKs and readiness probes do) spends none of the key's
+/// requests per minute, and still works once they are used up.
+async fn listing_models_spends_no_key_budget(p: Proto) {
+    let limited = NewKey {
+        rpm: Some(1),
+        ..key("lm")
+    };
+    let (gw, keys) = with_keys(vec![limited], |_| {}).await;
+    let c = gw.client(p).await;
+    let auth = bearer(&keys[0]);
+    let h = [("authorization", auth.as_str())];
+    for _ in 0..3 {
+        let r = c
+            .request(Method::GET, "/v1/models", &h, TestBody::Empty)
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let chat_body = TestBody::Json(chat("gpt-ok", false));
+    let r = c
+        .request(Method::POST, "/v1/chat/completions", &h, chat_body)
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "the listings took none of the key's one request"
+    );
+    let r = c
+        .request(Method::GET, "/v1/models", &h, TestBody::Empty)
+        .await;
+    assert_eq!(r.status, 200, "listing works with the key's budget used up");
+}
 
 async fn request_rate_limit_headers_and_429(p: Proto) {
     let limited = NewKey {

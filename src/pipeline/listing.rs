@@ -11,14 +11,14 @@ use crate::exchange::{json, Response};
 use crate::protect;
 use crate::state::State;
 
-/// Authorized for the models scope and rate-limited like any request (no
-/// tokens), then listed.
+/// Authorized for the models scope and held to the address's request limit
+/// (not the key's: listing models, as SDKs and probes do, spends nothing of
+/// a key's budget and works when it is used up), then listed.
 pub async fn list_models(ctx: &mut Ctx<'_>) -> Result<Response, GatewayError> {
     protect::authorize(ctx.key(), auth::scope_of(None), None)?;
-    let key = ctx.end.facts.key.clone();
     let headers = &mut ctx.end.facts.rate_headers;
-    protect::rate_limit(ctx.state, ctx.client, key.as_deref(), None, headers).await?;
-    Ok(models(ctx.state, key.as_deref(), ctx.api))
+    protect::rate_limit(ctx.state, ctx.client, None, None, headers).await?;
+    Ok(models(ctx.state, ctx.key(), ctx.api))
 }
 
 /// The models the caller may use: the routes' names, filtered by the key,
