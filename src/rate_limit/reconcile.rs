@@ -2,9 +2,12 @@
 //! the token reservation a request holds until its end.
 //!
 //! A reservation is a guard: when it drops, its correction (the real usage
-//! less the estimate) goes over a bounded channel to a tracked task that
-//! applies corrections in batches. Nothing in `Drop` waits or blocks: a full
-//! or closed channel drops the correction (the estimate stays), counted in
+//! less the estimate) is applied. For the in-memory backend that is one
+//! bucket updated under its shard's lock, at once (so the same client's next
+//! request sees the tokens given back); for a shared backend it goes over a
+//! bounded channel to a tracked task that applies corrections in batches.
+//! Nothing in `Drop` awaits or waits on the network: a full or closed channel
+//! drops the correction (the estimate stays), counted in
 //! `h3gate_rate_limit_corrections_total{result="dropped"}`. The task runs
 //! until the process exits, not just until the drain, so requests that end
 //! during the drain are corrected too; at exit it applies what is queued.
@@ -79,8 +82,12 @@ impl RateLimits {
     /// Reserves `claim` (already taken): corrected to the real usage when the
     /// guard drops after [`TokenReservation::reconcile`].
     pub fn reservation(&self, claim: &Claim) -> TokenReservation {
+        let to = match &self.backend {
+            Backend::Memory(m) => Corrector::Memory(m.clone()),
+            Backend::Shared(_) => Corrector::Queue(self.corrections.clone()),
+        };
         TokenReservation {
-            corrections: self.corrections.clone(),
+            to,
             bucket: claim.bucket.clone(),
             limit: claim.limit,
             reserved: claim.cost,
@@ -152,11 +159,22 @@ async fn apply(backend: &dyn Limiter, batch: &mut Vec<Correction>, counted: &Cou
     batch.clear();
 }
 
+/// Where a reservation's correction goes.
+#[derive(Debug)]
+enum Corrector {
+    /// Applied at once: one bucket updated under its shard's lock, as short
+    /// as the take on the request path, so the next request (the same
+    /// client's, a moment later) already sees the tokens given back.
+    Memory(Arc<MemoryLimiter>),
+    /// Queued for the reconciler: a shared backend is a network call away.
+    Queue(mpsc::Sender<Correction>),
+}
+
 /// A request's reservation of tokens: the estimate was taken; the real
 /// usage corrects it when the guard drops.
 #[derive(Debug)]
 pub struct TokenReservation {
-    corrections: mpsc::Sender<Correction>,
+    to: Corrector,
     bucket: Bucket,
     limit: Limit,
     reserved: u64,
@@ -184,7 +202,11 @@ impl Drop for TokenReservation {
             limit: self.limit,
             delta,
         };
-        if self.corrections.try_send(correction).is_err() {
+        let queue = match &self.to {
+            Corrector::Memory(m) => return m.correct_now(std::slice::from_ref(&correction)),
+            Corrector::Queue(queue) => queue,
+        };
+        if queue.try_send(correction).is_err() {
             crate::metrics::RATE_LIMIT_CORRECTIONS
                 .with(["dropped"])
                 .increment(1);
@@ -240,10 +262,12 @@ mod tests {
         done()
     }
 
-    /// A limiter with 500 of its 600 tokens reserved, and its reservation.
+    /// A limiter with 500 of its 600 tokens reserved, and its reservation;
+    /// the memory backend behind the seam, as a shared backend is (its
+    /// corrections go through the reconciler).
     async fn reserved() -> (Arc<MemoryLimiter>, RateLimits, TokenReservation) {
         let memory = Arc::new(MemoryLimiter::default());
-        let limits = RateLimits::in_memory(memory.clone());
+        let limits = RateLimits::new(memory.clone());
         let claim = tokens(500);
         assert!(limits.consume(std::slice::from_ref(&claim)).await.unwrap()[0].allowed);
         let reservation = limits.reservation(&claim);
@@ -296,6 +320,18 @@ mod tests {
         record.set_usage(7, 5);
         drop(body); // the client went away mid-stream
         assert!(settles(|| left(&memory) == 588).await, "{}", left(&memory));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_in_memory_reservation_is_corrected_as_it_drops() {
+        let memory = Arc::new(MemoryLimiter::default());
+        let limits = RateLimits::in_memory(memory.clone());
+        let claim = tokens(500);
+        assert!(limits.consume(std::slice::from_ref(&claim)).await.unwrap()[0].allowed);
+        assert_eq!(left(&memory), 100);
+        limits.reservation(&claim).reconcile(Some(12));
+        // No task has run: the next request already sees the tokens back.
+        assert_eq!(left(&memory), 588);
     }
 
     #[tokio::test(start_paused = true)]
