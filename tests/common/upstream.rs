@@ -49,6 +49,10 @@ pub struct Seen {
 struct Shared {
     seen: Mutex<Vec<Seen>>,
     gate: Notify,
+    /// How many times [`Upstream::release`] was called: a `gated` stream
+    /// goes on once it is above what it was when the request arrived, so a
+    /// release that comes before the stream's task runs is not lost.
+    releases: AtomicUsize,
     dropped: AtomicUsize,
     dropped_notify: Notify,
     sent_last: AtomicUsize,
@@ -89,6 +93,7 @@ impl Upstream {
 
     /// Lets every `gated` stream send the rest of its chunks.
     pub fn release(&self) {
+        self.shared.releases.fetch_add(1, Ordering::SeqCst);
         self.shared.gate.notify_waiters();
     }
 
@@ -270,24 +275,39 @@ fn stream_answer(
     } else {
         answer.stream_events(include_usage)
     };
-    tokio::spawn(play(model, events, answer, tx, s));
+    // Read before the response starts: a release the client makes after
+    // seeing it is then always counted, whenever the task below runs.
+    let releases = s.releases.load(Ordering::SeqCst);
+    tokio::spawn(play(model, events, answer, tx, s, releases));
     let body = StreamBody::new(tokio_stream_from(rx)).boxed();
     respond(200, "text/event-stream", body)
 }
 
 /// Sends the events: gated, endless, cut mid-stream, or straight through.
-async fn play(model: String, events: Vec<String>, answer: Answer, tx: FrameSender, s: Arc<Shared>) {
+async fn play(
+    model: String,
+    events: Vec<String>,
+    answer: Answer,
+    tx: FrameSender,
+    s: Arc<Shared>,
+    releases: usize,
+) {
     let send = |ev: String| {
         let tx = tx.clone();
         async move { tx.send(Ok(Frame::data(Bytes::from(ev)))).await.is_ok() }
     };
     match model.as_str() {
         "gated" => {
-            let released = s.gate.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
             let _ = send(events[0].clone()).await;
-            released.await;
+            loop {
+                let released = s.gate.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if s.releases.load(Ordering::SeqCst) > releases {
+                    break;
+                }
+                released.await;
+            }
             for ev in &events[1..] {
                 if !send(ev.clone()).await {
                     return;
