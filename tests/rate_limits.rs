@@ -23,13 +23,7 @@ over_every_protocol!(
 /// Listing models (SDKs and readiness probes do) spends none of the key's
 /// requests per minute, and still works once they are used up.
 async fn listing_models_spends_no_key_budget(p: Proto) {
-    let limited = NewKey {
-        rpm: Some(1),
-        ..key("lm")
-    };
-    let (gw, keys) = with_keys(vec![limited], |_| {}).await;
-    let c = gw.client(p).await;
-    let auth = bearer(&keys[0]);
+    let (_gw, c, auth) = key_with_rpm(p, 1).await;
     let h = [("authorization", auth.as_str())];
     for _ in 0..3 {
         let r = c
@@ -51,14 +45,20 @@ async fn listing_models_spends_no_key_budget(p: Proto) {
     assert_eq!(r.status, 200, "listing works with the key's budget used up");
 }
 
-async fn request_rate_limit_headers_and_429(p: Proto) {
+/// A gateway with one key limited to `rpm` requests per minute, a client,
+/// and the key's `authorization` value.
+async fn key_with_rpm(p: Proto, rpm: u32) -> (common::Gateway, common::Client, String) {
     let limited = NewKey {
-        rpm: Some(2),
+        rpm: Some(rpm),
         ..key("rl")
     };
     let (gw, keys) = with_keys(vec![limited], |_| {}).await;
     let c = gw.client(p).await;
-    let auth = bearer(&keys[0]);
+    (gw, c, bearer(&keys[0]))
+}
+
+async fn request_rate_limit_headers_and_429(p: Proto) {
+    let (gw, c, auth) = key_with_rpm(p, 2).await;
     let h = [("authorization", auth.as_str())];
     for remaining in ["1", "0"] {
         let r = c
