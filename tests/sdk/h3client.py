@@ -19,7 +19,7 @@ class Client(QuicConnectionProtocol):
 
     def quic_event_received(self, event):
         for ev in self.h3.handle_event(event):
-            w = self.waiters.get(ev.stream_id)
+            w = self.waiters.get(getattr(ev, "stream_id", None))
             if w is None:
                 continue
             if isinstance(ev, HeadersReceived):
