@@ -60,28 +60,18 @@ async fn key_with_rpm(p: Proto, rpm: u32) -> (common::Gateway, common::Client, S
 async fn request_rate_limit_headers_and_429(p: Proto) {
     let (gw, c, auth) = key_with_rpm(p, 2).await;
     let h = [("authorization", auth.as_str())];
+    let post = || {
+        let body = TestBody::Json(chat("gpt-ok", false));
+        c.request(Method::POST, "/v1/chat/completions", &h, body)
+    };
     for remaining in ["1", "0"] {
-        let r = c
-            .request(
-                Method::POST,
-                "/v1/chat/completions",
-                &h,
-                TestBody::Json(chat("gpt-ok", false)),
-            )
-            .await;
+        let r = post().await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-ratelimit-limit-requests"), Some("2"));
         assert_eq!(r.header("x-ratelimit-remaining-requests"), Some(remaining));
         assert!(r.header("x-ratelimit-reset-requests").is_some());
     }
-    let r = c
-        .request(
-            Method::POST,
-            "/v1/chat/completions",
-            &h,
-            TestBody::Json(chat("gpt-ok", false)),
-        )
-        .await;
+    let r = post().await;
     assert_eq!(r.status, 429);
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=30).contains(&retry), "{retry}");
