@@ -128,6 +128,15 @@ impl Admin {
             }
         }
         unroutable.sort();
+        let cluster = s.cluster.as_ref().map(|c| {
+            if !c.is_up() {
+                reasons.push(format!(
+                    "redis unreachable: on_redis_error = {:?} applies",
+                    c.policy()
+                ));
+            }
+            serde_json::json!({"redis": if c.is_up() { "up" } else { "down" }})
+        });
         reasons.sort();
         for r in &unroutable {
             reasons.push(format!("route {r} has no usable target"));
@@ -153,6 +162,7 @@ impl Admin {
             "providers": providers,
             "targets": targets,
             "admission": {"available": s.admission.available(), "queued": s.admission.depth()},
+            "cluster": cluster,
         });
         json(status, body.to_string())
     }

@@ -5,6 +5,7 @@
 //! their TOML path, then `validate.rs` checks the meaning; every problem
 //! found by either is reported at once (`problem.rs`).
 
+mod cluster;
 mod load;
 mod problem;
 mod protection;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{ClusterConfig, OnRedisError};
 pub(crate) use load::load_section;
 pub use problem::{ConfigError, Problem};
 pub use protection::{
@@ -46,6 +48,7 @@ pub struct Config {
     pub abuse: AbuseConfig,
     pub cors: CorsConfig,
     pub audit: AuditConfig,
+    pub cluster: ClusterConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
 }

@@ -11,6 +11,7 @@ use crate::abuse::Abuse;
 use crate::admission::{ClientCaps, Gate};
 use crate::audit::Audit;
 use crate::auth::Keys;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::ip_filter::IpFilter;
 use crate::metrics::Metrics;
@@ -40,6 +41,9 @@ pub struct State {
     pub admin_filter: IpFilter,
     /// Failure counting and temporary denies; kept across reloads.
     pub abuse: Arc<Abuse>,
+    /// The shared Redis (`[cluster] redis_url`); `None` on a single node.
+    /// Kept across reloads while `[cluster]` is unchanged.
+    pub cluster: Option<Arc<Cluster>>,
     audit: std::sync::OnceLock<Audit>,
     /// Stops this state's background tasks (health checks) when it is dropped.
     tasks: CancellationToken,
@@ -73,8 +77,10 @@ impl State {
             )),
             None => None,
         };
+        let cluster = Cluster::connect(&config.cluster).map_err(BuildError)?;
         let n = &config.network;
         Ok(State {
+            cluster,
             keys,
             limiter: Arc::new(RateLimits::in_memory(Arc::default())),
             ip_filter: IpFilter::new(&n.allow, &n.deny),
@@ -104,6 +110,9 @@ impl State {
         // Kept across reloads: a no-op when the inherited writer runs.
         Abuse::start_writer(&self.abuse, shutdown);
         self.limiter.start(shutdown);
+        if let Some(c) = &self.cluster {
+            c.start(shutdown);
+        }
     }
 
     /// The audit log (a no-op until [`State::start_tasks`], or when off).
@@ -119,6 +128,9 @@ impl State {
     /// takes its new settings. (A fresh gate would strand the requests
     /// queued on the old one, and let old and new limits add up.)
     pub fn inherit(&mut self, old: &State) {
+        if old.config.cluster == self.config.cluster {
+            self.cluster = old.cluster.clone();
+        }
         self.limiter = old.limiter.clone();
         let a = &self.config.admission;
         old.admission.resize(

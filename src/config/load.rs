@@ -106,6 +106,7 @@ pub(super) fn decode_text(
     section!(abuse);
     section!(cors);
     section!(audit);
+    section!(cluster);
     config.providers = decode_array(table.remove("providers"), "providers", &mut problems);
     config.routes = decode_array(table.remove("routes"), "routes", &mut problems);
     for key in table.keys() {

@@ -25,6 +25,7 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     check_abuse(c, &mut p);
     check_retry(c, &mut p);
     check_routes(c, &mut p);
+    check_cluster(c, &mut p);
     p.0
 }
 
@@ -158,7 +159,8 @@ fn check_listeners(c: &Config, p: &mut Problems) {
         && c.admin
             .listen
             .iter()
-            .any(|a| c.server.listen.iter().any(|s| s == a))
+            // Port 0 binds a free port each: two of them never collide.
+            .any(|a| a.port() != 0 && c.server.listen.iter().any(|s| s == a))
     {
         p.add("admin.listen", "must differ from server.listen");
     }
@@ -336,6 +338,53 @@ fn check_abuse(c: &Config, p: &mut Problems) {
         p.add(
             "rate_limit.per_ip_burst",
             "must be at least 1 when per_ip_rpm is set",
+        );
+    }
+}
+
+/// `[cluster]`: a usable Redis URL, the shared secret, the QUIC-LB layout.
+fn check_cluster(c: &Config, p: &mut Problems) {
+    let k = &c.cluster;
+    if k.is_shared() {
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "unix://",
+            "redis+unix://",
+            "valkey://",
+            "valkeys://",
+        ];
+        if !schemes.iter().any(|s| k.redis_url.starts_with(s)) {
+            p.add(
+                "cluster.redis_url",
+                "must start with redis://, rediss:// or unix://",
+            );
+        }
+        if k.secret.is_empty() {
+            p.add(
+                "cluster.secret",
+                "is required with redis_url (e.g. secret = \"${H3GATE_CLUSTER_SECRET}\", from `openssl rand -hex 32`)",
+            );
+        }
+        if k.timeout.is_zero() {
+            p.add("cluster.timeout", "must be greater than zero");
+        }
+    }
+    if let Err(e) = k.secret_bytes() {
+        p.add("cluster.secret", e);
+    }
+    if !(1..=15).contains(&k.server_id_len) {
+        p.add("cluster.server_id_len", "must be 1 to 15 bytes");
+    } else if k.node_id.is_some_and(|n| n > k.max_node_id()) {
+        p.add(
+            "cluster.node_id",
+            format!("does not fit in server_id_len = {} bytes", k.server_id_len),
+        );
+    }
+    if k.config_rotation > 6 {
+        p.add(
+            "cluster.config_rotation",
+            "must be 0 to 6 (7 marks unroutable IDs)",
         );
     }
 }

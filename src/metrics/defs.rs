@@ -378,6 +378,38 @@ pub const AUDIT_DROPPED: Def<Counter> = Def::counter(
     "Audit events dropped because the audit log writer was too far behind.",
 );
 
+pub const CLUSTER_UP: Def<Gauge> = Def::gauge(
+    "h3gate_cluster_up",
+    &[],
+    "1 while this replica reaches the cluster's Redis, 0 while it does not (then the failure policy applies).",
+);
+pub const CLUSTER_CALL: Def<Histogram, 1> = Def::histogram(
+    "h3gate_cluster_redis_seconds",
+    &["op"],
+    "Round-trip time of the calls to the cluster's Redis that answered, by operation.",
+)
+.unit(Unit::Seconds);
+pub const CLUSTER_ERRORS: Def<Counter, 1> = Def::counter(
+    "h3gate_cluster_errors_total",
+    &["op"],
+    "Calls to the cluster's Redis that failed or timed out, by operation.",
+);
+pub const CLUSTER_FALLBACKS: Def<Counter, 2> = Def::counter(
+    "h3gate_cluster_fallbacks_total",
+    &["what", "decision"],
+    "Decisions made without Redis, by what (rate_limit, ticket, …) and decision (local, deny).",
+);
+pub const CLUSTER_SYNCS: Def<Counter, 2> = Def::counter(
+    "h3gate_cluster_syncs_total",
+    &["what", "result"],
+    "Shared state (keys, denies, tickets) read from or written to Redis, by what and result.",
+);
+pub const CLUSTER_TICKETS: Def<Counter, 1> = Def::counter(
+    "h3gate_cluster_tickets_total",
+    &["result"],
+    "0-RTT session tickets checked for first use in Redis, by result (first_use, replayed, unknown, error).",
+);
+
 /// Every metric h3gate exports, for `describe`, the dashboard and alert
 /// checks and the tests.
 pub const FAMILIES: &[Family] = &[
@@ -426,6 +458,12 @@ pub const FAMILIES: &[Family] = &[
     ABUSE_DENIES.family(),
     PANICS.family(),
     AUDIT_DROPPED.family(),
+    CLUSTER_UP.family(),
+    CLUSTER_CALL.family(),
+    CLUSTER_ERRORS.family(),
+    CLUSTER_FALLBACKS.family(),
+    CLUSTER_SYNCS.family(),
+    CLUSTER_TICKETS.family(),
 ];
 
 /// Describes every family (HELP, unit) to the installed recorder.

@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod client;
+pub mod cluster;
 pub mod keys;
 pub mod python;
 pub mod raw_tls;
@@ -165,6 +166,16 @@ targets = ["claude"]
 drop_unsupported_params = true
 "#;
 
+/// The value of one series (`name{labels}` as printed) in a Prometheus
+/// text exposition; 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn init_logs() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = tracing_subscriber::fmt()
@@ -286,12 +297,7 @@ impl Gateway {
     /// The value of the series written exactly `series` (name and labels),
     /// 0 if absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.metrics_text().await;
-        let prefix = format!("{series} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric_value(&self.metrics_text().await, series)
     }
 
     /// `GET /ready` on the admin listener: the status and the JSON body.
