@@ -76,6 +76,7 @@ fn protection(c: &mut Criterion) {
         bucket: Bucket { subject, kind },
         limit,
         cost: 1,
+        lease: None,
     };
     let client: IpAddr = "192.0.2.1".parse().unwrap();
     let address = [claim(Subject::Address(client), Kind::Requests)];
@@ -133,7 +134,7 @@ fn decide(limiter: &RateLimits, claims: &[Claim]) -> bool {
         .consume(claims)
         .now_or_never()
         .and_then(Result::ok)
-        .is_some_and(|d| d.iter().all(|d| d.allowed))
+        .is_some_and(|d| d.decisions.iter().all(|d| d.allowed))
 }
 
 fn metrics(c: &mut Criterion) {

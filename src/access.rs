@@ -88,6 +88,8 @@ pub struct Claims {
     pub permit: Option<Permit>,
     /// The token reservation, corrected with the real usage at the end.
     pub tokens: Option<TokenReservation>,
+    /// On a cluster, the key's concurrency slot (a lease in Redis).
+    pub lease: Option<crate::rate_limit::Lease>,
 }
 
 /// The request's one end: see the module documentation.

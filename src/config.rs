@@ -22,8 +22,7 @@ pub use cluster::{ClusterConfig, OnRedisError};
 pub(crate) use load::load_section;
 pub use problem::{ConfigError, Problem};
 pub use protection::{
-    AbuseConfig, AuditConfig, AuthConfig, CorsConfig, NetworkConfig, OnBackendError,
-    RateLimitConfig,
+    AbuseConfig, AuditConfig, AuthConfig, CorsConfig, NetworkConfig, RateLimitConfig,
 };
 pub use resilience::{
     AdmissionConfig, BreakerConfig, HealthCheckConfig, RetryConfig, Strategy, TargetConfig,

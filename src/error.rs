@@ -72,7 +72,7 @@ pub enum GatewayError {
         scope: &'static str,
         retry_after_secs: u64,
     },
-    /// The rate-limit backend failed and `on_backend_error = "deny"`.
+    /// The shared limiter (Redis) cannot answer and `[cluster] on_redis_error = "deny"`.
     #[error("rate limits cannot be checked now; retry shortly")]
     RateLimiterUnavailable,
     #[error("this host is not served here")]

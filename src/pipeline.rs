@@ -150,7 +150,9 @@ async fn proxy(
 
 /// Every limit is known now: one decision. The tokens are reserved from an
 /// estimate (the completion's cap and a quarter of the body's bytes); the
-/// real usage corrects it at the end.
+/// real usage corrects it at the end. On a cluster the key's concurrency
+/// slot is leased here too, in the same call (admission, before the body,
+/// holds this replica's share).
 async fn limit(ctx: &mut Ctx<'_>, intake: &Intake) -> Result<(), GatewayError> {
     let f = &intake.fields;
     let completion = f
@@ -160,8 +162,10 @@ async fn limit(ctx: &mut Ctx<'_>, intake: &Intake) -> Result<(), GatewayError> {
     let estimate = Some(completion + intake.body.len() as u64 / 4);
     let key = ctx.end.facts.key.clone();
     let headers = &mut ctx.end.facts.rate_headers;
-    ctx.end.claims.tokens =
+    let granted =
         protect::rate_limit(ctx.state, ctx.client, key.as_deref(), estimate, headers).await?;
+    ctx.end.claims.tokens = granted.tokens;
+    ctx.end.claims.lease = granted.lease;
     Ok(())
 }
 

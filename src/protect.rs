@@ -10,11 +10,11 @@ use std::sync::Arc;
 use http::header::{self, HeaderMap, HeaderValue};
 
 use crate::auth::KeyRecord;
-use crate::config::{OnBackendError, RateLimitConfig};
+use crate::config::RateLimitConfig;
 use crate::error::GatewayError;
 use crate::exchange::Response;
 pub use crate::rate_limit::TokenReservation;
-use crate::rate_limit::{self, Bucket, Claim, Kind, Limit, LimiterError, Subject};
+use crate::rate_limit::{self, Bucket, Claim, Kind, Lease, LeaseId, Limit, Subject};
 use crate::state::State;
 
 /// Denied networks, addresses under an abuse deny, or outside the allow list.
@@ -86,51 +86,64 @@ pub fn authorize(
     Ok(())
 }
 
+/// What a request holds once its rate limits allowed it: the token
+/// reservation (corrected when the request ends) and, on a cluster, the
+/// key's concurrency lease (given back when the request ends).
+#[derive(Debug, Default)]
+pub struct Granted {
+    pub tokens: Option<TokenReservation>,
+    pub lease: Option<Lease>,
+}
+
 /// Every rate limit that applies to the request, decided in one call to
 /// the limiter once all are known: the address's requests per minute, and
 /// with a key its requests and — when `tokens` holds the estimate (proxied
-/// endpoints) — its tokens per minute. 429 when any is refused, and then
-/// none is taken. The key's decisions become its `x-ratelimit-*` headers
-/// (on success too). Returns the token reservation, corrected when the
-/// request ends. A request dropped while the limiter answers keeps what the
-/// backend took (the estimate stays: never more than the limit allows).
+/// endpoints) — its tokens per minute, and on a cluster its concurrency
+/// (a lease: one slot of `max_concurrent`, across the replicas). 429 when
+/// any is refused, and then none is taken. The key's decisions become its
+/// `x-ratelimit-*` headers (on success too). A request dropped while the
+/// limiter answers keeps what the backend took (the estimate stays: never
+/// more than the limit allows; a lease expires with its TTL). A backend
+/// that cannot answer: `[cluster] on_redis_error` (local limits, or 503).
 pub async fn rate_limit(
     state: &State,
     client: IpAddr,
     key: Option<&KeyRecord>,
     tokens: Option<u64>,
     headers: &mut HeaderMap,
-) -> Result<Option<TokenReservation>, GatewayError> {
-    let rl = &state.config.rate_limit;
-    let claims = claims(rl, client, key, tokens);
+) -> Result<Granted, GatewayError> {
+    let limiter = &state.limiter;
+    let claims = claims(
+        &state.config.rate_limit,
+        client,
+        key,
+        tokens,
+        limiter.leases(),
+    );
     if claims.is_empty() {
-        return Ok(None);
+        return Ok(Granted::default());
     }
-    let decided = state.limiter.consume(&claims).await.and_then(|d| {
-        if d.len() == claims.len() {
-            Ok(d)
-        } else {
-            Err(LimiterError(format!(
-                "{} decisions for {} claims",
-                d.len(),
-                claims.len()
-            )))
-        }
-    });
-    let decisions = match decided {
-        Ok(d) => d,
-        Err(e) => return backend_failed(rl.on_backend_error, &e).map(|()| None),
-    };
-    let decided = || claims.iter().zip(&decisions);
-    for (c, d) in decided() {
+    let decided = limiter
+        .consume(&claims)
+        .await
+        .map_err(|_| GatewayError::RateLimiterUnavailable)?;
+    let decisions = || claims.iter().zip(&decided.decisions);
+    for (c, d) in decisions() {
         if matches!(c.bucket.subject, Subject::Key(_)) {
             rate_limit::headers(headers, c.bucket.kind, d);
         }
     }
-    let refused = decided()
+    // A rate's refusal says when to come back; a full lease set does not.
+    let refused = decisions()
         .filter(|(_, d)| !d.allowed)
-        .max_by_key(|(_, d)| d.retry_after);
+        .max_by_key(|(c, d)| (c.bucket.kind != Kind::Lease, d.retry_after));
     if let Some((c, d)) = refused {
+        if c.bucket.kind == Kind::Lease {
+            crate::metrics::ADMISSION_SHED
+                .with(["client", "client_limit"])
+                .increment(1);
+            return Err(GatewayError::ClientLimit);
+        }
         let scope = c.bucket.scope();
         crate::metrics::RATE_LIMITED.with([scope]).increment(1);
         return Err(GatewayError::RateLimited {
@@ -138,20 +151,23 @@ pub async fn rate_limit(
             retry_after_secs: d.retry_after.as_secs_f64().ceil() as u64,
         });
     }
-    Ok(claims
-        .iter()
-        .find(|c| c.bucket.kind == Kind::Tokens)
-        .map(|c| state.limiter.reservation(c)))
+    let of = |kind| claims.iter().find(|c| c.bucket.kind == kind);
+    Ok(Granted {
+        tokens: of(Kind::Tokens).map(|c| limiter.reservation(c, &decided)),
+        lease: of(Kind::Lease).and_then(|c| limiter.lease(c, &decided)),
+    })
 }
 
-/// The claims of one request (see [`rate_limit`]).
+/// The claims of one request (see [`rate_limit`]); `leases`: the key's
+/// concurrency is claimed too.
 fn claims(
     rl: &RateLimitConfig,
     client: IpAddr,
     key: Option<&KeyRecord>,
     tokens: Option<u64>,
+    leases: bool,
 ) -> Vec<Claim> {
-    let mut claims = Vec::with_capacity(3);
+    let mut claims = Vec::with_capacity(4);
     let claim = |subject, kind, per_minute: u32, burst: u32, cost| Claim {
         bucket: Bucket { subject, kind },
         limit: Limit {
@@ -159,6 +175,7 @@ fn claims(
             burst: u64::from(burst),
         },
         cost,
+        lease: None,
     };
     if rl.per_ip_rpm > 0 {
         let address = Subject::Address(client);
@@ -174,7 +191,8 @@ fn claims(
     let rpm = key.rpm.unwrap_or(rl.key_rpm);
     let tpm = key.tpm.unwrap_or(rl.key_tpm);
     let tokens = tokens.filter(|_| tpm > 0);
-    if rpm == 0 && tokens.is_none() {
+    let slots = key.max_concurrent.filter(|n| leases && *n > 0);
+    if rpm == 0 && tokens.is_none() && slots.is_none() {
         return claims;
     }
     let id: Arc<str> = key.sha256.as_str().into();
@@ -183,23 +201,21 @@ fn claims(
     }
     if let Some(estimate) = tokens {
         let cost = estimate.min(u64::from(tpm));
-        claims.push(claim(Subject::Key(id), Kind::Tokens, tpm, tpm, cost));
+        claims.push(claim(
+            Subject::Key(id.clone()),
+            Kind::Tokens,
+            tpm,
+            tpm,
+            cost,
+        ));
+    }
+    if let Some(n) = slots {
+        claims.push(Claim {
+            lease: Some(LeaseId::random()),
+            ..claim(Subject::Key(id), Kind::Lease, 0, n, 1)
+        });
     }
     claims
-}
-
-/// `[rate_limit] on_backend_error`: serve without limits (counted, and
-/// warned about at most every 10 s), or answer 503.
-fn backend_failed(policy: OnBackendError, e: &LimiterError) -> Result<(), GatewayError> {
-    rate_limit::warn_backend_error("decisions", e);
-    let (label, result) = match policy {
-        OnBackendError::Allow => ("allow", Ok(())),
-        OnBackendError::Deny => ("deny", Err(GatewayError::RateLimiterUnavailable)),
-    };
-    crate::metrics::RATE_LIMIT_BACKEND_ERRORS
-        .with([label])
-        .increment(1);
-    result
 }
 
 /// RFC 8470 for requests that arrived as 0-RTT early data (which an
@@ -269,8 +285,8 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::config::Config;
-    use crate::rate_limit::{Correction, Decision, Limiter, Pending, RateLimits};
+    use crate::config::{Config, OnRedisError};
+    use crate::rate_limit::{Correction, Decision, Limiter, LimiterError, Pending, RateLimits};
 
     /// Auth off, the mock provider, and `rate_limit` lines.
     fn state(rate_limit: &str) -> State {
@@ -321,7 +337,7 @@ mod tests {
         let k = key(2, 100);
         let mut h = HeaderMap::new();
         let first = rate_limit(&state, CLIENT, Some(&k), Some(90), &mut h).await;
-        assert!(first.unwrap().is_some(), "the tokens are reserved");
+        assert!(first.unwrap().tokens.is_some(), "the tokens are reserved");
         assert_eq!(h["x-ratelimit-remaining-requests"], "1");
         assert_eq!(h["x-ratelimit-remaining-tokens"], "10");
         let mut h = HeaderMap::new();
@@ -345,17 +361,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failing_backend_allows_or_denies_as_configured() {
-        let mut open = state("");
-        open.limiter = Arc::new(RateLimits::new(Arc::new(Down)));
+    async fn a_failing_backend_falls_back_to_local_limits_or_denies() {
+        let mut local = state("");
+        local.limiter = Arc::new(RateLimits::shared(
+            Arc::new(Down),
+            OnRedisError::Local,
+            None,
+        ));
+        let k = key(1, 100);
         let mut h = HeaderMap::new();
-        let allowed = rate_limit(&open, CLIENT, Some(&key(1, 1)), Some(5), &mut h).await;
-        assert!(allowed.unwrap().is_none(), "served, nothing reserved");
-        assert!(h.is_empty(), "no decisions, no headers");
+        let first = rate_limit(&local, CLIENT, Some(&k), Some(5), &mut h).await;
+        assert!(first.unwrap().tokens.is_some(), "reserved locally");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "0", "local decisions");
+        let second = rate_limit(&local, CLIENT, Some(&k), Some(5), &mut HeaderMap::new()).await;
+        match second {
+            Err(GatewayError::RateLimited { scope, .. }) => assert_eq!(scope, "key_requests"),
+            other => panic!("local limits still apply: {other:?}"),
+        }
 
-        let mut closed = state("on_backend_error = \"deny\"");
-        closed.limiter = Arc::new(RateLimits::new(Arc::new(Down)));
-        let denied = rate_limit(&closed, CLIENT, None, None, &mut HeaderMap::new()).await;
+        let mut closed = state("");
+        closed.limiter = Arc::new(RateLimits::shared(Arc::new(Down), OnRedisError::Deny, None));
+        let denied = rate_limit(&closed, CLIENT, Some(&k), None, &mut HeaderMap::new()).await;
         let e = denied.unwrap_err();
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.code(), Some("rate_limiter_unavailable"));
@@ -363,20 +389,80 @@ mod tests {
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
 
         // No limit applies: the backend is not asked.
-        let mut idle = state("per_ip_rpm = 0\non_backend_error = \"deny\"");
+        let mut idle = state("per_ip_rpm = 0");
         idle.limiter = Arc::new(RateLimits::new(Arc::new(Down)));
         let none = rate_limit(&idle, CLIENT, None, Some(5), &mut HeaderMap::new()).await;
-        assert!(none.unwrap().is_none());
+        assert!(none.unwrap().tokens.is_none());
+    }
+
+    /// A shared backend whose lease sets are full (and rates open).
+    #[derive(Debug)]
+    struct NoSlots;
+
+    impl Limiter for NoSlots {
+        fn consume<'a>(&'a self, claims: &'a [Claim]) -> Pending<'a, Vec<Decision>> {
+            let d = claims
+                .iter()
+                .map(|c| Decision {
+                    allowed: c.bucket.kind != Kind::Lease,
+                    limit: c.limit.burst,
+                    remaining: 0,
+                    reset: std::time::Duration::ZERO,
+                    retry_after: std::time::Duration::from_secs(1),
+                })
+                .collect();
+            Box::pin(async move { Ok(d) })
+        }
+        fn correct<'a>(&'a self, _: &'a [Correction]) -> Pending<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_lease_set_is_the_client_limit_and_only_keys_with_a_cap_claim_one() {
+        let mut s = state("per_ip_rpm = 0");
+        let ttl = Some(std::time::Duration::from_secs(30));
+        s.limiter = Arc::new(RateLimits::shared(
+            Arc::new(NoSlots),
+            OnRedisError::Deny,
+            ttl,
+        ));
+        let capped = KeyRecord {
+            max_concurrent: Some(2),
+            ..key(10, 100)
+        };
+        let refused = rate_limit(&s, CLIENT, Some(&capped), Some(5), &mut HeaderMap::new()).await;
+        let e = refused.unwrap_err();
+        assert_eq!(e.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.code(), Some("too_many_concurrent_requests"));
+        let uncapped = key(10, 100);
+        let mut h = HeaderMap::new();
+        let granted = rate_limit(&s, CLIENT, Some(&uncapped), Some(5), &mut h).await;
+        let granted = granted.unwrap();
+        assert!(granted.lease.is_none() && granted.tokens.is_some());
+        assert_eq!(s.limiter.leases_held(), 0);
     }
 
     #[test]
-    fn on_backend_error_takes_allow_or_deny_only() {
-        let text = "[tls]\ngenerate_dev_cert = true\n[auth]\nrequired = false\n\
-            [rate_limit]\non_backend_error = \"maybe\"\n[[providers]]\nname = \"m\"\n\
-            kind = \"mock\"\n[[routes]]\nmodel = \"*\"\ntargets = [\"m\"]\n";
-        let e = Config::from_toml(text, std::path::Path::new("/nonexistent"), &|_| None)
+    fn on_backend_error_is_gone_and_on_redis_error_takes_local_or_deny() {
+        let base = "[tls]\ngenerate_dev_cert = true\n[auth]\nrequired = false\n\
+            [[providers]]\nname = \"m\"\nkind = \"mock\"\n[[routes]]\nmodel = \"*\"\ntargets = [\"m\"]\n";
+        let load = |extra: &str| {
+            Config::from_toml(
+                &format!("{base}{extra}"),
+                std::path::Path::new("/nonexistent"),
+                &|_| None,
+            )
+        };
+        let e = load("[rate_limit]\non_backend_error = \"deny\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("on_backend_error"), "{e}");
+        let e = load("[cluster]\non_redis_error = \"allow\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("on_redis_error"), "{e}");
+        let c = load("[cluster]\non_redis_error = \"deny\"\n").unwrap();
+        assert_eq!(c.cluster.on_redis_error, OnRedisError::Deny);
     }
 }

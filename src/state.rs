@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::ip_filter::IpFilter;
 use crate::metrics::Metrics;
 use crate::provider::{HttpClients, Provider};
-use crate::rate_limit::RateLimits;
+use crate::rate_limit::{RateLimits, RedisLimiter};
 use crate::routing::Router;
 use crate::shutdown::Shutdown;
 
@@ -32,8 +32,8 @@ pub struct State {
     pub clients: ClientCaps,
     /// Client keys (when a keys file is configured).
     pub keys: Option<Arc<Keys>>,
-    /// Rate limits (the in-memory backend) and their reconciler; kept
-    /// across reloads.
+    /// Rate limits (in memory, or in the cluster's Redis) and their
+    /// reconciler; kept across reloads while `[cluster]` is unchanged.
     pub limiter: Arc<RateLimits>,
     /// Public listener address filter.
     pub ip_filter: IpFilter,
@@ -78,11 +78,19 @@ impl State {
             None => None,
         };
         let cluster = Cluster::connect(&config.cluster).map_err(BuildError)?;
+        let limiter = match &cluster {
+            Some(c) => RateLimits::shared(
+                Arc::new(RedisLimiter::new(c.clone())),
+                c.policy(),
+                Some(c.config().lease_ttl.get()),
+            ),
+            None => RateLimits::in_memory(Arc::default()),
+        };
         let n = &config.network;
         Ok(State {
             cluster,
             keys,
-            limiter: Arc::new(RateLimits::in_memory(Arc::default())),
+            limiter: Arc::new(limiter),
             ip_filter: IpFilter::new(&n.allow, &n.deny),
             admin_filter: IpFilter::new(&n.admin_allow, &n.admin_deny),
             abuse: Arc::new(Abuse::new(&config.abuse)),
@@ -123,15 +131,16 @@ impl State {
             .unwrap_or_else(|| OFF.get_or_init(Audit::default))
     }
 
-    /// Keeps the running limiter buckets, abuse state (counters and
-    /// denies), admission gate and per-client counts across a reload; each
-    /// takes its new settings. (A fresh gate would strand the requests
+    /// Keeps the running limiter buckets (unless `[cluster]` changed: then
+    /// the new cluster's limiter), abuse state (counters and denies),
+    /// admission gate and per-client counts across a reload; each takes its
+    /// new settings. (A fresh gate would strand the requests
     /// queued on the old one, and let old and new limits add up.)
     pub fn inherit(&mut self, old: &State) {
         if old.config.cluster == self.config.cluster {
             self.cluster = old.cluster.clone();
+            self.limiter = old.limiter.clone();
         }
-        self.limiter = old.limiter.clone();
         let a = &self.config.admission;
         old.admission.resize(
             a.max_concurrent as usize,

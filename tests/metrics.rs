@@ -244,7 +244,6 @@ const NOT_DRIVEN: &[&str] = &[
     "h3gate_upstream_stream_errors_total",
     "h3gate_audit_dropped_total",
     "h3gate_rate_limit_corrections_total",
-    "h3gate_rate_limit_backend_errors_total",
 ];
 
 /// Checks every `h3gate_*` sample of `text` against its `# TYPE`, its

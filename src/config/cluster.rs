@@ -32,6 +32,11 @@ pub struct ClusterConfig {
     /// meanwhile); `deny` refuses requests that need a rate-limit decision
     /// (503).
     pub on_redis_error: OnRedisError,
+    /// How long a key's concurrency slot (a lease in Redis) outlives the
+    /// replica holding it: live leases are renewed every third of it, so a
+    /// crashed replica's slots are free again within it. Default 30s; at
+    /// least 1s; the same on every replica.
+    pub lease_ttl: Duration,
     /// This replica's server id in its QUIC connection IDs (QUIC-LB
     /// plaintext scheme), so a CID-aware load balancer routes a connection's
     /// packets to it. Unset: random connection IDs.
@@ -51,6 +56,7 @@ impl Default for ClusterConfig {
             key_prefix: "h3gate:".into(),
             timeout: Duration::millis(50),
             on_redis_error: OnRedisError::Local,
+            lease_ttl: Duration::secs(30),
             node_id: None,
             server_id_len: 2,
             config_rotation: 0,

@@ -32,7 +32,8 @@ impl Default for AuthConfig {
 
 /// `[rate_limit]`: token buckets per client address and the defaults for
 /// keys that set no limits of their own (all decided together, after
-/// authentication), and what to do when the limiter's backend fails.
+/// authentication). Shared by the replicas with `[cluster]`, whose
+/// `on_redis_error` says what happens while Redis cannot answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RateLimitConfig {
@@ -46,20 +47,6 @@ pub struct RateLimitConfig {
     pub key_tpm: u32,
     /// Estimated completion tokens when a request sets no `max_tokens`. Default 256.
     pub default_max_tokens: u32,
-    /// When the limiter cannot answer. Default `allow`.
-    pub on_backend_error: OnBackendError,
-}
-
-/// What a request gets when the rate-limit backend fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnBackendError {
-    /// Fail open: served without limits (counted in
-    /// `h3gate_rate_limit_backend_errors_total`, warned about).
-    #[default]
-    Allow,
-    /// Fail closed: 503 in the API's error shape.
-    Deny,
 }
 
 impl Default for RateLimitConfig {
@@ -70,7 +57,6 @@ impl Default for RateLimitConfig {
             key_rpm: 0,
             key_tpm: 0,
             default_max_tokens: 256,
-            on_backend_error: OnBackendError::Allow,
         }
     }
 }

@@ -369,6 +369,9 @@ fn check_cluster(c: &Config, p: &mut Problems) {
         if k.timeout.is_zero() {
             p.add("cluster.timeout", "must be greater than zero");
         }
+        if k.lease_ttl.get() < std::time::Duration::from_secs(1) {
+            p.add("cluster.lease_ttl", "must be at least 1s");
+        }
     }
     if let Err(e) = k.secret_bytes() {
         p.add("cluster.secret", e);

@@ -352,11 +352,6 @@ pub const RATE_LIMIT_CORRECTIONS: Def<Counter, 1> = Def::counter(
     &["result"],
     "Token reservations corrected to the real usage, by result (applied, failed, dropped).",
 );
-pub const RATE_LIMIT_BACKEND_ERRORS: Def<Counter, 1> = Def::counter(
-    "h3gate_rate_limit_backend_errors_total",
-    &["policy"],
-    "Rate-limit decisions the backend failed to make, by the policy applied (allow: served without limits; deny: answered 503).",
-);
 pub const NETWORK_DENIED: Def<Counter> = Def::counter(
     "h3gate_network_denied_total",
     &[],
@@ -453,7 +448,6 @@ pub const FAMILIES: &[Family] = &[
     AUTH_FAILURES.family(),
     RATE_LIMITED.family(),
     RATE_LIMIT_CORRECTIONS.family(),
-    RATE_LIMIT_BACKEND_ERRORS.family(),
     NETWORK_DENIED.family(),
     ABUSE_DENIES.family(),
     PANICS.family(),

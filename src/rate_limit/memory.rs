@@ -8,6 +8,11 @@
 //!
 //! A batch locks the shards of all its buckets (in shard order, so batches
 //! never deadlock), decides every claim, and writes only if all fit.
+//!
+//! Concurrency leases ([`Kind::Lease`]) are not this limiter's: on one node,
+//! and in a cluster's local fallback, a key's concurrency is decided at
+//! admission (`ClientCaps`, before the body is read). A lease claim here is
+//! allowed and not stored, and its correction is ignored.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -15,7 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{Bucket, Claim, Correction, Decision, Limit, Limiter, Pending, Subject};
+use super::{Bucket, Claim, Correction, Decision, Kind, Limit, Limiter, Pending, Subject};
 
 type Shard = HashMap<Bucket, Instant>;
 
@@ -80,6 +85,22 @@ fn decide(now: Instant, tat: Option<Instant>, limit: Limit, cost: u64) -> Decisi
         limit: limit.burst,
         remaining: remaining(t, tau, ahead),
         reset: ahead,
+        retry_after: Duration::ZERO,
+    }
+}
+
+/// Whether the claim is a rate's (not a lease's).
+fn rated(c: &Claim) -> bool {
+    c.bucket.kind != Kind::Lease
+}
+
+/// A lease claim: allowed, not counted (see the module documentation).
+fn uncounted(limit: Limit) -> Decision {
+    Decision {
+        allowed: true,
+        limit: limit.burst,
+        remaining: limit.burst,
+        reset: Duration::ZERO,
         retry_after: Duration::ZERO,
     }
 }
@@ -151,17 +172,20 @@ impl MemoryLimiter {
                 .rfind(|(e, d)| e.bucket == c.bucket && d.allowed)
                 .map(|(_, d)| now + d.reset);
             let tat = earlier.or_else(|| stored(&guards, i, &c.bucket));
-            decisions.push(decide(now, tat, c.limit, c.cost));
+            decisions.push(match c.bucket.kind {
+                Kind::Lease => uncounted(c.limit),
+                _ => decide(now, tat, c.limit, c.cost),
+            });
         }
         if decisions.iter().all(|d| d.allowed) {
             for (i, (c, d)) in claims.iter().zip(&decisions).enumerate() {
-                if let Some(map) = guards[shard(i, &c.bucket)].as_mut() {
+                if let Some(map) = guards[shard(i, &c.bucket)].as_mut().filter(|_| rated(c)) {
                     set(map, &c.bucket, now + d.reset);
                 }
             }
         } else {
             for (i, (c, d)) in claims.iter().zip(decisions.iter_mut()).enumerate() {
-                if d.allowed {
+                if d.allowed && rated(c) {
                     let tat = stored(&guards, i, &c.bucket).unwrap_or(now);
                     *d = state(now, tat, c.limit);
                 }
@@ -170,10 +194,25 @@ impl MemoryLimiter {
         decisions
     }
 
+    /// Takes over a shared backend's view of the claims' buckets (their
+    /// state after `decisions`), so that a fallback to this limiter starts
+    /// from where the shared limits were, not from full buckets.
+    pub fn mirror(&self, claims: &[Claim], decisions: &[Decision]) {
+        let now = Instant::now();
+        for (c, d) in claims.iter().zip(decisions).filter(|(c, _)| rated(c)) {
+            let mut shard = self.lock(shard_of(&c.bucket));
+            if d.reset.is_zero() {
+                shard.remove(&c.bucket);
+            } else {
+                set(&mut shard, &c.bucket, now + d.reset);
+            }
+        }
+    }
+
     /// Applies corrections at once.
     pub fn correct_now(&self, corrections: &[Correction]) {
         let now = Instant::now();
-        for c in corrections {
+        for c in corrections.iter().filter(|c| c.bucket.kind != Kind::Lease) {
             let t = interval(c.limit);
             let mut shard = self.lock(shard_of(&c.bucket));
             let tat = shard.get(&c.bucket).copied().unwrap_or(now).max(now);
@@ -226,6 +265,7 @@ mod tests {
             bucket: Bucket { subject, kind },
             limit,
             cost,
+            lease: None,
         }
     }
 
@@ -328,6 +368,7 @@ mod tests {
                 },
                 limit: tokens,
                 delta,
+                lease: None,
             }])
         };
         assert!(take(500));

@@ -8,10 +8,14 @@
 //! tokens — atomically: when any claim is refused, none is taken (a Redis
 //! backend does the same in one Lua script). [`Limiter::correct`] applies
 //! corrections once the real usage is known; it runs on a background task
-//! ([`reconcile`]), never on a request's drop path. What the gateway does
-//! when the backend fails is `[rate_limit] on_backend_error`.
+//! ([`reconcile`]), never on a request's drop path.
 //!
-//! The default backend is [`MemoryLimiter`]: GCRA token buckets.
+//! The default backend is [`MemoryLimiter`]: GCRA token buckets. With
+//! `[cluster]` it is [`RedisLimiter`]: the same GCRA in one Lua script per
+//! request on the shared Redis, plus per-key concurrency leases with a TTL
+//! ([`Kind::Lease`]); while Redis cannot answer, `[cluster] on_redis_error`
+//! applies (a local [`MemoryLimiter`] decides, or the request is refused:
+//! see [`RateLimits`]).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -22,11 +26,15 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+pub mod lease;
 mod memory;
 pub mod reconcile;
+mod redis_limiter;
 
+pub use lease::{Lease, LeaseId};
 pub use memory::MemoryLimiter;
-pub use reconcile::{RateLimits, TokenReservation};
+pub use reconcile::{Decided, RateLimits, TokenReservation};
+pub use redis_limiter::RedisLimiter;
 
 /// A bucket's rate and burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,33 +51,39 @@ pub enum Subject {
 }
 
 /// What a claim takes. Each kind is decided in the same atomic call, so the
-/// next ones go here too: a concurrency lease (`Lease { ttl }`: a slot held
-/// until a correction gives it back, or its TTL runs out when a replica dies
-/// holding it) and a budget reservation (`Budget`: spend over a longer
-/// period, reserved and reconciled like tokens).
+/// next one goes here too: a budget reservation (`Budget`: spend over a
+/// longer period, reserved and reconciled like tokens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// Requests per minute (cost 1).
     Requests,
     /// Tokens per minute (cost: the estimate; corrected with the real usage).
     Tokens,
+    /// A concurrency slot (cost 1, `limit.burst` slots): held until the
+    /// request ends and a correction gives it back, or until its TTL runs
+    /// out when the replica holding it died. Shared backends only: on one
+    /// node (and in the local fallback) a key's concurrency is admission's
+    /// (`ClientCaps`), so the memory limiter allows leases without counting.
+    Lease,
 }
 
 impl Kind {
-    /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (OpenAI's names).
-    fn header_names(self) -> [HeaderName; 3] {
+    /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (OpenAI's
+    /// names); none for leases.
+    fn header_names(self) -> Option<[HeaderName; 3]> {
         let n = HeaderName::from_static;
         match self {
-            Kind::Requests => [
+            Kind::Requests => Some([
                 n("x-ratelimit-limit-requests"),
                 n("x-ratelimit-remaining-requests"),
                 n("x-ratelimit-reset-requests"),
-            ],
-            Kind::Tokens => [
+            ]),
+            Kind::Tokens => Some([
                 n("x-ratelimit-limit-tokens"),
                 n("x-ratelimit-remaining-tokens"),
                 n("x-ratelimit-reset-tokens"),
-            ],
+            ]),
+            Kind::Lease => None,
         }
     }
 }
@@ -89,6 +103,7 @@ impl Bucket {
             (Subject::Address(_), Kind::Tokens) => "ip_tokens",
             (Subject::Key(_), Kind::Requests) => "key_requests",
             (Subject::Key(_), Kind::Tokens) => "key_tokens",
+            (_, Kind::Lease) => "key_concurrency",
         }
     }
 }
@@ -99,14 +114,18 @@ pub struct Claim {
     pub bucket: Bucket,
     pub limit: Limit,
     pub cost: u64,
+    /// A lease's id (for [`Kind::Lease`] only): what gives it back.
+    pub lease: Option<LeaseId>,
 }
 
-/// Correct an earlier claim by `delta` (negative gives back).
+/// Correct an earlier claim by `delta` (negative gives back; a lease's
+/// correction gives the lease `lease` back).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Correction {
     pub bucket: Bucket,
     pub limit: Limit,
     pub delta: i64,
+    pub lease: Option<LeaseId>,
 }
 
 /// The answer for one claim of a batch.
@@ -139,6 +158,11 @@ pub trait Limiter: Send + Sync + std::fmt::Debug {
     fn consume<'a>(&'a self, claims: &'a [Claim]) -> Pending<'a, Vec<Decision>>;
     /// Applies corrections of earlier claims (never refused).
     fn correct<'a>(&'a self, corrections: &'a [Correction]) -> Pending<'a, ()>;
+    /// Extends the TTL of live leases (a backend without leases has none).
+    fn renew<'a>(&'a self, leases: &'a [(Bucket, LeaseId)]) -> Pending<'a, ()> {
+        let _ = leases;
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// Warns that the backend failed, at most once every 10 s (a failing
@@ -171,7 +195,9 @@ pub fn openai_duration(d: Duration) -> String {
 /// Adds the `x-ratelimit-*` headers of a decision (on every request, so
 /// static names and no formatting machinery for the numbers).
 pub fn headers(h: &mut HeaderMap, kind: Kind, d: &Decision) {
-    let [limit, remaining, reset] = kind.header_names();
+    let Some([limit, remaining, reset]) = kind.header_names() else {
+        return;
+    };
     h.insert(limit, HeaderValue::from(d.limit));
     h.insert(remaining, HeaderValue::from(d.remaining));
     if let Ok(v) = HeaderValue::try_from(openai_duration(d.reset)) {

@@ -1,5 +1,6 @@
-//! The running limiter ([`RateLimits`]: a backend and its reconciler) and
-//! the token reservation a request holds until its end.
+//! The running limiter ([`RateLimits`]: a backend, its failure policy and
+//! its reconciler), the token reservation a request holds until its end,
+//! and the concurrency lease (see [`super::lease`]).
 //!
 //! A reservation is a guard: when it drops, its correction (the real usage
 //! less the estimate) is applied. For the in-memory backend that is one
@@ -11,18 +12,31 @@
 //! `h3gate_rate_limit_corrections_total{result="dropped"}`. The task runs
 //! until the process exits, not just until the drain, so requests that end
 //! during the drain are corrected too; at exit it applies what is queued.
+//! With leases it also renews, every third of their TTL, the ones this
+//! replica holds.
+//!
+//! A shared backend that cannot answer (`[cluster] on_redis_error`): with
+//! `local` a local [`MemoryLimiter`] decides — one that mirrors the shared
+//! buckets as the shared backend answers, so it starts from where they
+//! were — and the request's reservation is corrected there; with `deny` the
+//! request is refused. Either way counted in
+//! `h3gate_cluster_fallbacks_total{what="rate_limit"}`.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+mod task;
+
+use super::lease::{Lease, Live};
 use super::{Bucket, Claim, Correction, Decision, Limit, Limiter, LimiterError, MemoryLimiter};
+use crate::config::OnRedisError;
 use crate::shutdown::Shutdown;
+use task::{Counted, Reconciler};
 
 /// Corrections waiting for the task, at most.
 const QUEUE: usize = 4096;
-/// Corrections applied in one backend call, at most.
-const BATCH: usize = 256;
 
 /// The limiter the gateway runs: kept across reloads (its buckets and its
 /// reconciler with it).
@@ -32,21 +46,44 @@ pub struct RateLimits {
     corrections: mpsc::Sender<Correction>,
     /// Taken by the reconciler when it starts.
     receiver: Mutex<Option<mpsc::Receiver<Correction>>>,
+    /// The leases held now (renewed by the reconciler).
+    live: Arc<Live>,
 }
 
 /// The in-memory backend is called directly (its answer is immediate: no
 /// boxed future on the request path); any other through the seam.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Backend {
     Memory(Arc<MemoryLimiter>),
-    Shared(Arc<dyn Limiter>),
+    Shared(Shared),
+}
+
+#[derive(Debug)]
+struct Shared {
+    limiter: Arc<dyn Limiter>,
+    /// `on_redis_error = "local"`: what decides while `limiter` cannot.
+    fallback: Option<Arc<MemoryLimiter>>,
+    /// Leases are claimed, and renewed this often.
+    renew_every: Option<Duration>,
+    /// `h3gate_cluster_fallbacks_total{what="rate_limit"}`, this policy's.
+    fell_back: metrics::Counter,
+}
+
+/// One decision for a request's claims, and where it was made.
+#[derive(Debug)]
+pub struct Decided {
+    /// One per claim, in order.
+    pub decisions: Vec<Decision>,
+    /// Made by a local limiter (the embedded one, or the fallback while the
+    /// shared one cannot answer): corrected there, and no lease was taken.
+    pub local: bool,
 }
 
 impl Backend {
     fn dyn_limiter(&self) -> Arc<dyn Limiter> {
         match self {
             Backend::Memory(m) => m.clone(),
-            Backend::Shared(s) => s.clone(),
+            Backend::Shared(s) => s.limiter.clone(),
         }
     }
 }
@@ -57,9 +94,28 @@ impl RateLimits {
         RateLimits::with(Backend::Memory(limiter))
     }
 
-    /// A shared backend (or a test double).
+    /// A shared backend without leases that fails closed (a test double).
     pub fn new(backend: Arc<dyn Limiter>) -> RateLimits {
-        RateLimits::with(Backend::Shared(backend))
+        RateLimits::shared(backend, OnRedisError::Deny, None)
+    }
+
+    /// A shared backend with its failure policy; with `lease_ttl`, keys'
+    /// concurrency is claimed as leases, renewed every third of it.
+    pub fn shared(
+        backend: Arc<dyn Limiter>,
+        policy: OnRedisError,
+        lease_ttl: Option<Duration>,
+    ) -> RateLimits {
+        let (fallback, label) = match policy {
+            OnRedisError::Local => (Some(Arc::default()), "local"),
+            OnRedisError::Deny => (None, "deny"),
+        };
+        RateLimits::with(Backend::Shared(Shared {
+            limiter: backend,
+            fallback,
+            renew_every: lease_ttl.map(|t| t / 3),
+            fell_back: crate::metrics::CLUSTER_FALLBACKS.with(["rate_limit", label]),
+        }))
     }
 
     fn with(backend: Backend) -> RateLimits {
@@ -68,22 +124,74 @@ impl RateLimits {
             backend,
             corrections,
             receiver: Mutex::new(Some(receiver)),
+            live: Arc::default(),
         }
     }
 
-    /// See [`Limiter::consume`].
-    pub async fn consume(&self, claims: &[Claim]) -> Result<Vec<Decision>, LimiterError> {
-        match &self.backend {
-            Backend::Memory(m) => Ok(m.consume_now(claims)),
-            Backend::Shared(s) => s.consume(claims).await,
+    /// Whether keys' concurrency is claimed here (as leases), not only at
+    /// admission.
+    pub fn leases(&self) -> bool {
+        matches!(&self.backend, Backend::Shared(s) if s.renew_every.is_some())
+    }
+
+    /// Leases this replica holds now.
+    pub fn leases_held(&self) -> usize {
+        self.live.len()
+    }
+
+    /// See [`Limiter::consume`]; a shared backend's failure is the policy's.
+    pub async fn consume(&self, claims: &[Claim]) -> Result<Decided, LimiterError> {
+        let s = match &self.backend {
+            Backend::Memory(m) => {
+                return Ok(Decided {
+                    decisions: m.consume_now(claims),
+                    local: true,
+                })
+            }
+            Backend::Shared(s) => s,
+        };
+        let answer = s.limiter.consume(claims).await.and_then(|d| {
+            if d.len() == claims.len() {
+                Ok(d)
+            } else {
+                Err(LimiterError(format!(
+                    "{} decisions for {} claims",
+                    d.len(),
+                    claims.len()
+                )))
+            }
+        });
+        match (answer, &s.fallback) {
+            (Ok(decisions), fallback) => {
+                if let Some(f) = fallback {
+                    f.mirror(claims, &decisions);
+                }
+                Ok(Decided {
+                    decisions,
+                    local: false,
+                })
+            }
+            (Err(e), fallback) => {
+                super::warn_backend_error("decisions", &e);
+                s.fell_back.increment(1);
+                let f = fallback.as_ref().ok_or(e)?;
+                Ok(Decided {
+                    decisions: f.consume_now(claims),
+                    local: true,
+                })
+            }
         }
     }
 
-    /// Reserves `claim` (already taken): corrected to the real usage when the
-    /// guard drops after [`TokenReservation::reconcile`].
-    pub fn reservation(&self, claim: &Claim) -> TokenReservation {
+    /// Reserves `claim` (taken as `decided` says): corrected to the real
+    /// usage, where it was taken, when the guard drops after
+    /// [`TokenReservation::reconcile`].
+    pub fn reservation(&self, claim: &Claim, decided: &Decided) -> TokenReservation {
         let to = match &self.backend {
             Backend::Memory(m) => Corrector::Memory(m.clone()),
+            Backend::Shared(Shared {
+                fallback: Some(f), ..
+            }) if decided.local => Corrector::Memory(f.clone()),
             Backend::Shared(_) => Corrector::Queue(self.corrections.clone()),
         };
         TokenReservation {
@@ -95,6 +203,18 @@ impl RateLimits {
         }
     }
 
+    /// The lease `claim` took (shared decisions only), held until it drops.
+    pub fn lease(&self, claim: &Claim, decided: &Decided) -> Option<Lease> {
+        let id = claim.lease.filter(|_| !decided.local && self.leases())?;
+        Some(Lease::hold(
+            id,
+            claim.bucket.clone(),
+            claim.limit,
+            self.live.clone(),
+            self.corrections.clone(),
+        ))
+    }
+
     /// Starts the reconciler (once: a no-op for a limiter kept across a
     /// reload, whose reconciler runs).
     pub fn start(&self, shutdown: &Shutdown) {
@@ -104,59 +224,23 @@ impl RateLimits {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(rx) = taken {
-            let backend = self.backend.dyn_limiter();
+            let task = Reconciler {
+                backend: self.backend.dyn_limiter(),
+                live: self.live.clone(),
+                renew_every: match &self.backend {
+                    Backend::Shared(s) => s.renew_every,
+                    Backend::Memory(_) => None,
+                },
+                counted: Counted {
+                    applied: crate::metrics::RATE_LIMIT_CORRECTIONS.with(["applied"]),
+                    failed: crate::metrics::RATE_LIMIT_CORRECTIONS.with(["failed"]),
+                },
+            };
             // Until exit, not the drain: requests that end during the drain
             // still send their corrections.
-            shutdown.spawn_until_exit(reconciler(backend, rx, shutdown.clone()));
+            shutdown.spawn_until_exit(task.run(rx, shutdown.clone()));
         }
     }
-}
-
-/// Applies corrections as they come, in batches, until the process exits
-/// (the drain is over by then: every request has ended and sent its own).
-async fn reconciler(backend: Arc<dyn Limiter>, mut rx: mpsc::Receiver<Correction>, sd: Shutdown) {
-    let mut batch = Vec::with_capacity(BATCH);
-    // Registered once: a correction per request must not look its series up.
-    let counted = Counted {
-        applied: crate::metrics::RATE_LIMIT_CORRECTIONS.with(["applied"]),
-        failed: crate::metrics::RATE_LIMIT_CORRECTIONS.with(["failed"]),
-    };
-    loop {
-        tokio::select! {
-            biased;
-            n = rx.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    return;
-                }
-            }
-            _ = sd.exiting() => {
-                rx.close();
-                while rx.recv_many(&mut batch, BATCH).await > 0 {
-                    apply(&*backend, &mut batch, &counted).await;
-                }
-                return;
-            }
-        }
-        apply(&*backend, &mut batch, &counted).await;
-    }
-}
-
-/// The corrections counter's series the reconciler records.
-struct Counted {
-    applied: metrics::Counter,
-    failed: metrics::Counter,
-}
-
-async fn apply(backend: &dyn Limiter, batch: &mut Vec<Correction>, counted: &Counted) {
-    let counter = match backend.correct(batch).await {
-        Ok(()) => &counted.applied,
-        Err(e) => {
-            super::warn_backend_error("corrections", &e);
-            &counted.failed
-        }
-    };
-    counter.increment(batch.len() as u64);
-    batch.clear();
 }
 
 /// Where a reservation's correction goes.
@@ -201,6 +285,7 @@ impl Drop for TokenReservation {
             bucket: self.bucket.clone(),
             limit: self.limit,
             delta,
+            lease: None,
         };
         let queue = match &self.to {
             Corrector::Memory(m) => return m.correct_now(std::slice::from_ref(&correction)),
@@ -227,6 +312,7 @@ mod tests {
 
     use super::*;
     use crate::access::Ending;
+    use crate::config::OnRedisError;
     use crate::exchange::{Body, BodyError, Protocol};
     use crate::rate_limit::{Kind, MemoryLimiter, Subject};
 
@@ -243,6 +329,7 @@ mod tests {
             },
             limit: TOKENS,
             cost,
+            lease: None,
         }
     }
 
@@ -269,8 +356,9 @@ mod tests {
         let memory = Arc::new(MemoryLimiter::default());
         let limits = RateLimits::new(memory.clone());
         let claim = tokens(500);
-        assert!(limits.consume(std::slice::from_ref(&claim)).await.unwrap()[0].allowed);
-        let reservation = limits.reservation(&claim);
+        let decided = limits.consume(std::slice::from_ref(&claim)).await.unwrap();
+        assert!(decided.decisions[0].allowed && !decided.local);
+        let reservation = limits.reservation(&claim, &decided);
         assert_eq!(left(&memory), 100);
         (memory, limits, reservation)
     }
@@ -286,9 +374,10 @@ mod tests {
 
         // Unknown usage (a request cut short before any): the estimate stays.
         let more = tokens(100);
-        assert!(limits.consume(std::slice::from_ref(&more)).await.unwrap()[0].allowed);
-        limits.reservation(&more).reconcile(None);
-        drop(limits.reservation(&more));
+        let decided = limits.consume(std::slice::from_ref(&more)).await.unwrap();
+        assert!(decided.decisions[0].allowed);
+        limits.reservation(&more, &decided).reconcile(None);
+        drop(limits.reservation(&more, &decided));
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
@@ -327,9 +416,10 @@ mod tests {
         let memory = Arc::new(MemoryLimiter::default());
         let limits = RateLimits::in_memory(memory.clone());
         let claim = tokens(500);
-        assert!(limits.consume(std::slice::from_ref(&claim)).await.unwrap()[0].allowed);
+        let decided = limits.consume(std::slice::from_ref(&claim)).await.unwrap();
+        assert!(decided.decisions[0].allowed && decided.local);
         assert_eq!(left(&memory), 100);
-        limits.reservation(&claim).reconcile(Some(12));
+        limits.reservation(&claim, &decided).reconcile(Some(12));
         // No task has run: the next request already sees the tokens back.
         assert_eq!(left(&memory), 588);
     }
@@ -349,5 +439,121 @@ mod tests {
         assert!(settles(|| left(&memory) > 100).await, "{}", left(&memory));
         let exited = tokio::time::timeout(std::time::Duration::from_secs(3), shutdown.exit());
         assert!(exited.await.is_ok());
+    }
+
+    /// A shared backend (memory behind the seam) that can go down, and
+    /// records the leases it is told about.
+    #[derive(Debug, Default)]
+    struct Switch {
+        inner: MemoryLimiter,
+        down: std::sync::atomic::AtomicBool,
+        renewed: Mutex<Vec<crate::rate_limit::LeaseId>>,
+        released: Mutex<Vec<crate::rate_limit::LeaseId>>,
+    }
+
+    impl Switch {
+        fn answer(&self) -> Result<(), LimiterError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(LimiterError("down".into()));
+            }
+            Ok(())
+        }
+    }
+
+    impl Limiter for Switch {
+        fn consume<'a>(&'a self, claims: &'a [Claim]) -> super::super::Pending<'a, Vec<Decision>> {
+            let answer = self.answer().map(|()| self.inner.consume_now(claims));
+            Box::pin(std::future::ready(answer))
+        }
+        fn correct<'a>(&'a self, c: &'a [Correction]) -> super::super::Pending<'a, ()> {
+            let ids = c.iter().filter_map(|c| c.lease);
+            self.released.lock().unwrap().extend(ids);
+            Box::pin(std::future::ready(self.answer()))
+        }
+        fn renew<'a>(
+            &'a self,
+            leases: &'a [(Bucket, crate::rate_limit::LeaseId)],
+        ) -> super::super::Pending<'a, ()> {
+            let ids = leases.iter().map(|(_, id)| *id);
+            self.renewed.lock().unwrap().extend(ids);
+            Box::pin(std::future::ready(self.answer()))
+        }
+    }
+
+    fn requests(burst: u64) -> Claim {
+        Claim {
+            bucket: Bucket {
+                subject: Subject::Key(Arc::from("k")),
+                kind: Kind::Requests,
+            },
+            limit: Limit {
+                per_minute: 60,
+                burst,
+            },
+            cost: 1,
+            lease: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_local_fallback_starts_from_where_the_shared_buckets_were() {
+        let shared = Arc::new(Switch::default());
+        let limits = RateLimits::shared(shared.clone(), OnRedisError::Local, None);
+        let one = [requests(3)];
+        for _ in 0..3 {
+            let d = limits.consume(&one).await.unwrap();
+            assert!(d.decisions[0].allowed && !d.local);
+        }
+        shared.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let d = limits.consume(&one).await.unwrap();
+        assert!(d.local, "decided locally while the shared backend is down");
+        assert!(!d.decisions[0].allowed, "the shared bucket was empty");
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert!(limits.consume(&one).await.unwrap().decisions[0].allowed);
+        // Back: the shared backend decides again.
+        shared
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(!limits.consume(&one).await.unwrap().local);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_is_renewed_while_held_and_released_once_dropped() {
+        let shared = Arc::new(Switch::default());
+        let ttl = std::time::Duration::from_secs(30);
+        let limits = RateLimits::shared(shared.clone(), OnRedisError::Local, Some(ttl));
+        assert!(limits.leases());
+        let id = crate::rate_limit::LeaseId::random();
+        let claim = Claim {
+            bucket: Bucket {
+                subject: Subject::Key(Arc::from("k")),
+                kind: Kind::Lease,
+            },
+            lease: Some(id),
+            ..requests(2)
+        };
+        let decided = limits.consume(std::slice::from_ref(&claim)).await.unwrap();
+        let lease = limits.lease(&claim, &decided).expect("a shared lease");
+        assert_eq!(limits.leases_held(), 1);
+        let shutdown = Shutdown::new(CancellationToken::new());
+        limits.start(&shutdown);
+        for n in 1..=2 {
+            tokio::time::sleep(ttl / 3).await;
+            assert!(settles(|| shared.renewed.lock().unwrap().len() == n).await);
+        }
+        drop(lease);
+        assert_eq!(limits.leases_held(), 0);
+        assert!(settles(|| shared.released.lock().unwrap().as_slice() == [id]).await);
+        tokio::time::sleep(ttl).await;
+        assert_eq!(
+            shared.renewed.lock().unwrap().len(),
+            2,
+            "not renewed once given back"
+        );
+
+        // Decided locally (the backend down): no lease; admission holds the share.
+        shared.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let decided = limits.consume(std::slice::from_ref(&claim)).await.unwrap();
+        assert!(decided.local && limits.lease(&claim, &decided).is_none());
     }
 }

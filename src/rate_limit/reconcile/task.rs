@@ -1,0 +1,98 @@
+//! The reconciler: the task that applies a shared backend's corrections
+//! (token reservations corrected, leases given back) in batches, and renews
+//! the leases this replica holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::rate_limit::lease::Live;
+use crate::rate_limit::{Correction, Limiter};
+use crate::shutdown::Shutdown;
+
+/// Corrections applied in one backend call, at most.
+const BATCH: usize = 256;
+
+/// The reconciler task's parts.
+pub(super) struct Reconciler {
+    pub(super) backend: Arc<dyn Limiter>,
+    pub(super) live: Arc<Live>,
+    pub(super) renew_every: Option<Duration>,
+    pub(super) counted: Counted,
+}
+
+impl Reconciler {
+    /// Applies corrections as they come, in batches, and renews the live
+    /// leases, until the process exits (the drain is over by then: every
+    /// request has ended and sent its own).
+    pub(super) async fn run(self, mut rx: mpsc::Receiver<Correction>, sd: Shutdown) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let every = self.renew_every.unwrap_or(Duration::from_secs(3600));
+        let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                }
+                _ = renewals.tick(), if self.renew_every.is_some() => {
+                    // The releases queued so far first: a lease given back
+                    // is not in the list, or is released after its renewal.
+                    while rx.try_recv().map(|c| batch.push(c)).is_ok() {
+                        if batch.len() >= BATCH {
+                            self.apply(&mut batch).await;
+                        }
+                    }
+                    self.apply(&mut batch).await;
+                    self.renew().await;
+                    continue;
+                }
+                _ = sd.exiting() => {
+                    rx.close();
+                    while rx.recv_many(&mut batch, BATCH).await > 0 {
+                        self.apply(&mut batch).await;
+                    }
+                    return;
+                }
+            }
+            self.apply(&mut batch).await;
+        }
+    }
+
+    async fn apply(&self, batch: &mut Vec<Correction>) {
+        if batch.is_empty() {
+            return;
+        }
+        let counter = match self.backend.correct(batch).await {
+            Ok(()) => &self.counted.applied,
+            Err(e) => {
+                crate::rate_limit::warn_backend_error("corrections", &e);
+                &self.counted.failed
+            }
+        };
+        counter.increment(batch.len() as u64);
+        batch.clear();
+    }
+
+    async fn renew(&self) {
+        let held = self.live.snapshot();
+        if held.is_empty() {
+            return;
+        }
+        if let Err(e) = self.backend.renew(&held).await {
+            // Renewed at the next tick, or expired if Redis stays away.
+            crate::rate_limit::warn_backend_error("lease renewals", &e);
+        }
+    }
+}
+
+/// The corrections counter's series the reconciler records (registered
+/// once: a correction per request must not look its series up).
+pub(super) struct Counted {
+    pub(super) applied: metrics::Counter,
+    pub(super) failed: metrics::Counter,
+}

@@ -1,0 +1,389 @@
+//! Shared rate limits: three gateway processes and one real Redis behave as
+//! one gateway. A key's requests and tokens per minute, spread round-robin
+//! over the replicas and over HTTP/3, HTTP/2 and HTTP/1.1, are what the
+//! single-node limiter accepts for the same timed sequence; a key's
+//! concurrency is one cap across the replicas, and a dead replica's slots
+//! expire; Redis killed mid-load: the replicas keep serving on local limits
+//! (or refuse, with `on_redis_error = "deny"`), stay ready, say so in their
+//! metrics, and share again once Redis is back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use h3gate::auth::NewKey;
+use h3gate::rate_limit::{Bucket, Claim, Correction, Kind, Limit, MemoryLimiter, Subject};
+use http::Method;
+use serde_json::{json, Value};
+
+use common::cluster::{dev_cert, Redis, Replica, ReplicaSpec};
+use common::keys::{bearer, key};
+use common::{chat, Client, Proto, TestBody, Upstream};
+
+/// Redis calls may take this long here: the tests share two cores with
+/// other builds, and a spurious 50 ms timeout would fall back to local
+/// limits (the failure policy, tested on its own below).
+const PATIENT: (&str, &str) = ("[cluster]\n", "[cluster]\ntimeout = \"2s\"\n");
+
+/// Routes the base replica configuration lacks.
+const GATED: &str = "\n[[routes]]\nmodel = \"gated\"\ntargets = [\"up\"]\n";
+
+const PROTOS: [Proto; 3] = [Proto::H3, Proto::H2, Proto::H1];
+
+/// Redis, the upstream, and replicas sharing them, with keys every replica
+/// knows (the same keys file, copied: the limits are keyed on the key's
+/// SHA-256).
+struct Cluster {
+    redis: Redis,
+    upstream: Upstream,
+    dir: tempfile::TempDir,
+    ca: Vec<u8>,
+    replicas: Vec<Replica>,
+    /// The keys, in the order given.
+    keys: Vec<String>,
+}
+
+impl Cluster {
+    async fn start(keys: Vec<NewKey>, replace: &[(&str, &str)]) -> Cluster {
+        let redis = Redis::start();
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dev_cert(dir.path());
+        let first = dir.path().join("replica-1-keys.json");
+        let keys = keys
+            .into_iter()
+            .map(|k| h3gate::auth::create(&first, k).unwrap().0)
+            .collect();
+        let mut c = Cluster {
+            redis,
+            upstream,
+            dir,
+            ca,
+            replicas: Vec::new(),
+            keys,
+        };
+        for node in 1..=3 {
+            c.spawn(node, replace);
+        }
+        c.wait_up(1.0).await;
+        c
+    }
+
+    /// Starts replica `node` (its keys file a copy of the first's).
+    fn spawn(&mut self, node: u64, replace: &[(&str, &str)]) {
+        let keys = self.dir.path().join(format!("replica-{node}-keys.json"));
+        if node > 1 {
+            std::fs::copy(self.dir.path().join("replica-1-keys.json"), keys).unwrap();
+        }
+        let (url, base) = (self.redis.url(), self.upstream.base_url());
+        self.replicas.push(Replica::spawn(&ReplicaSpec {
+            dir: self.dir.path(),
+            redis_url: &url,
+            node_id: node,
+            upstream: &base,
+            extra: GATED,
+            replace,
+        }));
+    }
+
+    /// Until every replica's `h3gate_cluster_up` is `up`.
+    async fn wait_up(&self, up: f64) {
+        for r in &self.replicas {
+            let seen = common::wait_until(Duration::from_secs(10), async || {
+                r.metric("h3gate_cluster_up").await == up
+            })
+            .await;
+            assert!(seen, "h3gate_cluster_up never {up}:\n{}", r.metrics().await);
+        }
+    }
+
+    /// One client per replica and protocol: `clients[replica][protocol]`.
+    async fn clients(&self) -> Vec<Vec<Client>> {
+        let mut all = Vec::new();
+        for r in &self.replicas {
+            let mut per = Vec::new();
+            for p in PROTOS {
+                per.push(r.client(p, &self.ca).await);
+            }
+            all.push(per);
+        }
+        all
+    }
+
+    /// The sum of one series over the replicas.
+    async fn metric(&self, series: &str) -> f64 {
+        let mut sum = 0.0;
+        for r in &self.replicas {
+            sum += r.metric(series).await;
+        }
+        sum
+    }
+}
+
+/// Request `i` goes to replica `i % 3`, over protocol `(i / 3) % 3`: every
+/// replica sees every protocol.
+fn pick(clients: &[Vec<Client>], i: usize) -> &Client {
+    &clients[i % clients.len()][(i / clients.len()) % PROTOS.len()]
+}
+
+/// One request of a spread: when it was sent, answered and ended (since
+/// the spread's start), its status and the usage it reported.
+#[derive(Debug, Clone)]
+struct Sent {
+    at: Duration,
+    /// Its response's headers came (the limits were decided before).
+    decided: Duration,
+    end: Duration,
+    status: u16,
+    usage: Option<u64>,
+}
+
+/// Sends `n` chat requests round-robin (see [`pick`]), `workers` at a time.
+async fn spread(
+    clients: &[Vec<Client>],
+    n: usize,
+    workers: usize,
+    auth: &str,
+    body: &Value,
+) -> Vec<Sent> {
+    spread_from(Instant::now(), clients, 0..n, workers, auth, body).await
+}
+
+/// Requests `range` of a spread that started at `start`.
+async fn spread_from(
+    start: Instant,
+    clients: &[Vec<Client>],
+    range: std::ops::Range<usize>,
+    workers: usize,
+    auth: &str,
+    body: &Value,
+) -> Vec<Sent> {
+    let h = [("authorization", auth)];
+    let one = |i: usize| async move {
+        let at = start.elapsed();
+        let body = TestBody::Json(body.clone());
+        let r = pick(clients, i)
+            .request(Method::POST, "/v1/chat/completions", &h, body)
+            .await;
+        let (status, decided) = (r.status, start.elapsed());
+        let text = r.text().await;
+        Sent {
+            at,
+            decided,
+            end: start.elapsed(),
+            status,
+            usage: (status == 200).then(|| usage(&text)).flatten(),
+        }
+    };
+    let sent: Vec<Sent> = futures_util::stream::iter(range)
+        .map(one)
+        .buffer_unordered(workers)
+        .collect()
+        .await;
+    for s in &sent {
+        assert!([200, 429].contains(&s.status), "{s:?}");
+    }
+    sent
+}
+
+/// The `total_tokens` of a response (JSON, or the usage chunk of a stream).
+fn usage(text: &str) -> Option<u64> {
+    let total = |v: Value| v["usage"]["total_tokens"].as_u64();
+    serde_json::from_str(text).ok().and_then(total).or_else(|| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .find_map(total)
+    })
+}
+
+/// `n` gated streams in waves of `wave`: each wave's requests are all
+/// decided (their headers came) before the upstream lets their streams end,
+/// and the next wave starts once the replicas applied the wave's token
+/// corrections (asynchronous on a shared backend). The order of claims and
+/// corrections is then the one the single-node replay sees.
+async fn waves(
+    c: &Cluster,
+    clients: &[Vec<Client>],
+    n: usize,
+    wave: usize,
+    auth: &str,
+) -> Vec<Sent> {
+    let mut body = chat("gated", true);
+    body["max_tokens"] = json!(40);
+    body["stream_options"] = json!({"include_usage": true});
+    let (start, h) = (Instant::now(), [("authorization", auth)]);
+    let mut sent = Vec::new();
+    for first in (0..n).step_by(wave) {
+        let one = |i: usize| {
+            let body = TestBody::Json(body.clone());
+            async move {
+                let at = start.elapsed();
+                let r = pick(clients, i)
+                    .request(Method::POST, "/v1/chat/completions", &h, body)
+                    .await;
+                (at, start.elapsed(), r)
+            }
+        };
+        let answered =
+            futures_util::future::join_all((first..(first + wave).min(n)).map(one)).await;
+        c.upstream.release();
+        for (at, decided, r) in answered {
+            let status = r.status;
+            let text = r.text().await;
+            let usage = (status == 200).then(|| usage(&text)).flatten();
+            sent.push(Sent {
+                at,
+                decided,
+                end: start.elapsed(),
+                status,
+                usage,
+            });
+        }
+        let applied = "h3gate_rate_limit_corrections_total{result=\"applied\"}";
+        let done = common::wait_until(Duration::from_secs(5), async || {
+            c.metric(applied).await >= accepted(&sent) as f64
+        })
+        .await;
+        assert!(
+            done,
+            "{} of {} corrections applied",
+            c.metric(applied).await,
+            accepted(&sent)
+        );
+    }
+    sent
+}
+
+fn accepted(sent: &[Sent]) -> usize {
+    sent.iter().filter(|s| s.status == 200).count()
+}
+
+/// What the single-node limiter accepts for the same timed sequence: each
+/// request claims `claim` when it was sent, and (tokens) is corrected to
+/// `usage` when it ended. Replayed on a paused clock.
+fn single_node_accepts(sent: &[Sent], claim: Claim, usage: u64) -> usize {
+    let sent = sent.to_vec();
+    let run = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(replay(sent, claim, usage))
+    };
+    std::thread::spawn(run).join().unwrap()
+}
+
+async fn replay(sent: Vec<Sent>, claim: Claim, usage: u64) -> usize {
+    let limiter = MemoryLimiter::default();
+    // (when, which request, a claim or its correction)
+    let mut events: Vec<(Duration, usize, bool)> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.at + (s.decided - s.at) / 2, i, true))
+        .collect();
+    events.sort();
+    let (start, mut accepted, mut i) = (tokio::time::Instant::now(), 0, 0);
+    while i < events.len() {
+        let (when, n, is_claim) = events[i];
+        tokio::time::advance((start + when).saturating_duration_since(tokio::time::Instant::now()))
+            .await;
+        i += 1;
+        if !is_claim {
+            let correction = Correction {
+                bucket: claim.bucket.clone(),
+                limit: claim.limit,
+                delta: usage as i64 - claim.cost as i64,
+                lease: None,
+            };
+            limiter.correct_now(&[correction]);
+        } else if limiter.consume_now(std::slice::from_ref(&claim))[0].allowed {
+            accepted += 1;
+            if claim.bucket.kind == Kind::Tokens {
+                // Corrected when it ended (a refused one: when its 429 came,
+                // still before the next wave).
+                let end = sent[n].end;
+                let at = events[i..].partition_point(|e| e.0 <= end) + i;
+                events.insert(at, (end, n, false));
+            }
+        }
+    }
+    accepted
+}
+
+fn key_claim(kind: Kind, per_minute: u64, cost: u64) -> Claim {
+    Claim {
+        bucket: Bucket {
+            subject: Subject::Key("k".into()),
+            kind,
+        },
+        limit: Limit {
+            per_minute,
+            burst: per_minute,
+        },
+        cost,
+        lease: None,
+    }
+}
+
+fn within(got: usize, expected: usize, what: &str) {
+    let tolerance = (expected as f64 * 0.02).max(1.0);
+    assert!(
+        (got as f64 - expected as f64).abs() <= tolerance,
+        "{what}: {got} accepted across the replicas, {expected} by the single-node limiter (± {tolerance})"
+    );
+}
+
+/// A key limited to N requests a minute sends 3N round-robin; another to T
+/// tokens a minute streams with its usage reported (reserved, then
+/// reconciled). Both get what one node would give them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_tokens_per_minute_are_shared_by_the_replicas() {
+    let (rpm, tpm) = (150u32, 1200u32);
+    let keys = vec![
+        NewKey {
+            rpm: Some(rpm),
+            ..key("rpm")
+        },
+        NewKey {
+            tpm: Some(tpm),
+            ..key("tpm")
+        },
+    ];
+    let c = Cluster::start(keys, &[PATIENT]).await;
+    let clients = c.clients().await;
+    let body = chat("gpt-ok", false);
+    let sent = spread(&clients, 3 * rpm as usize, 6, &bearer(&c.keys[0]), &body).await;
+    let expected = single_node_accepts(&sent, key_claim(Kind::Requests, rpm.into(), 1), 0);
+    eprintln!(
+        "requests: {} of {} accepted in {:?}; single node: {expected}",
+        accepted(&sent),
+        sent.len(),
+        sent.iter().map(|s| s.end).max()
+    );
+    within(accepted(&sent), expected, "requests per minute");
+    assert!(accepted(&sent) <= rpm as usize + 10, "not 3 × {rpm}");
+
+    let sent = waves(&c, &clients, 200, 10, &bearer(&c.keys[1])).await;
+    let mut stream = chat("gated", true);
+    stream["max_tokens"] = json!(40);
+    stream["stream_options"] = json!({"include_usage": true});
+    let estimate = 40 + stream.to_string().len() as u64 / 4;
+    let usage = sent
+        .iter()
+        .find_map(|s| s.usage)
+        .expect("streams report usage");
+    let expected = single_node_accepts(&sent, key_claim(Kind::Tokens, tpm.into(), estimate), usage);
+    eprintln!(
+        "tokens: {} of {} accepted ({} tokens, estimate {estimate}); single node: {expected} ({} tokens)",
+        accepted(&sent), sent.len(), accepted(&sent) as u64 * usage, expected as u64 * usage
+    );
+    within(accepted(&sent), expected, "tokens per minute");
+    assert!(
+        c.metric("h3gate_cluster_fallbacks_total{what=\"rate_limit\",decision=\"local\"}")
+            .await
+            == 0.0
+    );
+}
