@@ -27,7 +27,8 @@ use common::{chat, Client, Proto, TestBody, Upstream};
 const PATIENT: (&str, &str) = ("[cluster]\n", "[cluster]\ntimeout = \"2s\"\n");
 
 /// Routes the base replica configuration lacks.
-const GATED: &str = "\n[[routes]]\nmodel = \"gated\"\ntargets = [\"up\"]\n";
+const GATED: &str = "\n[[routes]]\nmodel = \"gated\"\ntargets = [\"up\"]\n\
+    \n[[routes]]\nmodel = \"endless\"\ntargets = [\"up\"]\n";
 
 const PROTOS: [Proto; 3] = [Proto::H3, Proto::H2, Proto::H1];
 
@@ -98,10 +99,11 @@ impl Cluster {
         }
     }
 
-    /// One client per replica and protocol: `clients[replica][protocol]`.
+    /// One client per replica (the first three) and protocol:
+    /// `clients[replica][protocol]`.
     async fn clients(&self) -> Vec<Vec<Client>> {
         let mut all = Vec::new();
-        for r in &self.replicas {
+        for r in self.replicas.iter().take(3) {
             let mut per = Vec::new();
             for p in PROTOS {
                 per.push(r.client(p, &self.ca).await);
@@ -386,4 +388,261 @@ async fn requests_and_tokens_per_minute_are_shared_by_the_replicas() {
             .await
             == 0.0
     );
+}
+
+/// A chat request with `auth` on `client`.
+async fn post(client: &Client, auth: &str, model: &str) -> common::client::TestResponse {
+    let h = [("authorization", auth)];
+    let body = TestBody::Json(chat(model, model != "gpt-ok"));
+    client
+        .request(Method::POST, "/v1/chat/completions", &h, body)
+        .await
+}
+
+/// The lease sets in Redis: their sizes.
+fn leases_in_redis(redis: &Redis) -> Vec<usize> {
+    let mut conn = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("h3gate:rate:key:*:leases")
+        .query(&mut conn)
+        .unwrap();
+    keys.iter()
+        .map(|k| redis::cmd("ZCARD").arg(k).query(&mut conn).unwrap())
+        .collect()
+}
+
+/// A key with two concurrent requests at most: two streams held on two
+/// replicas leave none for the third (429 in the client-limit shape), also
+/// after twice the lease TTL (the holders renew them); a replica killed
+/// holding one loses it within the TTL; a stream that ends or whose client
+/// goes away gives its slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_concurrency_is_one_cap_across_the_replicas_and_a_dead_replicas_slots_expire() {
+    let keys = vec![NewKey {
+        max_concurrent: Some(2),
+        ..key("slots")
+    }];
+    let ttl = ("[cluster]\n", "[cluster]\nlease_ttl = \"1s\"\n");
+    let mut c = Cluster::start(keys, &[PATIENT, ttl]).await;
+    let clients = c.clients().await;
+    let auth = bearer(&c.keys[0]);
+    let mut held = Vec::new();
+    for i in [0, 4] {
+        let mut r = post(pick(&clients, i), &auth, "gated").await; // replica 0 H3, replica 1 H2
+        assert_eq!(r.status, 200);
+        r.chunk().await.unwrap().unwrap();
+        held.push(r);
+    }
+    assert_eq!(leases_in_redis(&c.redis), [2]);
+    let refused = post(&clients[2][2], &auth, "gpt-ok").await;
+    assert_eq!(refused.status, 429);
+    assert!(refused.header("x-request-id").is_some());
+    assert_eq!(
+        refused.json().await["error"]["code"],
+        "too_many_concurrent_requests"
+    );
+    // The behaviour under test: leases outlive their TTL while held.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        post(&clients[2][0], &auth, "gpt-ok").await.status,
+        429,
+        "renewed"
+    );
+
+    // Replica 0 dies holding a slot: within the TTL it is free again.
+    drop(held.remove(0));
+    drop(c.replicas.remove(0));
+    let mut refusals = 0;
+    let freed = common::wait_until(Duration::from_secs(10), async || {
+        let ok = post(&clients[2][1], &auth, "gpt-ok").await.status == 200;
+        refusals += usize::from(!ok);
+        ok
+    })
+    .await;
+    assert!(freed, "the dead replica's slot never expired");
+    eprintln!("the dead replica's slot expired after {refusals} refusals");
+
+    // An ended stream and a client gone away give their slots back.
+    c.upstream.release();
+    held.remove(0).text().await;
+    let mut gone = post(&clients[2][1], &auth, "endless").await;
+    assert_eq!(gone.status, 200);
+    gone.chunk().await.unwrap().unwrap();
+    assert_eq!(leases_in_redis(&c.redis), [1]);
+    drop(gone);
+    let back = common::wait_until(Duration::from_secs(5), async || {
+        leases_in_redis(&c.redis).iter().sum::<usize>() == 0
+    })
+    .await;
+    assert!(back, "{:?}", leases_in_redis(&c.redis));
+}
+
+/// What the load of [`redis_killed_mid_load`] saw: (since its start, status).
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Duration, u16)>>>;
+
+/// Requests with `auth`, round-robin over `clients`, until `stop` (at most
+/// 3,000, at most 60 s), each recorded in `seen`.
+fn load(
+    clients: std::sync::Arc<Vec<Vec<Client>>>,
+    auth: String,
+    stop: tokio_util::sync::CancellationToken,
+    seen: Seen,
+    start: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0..3000 {
+            if stop.is_cancelled() || start.elapsed() > Duration::from_secs(60) {
+                return;
+            }
+            let status = post(pick(&clients, i), &auth, "gpt-ok").await.status;
+            seen.lock().unwrap().push((start.elapsed(), status));
+        }
+    })
+}
+
+/// 18 requests of a key limited to 6 a minute, round-robin: how many were
+/// served.
+async fn six_a_minute(clients: &[Vec<Client>], auth: &str) -> usize {
+    accepted(&spread(clients, 18, 3, auth, &chat("gpt-ok", false)).await)
+}
+
+/// The failure policy's timeline. Three replicas (`local`, the default)
+/// and a fourth (`deny`) under a steady load; Redis is killed mid-load and
+/// started again, empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load() {
+    let six = |name| NewKey {
+        rpm: Some(6),
+        ..key(name)
+    };
+    let keys = vec![
+        NewKey {
+            rpm: Some(1_000_000),
+            ..key("load")
+        },
+        six("a"),
+        six("b"),
+        six("c"),
+    ];
+    let mut c = Cluster::start(keys, &[PATIENT]).await;
+    let deny = ("[cluster]\n", "[cluster]\non_redis_error = \"deny\"\n");
+    c.spawn(4, &[PATIENT, deny]);
+    c.wait_up(1.0).await;
+    let clients = std::sync::Arc::new(c.clients().await);
+    let (start, stop, seen) = (
+        Instant::now(),
+        tokio_util::sync::CancellationToken::new(),
+        Seen::default(),
+    );
+    let running = load(
+        clients.clone(),
+        bearer(&c.keys[0]),
+        stop.clone(),
+        seen.clone(),
+        start,
+    );
+    let mut timeline = Vec::new();
+    let mut mark =
+        |what: String| timeline.push(format!("{:>6.2}s  {what}", start.elapsed().as_secs_f64()));
+
+    // Shared: the remaining requests in the headers go down across replicas.
+    let a = bearer(&c.keys[1]);
+    for (i, left) in ["5", "4", "3"].into_iter().enumerate() {
+        let r = post(pick(&clients, i), &a, "gpt-ok").await;
+        assert_eq!(
+            r.header("x-ratelimit-remaining-requests"),
+            Some(left),
+            "replica {i}"
+        );
+    }
+    let shared = 3 + six_a_minute(&clients, &a).await;
+    mark(format!(
+        "redis up: key A (6/min) got {shared} of 21 across the replicas"
+    ));
+    assert!((6..=7).contains(&shared), "{shared}");
+
+    c.redis.kill();
+    mark("redis killed".into());
+    c.wait_up(0.0).await;
+    mark("every replica shows h3gate_cluster_up 0".into());
+    let local = six_a_minute(&clients, &bearer(&c.keys[2])).await;
+    mark(format!(
+        "redis down: key B (6/min) got {local} of 18: 6 per replica"
+    ));
+    assert_eq!(local, 18, "each replica's own limit");
+    down_is_visible(&c, &mut mark).await;
+
+    c.redis.start_again();
+    mark("redis started again (empty)".into());
+    c.wait_up(1.0).await;
+    let fell_back = c.metric(LOCAL).await;
+    mark(format!(
+        "every replica shows h3gate_cluster_up 1; {fell_back} local decisions so far"
+    ));
+    let again = six_a_minute(&clients, &bearer(&c.keys[3])).await;
+    mark(format!(
+        "redis back: key C (6/min) got {again} of 18 across the replicas"
+    ));
+    assert!((6..=7).contains(&again), "{again}");
+    assert_eq!(
+        c.metric(LOCAL).await,
+        fell_back,
+        "shared again: no more local decisions"
+    );
+    stop.cancel();
+    running.await.unwrap();
+    report(&seen, &timeline);
+}
+
+const LOCAL: &str = "h3gate_cluster_fallbacks_total{what=\"rate_limit\",decision=\"local\"}";
+
+/// While Redis is down: ready but degraded, the fallbacks counted, and the
+/// `deny` replica refusing with 503 in the API's shape.
+async fn down_is_visible(c: &Cluster, mark: &mut impl FnMut(String)) {
+    for r in &c.replicas {
+        let (status, body) = r.ready().await;
+        assert_eq!(
+            (status, &body["status"], &body["cluster"]["redis"]),
+            (200, &json!("degraded"), &json!("down")),
+            "{body}"
+        );
+    }
+    let deny = &c.replicas[3];
+    let r = post(
+        &deny.client(Proto::H2, &c.ca).await,
+        &bearer(&c.keys[0]),
+        "gpt-ok",
+    )
+    .await;
+    assert_eq!(r.status, 503);
+    assert!(r.header("x-request-id").is_some() && r.header("retry-after").is_some());
+    assert_eq!(r.json().await["error"]["code"], "rate_limiter_unavailable");
+    let denied = deny
+        .metric("h3gate_cluster_fallbacks_total{what=\"rate_limit\",decision=\"deny\"}")
+        .await;
+    let local = c.metric(LOCAL).await;
+    let errors = c
+        .metric("h3gate_cluster_errors_total{op=\"rate_limit\"}")
+        .await;
+    mark(format!("all 4 ready (200, degraded, redis down); the deny replica answers 503; fallbacks: {local} local, {denied} deny; {errors} failed rate_limit calls"));
+    assert!(local > 0.0 && denied >= 1.0);
+}
+
+/// Every load request was served; the timeline, with the load's counts.
+fn report(seen: &Seen, timeline: &[String]) {
+    let seen = seen.lock().unwrap();
+    let refused: Vec<_> = seen.iter().filter(|(_, s)| *s != 200).collect();
+    assert!(refused.is_empty(), "the load was refused: {refused:?}");
+    eprintln!("timeline ({} load requests, all 200):", seen.len());
+    for line in timeline {
+        let at: f64 = line
+            .trim_start()
+            .split('s')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let before = seen.iter().filter(|(t, _)| t.as_secs_f64() <= at).count();
+        eprintln!("{line}   [load: {before} served so far]");
+    }
 }
