@@ -34,8 +34,9 @@ pub struct ClusterConfig {
     pub on_redis_error: OnRedisError,
     /// This replica's server id in its QUIC connection IDs (QUIC-LB
     /// plaintext scheme), so a CID-aware load balancer routes a connection's
-    /// packets to it. Unset: random connection IDs. An integer, or a string
-    /// holding one (`"${H3GATE_NODE_ID}"`, e.g. a StatefulSet pod's index).
+    /// packets to it. Unset (or `""`): random connection IDs. An integer, or
+    /// a string holding one (`"${H3GATE_NODE_ID}"`, e.g. a StatefulSet
+    /// pod's index). Unique per replica; fixed until the process restarts.
     #[serde(deserialize_with = "int_or_string")]
     pub node_id: Option<u64>,
     /// Bytes of `node_id` in a connection ID, 1 to 15. Default 2.
@@ -68,7 +69,8 @@ impl ClusterConfig {
 }
 
 /// An optional integer written as one or as a string of decimal digits
-/// (what `${VAR}` expansion produces).
+/// (what `${VAR}` expansion produces); an empty string is unset (what
+/// `"${VAR:-}"` gives when VAR is not set).
 fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -79,6 +81,7 @@ fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
     match Option::<IntOrString>::deserialize(d)? {
         None => Ok(None),
         Some(IntOrString::Int(n)) => Ok(Some(n)),
+        Some(IntOrString::Text(t)) if t.trim().is_empty() => Ok(None),
         Some(IntOrString::Text(t)) => t.trim().parse().map(Some).map_err(|_| {
             serde::de::Error::custom(format!("expected a non-negative integer, found {t:?}"))
         }),
@@ -191,6 +194,7 @@ mod tests {
         assert!(err.contains("non-negative integer"), "{err}");
         assert!(parse("-1").is_err());
         assert_eq!(toml::from_str::<ClusterConfig>("").unwrap().node_id, None);
+        assert_eq!(parse("\"\"").unwrap().node_id, None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl Endpoints {
         listener: &QuicListener,
     ) -> Result<Endpoints, QuicSetupError> {
         let keys = Arc::new(QuicKeys::from_cluster(cluster).map_err(QuicSetupError::Cluster)?);
+        keys.log(cluster);
         let mut all = Vec::with_capacity(sockets.len());
         for socket in sockets {
             let ep = endpoint(socket, cfg, tls.clone(), &keys)?;

@@ -255,6 +255,30 @@ impl QuicKeys {
         Ok(keys)
     }
 
+    /// Says at start what the replicas' balancer and peers can rely on.
+    pub fn log(&self, c: &ClusterConfig) {
+        let shared = !c.secret.is_empty();
+        match self.cids {
+            Cids::LoadBalanced(lb) => tracing::info!(
+                node_id = lb.node_id,
+                server_id_len = lb.server_id_len,
+                config_rotation = lb.config_rotation,
+                cid_len = lb.cid_len(),
+                shared_keys = shared,
+                "QUIC connection IDs carry this node id (QUIC-LB, unencrypted)"
+            ),
+            Cids::Hashed(_) | Cids::Random => tracing::info!(
+                shared_keys = shared,
+                "QUIC connection IDs are random (no [cluster] node_id)"
+            ),
+        }
+        if c.node_id.is_some() && !shared {
+            tracing::warn!(
+                "[cluster] node_id without [cluster] secret: a packet that reaches another replica gets no valid stateless reset and tokens validate only here; set the same secret on every replica"
+            );
+        }
+    }
+
     /// The endpoint configuration: the reset key and the CID generator.
     pub fn endpoint_config(&self) -> quinn::EndpointConfig {
         let mut config = quinn::EndpointConfig::new(self.reset.clone());
