@@ -197,6 +197,19 @@ async fn signals(stop: CancellationToken) {
 /// The same checks a reload makes (configuration, certificate, runtime
 /// state), without changing anything.
 fn check(path: PathBuf) -> ExitCode {
+    // Building the state sets up (lazily, without connecting) the cluster's
+    // Redis connection, which needs a runtime to exist.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("h3gate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _runtime = runtime.enter();
     match reload::prepare(&path, false) {
         Ok(prepared) => {
             print!("{}", prepared.state.config.to_redacted_toml());

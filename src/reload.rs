@@ -190,6 +190,19 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         "quic.udp_send_buffer",
         old.quic.udp_send_buffer != new.quic.udp_send_buffer,
     );
+    // An endpoint's connection IDs and stateless-reset key are fixed while
+    // it runs (and the Retry/NEW_TOKEN key is kept with them).
+    let (oc, nc) = (&old.cluster, &new.cluster);
+    check("cluster.node_id", oc.node_id != nc.node_id);
+    check(
+        "cluster.server_id_len",
+        oc.server_id_len != nc.server_id_len,
+    );
+    check(
+        "cluster.config_rotation",
+        oc.config_rotation != nc.config_rotation,
+    );
+    check("cluster.secret", oc.secret != nc.secret);
     check("admin.enabled", old.admin.enabled != new.admin.enabled);
     check("admin.listen", old.admin.listen != new.admin.listen);
     check("log.format", old.log.format != new.log.format);

@@ -185,6 +185,7 @@ pub async fn run(
         crate::metrics::certificate_expiry(expiry);
     }
     let quic_config = config.quic.clone();
+    let cluster_config = config.cluster.clone();
     let state: SharedState = Arc::new(ArcSwap::from_pointee(State::build(config)?));
     let gateway = Gateway {
         state,
@@ -194,7 +195,7 @@ pub async fn run(
     gateway.state.load().start_tasks(&gateway.shutdown);
 
     // HTTP/3 first: the HTTPS listener advertises its port.
-    let endpoints = gateway.start_quic(listeners.udp, &quic_config)?;
+    let endpoints = gateway.start_quic(listeners.udp, &quic_config, &cluster_config)?;
     gateway.start_https(listeners.tcp, endpoints.port())?;
     gateway.shutdown.spawn(tls::watch(
         gateway.state.clone(),
@@ -222,11 +223,13 @@ struct Gateway {
 
 impl Gateway {
     /// The HTTP/3 endpoints, one per UDP socket, with one TLS configuration
-    /// (and ticket store) and one set of connection counts for all.
+    /// (and ticket store), one set of connection counts and the QUIC keys
+    /// of `[cluster]` for all.
     fn start_quic(
         &self,
         udp: Vec<std::net::UdpSocket>,
         quic_config: &crate::config::QuicConfig,
+        cluster: &crate::config::ClusterConfig,
     ) -> Result<quic::Endpoints, StartError> {
         if udp.is_empty() {
             return Ok(quic::Endpoints::default());
@@ -237,7 +240,13 @@ impl Gateway {
             shutdown: self.shutdown.clone(),
             conns: Arc::default(),
         };
-        Ok(quic::Endpoints::start(udp, quic_config, quic_tls, &quic)?)
+        Ok(quic::Endpoints::start(
+            udp,
+            quic_config,
+            cluster,
+            quic_tls,
+            &quic,
+        )?)
     }
 
     /// The HTTPS listeners (HTTP/1.1, HTTP/2), advertising HTTP/3 on

@@ -88,17 +88,15 @@ fn kubernetes_manifests_parse_and_harden() {
         [
             "ConfigMap",
             "Secret",
-            "Deployment",
+            "Secret",
+            "Service",
+            "StatefulSet",
             "Service",
             "PodDisruptionBudget"
         ]
     );
 
-    let deployment = docs
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Deployment"))
-        .unwrap();
-    let pod = &deployment["spec"]["template"]["spec"];
+    let pod = &object(&docs, "StatefulSet", "h3gate")["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     let c = &pod["containers"][0];
     assert_eq!(
@@ -122,10 +120,7 @@ fn kubernetes_manifests_parse_and_harden() {
         Some("/health")
     );
 
-    let service = docs
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Service"))
-        .unwrap();
+    let service = object(&docs, "Service", "h3gate");
     let protocols: Vec<(i64, &str)> = service["spec"]["ports"]
         .as_vec()
         .unwrap()
@@ -135,8 +130,32 @@ fn kubernetes_manifests_parse_and_harden() {
     assert_eq!(protocols, [(443, "TCP"), (443, "UDP")]);
 
     // The embedded configuration is a valid h3gate configuration.
+    kubernetes_config(&docs, &k8s_env).unwrap_or_else(|e| panic!("ConfigMap config: {e}"));
+}
+
+/// The environment a gateway pod gets (test values; pod index 2).
+fn k8s_env(k: &str) -> Option<String> {
+    Some(match k {
+        "H3GATE_CLUSTER_SECRET" => "ab".repeat(32),
+        "H3GATE_NODE_ID" => "2".into(),
+        _ => format!("{k}-test-value-long-enough"),
+    })
+}
+
+/// The document of `kind` named `name`.
+fn object<'a>(docs: &'a [Yaml], kind: &str, name: &str) -> &'a Yaml {
+    docs.iter()
+        .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// The ConfigMap's configuration, loaded with `env` (the files it names
+/// stubbed).
+fn kubernetes_config(
+    docs: &[Yaml],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<h3gate::config::Config, String> {
     let config = docs[0]["data"]["h3gate.toml"].as_str().unwrap();
-    let env = |k: &str| Some(format!("{k}-test-value-long-enough"));
     let text = config
         .replace("/etc/h3gate/tls/tls.crt", "")
         .replace("/etc/h3gate/tls/tls.key", "")
@@ -147,8 +166,113 @@ fn kubernetes_manifests_parse_and_harden() {
     let text = text
         .replace("cert = \"\"", "cert = \"c.pem\"")
         .replace("key = \"\"", "key = \"c.pem\"");
-    h3gate::config::Config::from_toml(&text, dir.path(), &env)
-        .unwrap_or_else(|e| panic!("ConfigMap config: {e}"));
+    h3gate::config::Config::from_toml(&text, dir.path(), env).map_err(|e| e.to_string())
+}
+
+/// The replicas share the cluster secret and the Valkey password from one
+/// Secret whose placeholders are refused; each pod's QUIC node id is its
+/// StatefulSet index; valkey.yaml is the Redis the ConfigMap names, reached
+/// only by the gateway pods.
+#[test]
+fn kubernetes_replicas_share_one_valkey_and_number_themselves() {
+    let docs = yaml("deploy/kubernetes/h3gate.yaml");
+    let config = kubernetes_config(&docs, &k8s_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.cluster.node_id,
+        Some(2),
+        "node id from the pod index"
+    );
+    assert!(config.cluster.is_shared());
+
+    let pod = &object(&docs, "StatefulSet", "h3gate")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let from: Vec<&str> = c["envFrom"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["secretRef"]["name"].as_str())
+        .collect();
+    assert!(from.contains(&"h3gate-cluster"), "{from:?}");
+    let node = c["env"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("H3GATE_NODE_ID"))
+        .expect("H3GATE_NODE_ID");
+    assert_eq!(
+        node["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("metadata.labels['apps.kubernetes.io/pod-index']")
+    );
+
+    // A forgotten placeholder stops the gateway at start, loudly.
+    let secret = &object(&docs, "Secret", "h3gate-cluster")["stringData"];
+    let placeholder = secret["H3GATE_CLUSTER_SECRET"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = kubernetes_config(&docs, &|k| {
+        if k == "H3GATE_CLUSTER_SECRET" {
+            Some(placeholder.clone())
+        } else {
+            k8s_env(k)
+        }
+    })
+    .unwrap_err();
+    assert!(refused.contains("cluster.secret"), "{refused}");
+    assert!(secret["H3GATE_REDIS_PASSWORD"].as_str().is_some());
+
+    let valkey = yaml("deploy/kubernetes/valkey.yaml");
+    let svc = object(&valkey, "Service", "h3gate-valkey");
+    let port = svc["spec"]["ports"][0]["port"].as_i64().unwrap();
+    assert_eq!(
+        config.cluster.redis_url,
+        format!("redis://h3gate-valkey:{port}/0")
+    );
+    let set = &object(&valkey, "StatefulSet", "h3gate-valkey")["spec"]["template"];
+    let labels = &set["metadata"]["labels"];
+    assert_eq!(svc["spec"]["selector"], *labels);
+    let vk = &set["spec"]["containers"][0];
+    let args: Vec<&str> = vk["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    for pair in [
+        ["--requirepass", "$(H3GATE_REDIS_PASSWORD)"],
+        ["--maxmemory-policy", "noeviction"],
+        ["--appendonly", "yes"],
+    ] {
+        assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+    }
+    let password = &vk["env"][0]["valueFrom"]["secretKeyRef"];
+    assert_eq!(password["name"].as_str(), Some("h3gate-cluster"));
+    assert_eq!(password["key"].as_str(), Some("H3GATE_REDIS_PASSWORD"));
+    assert_eq!(
+        set["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(
+        vk["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+        Some(true)
+    );
+    // The memory cap fits in the container's limit.
+    let cap = args[args.iter().position(|a| *a == "--maxmemory").unwrap() + 1];
+    let limit = vk["resources"]["limits"]["memory"].as_str().unwrap();
+    let mb = |s: &str, unit: &str| s.strip_suffix(unit).unwrap().parse::<u64>().unwrap();
+    assert!(mb(cap, "mb") < mb(limit, "Mi"), "{cap} within {limit}");
+
+    let policy = object(&valkey, "NetworkPolicy", "h3gate-valkey");
+    assert_eq!(policy["spec"]["podSelector"]["matchLabels"], *labels);
+    let gateway_labels = &pod_labels(&docs);
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        *gateway_labels
+    );
+}
+
+fn pod_labels(docs: &[Yaml]) -> Yaml {
+    object(docs, "StatefulSet", "h3gate")["spec"]["template"]["metadata"]["labels"].clone()
 }
 
 #[test]
@@ -177,6 +301,47 @@ fn compose_file_parses() {
         "config and certificate mounted read-only"
     );
     assert_eq!(svc["read_only"].as_bool(), Some(true));
+
+    // The Redis piece: a Valkey the gateway waits for and names, on an
+    // internal network, published nowhere.
+    let valkey = &docs[0]["services"]["valkey"];
+    assert!(valkey["image"]
+        .as_str()
+        .unwrap()
+        .starts_with("valkey/valkey:"));
+    assert!(valkey["ports"].is_badvalue(), "Valkey is not published");
+    assert_eq!(
+        svc["environment"]["H3GATE_REDIS_URL"].as_str(),
+        Some("redis://valkey:6379/0")
+    );
+    assert_eq!(
+        svc["depends_on"]["valkey"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    let networks = |s: &Yaml| -> Vec<String> {
+        s["networks"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n.as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(networks(valkey), ["cluster"]);
+    assert!(networks(svc).contains(&"cluster".to_string()));
+    assert_eq!(
+        docs[0]["networks"]["cluster"]["internal"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(valkey["read_only"].as_bool(), Some(true));
+    let command: Vec<&str> = valkey["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(command
+        .windows(2)
+        .any(|w| w == ["--maxmemory-policy", "noeviction"]));
 }
 
 #[test]
@@ -325,10 +490,7 @@ fn stop_timeouts_cover_the_drain() {
     // killed mid-drain (and the streams the drain protects are cut anyway).
     let docs = yaml("deploy/kubernetes/h3gate.yaml");
     let budget = drain_budget(docs[0]["data"]["h3gate.toml"].as_str().unwrap());
-    let pod = &docs
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Deployment"))
-        .unwrap()["spec"]["template"]["spec"];
+    let pod = &object(&docs, "StatefulSet", "h3gate")["spec"]["template"]["spec"];
     let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap() as u64;
     assert!(
         grace > budget.as_secs(),
@@ -502,9 +664,16 @@ fn h3gate_in(config: &Path, env: &[(String, String)], args: &[&str]) -> std::pro
 #[test]
 fn compose_configuration_checks_with_the_compose_environment() {
     const ADMIN: (&str, &str) = ("H3GATE_ADMIN_TOKEN", "compose-test-admin-token-0123");
+    // A test pattern, not a real secret.
+    let secret = "5a".repeat(32);
+    let cluster = ("H3GATE_CLUSTER_SECRET", secret.as_str());
     for host in [
-        vec![ADMIN],
-        vec![ADMIN, ("ANTHROPIC_API_KEY", "sk-ant-test-not-real")],
+        vec![ADMIN, cluster],
+        vec![
+            ADMIN,
+            cluster,
+            ("ANTHROPIC_API_KEY", "sk-ant-test-not-real"),
+        ],
     ] {
         let dir = tempfile::tempdir().unwrap();
         let Container {
@@ -549,9 +718,24 @@ fn compose_configuration_checks_with_the_compose_environment() {
             "a provider without its key is left out: {providers:?}"
         );
         assert!(!providers.contains(&"openai"), "{providers:?}");
+        // The replica shares its state through the compose Valkey.
+        assert_eq!(
+            effective["cluster"]["redis_url"].as_str(),
+            Some("redis://valkey:6379/0")
+        );
+        assert_eq!(effective["cluster"]["node_id"].as_integer(), Some(1));
+        assert_ne!(
+            effective["cluster"]["secret"].as_str(),
+            Some(secret.as_str())
+        );
     }
     // Without the one thing compose requires, compose itself refuses.
     let dir = tempfile::tempdir().unwrap();
     let refused = compose_container(dir.path(), &[]).unwrap_err();
     assert!(refused.contains("H3GATE_ADMIN_TOKEN"), "{refused}");
+    let refused = compose_container(dir.path(), &[ADMIN]).unwrap_err();
+    assert!(
+        refused.contains("H3GATE_CLUSTER_SECRET") && refused.contains("openssl rand -hex 32"),
+        "{refused}"
+    );
 }

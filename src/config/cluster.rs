@@ -39,7 +39,10 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// This replica's server id in its QUIC connection IDs (QUIC-LB
     /// plaintext scheme), so a CID-aware load balancer routes a connection's
-    /// packets to it. Unset: random connection IDs.
+    /// packets to it. Unset (or `""`): random connection IDs. An integer, or
+    /// a string holding one (`"${H3GATE_NODE_ID}"`, e.g. a StatefulSet
+    /// pod's index). Unique per replica; fixed until the process restarts.
+    #[serde(deserialize_with = "int_or_string")]
     pub node_id: Option<u64>,
     /// Bytes of `node_id` in a connection ID, 1 to 15. Default 2.
     pub server_id_len: u8,
@@ -68,6 +71,26 @@ impl ClusterConfig {
     /// Whether the replicas share state through Redis.
     pub fn is_shared(&self) -> bool {
         !self.redis_url.is_empty()
+    }
+}
+
+/// An optional integer written as one or as a string of decimal digits
+/// (what `${VAR}` expansion produces); an empty string is unset (what
+/// `"${VAR:-}"` gives when VAR is not set).
+fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrString {
+        Int(u64),
+        Text(String),
+    }
+    match Option::<IntOrString>::deserialize(d)? {
+        None => Ok(None),
+        Some(IntOrString::Int(n)) => Ok(Some(n)),
+        Some(IntOrString::Text(t)) if t.trim().is_empty() => Ok(None),
+        Some(IntOrString::Text(t)) => t.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("expected a non-negative integer, found {t:?}"))
+        }),
     }
 }
 
@@ -166,6 +189,18 @@ mod tests {
         assert!(with_secret("abcd").secret_bytes().is_err());
         assert!(with_secret("not a secret!").secret_bytes().is_err());
         assert_eq!(with_secret("").secret_bytes(), Ok(None));
+    }
+
+    #[test]
+    fn node_ids_come_as_integers_or_expanded_strings() {
+        let parse = |v: &str| toml::from_str::<ClusterConfig>(&format!("node_id = {v}"));
+        assert_eq!(parse("7").unwrap().node_id, Some(7));
+        assert_eq!(parse("\"12\"").unwrap().node_id, Some(12));
+        let err = parse("\"h3gate-2\"").unwrap_err().to_string();
+        assert!(err.contains("non-negative integer"), "{err}");
+        assert!(parse("-1").is_err());
+        assert_eq!(toml::from_str::<ClusterConfig>("").unwrap().node_id, None);
+        assert_eq!(parse("\"\"").unwrap().node_id, None);
     }
 
     #[test]

@@ -20,10 +20,12 @@ use crate::shutdown::Shutdown;
 use crate::state::SharedState;
 
 mod endpoints;
+pub mod lb;
 mod request;
 mod streams;
 
 pub use endpoints::Endpoints;
+pub use lb::QuicKeys;
 
 use request::{request, StreamCtx};
 use streams::Stops;
@@ -36,6 +38,8 @@ pub enum QuicSetupError {
     Range(&'static str),
     #[error("TLS configuration cannot be used for QUIC: {0}")]
     Crypto(String),
+    #[error("[cluster] QUIC keys: {0}")]
+    Cluster(String),
     #[error("cannot start the QUIC endpoint: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -101,15 +105,17 @@ pub fn transport_config(cfg: &QuicConfig) -> Result<TransportConfig, QuicSetupEr
     Ok(t)
 }
 
-/// The endpoint's server configuration: TLS and transport from `[quic]`.
-/// Also what a reload installs for new connections.
+/// The endpoint's server configuration: TLS and transport from `[quic]`,
+/// Retry and NEW_TOKEN tokens sealed with `keys` (shared by the replicas
+/// with a cluster secret). Also what a reload installs for new connections.
 pub fn server_config(
     cfg: &QuicConfig,
     tls: rustls::ServerConfig,
+    keys: &QuicKeys,
 ) -> Result<quinn::ServerConfig, QuicSetupError> {
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| QuicSetupError::Crypto(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut server = quinn::ServerConfig::new(Arc::new(crypto), keys.token_key());
     server
         .transport_config(Arc::new(transport_config(cfg)?))
         .max_incoming(cfg.max_incoming as usize)
@@ -117,16 +123,18 @@ pub fn server_config(
     Ok(server)
 }
 
-/// Builds the quinn endpoint on an already-bound UDP socket.
+/// Builds the quinn endpoint on an already-bound UDP socket, with the
+/// stateless-reset key and connection IDs of `keys` (see [`lb`]).
 pub fn endpoint(
     socket: std::net::UdpSocket,
     cfg: &QuicConfig,
     tls: rustls::ServerConfig,
+    keys: &QuicKeys,
 ) -> Result<quinn::Endpoint, QuicSetupError> {
     configure_udp_buffers(&socket, cfg);
-    let server = server_config(cfg, tls)?;
+    let server = server_config(cfg, tls, keys)?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        keys.endpoint_config(),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),

@@ -89,3 +89,45 @@ async def resumed_request(host, port, server_name, ca, ticket, method, path, bod
         status, data, _ = await c.request(f"{server_name}:{port}", method, path, body)
         first_byte = c.waiters[max(c.waiters)]["first_byte"] - t0
         return c, status, data, first_byte
+
+
+async def server_cids(host, port, server_name, ca, switches=3):
+    """Every connection ID the server gave this client: the Source CID of
+    its handshake and those of its NEW_CONNECTION_ID frames. Switches to a
+    new one `switches` times (a request on each) so the server is seen to
+    route them. Returns (hex CIDs in the order received, request statuses)."""
+    seen, statuses = [], []
+
+    def note(quic):
+        for c in [quic._peer_cid] + list(quic._peer_cid_available):
+            if c.cid.hex() not in seen:
+                seen.append(c.cid.hex())
+
+    async with connect(host, port, configuration=configuration(server_name, ca),
+                       create_protocol=Client) as c:
+        statuses.append((await c.request(f"{server_name}:{port}", "GET", "/health"))[0])
+        for _ in range(100):
+            if c._quic._peer_cid_available:
+                break
+            await asyncio.sleep(0.02)
+        note(c._quic)
+        for _ in range(switches):
+            if not c._quic._peer_cid_available:
+                break
+            c._quic.change_connection_id()
+            statuses.append((await c.request(f"{server_name}:{port}", "GET", "/health"))[0])
+            note(c._quic)
+    return seen, statuses
+
+
+if __name__ == "__main__":
+    # h3client.py cids PORT CA_FILE: prints {"cids": [hex…], "statuses": [...]}
+    import json
+    import sys
+
+    if sys.argv[1:2] == ["cids"]:
+        cids, statuses = asyncio.run(server_cids("127.0.0.1", int(sys.argv[2]), "localhost",
+                                                 sys.argv[3]))
+        print(json.dumps({"cids": cids, "statuses": statuses}))
+    else:
+        sys.exit("usage: h3client.py cids PORT CA_FILE")

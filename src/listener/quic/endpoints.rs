@@ -2,55 +2,67 @@
 //! together on reload, closed together at the end of a drain. Nothing above
 //! the listener holds a `quinn::Endpoint`.
 
-use super::{endpoint, server_config, QuicListener, QuicSetupError};
-use crate::config::QuicConfig;
+use std::sync::Arc;
+
+use super::{endpoint, server_config, QuicKeys, QuicListener, QuicSetupError};
+use crate::config::{ClusterConfig, QuicConfig};
 
 /// HTTP/3's `H3_NO_ERROR`: the code a connection is closed with when the
 /// gateway stops (RFC 9114, section 8.1).
 const H3_NO_ERROR: u32 = 0x100;
 
-/// Every endpoint the gateway serves HTTP/3 on (none when QUIC is off).
+/// Every endpoint the gateway serves HTTP/3 on (none when QUIC is off),
+/// and the QUIC keys they were started with: `[cluster]`'s node id and
+/// secret take effect at start, and a reload keeps them (a changed one is
+/// reported as needing a restart).
 #[derive(Clone, Default)]
-pub struct Endpoints(Vec<quinn::Endpoint>);
+pub struct Endpoints {
+    all: Vec<quinn::Endpoint>,
+    keys: Arc<QuicKeys>,
+}
 
 impl Endpoints {
     /// An endpoint on each socket, all sharing one TLS configuration (one
-    /// ticket store, so a ticket resumes on any of them), each served by
-    /// `listener`.
+    /// ticket store, so a ticket resumes on any of them) and the QUIC keys
+    /// of `cluster`, each served by `listener`.
     pub fn start(
         sockets: Vec<std::net::UdpSocket>,
         cfg: &QuicConfig,
+        cluster: &ClusterConfig,
         tls: rustls::ServerConfig,
         listener: &QuicListener,
     ) -> Result<Endpoints, QuicSetupError> {
+        let keys = Arc::new(QuicKeys::from_cluster(cluster).map_err(QuicSetupError::Cluster)?);
+        keys.log(cluster);
         let mut all = Vec::with_capacity(sockets.len());
         for socket in sockets {
-            let ep = endpoint(socket, cfg, tls.clone())?;
+            let ep = endpoint(socket, cfg, tls.clone(), &keys)?;
             tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
             listener.shutdown.spawn(listener.clone().serve(ep.clone()));
             all.push(ep);
         }
-        Ok(Endpoints(all))
+        Ok(Endpoints { all, keys })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.all.is_empty()
     }
 
     /// The UDP port of the first endpoint: what `Alt-Svc` advertises.
     pub fn port(&self) -> Option<u16> {
-        self.0.first()?.local_addr().ok().map(|a| a.port())
+        self.all.first()?.local_addr().ok().map(|a| a.port())
     }
 
     /// New connections get `tls` and the transport of `cfg`; open ones keep
-    /// what they have.
+    /// what they have. The token key stays: tokens issued before a reload
+    /// still validate after it.
     pub fn reconfigure(
         &self,
         cfg: &QuicConfig,
         tls: rustls::ServerConfig,
     ) -> Result<(), QuicSetupError> {
-        let server = server_config(cfg, tls)?;
-        for ep in &self.0 {
+        let server = server_config(cfg, tls, &self.keys)?;
+        for ep in &self.all {
             ep.set_server_config(Some(server.clone()));
         }
         Ok(())
@@ -59,10 +71,10 @@ impl Endpoints {
     /// Closes every connection left after the drain (`H3_NO_ERROR`) and
     /// waits, briefly, for the peers to be told.
     pub async fn close(&self) {
-        for ep in &self.0 {
+        for ep in &self.all {
             ep.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"shutdown");
         }
-        for ep in &self.0 {
+        for ep in &self.all {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
         }
     }
