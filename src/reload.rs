@@ -156,7 +156,8 @@ impl Reloader {
             // A new TLS config means a new (empty) ticket store: tickets
             // promising the old limits are not resumed with 0-RTT. One
             // store for every endpoint, so a ticket resumes on any of them.
-            let tls = tls::quic_server_config(self.certs.clone(), &new.quic)?;
+            let tickets = self.endpoints.tickets();
+            let tls = tls::quic_server_config(self.certs.clone(), &new.quic, tickets)?;
             self.endpoints.reconfigure(&new.quic, tls)?;
         }
         let mut state = candidate.state;
@@ -189,6 +190,10 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     check(
         "quic.udp_send_buffer",
         old.quic.udp_send_buffer != new.quic.udp_send_buffer,
+    );
+    check(
+        "cluster.redis_url",
+        old.cluster.is_shared() != new.cluster.is_shared(),
     );
     check("admin.enabled", old.admin.enabled != new.admin.enabled);
     check("admin.listen", old.admin.listen != new.admin.listen);

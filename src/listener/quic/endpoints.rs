@@ -2,7 +2,8 @@
 //! together on reload, closed together at the end of a drain. Nothing above
 //! the listener holds a `quinn::Endpoint`.
 
-use super::{endpoint, server_config, QuicListener, QuicSetupError};
+use super::{endpoint, server_config, tickets, QuicListener, QuicSetupError};
+use crate::cluster::tickets::TicketHub;
 use crate::config::QuicConfig;
 
 /// HTTP/3's `H3_NO_ERROR`: the code a connection is closed with when the
@@ -11,35 +12,53 @@ const H3_NO_ERROR: u32 = 0x100;
 
 /// Every endpoint the gateway serves HTTP/3 on (none when QUIC is off).
 #[derive(Clone, Default)]
-pub struct Endpoints(Vec<quinn::Endpoint>);
+pub struct Endpoints {
+    all: Vec<quinn::Endpoint>,
+    /// The cluster's shared session tickets, when the gateway started with
+    /// one: every TLS configuration's store comes from it, and every
+    /// connection's crypto reports the ticket it resumed with.
+    tickets: Option<TicketHub>,
+}
 
 impl Endpoints {
     /// An endpoint on each socket, all sharing one TLS configuration (one
     /// ticket store, so a ticket resumes on any of them), each served by
-    /// `listener`.
+    /// `listener`. With `tickets`, `tls` holds the cluster's store.
     pub fn start(
         sockets: Vec<std::net::UdpSocket>,
         cfg: &QuicConfig,
         tls: rustls::ServerConfig,
         listener: &QuicListener,
+        tickets: Option<TicketHub>,
     ) -> Result<Endpoints, QuicSetupError> {
         let mut all = Vec::with_capacity(sockets.len());
         for socket in sockets {
             let ep = endpoint(socket, cfg, tls.clone())?;
+            if tickets.is_some() {
+                // Before serving: a connection accepted under the plain
+                // configuration would just not resume (the shared store
+                // hands QUIC tickets to wrapped handshakes only).
+                ep.set_server_config(Some(tickets::wrap(server_config(cfg, tls.clone())?)));
+            }
             tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
             listener.shutdown.spawn(listener.clone().serve(ep.clone()));
             all.push(ep);
         }
-        Ok(Endpoints(all))
+        Ok(Endpoints { all, tickets })
+    }
+
+    /// The cluster's ticket stores, for a reload's new TLS configuration.
+    pub fn tickets(&self) -> Option<&TicketHub> {
+        self.tickets.as_ref()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.all.is_empty()
     }
 
     /// The UDP port of the first endpoint: what `Alt-Svc` advertises.
     pub fn port(&self) -> Option<u16> {
-        self.0.first()?.local_addr().ok().map(|a| a.port())
+        self.all.first()?.local_addr().ok().map(|a| a.port())
     }
 
     /// New connections get `tls` and the transport of `cfg`; open ones keep
@@ -49,8 +68,11 @@ impl Endpoints {
         cfg: &QuicConfig,
         tls: rustls::ServerConfig,
     ) -> Result<(), QuicSetupError> {
-        let server = server_config(cfg, tls)?;
-        for ep in &self.0 {
+        let mut server = server_config(cfg, tls)?;
+        if self.tickets.is_some() {
+            server = tickets::wrap(server);
+        }
+        for ep in &self.all {
             ep.set_server_config(Some(server.clone()));
         }
         Ok(())
@@ -59,10 +81,10 @@ impl Endpoints {
     /// Closes every connection left after the drain (`H3_NO_ERROR`) and
     /// waits, briefly, for the peers to be told.
     pub async fn close(&self) {
-        for ep in &self.0 {
+        for ep in &self.all {
             ep.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"shutdown");
         }
-        for ep in &self.0 {
+        for ep in &self.all {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
         }
     }
