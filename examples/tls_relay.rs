@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..TlsConfig::default()
     };
     let store = Arc::new(CertStore::new(load_certs(&tls)?));
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_server_config(store)?));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_server_config(store, None)?));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let upstream = upstream.clone();
     loop {

@@ -42,6 +42,15 @@ pub trait Handshake: Send + Sync {
     fn is_complete(&self) -> bool;
     /// Resolves when the handshake completes (never, for a replayed flight).
     fn completed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+    /// Whether early requests may be served before the handshake completes:
+    /// the session ticket the connection resumed with was used for the first
+    /// time. rustls' own single-use store decides that on one node (true);
+    /// with replicas sharing tickets it is Redis' answer (bounded wait).
+    fn early_confirmed(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(std::future::ready(true))
+    }
 }
 
 /// How a request ended.

@@ -220,7 +220,8 @@ fn claims(
 
 /// RFC 8470 for requests that arrived as 0-RTT early data (which an
 /// attacker could replay): safe methods with small bodies are served at once
-/// (returns true: still early); anything else waits for the handshake — a
+/// (returns true: still early) once the connection's ticket is confirmed as
+/// used for the first time; anything else waits for the handshake — a
 /// replayed flight never completes it, so it is never forwarded — or, with
 /// `early_unsafe = "reject"`, gets 425 Too Early.
 pub async fn early_data(
@@ -240,7 +241,7 @@ pub async fn early_data(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .is_none_or(|n| n <= q.max_early_data.get());
-    if safe && small {
+    if safe && small && handshake.early_confirmed().await {
         crate::metrics::quic::early_request("served");
         return Ok(true);
     }

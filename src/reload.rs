@@ -156,7 +156,8 @@ impl Reloader {
             // A new TLS config means a new (empty) ticket store: tickets
             // promising the old limits are not resumed with 0-RTT. One
             // store for every endpoint, so a ticket resumes on any of them.
-            let tls = tls::quic_server_config(self.certs.clone(), &new.quic)?;
+            let tickets = self.endpoints.tickets();
+            let tls = tls::quic_server_config(self.certs.clone(), &new.quic, tickets)?;
             self.endpoints.reconfigure(&new.quic, tls)?;
         }
         let mut state = candidate.state;
@@ -203,6 +204,7 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         oc.config_rotation != nc.config_rotation,
     );
     check("cluster.secret", oc.secret != nc.secret);
+    check("cluster.redis_url", oc.is_shared() != nc.is_shared());
     check("admin.enabled", old.admin.enabled != new.admin.enabled);
     check("admin.listen", old.admin.listen != new.admin.listen);
     check("log.format", old.log.format != new.log.format);

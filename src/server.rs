@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::tickets::TicketHub;
 use crate::config::Config;
 use crate::listener::http::HttpListener;
 use crate::listener::quic::{self, QuicListener};
@@ -187,16 +188,18 @@ pub async fn run(
     let quic_config = config.quic.clone();
     let cluster_config = config.cluster.clone();
     let state: SharedState = Arc::new(ArcSwap::from_pointee(State::build(config)?));
+    let shutdown = Shutdown::new(stop);
     let gateway = Gateway {
+        tickets: ticket_hub(&state, &shutdown),
         state,
         certs: Arc::new(CertStore::new(loaded)),
-        shutdown: Shutdown::new(stop),
+        shutdown,
     };
     gateway.state.load().start_tasks(&gateway.shutdown);
 
     // HTTP/3 first: the HTTPS listener advertises its port.
     let endpoints = gateway.start_quic(listeners.udp, &quic_config, &cluster_config)?;
-    gateway.start_https(listeners.tcp, endpoints.port())?;
+    gateway.start_https(listeners.tcp, endpoints.port(), &quic_config)?;
     gateway.shutdown.spawn(tls::watch(
         gateway.state.clone(),
         gateway.certs.clone(),
@@ -219,6 +222,19 @@ struct Gateway {
     state: SharedState,
     certs: Arc<CertStore>,
     shutdown: Shutdown,
+    /// The replicas' shared session tickets (with `[cluster]` at start).
+    tickets: Option<TicketHub>,
+}
+
+/// With a cluster, the stores of session tickets the replicas share; they
+/// follow the cluster a reload installs. Whether tickets are shared is
+/// decided at start (`cluster.redis_url` added or removed needs a restart
+/// for them).
+fn ticket_hub(state: &SharedState, shutdown: &Shutdown) -> Option<TicketHub> {
+    state.load().cluster.as_ref()?;
+    let state = state.clone();
+    let source = Arc::new(move || state.load().cluster.clone());
+    Some(TicketHub::new(source, shutdown.clone()))
 }
 
 impl Gateway {
@@ -234,7 +250,8 @@ impl Gateway {
         if udp.is_empty() {
             return Ok(quic::Endpoints::default());
         }
-        let quic_tls = tls::quic_server_config(self.certs.clone(), quic_config)?;
+        let quic_tls =
+            tls::quic_server_config(self.certs.clone(), quic_config, self.tickets.as_ref())?;
         let quic = QuicListener {
             state: self.state.clone(),
             shutdown: self.shutdown.clone(),
@@ -246,6 +263,7 @@ impl Gateway {
             cluster,
             quic_tls,
             &quic,
+            self.tickets.clone(),
         )?)
     }
 
@@ -255,9 +273,14 @@ impl Gateway {
         &self,
         tcp: Vec<std::net::TcpListener>,
         h3_port: Option<u16>,
+        quic_config: &crate::config::QuicConfig,
     ) -> Result<(), StartError> {
+        let sessions = self
+            .tickets
+            .as_ref()
+            .map(|hub| tls::tcp_sessions(hub, quic_config));
         let https = HttpListener {
-            tls: Arc::new(tls::tcp_server_config(self.certs.clone())?),
+            tls: Arc::new(tls::tcp_server_config(self.certs.clone(), sessions)?),
             state: self.state.clone(),
             h3_port,
             shutdown: self.shutdown.clone(),

@@ -14,6 +14,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::cluster::tickets::{Kind, TicketHub};
 use crate::config::{CertPair, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -264,29 +265,66 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// in-memory store: a ticket presented twice resumes at most once) — never
 /// stateless tickets with early data. QUIC takes early data all or nothing
 /// (`u32::MAX` or 0); the gateway's own limits bound it.
+///
+/// With `tickets` (a cluster), the store is shared by the replicas whose
+/// `[quic]` settings are the same (a ticket promises its transport limits
+/// to the client's early data): see [`crate::cluster::tickets`]. Each call
+/// makes a new store, as a new configuration should (a reload that changes
+/// `[quic]` must not resume old tickets with 0-RTT).
 pub fn quic_server_config(
     certs: Arc<CertStore>,
     quic: &crate::config::QuicConfig,
+    tickets: Option<&TicketHub>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![b"h3".to_vec()];
-    cfg.session_storage =
-        rustls::server::ServerSessionMemoryCache::new(quic.session_cache_size.max(1) as usize);
+    let size = quic.session_cache_size.max(1) as usize;
+    cfg.session_storage = match tickets {
+        Some(hub) => hub.store(Kind::Quic, size, transport_fingerprint(quic)),
+        None => rustls::server::ServerSessionMemoryCache::new(size),
+    };
     cfg.max_early_data_size = if quic.zero_rtt { u32::MAX } else { 0 };
     Ok(cfg)
 }
 
-/// TLS for HTTP/1.1 and HTTP/2 on TCP: TLS 1.2 and 1.3, ALPN `h2`, `http/1.1`.
-pub fn tcp_server_config(certs: Arc<CertStore>) -> Result<rustls::ServerConfig, TlsError> {
+/// TLS for HTTP/1.1 and HTTP/2 on TCP: TLS 1.2 and 1.3, ALPN `h2`,
+/// `http/1.1`; no early data. `sessions` replaces rustls' own session store
+/// (a cluster's shared one).
+pub fn tcp_server_config(
+    certs: Arc<CertStore>,
+    sessions: Option<Arc<dyn rustls::server::StoresServerSessions>>,
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Some(store) = sessions {
+        cfg.session_storage = store;
+    }
     Ok(cfg)
+}
+
+/// The TCP listener's share of the cluster's session store, as large as
+/// the QUIC one.
+pub fn tcp_sessions(
+    tickets: &TicketHub,
+    quic: &crate::config::QuicConfig,
+) -> Arc<dyn rustls::server::StoresServerSessions> {
+    tickets.store(Kind::Tcp, quic.session_cache_size.max(1) as usize, 0)
+}
+
+/// What replicas must agree on to share 0-RTT tickets: the whole `[quic]`
+/// section (the same rule that gives a replica a new store on reload).
+fn transport_fingerprint(quic: &crate::config::QuicConfig) -> u64 {
+    let text = serde_json::to_vec(quic).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &text);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(first)
 }
 
 /// File name of the development CA written next to the certificate.

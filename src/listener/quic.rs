@@ -23,6 +23,7 @@ mod endpoints;
 pub mod lb;
 mod request;
 mod streams;
+mod tickets;
 
 pub use endpoints::Endpoints;
 pub use lb::QuicKeys;
@@ -238,6 +239,7 @@ impl QuicListener {
             done: AtomicBool::new(accepted.is_none()),
             notify: tokio::sync::Notify::new(),
             early_seen: AtomicBool::new(false),
+            claim: tickets::claim(&conn),
         });
         let span = tracing::info_span!("conn", transport = "quic", remote = %peer, conn_id = conn.stable_id());
         let accepted = accepted.map(|a| (a, pending));
@@ -449,6 +451,8 @@ struct QuicHandshake {
     notify: tokio::sync::Notify,
     /// This connection has served an early request (counted once).
     early_seen: AtomicBool,
+    /// The claim of the cluster-shared ticket it resumed with.
+    claim: Option<crate::cluster::tickets::Claim>,
 }
 
 impl QuicHandshake {
@@ -479,6 +483,15 @@ impl crate::exchange::Handshake for QuicHandshake {
                 // The notification, or a recheck: completion can also be seen
                 // through the keying material before the task marks it.
                 let _ = tokio::time::timeout(std::time::Duration::from_millis(20), notified).await;
+            }
+        })
+    }
+
+    fn early_confirmed(&self) -> Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            match &self.claim {
+                Some(claim) => claim.first_use().await,
+                None => true,
             }
         })
     }

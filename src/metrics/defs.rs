@@ -392,7 +392,7 @@ pub const CLUSTER_ERRORS: Def<Counter, 1> = Def::counter(
 pub const CLUSTER_FALLBACKS: Def<Counter, 2> = Def::counter(
     "h3gate_cluster_fallbacks_total",
     &["what", "decision"],
-    "Decisions made without Redis, by what (rate_limit, ticket, …) and decision (local, deny).",
+    "Decisions made without Redis, by what (rate_limit, ticket, …) and decision (local, deny; for a 0-RTT ticket, hold: its early requests wait for the handshake).",
 );
 pub const CLUSTER_SYNCS: Def<Counter, 2> = Def::counter(
     "h3gate_cluster_syncs_total",
@@ -402,7 +402,7 @@ pub const CLUSTER_SYNCS: Def<Counter, 2> = Def::counter(
 pub const CLUSTER_TICKETS: Def<Counter, 1> = Def::counter(
     "h3gate_cluster_tickets_total",
     &["result"],
-    "0-RTT session tickets checked for first use in Redis, by result (first_use, replayed, unknown, error).",
+    "0-RTT session tickets checked for first use when a replica resumed a connection with one (in Redis; a ticket taken before it was shared is a first use without asking), by result (first_use, replayed, unknown, error).",
 );
 
 /// Every metric h3gate exports, for `describe`, the dashboard and alert

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use super::{endpoint, server_config, QuicKeys, QuicListener, QuicSetupError};
+use super::{endpoint, server_config, tickets, QuicKeys, QuicListener, QuicSetupError};
+use crate::cluster::tickets::TicketHub;
 use crate::config::{ClusterConfig, QuicConfig};
 
 /// HTTP/3's `H3_NO_ERROR`: the code a connection is closed with when the
@@ -19,29 +20,46 @@ const H3_NO_ERROR: u32 = 0x100;
 pub struct Endpoints {
     all: Vec<quinn::Endpoint>,
     keys: Arc<QuicKeys>,
+    /// The cluster's shared session tickets, when the gateway started with
+    /// one: every TLS configuration's store comes from it, and every
+    /// connection's crypto reports the ticket it resumed with.
+    tickets: Option<TicketHub>,
 }
 
 impl Endpoints {
     /// An endpoint on each socket, all sharing one TLS configuration (one
     /// ticket store, so a ticket resumes on any of them) and the QUIC keys
-    /// of `cluster`, each served by `listener`.
+    /// of `cluster`, each served by `listener`. With `tickets`, `tls` holds
+    /// the cluster's store.
     pub fn start(
         sockets: Vec<std::net::UdpSocket>,
         cfg: &QuicConfig,
         cluster: &ClusterConfig,
         tls: rustls::ServerConfig,
         listener: &QuicListener,
+        tickets: Option<TicketHub>,
     ) -> Result<Endpoints, QuicSetupError> {
         let keys = Arc::new(QuicKeys::from_cluster(cluster).map_err(QuicSetupError::Cluster)?);
         keys.log(cluster);
         let mut all = Vec::with_capacity(sockets.len());
         for socket in sockets {
             let ep = endpoint(socket, cfg, tls.clone(), &keys)?;
+            if tickets.is_some() {
+                // Before serving: a connection accepted under the plain
+                // configuration would just not resume (the shared store
+                // hands QUIC tickets to wrapped handshakes only).
+                ep.set_server_config(Some(tickets::wrap(server_config(cfg, tls.clone(), &keys)?)));
+            }
             tracing::info!(addr = %ep.local_addr()?, "HTTP/3 listening (QUIC)");
             listener.shutdown.spawn(listener.clone().serve(ep.clone()));
             all.push(ep);
         }
-        Ok(Endpoints { all, keys })
+        Ok(Endpoints { all, keys, tickets })
+    }
+
+    /// The cluster's ticket stores, for a reload's new TLS configuration.
+    pub fn tickets(&self) -> Option<&TicketHub> {
+        self.tickets.as_ref()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -61,7 +79,10 @@ impl Endpoints {
         cfg: &QuicConfig,
         tls: rustls::ServerConfig,
     ) -> Result<(), QuicSetupError> {
-        let server = server_config(cfg, tls, &self.keys)?;
+        let mut server = server_config(cfg, tls, &self.keys)?;
+        if self.tickets.is_some() {
+            server = tickets::wrap(server);
+        }
         for ep in &self.all {
             ep.set_server_config(Some(server.clone()));
         }
