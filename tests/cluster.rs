@@ -1,33 +1,110 @@
-//! N replicas behaving as one gateway through a real Redis.
+//! N replicas behaving as one gateway through a real Redis: the cluster's
+//! own signals (readiness, metrics) as Redis comes and goes.
 
 mod common;
 
+use std::time::Duration;
+
+use common::client::Proto;
 use common::cluster::{dev_cert, Redis, Replica, ReplicaSpec};
 use common::upstream::Upstream;
+use common::wait::wait_until;
+use h3gate::metrics::FAMILIES;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_reach_redis_and_report_it_in_ready_and_metrics() {
-    let redis = Redis::start();
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let _ca = dev_cert(dir.path());
-    let url = redis.url();
-    let base = upstream.base_url();
-    let spec = ReplicaSpec {
-        dir: dir.path(),
+/// A replica with per-address limits, so every request asks Redis.
+fn replica(dir: &std::path::Path, redis: &Redis, upstream: &Upstream) -> Replica {
+    let (url, base) = (redis.url(), upstream.base_url());
+    Replica::spawn(&ReplicaSpec {
+        dir,
         redis_url: &url,
         node_id: 1,
         upstream: &base,
         extra: "",
-        replace: &[],
-    };
-    let r = Replica::spawn(&spec);
-    let up = common::wait::wait_until(std::time::Duration::from_secs(5), async || {
-        r.metric("h3gate_cluster_up").await == 1.0
+        replace: &[
+            ("required = true", "required = false"),
+            ("per_ip_rpm = 0", "per_ip_rpm = 6000\nper_ip_burst = 100"),
+        ],
     })
-    .await;
-    assert!(up, "{}", r.metrics().await);
+}
+
+async fn chat_status(r: &Replica, ca: &[u8], proto: Proto) -> u16 {
+    let c = r.client(proto, ca).await;
+    let resp = c
+        .post_json("/v1/chat/completions", common::chat("gpt-4o-mini", false))
+        .await;
+    let status = resp.status;
+    resp.text().await;
+    status
+}
+
+/// Up, down (Redis killed: served under the local policy, ready but
+/// degraded, fallbacks and errors counted), up again — and every
+/// `h3gate_cluster_*` family this drives is exported with its HELP and TYPE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reports_redis_in_ready_and_metrics_as_it_comes_and_goes() {
+    let mut redis = Redis::start();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dev_cert(dir.path());
+    let r = replica(dir.path(), &redis, &upstream);
+    let up = async |want: f64| {
+        wait_until(Duration::from_secs(5), async || {
+            r.metric("h3gate_cluster_up").await == want
+        })
+        .await
+    };
+    assert!(up(1.0).await, "{}", r.metrics().await);
     let (status, body) = r.ready().await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["cluster"]["redis"], "up", "{body}");
+    assert_eq!(
+        (status, &body["cluster"]["redis"]),
+        (200, &"up".into()),
+        "{body}"
+    );
+    for proto in [Proto::H3, Proto::H2, Proto::H1] {
+        assert_eq!(chat_status(&r, &ca, proto).await, 200, "{proto:?}");
+    }
+
+    redis.kill();
+    // The next decision finds Redis gone; the probe confirms it.
+    for proto in [Proto::H3, Proto::H2, Proto::H1] {
+        assert_eq!(
+            chat_status(&r, &ca, proto).await,
+            200,
+            "{proto:?} without redis"
+        );
+    }
+    assert!(up(0.0).await, "{}", r.metrics().await);
+    let (status, body) = r.ready().await;
+    assert_eq!(
+        status, 200,
+        "a Redis outage must not pull the replica out: {body}"
+    );
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["cluster"]["redis"], "down", "{body}");
+    let local = "h3gate_cluster_fallbacks_total{what=\"rate_limit\",decision=\"local\"}";
+    assert!(r.metric(local).await >= 1.0, "{}", r.metrics().await);
+
+    redis.start_again();
+    assert!(up(1.0).await, "recovers by itself: {}", r.metrics().await);
+    assert_eq!(r.ready().await.1["status"], "ready");
+
+    let text = r.metrics().await;
+    for f in FAMILIES
+        .iter()
+        .filter(|f| f.name.starts_with("h3gate_cluster_"))
+    {
+        if f.name == "h3gate_cluster_tickets_total" {
+            continue; // 0-RTT resumption: tests/cluster_tickets.rs
+        }
+        assert!(
+            text.contains(&format!("# HELP {} ", f.name)),
+            "{} undescribed:\n{text}",
+            f.name
+        );
+        assert!(
+            text.contains(&format!("# TYPE {} ", f.name)),
+            "{} untyped",
+            f.name
+        );
+    }
 }

@@ -18,16 +18,15 @@ fn yaml(path: &str) -> Vec<Yaml> {
     YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Runs a checking tool if it is installed; in CI it must be.
-fn tool(name: &str, args: &[&str], cwd: &Path) -> Option<std::process::Output> {
-    match Command::new(name).args(args).current_dir(cwd).output() {
-        Ok(out) => Some(out),
-        Err(_) if std::env::var_os("CI").is_none() => {
-            eprintln!("{name} not installed: skipped (CI installs it)");
-            None
-        }
-        Err(e) => panic!("{name} is required in CI: {e}"),
-    }
+/// Runs a checking tool; fails with its install line when it is missing
+/// (never skipped).
+fn tool(name: &str, install: &str, args: &[&str], cwd: &Path) -> std::process::Output {
+    let bin = common::tools::require_tool(name, install);
+    Command::new(bin)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap_or_else(|e| panic!("{name} runs: {e}"))
 }
 
 #[test]
@@ -53,11 +52,13 @@ fn systemd_unit_verifies() {
     let copy = unit.replace("/usr/local/bin/h3gate", bin);
     let path = dir.path().join("h3gate.service");
     std::fs::write(&path, copy).unwrap();
-    if let Some(out) = tool(
-        "systemd-analyze",
-        &["verify", "--man=no", path.to_str().unwrap()],
-        dir.path(),
-    ) {
+    {
+        let out = tool(
+            "systemd-analyze",
+            "apt-get install -y systemd",
+            &["verify", "--man=no", path.to_str().unwrap()],
+            dir.path(),
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         let problems: Vec<&str> = stderr
             .lines()
