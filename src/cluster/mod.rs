@@ -22,6 +22,7 @@ use crate::config::{ClusterConfig, OnRedisError};
 use crate::shutdown::Shutdown;
 
 pub mod secret;
+pub mod sync;
 
 pub use secret::ClusterSecret;
 
@@ -248,28 +249,19 @@ pub trait Call<T> {
 }
 
 impl<T: FromRedisValue + Send> Call<T> for redis::Cmd {
-    fn run(
-        self,
-        conn: &mut ConnectionManager,
-    ) -> impl std::future::Future<Output = redis::RedisResult<T>> + Send {
-        async move { self.query_async(conn).await }
+    async fn run(self, conn: &mut ConnectionManager) -> redis::RedisResult<T> {
+        self.query_async(conn).await
     }
 }
 
 impl<T: FromRedisValue + Send> Call<T> for &redis::Pipeline {
-    fn run(
-        self,
-        conn: &mut ConnectionManager,
-    ) -> impl std::future::Future<Output = redis::RedisResult<T>> + Send {
-        async move { self.query_async(conn).await }
+    async fn run(self, conn: &mut ConnectionManager) -> redis::RedisResult<T> {
+        self.query_async(conn).await
     }
 }
 
 impl<T: FromRedisValue + Send> Call<T> for redis::ScriptInvocation<'_> {
-    fn run(
-        self,
-        conn: &mut ConnectionManager,
-    ) -> impl std::future::Future<Output = redis::RedisResult<T>> + Send {
-        async move { self.invoke_async(conn).await }
+    async fn run(self, conn: &mut ConnectionManager) -> redis::RedisResult<T> {
+        self.invoke_async(conn).await
     }
 }
