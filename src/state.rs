@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::abuse::Abuse;
 use crate::admission::{ClientCaps, Gate};
 use crate::audit::Audit;
-use crate::auth::Keys;
+use crate::auth::{Keys, Offline};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::ip_filter::IpFilter;
@@ -71,13 +71,17 @@ impl State {
             a.max_wait.get(),
         ));
         let clients = ClientCaps::new(a.max_per_client as usize);
-        let keys = match &config.auth.keys_file {
-            Some(path) => Some(Arc::new(
-                Keys::load(path).map_err(|e| BuildError(e.to_string()))?,
-            )),
-            None => None,
-        };
         let cluster = Cluster::connect(&config.cluster).map_err(BuildError)?;
+        let keys = match (&config.auth.keys_file, &cluster) {
+            (Some(path), Some(c)) => {
+                Some(Keys::shared(Some(path), c.clone(), Offline::ApplyLocally))
+            }
+            (Some(path), None) => Some(Keys::load(path)),
+            (None, _) => None,
+        }
+        .transpose()
+        .map_err(|e| BuildError(e.to_string()))?
+        .map(Arc::new);
         let n = &config.network;
         Ok(State {
             cluster,
@@ -109,6 +113,8 @@ impl State {
             .set(Audit::start(self.config.audit.file.as_deref(), shutdown));
         // Kept across reloads: a no-op when the inherited writer runs.
         Abuse::start_writer(&self.abuse, shutdown);
+        self.abuse
+            .share(self.cluster.clone(), self.tasks.clone(), shutdown);
         self.limiter.start(shutdown);
         if let Some(c) = &self.cluster {
             c.start(shutdown);
@@ -130,6 +136,10 @@ impl State {
     pub fn inherit(&mut self, old: &State) {
         if old.config.cluster == self.config.cluster {
             self.cluster = old.cluster.clone();
+            // The shared key set, with its pending changes, stays too.
+            if self.cluster.is_some() && old.config.auth.keys_file == self.config.auth.keys_file {
+                self.keys = old.keys.clone();
+            }
         }
         self.limiter = old.limiter.clone();
         let a = &self.config.admission;
