@@ -10,8 +10,14 @@
 //!   is set (required off loopback).
 //! - `POST /admin/reload`: re-read the configuration file.
 //! - `GET /admin/keys`, `POST /admin/keys` (create; the key is in the answer
-//!   once), `DELETE /admin/keys/NAME` (revoke).
+//!   once), `PATCH /admin/keys/NAME` (scopes, models, expires, rpm, tpm,
+//!   max_concurrent; `null` clears), `DELETE /admin/keys/NAME` (revoke).
 //! - `GET /admin/denylist`, `DELETE /admin/denylist/ADDRESS` (lift a deny).
+//!
+//! In a cluster, keys and denies are changed in Redis and so on every
+//! replica; an answer says `"sharing": "shared"`. While Redis is
+//! unreachable a change applies on the replica that took it and reaches
+//! the others when Redis answers again: `202` with `"sharing": "pending"`.
 //!
 //! `/admin/*` needs the admin token (without one configured it is off);
 //! every admin action is audited. `[network] admin_allow`/`admin_deny`
@@ -24,6 +30,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::cluster::sync::Sharing;
 use crate::config::Secret;
 use crate::exchange::{full, json, Body, Response};
 use crate::reload::Reloader;
@@ -78,12 +85,17 @@ impl Admin {
                 }
                 let method = req.method().clone();
                 let path = p.to_string();
-                let resp = self.admin_api(method.clone(), &path, req.into_body()).await;
+                // Ties the answer to its audit line.
+                let id = format!("adm_{:016x}", fastrand::u64(..));
+                let mut resp = self.admin_api(method.clone(), &path, req.into_body()).await;
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    resp.headers_mut().insert("x-request-id", v);
+                }
                 self.state.load().audit().record(crate::audit::Entry {
                     action: "admin",
                     actor: "admin-api",
                     result: if resp.status().is_success() { "ok" } else { "refused" },
-                    request_id: None,
+                    request_id: Some(&id),
                     client_ip: None,
                     key_id: None,
                     details: serde_json::json!({"method": method.as_str(), "path": path, "status": resp.status().as_u16()}),
@@ -172,14 +184,17 @@ impl Admin {
         let state = self.state.load();
         match (method, path) {
             (Method::POST, "/admin/reload") => self.reload().await,
-            (Method::GET, "/admin/keys") => list_keys(&state),
+            (Method::GET, "/admin/keys") => list_keys(&state).await,
             (Method::POST, "/admin/keys") => create_key(&state, body).await,
             (Method::DELETE, p) if p.starts_with("/admin/keys/") => {
-                revoke_key(&state, &p["/admin/keys/".len()..])
+                revoke_key(&state, &p["/admin/keys/".len()..]).await
             }
-            (Method::GET, "/admin/denylist") => list_denied(&state),
+            (Method::PATCH, p) if p.starts_with("/admin/keys/") => {
+                edit_key(&state, &p["/admin/keys/".len()..], body).await
+            }
+            (Method::GET, "/admin/denylist") => list_denied(&state).await,
             (Method::DELETE, p) if p.starts_with("/admin/denylist/") => {
-                lift_deny(&state, &p["/admin/denylist/".len()..])
+                lift_deny(&state, &p["/admin/denylist/".len()..]).await
             }
             _ => error(StatusCode::NOT_FOUND, "not_found", "not found"),
         }
@@ -212,28 +227,40 @@ impl Admin {
     }
 }
 
-/// `GET /admin/keys`: every key in the keys file, without the secrets.
-fn list_keys(state: &State) -> Response {
+/// `GET /admin/keys`: every key (revoked ones included), without the
+/// secrets; in a cluster, Redis' set (`"sharing": "pending"` when Redis is
+/// unreachable and this replica's copy is shown).
+async fn list_keys(state: &State) -> Response {
     let Some(keys) = &state.keys else {
         return no_keys();
     };
-    keys.refresh();
-    let list: Vec<_> = crate::auth::read_file(keys.path())
-        .map(|f| f.keys)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|k| {
-            serde_json::json!({
-                "name": k.name, "id": k.id, "scopes": k.scopes, "models": k.models,
-                "created_at": k.created_at, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
-                "rpm": k.rpm, "tpm": k.tpm, "max_concurrent": k.max_concurrent,
-            })
-        })
-        .collect();
+    let (records, sharing) = keys.current().await;
+    let list: Vec<_> = records.iter().map(|k| key_view(k)).collect();
     json(
         StatusCode::OK,
-        serde_json::json!({"keys": list}).to_string(),
+        serde_json::json!({"keys": list, "sharing": sharing.as_str()}).to_string(),
     )
+}
+
+/// A key's record as the API shows it (never the key, nor its hash).
+fn key_view(k: &crate::auth::KeyRecord) -> serde_json::Value {
+    serde_json::json!({
+        "name": k.name, "id": k.id, "scopes": k.scopes, "models": k.models,
+        "created_at": k.created_at, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
+        "rpm": k.rpm, "tpm": k.tpm, "max_concurrent": k.max_concurrent,
+        "revision": k.revision, "updated_at": k.updated_at,
+    })
+}
+
+/// 200 (201 for a creation) once the change is in the store; 202 when it
+/// applies on this replica only until Redis answers again.
+fn changed(ok: StatusCode, sharing: Sharing, mut body: serde_json::Value) -> Response {
+    body["sharing"] = sharing.as_str().into();
+    if sharing == Sharing::Pending {
+        body["message"] = "applied on this replica; redis is unreachable, the other replicas get the change when it answers again".into();
+        return json(StatusCode::ACCEPTED, body.to_string());
+    }
+    json(ok, body.to_string())
 }
 
 /// `POST /admin/keys`: creates a key; the answer carries it, once.
@@ -245,22 +272,18 @@ async fn create_key(state: &State, body: Body) -> Response {
         Ok(new) => new,
         Err(resp) => return resp,
     };
-    match crate::auth::create(keys.path(), new) {
-        Ok((key, rec)) => {
-            keys.refresh();
-            let body = serde_json::json!({"name": rec.name, "id": rec.id, "key": key});
-            json(StatusCode::CREATED, body.to_string())
-        }
-        Err(e) => error(
-            StatusCode::BAD_REQUEST,
-            "invalid_key_request",
-            &e.to_string(),
+    match keys.create(new).await {
+        Ok(c) => changed(
+            StatusCode::CREATED,
+            c.sharing,
+            serde_json::json!({"name": c.record.name, "id": c.record.id, "key": c.key}),
         ),
+        Err(e) => key_error(&e),
     }
 }
 
-/// The body of `POST /admin/keys` as an `auth::NewKey`, or the 400 to send.
-async fn read_new_key(body: Body) -> Result<crate::auth::NewKey, Response> {
+/// The body of a request, or the 400 to send.
+async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, Response> {
     let Some(bytes) = read_limited(body, 64 * 1024).await else {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -268,77 +291,151 @@ async fn read_new_key(body: Body) -> Result<crate::auth::NewKey, Response> {
             "the body could not be read",
         ));
     };
-    let req: NewKeyRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()))?;
-    let expires_in = match req.expires.as_deref().map(humantime::parse_duration) {
-        Some(Err(e)) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_expires",
-                &e.to_string(),
-            ))
-        }
-        Some(Ok(d)) => Some(d),
-        None => None,
-    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()))
+}
+
+/// A lifetime like "90d", or the 400 to send.
+fn parse_expires(text: &str) -> Result<std::time::Duration, Box<Response>> {
+    humantime::parse_duration(text).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_expires",
+            &e.to_string(),
+        ))
+    })
+}
+
+/// The body of `POST /admin/keys` as an `auth::NewKey`, or the 400 to send.
+async fn read_new_key(body: Body) -> Result<crate::auth::NewKey, Response> {
+    let req: NewKeyRequest = read_json(body).await?;
     Ok(crate::auth::NewKey {
         name: req.name,
         scopes: req.scopes,
         models: req.models,
-        expires_in,
+        expires_in: req
+            .expires
+            .as_deref()
+            .map(parse_expires)
+            .transpose()
+            .map_err(|r| *r)?,
         rpm: req.rpm,
         tpm: req.tpm,
         max_concurrent: req.max_concurrent,
     })
 }
 
-/// `DELETE /admin/keys/NAME`: revokes the key.
-fn revoke_key(state: &State, name: &str) -> Response {
+/// `PATCH /admin/keys/NAME`: changes scopes, models, expiry or limits.
+async fn edit_key(state: &State, name: &str, body: Body) -> Response {
     let Some(keys) = &state.keys else {
         return no_keys();
     };
-    match crate::auth::revoke(keys.path(), name) {
-        Ok(rec) => {
-            keys.refresh();
-            json(
+    let req: EditKeyRequest = match read_json(body).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let expires_in = match req.expires {
+        Some(Some(text)) => match parse_expires(&text) {
+            Ok(d) => Some(Some(d)),
+            Err(resp) => return *resp,
+        },
+        Some(None) => Some(None),
+        None => None,
+    };
+    let edit = crate::auth::KeyEdit {
+        scopes: req.scopes,
+        models: req.models,
+        expires_in,
+        rpm: req.rpm,
+        tpm: req.tpm,
+        max_concurrent: req.max_concurrent,
+    };
+    match keys.edit(name, edit).await {
+        Ok(c) => {
+            let list: Vec<_> = c.records.iter().map(key_view).collect();
+            changed(
                 StatusCode::OK,
-                serde_json::json!({"revoked": rec.name, "id": rec.id}).to_string(),
+                c.sharing,
+                serde_json::json!({"edited": name, "keys": list}),
             )
         }
-        Err(e) => error(StatusCode::NOT_FOUND, "no_such_key", &e.to_string()),
+        Err(e) => key_error(&e),
     }
 }
 
-/// `GET /admin/denylist`: the denied addresses and the seconds each has left.
-fn list_denied(state: &State) -> Response {
-    let list: Vec<_> = state
-        .abuse
-        .list()
+/// `DELETE /admin/keys/NAME`: revokes the key.
+async fn revoke_key(state: &State, name: &str) -> Response {
+    let Some(keys) = &state.keys else {
+        return no_keys();
+    };
+    match keys.revoke(name).await {
+        Ok(c) => {
+            let ids: Vec<&str> = c.records.iter().map(|r| r.id.as_str()).collect();
+            changed(
+                StatusCode::OK,
+                c.sharing,
+                serde_json::json!({"revoked": name, "id": ids.first(), "ids": ids}),
+            )
+        }
+        Err(e) => key_error(&e),
+    }
+}
+
+/// The answer to a refused key change.
+fn key_error(e: &crate::auth::KeysError) -> Response {
+    use crate::auth::KeysError as E;
+    let (status, code) = match e {
+        E::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_key_request"),
+        E::NoSuchKey(_) => (StatusCode::NOT_FOUND, "no_such_key"),
+        E::Taken(_) => (StatusCode::CONFLICT, "key_exists"),
+        E::Conflict(_) => (StatusCode::CONFLICT, "edit_conflict"),
+        E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable"),
+        E::Read(..) | E::Parse(..) | E::Write(..) => {
+            tracing::error!(error = %e, "admin: the keys file failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "keys_file_error",
+                "the keys file could not be read or written (see the gateway's log)",
+            );
+        }
+    };
+    error(status, code, &e.to_string())
+}
+
+/// `GET /admin/denylist`: the denied addresses and the seconds each has
+/// left; in a cluster, every replica's (after a sync with Redis).
+async fn list_denied(state: &State) -> Response {
+    let (denied, sharing) = state.abuse.list_everywhere().await;
+    let list: Vec<_> = denied
         .into_iter()
         .map(|(ip, secs)| serde_json::json!({"address": ip.to_string(), "seconds_left": secs}))
         .collect();
     json(
         StatusCode::OK,
-        serde_json::json!({"denied": list}).to_string(),
+        serde_json::json!({"denied": list, "sharing": sharing.as_str()}).to_string(),
     )
 }
 
-/// `DELETE /admin/denylist/ADDRESS`: lifts the deny on one address.
-fn lift_deny(state: &State, address: &str) -> Response {
-    match address.parse::<std::net::IpAddr>() {
-        Ok(ip) if state.abuse.lift(ip) => json(
-            StatusCode::OK,
-            serde_json::json!({"lifted": ip.to_string()}).to_string(),
-        ),
-        Ok(_) => error(
-            StatusCode::NOT_FOUND,
-            "not_denied",
-            "that address is not denied",
-        ),
-        Err(_) => error(
+/// `DELETE /admin/denylist/ADDRESS`: lifts the deny on one address,
+/// on every replica in a cluster.
+async fn lift_deny(state: &State, address: &str) -> Response {
+    let Ok(ip) = address.parse::<std::net::IpAddr>() else {
+        return error(
             StatusCode::BAD_REQUEST,
             "invalid_address",
             "not an IP address",
+        );
+    };
+    match state.abuse.lift_everywhere(ip).await {
+        (true, sharing) => changed(
+            StatusCode::OK,
+            sharing,
+            serde_json::json!({"lifted": ip.to_string()}),
+        ),
+        (false, _) => error(
+            StatusCode::NOT_FOUND,
+            "not_denied",
+            "that address is not denied",
         ),
     }
 }
@@ -356,6 +453,33 @@ struct NewKeyRequest {
     rpm: Option<u32>,
     tpm: Option<u32>,
     max_concurrent: Option<u32>,
+}
+
+/// `PATCH /admin/keys/NAME`: a field left out stays; `null` clears it
+/// (no expiry, the configured default limit).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditKeyRequest {
+    scopes: Option<Vec<String>>,
+    models: Option<Vec<String>>,
+    /// From now, e.g. "30d"; `null`: never expires.
+    #[serde(default, deserialize_with = "present")]
+    expires: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    rpm: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    tpm: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    max_concurrent: Option<Option<u32>>,
+}
+
+/// A field that is present: `Some(None)` for `null`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 fn no_keys() -> Response {

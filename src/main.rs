@@ -44,12 +44,14 @@ enum Command {
         #[arg(short, long, default_value = "config.toml", env = "H3GATE_CONFIG")]
         config: PathBuf,
     },
-    /// Manage client API keys in the keys file (`[auth] keys_file`). The
-    /// running gateway picks changes up within a second.
+    /// Manage client API keys: in the keys file (`[auth] keys_file`), or,
+    /// when the configuration has `[cluster] redis_url`, in the cluster's
+    /// Redis (the keys file is then each replica's mirror, and is not
+    /// written here). Running gateways pick changes up within a second.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
-        /// Configuration file naming the keys file.
+        /// Configuration file naming the keys file (or the cluster).
         #[arg(
             short,
             long,
@@ -58,7 +60,8 @@ enum Command {
             global = true
         )]
         config: PathBuf,
-        /// The keys file itself (instead of the configuration's `auth.keys_file`).
+        /// The keys file itself (instead of the configuration's
+        /// `auth.keys_file` or cluster).
         #[arg(long, global = true)]
         keys_file: Option<PathBuf>,
     },
@@ -110,6 +113,40 @@ enum KeysAction {
     List,
     /// Revoke a key by name.
     Revoke { name: String },
+    /// Change a key's scopes, models, expiry or limits ("none" clears a
+    /// limit or the expiry).
+    Edit {
+        name: String,
+        /// chat, embeddings, models.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// Model globs.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Lifetime from now, e.g. 30d, or "none".
+        #[arg(long, value_parser = or_none::<humantime::Duration>)]
+        expires: Option<Option<humantime::Duration>>,
+        /// Requests per minute, or "none" (the configured default).
+        #[arg(long, value_parser = or_none::<u32>)]
+        rpm: Option<Option<u32>>,
+        /// Tokens per minute, or "none".
+        #[arg(long, value_parser = or_none::<u32>)]
+        tpm: Option<Option<u32>>,
+        /// Requests in flight at once, or "none".
+        #[arg(long, value_parser = or_none::<u32>)]
+        max_concurrent: Option<Option<u32>>,
+    },
+}
+
+/// A value, or "none" for no value.
+fn or_none<T: std::str::FromStr>(text: &str) -> Result<Option<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    if text == "none" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|e: T::Err| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -298,6 +335,26 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
         ),
         KeysAction::List => list_keys(&files),
         KeysAction::Revoke { name } => revoke_key(&files, &name),
+        KeysAction::Edit {
+            name,
+            scopes,
+            models,
+            expires,
+            rpm,
+            tpm,
+            max_concurrent,
+        } => edit_key(
+            &files,
+            &name,
+            auth::KeyEdit {
+                scopes,
+                models,
+                expires_in: expires.map(|e| e.map(Into::into)),
+                rpm,
+                tpm,
+                max_concurrent,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -308,25 +365,45 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
     }
 }
 
-/// The keys file a `keys` subcommand works on, and the audit log it
-/// records to (none with `--keys-file`).
+/// Where a `keys` subcommand works: a keys file, or the cluster's Redis.
+enum Store {
+    File(PathBuf),
+    Cluster(tokio::runtime::Runtime, Box<auth::Keys>),
+}
+
+/// The store a `keys` subcommand works on, and the audit log it records
+/// to (none with `--keys-file`).
 struct KeysFiles {
-    keys: PathBuf,
+    store: Store,
     audit: Option<PathBuf>,
 }
 
 impl KeysFiles {
-    /// `--keys-file`, else the configuration's `[auth] keys_file` and
-    /// `[audit]` file; the exit code when there is none.
+    /// `--keys-file`, else the configuration's `[cluster]` (Redis) or
+    /// `[auth] keys_file`, and `[audit]` file; the exit code when there is none.
     fn find(config: &Path, keys_file: Option<PathBuf>) -> Result<Self, ExitCode> {
         if let Some(keys) = keys_file {
-            return Ok(KeysFiles { keys, audit: None });
+            return Ok(KeysFiles {
+                store: Store::File(keys),
+                audit: None,
+            });
         }
-        // Only [auth] and [audit] are read: the first key can be made
-        // before provider keys or certificates are in place.
+        // Only [auth], [audit] and [cluster] are read: the first key can be
+        // made before provider keys or certificates are in place.
         match auth::cli_files(config) {
-            Ok((Some(keys), audit)) => Ok(KeysFiles { keys, audit }),
-            Ok((None, _)) => {
+            Ok(f) if f.cluster.is_shared() => Ok(KeysFiles {
+                store: Self::cluster(&f.cluster)?,
+                audit: f.audit,
+            }),
+            Ok(auth::CliFiles {
+                keys: Some(keys),
+                audit,
+                ..
+            }) => Ok(KeysFiles {
+                store: Store::File(keys),
+                audit,
+            }),
+            Ok(_) => {
                 eprintln!(
                     "h3gate: {} sets no auth.keys_file; pass --keys-file PATH",
                     config.display()
@@ -339,6 +416,24 @@ impl KeysFiles {
                     config.display()
                 );
                 Err(ExitCode::from(2))
+            }
+        }
+    }
+
+    /// The cluster's key set, once Redis answered.
+    fn cluster(cfg: &h3gate::config::ClusterConfig) -> Result<Store, ExitCode> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                eprintln!("h3gate: cannot start a runtime: {e}");
+                ExitCode::FAILURE
+            })?;
+        match rt.block_on(auth::open_cluster(cfg)) {
+            Ok(keys) => Ok(Store::Cluster(rt, Box::new(keys))),
+            Err(e) => {
+                eprintln!("h3gate: {e}\n(or pass --keys-file PATH to change one replica's file)");
+                Err(ExitCode::FAILURE)
             }
         }
     }
@@ -364,7 +459,13 @@ impl KeysFiles {
 
 /// `keys create`: prints the new key, once.
 fn create_key(files: &KeysFiles, new: auth::NewKey) -> Result<(), auth::KeysError> {
-    let (key, rec) = auth::create(&files.keys, new)?;
+    let (key, rec) = match &files.store {
+        Store::File(path) => auth::create(path, new)?,
+        Store::Cluster(rt, keys) => {
+            let c = rt.block_on(keys.create(new))?;
+            (c.key, c.record)
+        }
+    };
     files.audit("key_create", &rec.name, &rec.id);
     println!("{key}");
     eprintln!(
@@ -376,9 +477,17 @@ fn create_key(files: &KeysFiles, new: auth::NewKey) -> Result<(), auth::KeysErro
 
 /// `keys list`: one line per key, with its state, scopes and models.
 fn list_keys(files: &KeysFiles) -> Result<(), auth::KeysError> {
-    let file = auth::read_file(&files.keys)?;
+    let records = match &files.store {
+        Store::File(path) => auth::read_file(path)?.keys,
+        Store::Cluster(rt, keys) => match rt.block_on(keys.current()) {
+            (list, h3gate::cluster::sync::Sharing::Shared) => {
+                list.iter().map(|r| (**r).clone()).collect()
+            }
+            _ => return Err(auth::KeysError::Unavailable("the list".into())),
+        },
+    };
     files.audit("key_list", "*", "-");
-    for k in file.keys {
+    for k in records {
         let state = match (k.revoked_at, k.expires_at) {
             (Some(_), _) => "revoked",
             (None, Some(e)) if e <= h3gate::clock::now_secs() => "expired",
@@ -404,8 +513,32 @@ fn list_keys(files: &KeysFiles) -> Result<(), auth::KeysError> {
 
 /// `keys revoke NAME`.
 fn revoke_key(files: &KeysFiles, name: &str) -> Result<(), auth::KeysError> {
-    let rec = auth::revoke(&files.keys, name)?;
+    let rec = match &files.store {
+        Store::File(path) => auth::revoke(path, name)?,
+        Store::Cluster(rt, keys) => first(rt.block_on(keys.revoke(name))?, name)?,
+    };
     files.audit("key_revoke", &rec.name, &rec.id);
     eprintln!("h3gate: revoked {:?} ({})", rec.name, rec.id);
     Ok(())
+}
+
+/// `keys edit NAME …`.
+fn edit_key(files: &KeysFiles, name: &str, edit: auth::KeyEdit) -> Result<(), auth::KeysError> {
+    let rec = match &files.store {
+        Store::File(path) => auth::edit(path, name, &edit)?,
+        Store::Cluster(rt, keys) => first(rt.block_on(keys.edit(name, edit))?, name)?,
+    };
+    files.audit("key_edit", &rec.name, &rec.id);
+    eprintln!(
+        "h3gate: edited {:?} ({}), revision {}",
+        rec.name, rec.id, rec.revision
+    );
+    Ok(())
+}
+
+fn first(c: auth::Changed, name: &str) -> Result<auth::KeyRecord, auth::KeysError> {
+    c.records
+        .into_iter()
+        .next()
+        .ok_or_else(|| auth::KeysError::NoSuchKey(name.into()))
 }

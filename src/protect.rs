@@ -314,6 +314,8 @@ mod tests {
             rpm: Some(rpm),
             tpm: Some(tpm),
             max_concurrent: None,
+            revision: 1,
+            updated_at: 0,
         }
     }
 

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::abuse::Abuse;
 use crate::admission::{ClientCaps, Gate};
 use crate::audit::Audit;
-use crate::auth::Keys;
+use crate::auth::{Keys, Offline};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::ip_filter::IpFilter;
@@ -71,12 +71,6 @@ impl State {
             a.max_wait.get(),
         ));
         let clients = ClientCaps::new(a.max_per_client as usize);
-        let keys = match &config.auth.keys_file {
-            Some(path) => Some(Arc::new(
-                Keys::load(path).map_err(|e| BuildError(e.to_string()))?,
-            )),
-            None => None,
-        };
         let cluster = Cluster::connect(&config.cluster).map_err(BuildError)?;
         let limiter = match &cluster {
             Some(c) => RateLimits::shared(
@@ -86,6 +80,16 @@ impl State {
             ),
             None => RateLimits::in_memory(Arc::default()),
         };
+        let keys = match (&config.auth.keys_file, &cluster) {
+            (Some(path), Some(c)) => {
+                Some(Keys::shared(Some(path), c.clone(), Offline::ApplyLocally))
+            }
+            (Some(path), None) => Some(Keys::load(path)),
+            (None, _) => None,
+        }
+        .transpose()
+        .map_err(|e| BuildError(e.to_string()))?
+        .map(Arc::new);
         let n = &config.network;
         Ok(State {
             cluster,
@@ -117,6 +121,8 @@ impl State {
             .set(Audit::start(self.config.audit.file.as_deref(), shutdown));
         // Kept across reloads: a no-op when the inherited writer runs.
         Abuse::start_writer(&self.abuse, shutdown);
+        self.abuse
+            .share(self.cluster.clone(), self.tasks.clone(), shutdown);
         self.limiter.start(shutdown);
         if let Some(c) = &self.cluster {
             c.start(shutdown);
@@ -140,6 +146,10 @@ impl State {
         if old.config.cluster == self.config.cluster {
             self.cluster = old.cluster.clone();
             self.limiter = old.limiter.clone();
+            // The shared key set, with its pending changes, stays too.
+            if self.cluster.is_some() && old.config.auth.keys_file == self.config.auth.keys_file {
+                self.keys = old.keys.clone();
+            }
         }
         let a = &self.config.admission;
         old.admission.resize(

@@ -22,6 +22,7 @@ use crate::config::{ClusterConfig, OnRedisError};
 use crate::shutdown::Shutdown;
 
 pub mod secret;
+pub mod sync;
 pub mod tickets;
 
 pub use secret::ClusterSecret;

@@ -277,7 +277,7 @@ fn check_provider_failures(
     }
 }
 
-/// `[auth]`: the keys file when keys are required.
+/// `[auth]`: the keys file when keys are required (and, on one node, present).
 fn check_auth(c: &Config, p: &mut Problems) {
     if c.auth.required && c.auth.keys_file.is_none() {
         p.add(
@@ -286,7 +286,9 @@ fn check_auth(c: &Config, p: &mut Problems) {
         );
     }
     if let Some(f) = &c.auth.keys_file {
-        if !f.is_file() {
+        // In a cluster the file is the replica's mirror of Redis: a new
+        // replica has none yet.
+        if !f.is_file() && !c.cluster.is_shared() {
             p.add(
                 "auth.keys_file",
                 format!(

@@ -12,6 +12,13 @@
 //!
 //! One `Abuse` lives for the whole process: a reload hands the running one
 //! its new settings ([`Abuse::reconfigure`]), so counters and denies stay.
+//!
+//! In a cluster the denies are shared through Redis ([`shared`]): a deny
+//! on one replica is enforced by every replica within a poll, with its
+//! TTL, and the admin API lists and lifts them from any replica. The check
+//! stays a lookup in memory; the failure counting that trips a deny stays
+//! per replica (N replicas let an address fail up to N × `max_failures`
+//! times before the first of them denies it — everywhere).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::clock::now_secs;
+use crate::cluster::sync::{now_ms, Sharing};
 use crate::config::AbuseConfig;
 use crate::files::write_atomic;
 use crate::shutdown::Shutdown;
@@ -31,14 +38,44 @@ use crate::shutdown::Shutdown;
 /// Failure counters kept at most; older windows are dropped first.
 const MAX_TRACKED: usize = 100_000;
 
-/// Address → (expiry for this process, expiry as Unix time for the file).
-type Denied = HashMap<IpAddr, (Instant, u64)>;
+mod shared;
+
+/// One address's deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Deny {
+    /// Its end, for this process.
+    until: Instant,
+    /// Its end as Unix time in ms (the file, Redis).
+    until_ms: u64,
+    /// When it was made (Unix ms; 0: unknown, as when loaded from the
+    /// file): a lift made later wins over it in Redis.
+    made_ms: u64,
+}
+
+type Denied = HashMap<IpAddr, Deny>;
+
+/// A change Redis lacks (in a cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Deny(Deny),
+    /// Lifted at (Unix ms).
+    Lift(u64),
+}
+
+/// The denies, and the changes Redis lacks.
+#[derive(Debug, Default)]
+struct Denies {
+    map: Denied,
+    unshared: HashMap<IpAddr, Change>,
+}
 
 #[derive(Debug)]
 pub struct Abuse {
     cfg: RwLock<AbuseConfig>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-    denied: Mutex<Denied>,
+    denied: Mutex<Denies>,
+    /// The link to the cluster's Redis, once [`Abuse::share`] ran.
+    link: shared::Link,
     /// Wakes the writer; capacity one, so pending changes coalesce.
     writer: OnceLock<mpsc::Sender<()>>,
     /// Writes of the state file so far.
@@ -51,7 +88,11 @@ impl Abuse {
         Abuse {
             cfg: RwLock::new(cfg.clone()),
             failures: Mutex::new(HashMap::new()),
-            denied: Mutex::new(cfg.state_file.as_deref().map(load).unwrap_or_default()),
+            denied: Mutex::new(Denies {
+                map: cfg.state_file.as_deref().map(load).unwrap_or_default(),
+                unshared: HashMap::new(),
+            }),
+            link: shared::Link::default(),
             writer: OnceLock::new(),
             writes: AtomicU64::new(0),
         }
@@ -61,7 +102,7 @@ impl Abuse {
         self.cfg.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn denied(&self) -> std::sync::MutexGuard<'_, Denied> {
+    fn denied(&self) -> std::sync::MutexGuard<'_, Denies> {
         self.denied.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -77,25 +118,27 @@ impl Abuse {
             moved
         };
         if moved {
-            let loaded = std::mem::take(&mut *fresh.denied());
-            let mut denied = self.denied();
+            let loaded = std::mem::take(&mut fresh.denied().map);
             for (ip, entry) in loaded {
-                let e = denied.entry(ip).or_insert(entry);
-                if entry.0 > e.0 {
-                    *e = entry;
+                let longer = self
+                    .denied()
+                    .map
+                    .get(&ip)
+                    .is_none_or(|e| entry.until > e.until);
+                if longer {
+                    self.insert(ip, entry);
                 }
             }
-            drop(denied);
             self.persist();
         }
     }
 
     pub fn is_denied(&self, ip: IpAddr) -> bool {
         let mut denied = self.denied();
-        match denied.get(&ip) {
-            Some((until, _)) if *until > Instant::now() => true,
+        match denied.map.get(&ip) {
+            Some(d) if d.until > Instant::now() => true,
             Some(_) => {
-                denied.remove(&ip);
+                denied.map.remove(&ip);
                 drop(denied);
                 self.persist();
                 false
@@ -138,19 +181,79 @@ impl Abuse {
         trip
     }
 
+    /// Denies `ip` for `ttl` here at once; in a cluster, everywhere within
+    /// a poll (the longest deny of an address wins).
     pub fn deny(&self, ip: IpAddr, ttl: Duration) {
-        self.denied()
-            .insert(ip, (Instant::now() + ttl, now_secs() + ttl.as_secs()));
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let now = now_ms();
+        self.insert(
+            ip,
+            Deny {
+                until: Instant::now() + ttl,
+                until_ms: now.saturating_add(ms),
+                made_ms: now,
+            },
+        );
         self.persist();
+        self.link.wake();
     }
 
-    /// Lifts a deny; false if the address was not denied.
+    /// Sets a deny here (and queues it for Redis, in a cluster).
+    fn insert(&self, ip: IpAddr, entry: Deny) {
+        let mut d = self.denied();
+        d.map.insert(ip, entry);
+        if self.link.is_attached() {
+            d.unshared.insert(ip, Change::Deny(entry));
+        }
+    }
+
+    /// Lifts a deny here (and queues the lift for Redis, in a cluster);
+    /// false if the address was not denied here.
     pub fn lift(&self, ip: IpAddr) -> bool {
-        let removed = self.denied().remove(&ip).is_some();
+        let removed = {
+            let mut d = self.denied();
+            if self.link.is_attached() {
+                d.unshared.insert(ip, Change::Lift(now_ms()));
+            }
+            d.map.remove(&ip).is_some()
+        };
         if removed {
             self.persist();
         }
         removed
+    }
+
+    /// Lifts a deny everywhere: whether it was denied (here or in Redis),
+    /// and whether the lift reached Redis.
+    pub async fn lift_everywhere(&self, ip: IpAddr) -> (bool, Sharing) {
+        let here = self.lift(ip);
+        match self.link.flush(self, Some(ip)).await {
+            Some((there, sharing)) => (here || there, sharing),
+            None => (here, Sharing::Local),
+        }
+    }
+
+    /// [`Abuse::list`] after catching up with Redis, in a cluster (and
+    /// whether it could: `Pending` when only this replica's view is known).
+    pub async fn list_everywhere(&self) -> (Vec<(IpAddr, u64)>, Sharing) {
+        let sharing = match self.link.flush(self, None).await {
+            Some((_, sharing)) => sharing,
+            None => Sharing::Local,
+        };
+        (self.list(), sharing)
+    }
+
+    /// Shares the denies through `cluster` (none: stops sharing) until
+    /// `stop` or the drain: a deny made here reaches Redis at once (on this
+    /// task), and Redis' changes are pulled every 250 ms. Called by every
+    /// new state; the last call's cluster is the one used.
+    pub fn share(
+        self: &Arc<Self>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+        stop: tokio_util::sync::CancellationToken,
+        shutdown: &Shutdown,
+    ) {
+        shared::start(self, cluster, stop, shutdown);
     }
 
     /// Denied addresses and the seconds left.
@@ -158,9 +261,10 @@ impl Abuse {
         let now = Instant::now();
         let mut v: Vec<_> = self
             .denied()
+            .map
             .iter()
-            .filter(|(_, (until, _))| *until > now)
-            .map(|(ip, (until, _))| (*ip, until.duration_since(now).as_secs()))
+            .filter(|(_, d)| d.until > now)
+            .map(|(ip, d)| (*ip, d.until.duration_since(now).as_secs()))
             .collect();
         v.sort();
         v
@@ -225,8 +329,9 @@ impl Abuse {
         let path = self.cfg().state_file.clone()?;
         let snapshot: HashMap<IpAddr, u64> = self
             .denied()
+            .map
             .iter()
-            .map(|(ip, (_, wall))| (*ip, *wall))
+            .map(|(ip, d)| (*ip, d.until_ms.div_ceil(1000)))
             .collect();
         Some((path, serde_json::to_vec(&snapshot).unwrap_or_default()))
     }
@@ -243,19 +348,29 @@ impl Abuse {
     }
 }
 
-/// Denies in `path` that have not expired yet.
+/// Denies in `path` (expiries in Unix seconds) that have not expired yet.
 fn load(path: &std::path::Path) -> Denied {
     let mut denied = HashMap::new();
     if let Ok(text) = std::fs::read_to_string(path) {
         let saved: HashMap<IpAddr, u64> = serde_json::from_str(&text).unwrap_or_default();
-        let (now, wall) = (Instant::now(), now_secs());
-        for (ip, until) in saved.into_iter().filter(|(_, u)| *u > wall) {
-            denied.insert(ip, (now + Duration::from_secs(until - wall), until));
+        let wall = now_ms();
+        for (ip, until) in saved {
+            if let Some(entry) = entry_until(until.saturating_mul(1000), 0, wall) {
+                denied.insert(ip, entry);
+            }
         }
     }
     denied
 }
-
+/// A deny until `until_ms` made at `made_ms` (Unix ms), `now_ms` being
+/// now; `None` once expired.
+fn entry_until(until_ms: u64, made_ms: u64, now_ms: u64) -> Option<Deny> {
+    (until_ms > now_ms).then(|| Deny {
+        until: Instant::now() + Duration::from_millis(until_ms - now_ms),
+        until_ms,
+        made_ms,
+    })
+}
 /// The writer's step: the latest list, written on a blocking thread.
 async fn write_snapshot(abuse: &Weak<Abuse>) {
     let Some(a) = abuse.upgrade() else { return };
@@ -268,140 +383,4 @@ async fn write_snapshot(abuse: &Weak<Abuse>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Duration as D;
-
-    fn cfg(file: Option<PathBuf>) -> AbuseConfig {
-        AbuseConfig {
-            enabled: true,
-            max_failures: 3,
-            window: D::secs(60),
-            deny_for: D::secs(600),
-            state_file: file,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn deny_after_repeated_failures_lifted_after_ttl() {
-        let a = Abuse::new(&cfg(None));
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        assert!(!a.failure(ip) && !a.failure(ip));
-        assert!(a.failure(ip), "third failure denies");
-        assert!(a.is_denied(ip));
-        assert!(!a.is_denied("192.0.2.8".parse().unwrap()));
-        tokio::time::advance(std::time::Duration::from_secs(599)).await;
-        assert!(a.is_denied(ip));
-        tokio::time::advance(std::time::Duration::from_secs(1)).await;
-        assert!(!a.is_denied(ip), "lifted after its TTL");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_outside_the_window_do_not_add_up() {
-        let a = Abuse::new(&cfg(None));
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        a.failure(ip);
-        a.failure(ip);
-        tokio::time::advance(std::time::Duration::from_secs(61)).await;
-        assert!(!a.failure(ip));
-        assert!(!a.is_denied(ip));
-    }
-
-    #[tokio::test]
-    async fn denies_survive_a_restart_and_can_be_lifted() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("state/denied.json");
-        let ip: IpAddr = "2001:db8::1".parse().unwrap();
-        Abuse::new(&cfg(Some(file.clone()))).deny(ip, std::time::Duration::from_secs(600));
-        let again = Abuse::new(&cfg(Some(file.clone())));
-        assert!(again.is_denied(ip));
-        assert_eq!(again.list().len(), 1);
-        assert!(again.lift(ip));
-        assert!(!Abuse::new(&cfg(Some(file))).is_denied(ip));
-    }
-
-    /// Polls (bounded) until `file` holds a deny for every address in `ips`.
-    async fn wait_persisted(file: &std::path::Path, ips: &[IpAddr]) -> bool {
-        for _ in 0..500 {
-            let saved: HashMap<IpAddr, u64> = std::fs::read_to_string(file)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
-            if ips.iter().all(|ip| saved.contains_key(ip)) {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        false
-    }
-
-    #[tokio::test]
-    async fn a_burst_of_denies_is_persisted_off_the_request_path_in_one_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("state/denied.json");
-        let a = std::sync::Arc::new(Abuse::new(&cfg(Some(file.clone()))));
-        let shutdown = crate::shutdown::Shutdown::new(Default::default());
-        Abuse::start_writer(&a, &shutdown);
-        let mut ips: Vec<IpAddr> = (1..=50u8).map(|i| IpAddr::from([192, 0, 2, i])).collect();
-        for ip in &ips {
-            a.deny(*ip, std::time::Duration::from_secs(600));
-        }
-        let tripped: IpAddr = "198.51.100.9".parse().unwrap();
-        assert!(!a.failure(tripped) && !a.failure(tripped) && a.failure(tripped));
-        ips.push(tripped);
-        // This (current-thread) runtime has not run the writer yet: had
-        // `deny` or `failure` written the file, it would exist now.
-        assert!(!file.exists(), "persisted on the caller's thread");
-        assert!(wait_persisted(&file, &ips).await, "the writer persists");
-        // The file is visible at its rename; the write is counted a moment
-        // later, once the directory is synced.
-        for _ in 0..500 {
-            if a.writes() > 0 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert_eq!(a.writes(), 1, "the burst is coalesced into one write");
-        assert_eq!(Abuse::new(&cfg(Some(file))).list().len(), ips.len());
-    }
-
-    #[tokio::test]
-    async fn the_drain_writes_a_pending_deny_and_ends_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("denied.json");
-        let a = std::sync::Arc::new(Abuse::new(&cfg(Some(file.clone()))));
-        let graceful = tokio_util::sync::CancellationToken::new();
-        let shutdown = crate::shutdown::Shutdown::new(graceful.clone());
-        Abuse::start_writer(&a, &shutdown);
-        let ip: IpAddr = "203.0.113.5".parse().unwrap();
-        a.deny(ip, std::time::Duration::from_secs(600));
-        graceful.cancel();
-        assert!(shutdown.drain(std::time::Duration::from_secs(5)).await);
-        assert!(Abuse::new(&cfg(Some(file))).is_denied(ip));
-    }
-
-    #[tokio::test]
-    async fn reconfigure_keeps_denies_and_counters_and_moves_to_a_new_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let (old_file, new_file) = (dir.path().join("a.json"), dir.path().join("b.json"));
-        let (kept, loaded, counted): (IpAddr, IpAddr, IpAddr) = (
-            "192.0.2.1".parse().unwrap(),
-            "192.0.2.2".parse().unwrap(),
-            "192.0.2.3".parse().unwrap(),
-        );
-        Abuse::new(&cfg(Some(new_file.clone()))).deny(loaded, Duration::from_secs(600));
-        let a = Abuse::new(&cfg(Some(old_file)));
-        a.deny(kept, Duration::from_secs(600));
-        assert!(!a.failure(counted));
-        let mut next = cfg(Some(new_file.clone()));
-        next.max_failures = 2;
-        a.reconfigure(&next, &Abuse::new(&next));
-        assert!(a.is_denied(kept) && a.is_denied(loaded));
-        assert!(
-            a.failure(counted),
-            "the earlier failure counts toward the new threshold"
-        );
-        let again = Abuse::new(&cfg(Some(new_file)));
-        assert_eq!(again.list().len(), 3, "the whole list is in the new file");
-    }
-}
+mod tests;
