@@ -204,7 +204,8 @@ impl Link {
             Vec<(String, f64)>,
             HashMap<String, u64>,
         );
-        let (mut stamp, all, made): Reply = redis.cluster.call("denies_pull", &pipe).await?;
+        let (mut stamp, all, made): Reply =
+            redis.cluster.call_background("denies_pull", &pipe).await?;
         let wall = now_ms();
         let mut map = Denied::new();
         for (ip, until) in all {
@@ -263,7 +264,7 @@ async fn merge(
             Change::Lift(at) => inv.arg("-").arg(*at),
         };
     }
-    let reply: Vec<String> = redis.cluster.call("denies_merge", inv).await?;
+    let reply: Vec<String> = redis.cluster.call_background("denies_merge", inv).await?;
     Ok(reply.get(2..).unwrap_or_default().to_vec())
 }
 

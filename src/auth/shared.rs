@@ -179,7 +179,7 @@ impl Shared {
             inv.arg(&r.sha256)
                 .arg(serde_json::to_string(r).unwrap_or_default());
         }
-        let reply: Vec<String> = self.cluster.call("keys_merge", inv).await?;
+        let reply: Vec<String> = self.cluster.call_background("keys_merge", inv).await?;
         let results = reply.get(2..).unwrap_or_default().to_vec();
         Ok((Stamp::from_reply(&reply), results))
     }
@@ -194,7 +194,7 @@ impl Shared {
             .cmd("HGETALL")
             .arg(&self.set.data);
         let (mut stamp, all): (Vec<Option<String>>, Vec<(String, String)>) =
-            self.cluster.call("keys_pull", &pipe).await?;
+            self.cluster.call_background("keys_pull", &pipe).await?;
         let mut records = Vec::with_capacity(all.len());
         let mut broken = 0usize;
         for (sha, json) in all {

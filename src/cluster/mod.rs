@@ -31,6 +31,12 @@ pub use secret::ClusterSecret;
 const PROBE_DOWN: Duration = Duration::from_millis(250);
 const PROBE_UP: Duration = Duration::from_secs(1);
 
+/// The bound of [`Cluster::call_background`]: twenty request-path
+/// timeouts, at least 1 s.
+pub fn background_timeout(timeout: Duration) -> Duration {
+    (timeout * 20).max(Duration::from_secs(1))
+}
+
 /// Redis could not answer: unreachable, too slow, or an error reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("redis ({op}): {message}")]
@@ -89,7 +95,7 @@ impl Cluster {
         let client = redis::Client::open(info).map_err(|e| format!("cluster.redis_url: {e}"))?;
         let timeout = cfg.timeout.get();
         let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(Some(background_timeout(timeout)))
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
@@ -168,13 +174,7 @@ impl Cluster {
         op: &'static str,
         cmd: impl Call<T>,
     ) -> Result<T, ClusterError> {
-        if !self.is_up() {
-            crate::metrics::CLUSTER_ERRORS.with([op]).increment(1);
-            return Err(ClusterError {
-                op,
-                message: "redis is down (waiting for a probe to answer)".into(),
-            });
-        }
+        self.up_or_fail(op)?;
         self.call_now(op, cmd).await
     }
 
@@ -185,9 +185,45 @@ impl Cluster {
         op: &'static str,
         cmd: impl Call<T>,
     ) -> Result<T, ClusterError> {
+        self.run(op, cmd, self.config.timeout.get(), true).await
+    }
+
+    /// For work off the request path (pulling a shared set, writing
+    /// tickets, admin changes): a longer bound, [`background_timeout`], and
+    /// a slow answer does not mark the cluster down — only a broken
+    /// connection does — so a large pull never tips the request path into
+    /// the failure policy. Fails at once while the cluster is down.
+    pub async fn call_background<T: FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        cmd: impl Call<T>,
+    ) -> Result<T, ClusterError> {
+        self.up_or_fail(op)?;
+        let limit = background_timeout(self.config.timeout.get());
+        self.run(op, cmd, limit, false).await
+    }
+
+    fn up_or_fail(&self, op: &'static str) -> Result<(), ClusterError> {
+        if self.is_up() {
+            return Ok(());
+        }
+        crate::metrics::CLUSTER_ERRORS.with([op]).increment(1);
+        Err(ClusterError {
+            op,
+            message: "redis is down (waiting for a probe to answer)".into(),
+        })
+    }
+
+    async fn run<T: FromRedisValue + Send>(
+        &self,
+        op: &'static str,
+        cmd: impl Call<T>,
+        limit: Duration,
+        slow_is_down: bool,
+    ) -> Result<T, ClusterError> {
         let start = Instant::now();
         let mut conn = self.conn.clone();
-        let answer = tokio::time::timeout(self.config.timeout.get(), cmd.run(&mut conn)).await;
+        let answer = tokio::time::timeout(limit, cmd.run(&mut conn)).await;
         let err = |message: String| {
             crate::metrics::CLUSTER_ERRORS.with([op]).increment(1);
             ClusterError { op, message }
@@ -202,15 +238,16 @@ impl Cluster {
             }
             Ok(Err(e)) if is_reply_error(&e) => Err(err(e.to_string())),
             Ok(Err(e)) => {
-                self.set_up(false);
+                if !e.is_timeout() || slow_is_down {
+                    self.set_up(false);
+                }
                 Err(err(e.to_string()))
             }
             Err(_) => {
-                self.set_up(false);
-                Err(err(format!(
-                    "no answer within {:?}",
-                    self.config.timeout.get()
-                )))
+                if slow_is_down {
+                    self.set_up(false);
+                }
+                Err(err(format!("no answer within {limit:?}")))
             }
         }
     }

@@ -155,7 +155,7 @@ async fn write(conf: &Conf, batch: Vec<Op>) {
     if sent == 0 {
         return;
     }
-    match cluster.call::<()>("ticket_write", &pipe).await {
+    match cluster.call_background::<()>("ticket_write", &pipe).await {
         Ok(()) => (0..stored).for_each(|_| counted("stored")),
         Err(e) => {
             counted("error");
