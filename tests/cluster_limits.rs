@@ -366,7 +366,10 @@ async fn requests_and_tokens_per_minute_are_shared_by_the_replicas() {
         sent.iter().map(|s| s.end).max()
     );
     within(accepted(&sent), expected, "requests per minute");
-    assert!(accepted(&sent) <= rpm as usize + 10, "not 3 × {rpm}");
+    assert!(
+        accepted(&sent) < 2 * rpm as usize,
+        "the replicas multiplied the limit"
+    );
 
     let sent = waves(&c, &clients, 200, 10, &bearer(&c.keys[1])).await;
     let mut stream = chat("gated", true);
