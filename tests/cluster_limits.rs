@@ -738,3 +738,33 @@ async fn the_script_decides_as_the_single_node_limiter_does() {
     assert!(shared.consume(std::slice::from_ref(&three)).await.unwrap()[0].allowed);
     assert_eq!(leases_in_redis(&redis), [2]);
 }
+
+/// A reload with `[cluster]` unchanged keeps the cluster and its limiter:
+/// the key's shared bucket goes on, and `h3gate_cluster_up` stays 1 (it was
+/// reset to 0 by the reload's restart of the probe, and never set back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_shared_limiter_and_the_up_gauge() {
+    let keys = vec![NewKey {
+        rpm: Some(6),
+        ..key("reload")
+    }];
+    let mut c = Cluster::start(keys, &[PATIENT]).await;
+    c.replicas.truncate(1);
+    let r = &c.replicas[0];
+    let client = r.client(Proto::H2, &c.ca).await;
+    let auth = bearer(&c.keys[0]);
+    let first = post(&client, &auth, "gpt-ok").await;
+    assert_eq!(first.header("x-ratelimit-remaining-requests"), Some("5"));
+    let (status, body) = r.admin_request(Method::POST, "/admin/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    let second = post(&client, &auth, "gpt-ok").await;
+    assert_eq!(second.header("x-ratelimit-remaining-requests"), Some("4"));
+    // Past a probe of the reloaded state (one a second while up).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        r.metric("h3gate_cluster_up").await,
+        1.0,
+        "{}",
+        r.metrics().await
+    );
+}
