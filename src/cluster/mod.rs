@@ -52,6 +52,8 @@ pub struct Cluster {
     conn: ConnectionManager,
     secret: ClusterSecret,
     up: AtomicBool,
+    /// The probe runs (started once, not again by a reload keeping it).
+    started: AtomicBool,
     /// Changes once, at the first successful probe (see [`Cluster::ready`]).
     probed: tokio::sync::watch::Sender<bool>,
 }
@@ -108,6 +110,7 @@ impl Cluster {
             conn,
             secret,
             up: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             probed: tokio::sync::watch::channel(false).0,
         })))
     }
@@ -253,9 +256,15 @@ impl Cluster {
     }
 
     /// Probes Redis until the process exits: often while down, rarely
-    /// while up (a call that fails marks it down sooner).
+    /// while up (a call that fails marks it down sooner). Once: a reload
+    /// that keeps this cluster keeps its probe (and its gauge).
     pub fn start(self: &Arc<Self>, shutdown: &Shutdown) {
-        crate::metrics::CLUSTER_UP.get().set(0.0);
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        crate::metrics::CLUSTER_UP
+            .get()
+            .set(if self.is_up() { 1.0 } else { 0.0 });
         let me = Arc::downgrade(self);
         let sd = shutdown.clone();
         shutdown.spawn_until_exit(async move {

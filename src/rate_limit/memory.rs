@@ -380,6 +380,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn leases_are_admissions_here_allowed_and_not_stored() {
+        let l = MemoryLimiter::default();
+        let lease = claim(
+            key(),
+            Kind::Lease,
+            Limit {
+                per_minute: 0,
+                burst: 1,
+            },
+            1,
+        );
+        let rate = claim(key(), Kind::Requests, L, 1);
+        for _ in 0..3 {
+            assert!(l
+                .consume_now(&[lease.clone(), rate.clone()])
+                .iter()
+                .all(|d| d.allowed));
+        }
+        assert_eq!(l.len(), 1, "only the requests bucket");
+        l.correct_now(&[Correction {
+            bucket: lease.bucket.clone(),
+            limit: lease.limit,
+            delta: -1,
+            lease: None,
+        }]);
+        assert_eq!(l.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn idle_buckets_are_forgotten() {
         let l = MemoryLimiter::default();
         for i in 0..(SWEEP_AT * SHARDS * 2) as u32 {

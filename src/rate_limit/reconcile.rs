@@ -338,13 +338,14 @@ mod tests {
         l.consume_now(&[tokens(0)])[0].remaining
     }
 
-    /// Lets the other tasks run until `done` (bounded; no sleeping).
+    /// Lets the other tasks run until `done` (bounded; on the paused
+    /// clock, so the reconciler's short wait for more corrections passes).
     async fn settles(mut done: impl FnMut() -> bool) -> bool {
         for _ in 0..100 {
             if done() {
                 return true;
             }
-            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         done()
     }
@@ -378,9 +379,7 @@ mod tests {
         assert!(decided.decisions[0].allowed);
         limits.reservation(&more, &decided).reconcile(None);
         drop(limits.reservation(&more, &decided));
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert_eq!(left(&memory), 400);
     }
 

@@ -13,6 +13,10 @@ use crate::shutdown::Shutdown;
 
 /// Corrections applied in one backend call, at most.
 const BATCH: usize = 256;
+/// How long the first correction of a batch waits for more: at 1,000
+/// requests a second a call then carries several (without it, nearly one
+/// call per request), and a correction lands this much later.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// The reconciler task's parts.
 pub(super) struct Reconciler {
@@ -37,6 +41,10 @@ impl Reconciler {
                 n = rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         return;
+                    }
+                    if batch.len() < BATCH {
+                        tokio::time::sleep(LINGER).await;
+                        while batch.len() < BATCH && rx.try_recv().map(|c| batch.push(c)).is_ok() {}
                     }
                 }
                 _ = renewals.tick(), if self.renew_every.is_some() => {
