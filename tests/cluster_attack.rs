@@ -1,0 +1,162 @@
+//! Hostile timing against the shared limiter: a Redis that stalls (SIGSTOP,
+//! not dead) while a request's lease claim is in flight, and clients that
+//! go away while it is. The script still runs when Redis goes on; the slot
+//! it took must come back, not wait out its TTL (30 s by default): a key
+//! with `max_concurrent = 1` is usable again as soon as Redis answers.
+
+mod common;
+
+use std::time::Duration;
+
+use h3gate::auth::NewKey;
+use http::Method;
+
+use common::cluster::{dev_cert, Redis, Replica, ReplicaSpec};
+use common::keys::{bearer, key};
+use common::{chat, Client, Proto, TestBody, Upstream};
+
+/// One replica, one key of one concurrent request, and its Redis.
+struct One {
+    redis: Redis,
+    _upstream: Upstream,
+    _dir: tempfile::TempDir,
+    ca: Vec<u8>,
+    replica: Replica,
+    auth: String,
+}
+
+impl One {
+    /// `timeout`: the replica's `[cluster] timeout`.
+    async fn start(timeout: &str) -> One {
+        let redis = Redis::start();
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dev_cert(dir.path());
+        let keys = dir.path().join("replica-1-keys.json");
+        let one = NewKey {
+            max_concurrent: Some(1),
+            ..key("one")
+        };
+        let (k, _) = h3gate::auth::create(&keys, one).unwrap();
+        let cluster = format!("[cluster]\ntimeout = \"{timeout}\"\n");
+        let (url, base) = (redis.url(), upstream.base_url());
+        let replica = Replica::spawn(&ReplicaSpec {
+            dir: dir.path(),
+            redis_url: &url,
+            node_id: 1,
+            upstream: &base,
+            extra: "",
+            replace: &[("[cluster]\n", &cluster)],
+        });
+        let o = One {
+            redis,
+            _upstream: upstream,
+            _dir: dir,
+            ca,
+            replica,
+            auth: bearer(&k),
+        };
+        o.wait_up(1.0).await;
+        o
+    }
+
+    async fn wait_up(&self, up: f64) {
+        let r = &self.replica;
+        let seen = common::wait_until(Duration::from_secs(10), async || {
+            r.metric("h3gate_cluster_up").await == up
+        })
+        .await;
+        assert!(seen, "h3gate_cluster_up never {up}");
+    }
+
+    async fn post(&self, client: &Client) -> u16 {
+        self.try_post(client).await.status
+    }
+
+    async fn try_post(&self, client: &Client) -> common::client::TestResponse {
+        let h = [("authorization", self.auth.as_str())];
+        let body = TestBody::Json(chat("gpt-ok", false));
+        client
+            .request(Method::POST, "/v1/chat/completions", &h, body)
+            .await
+    }
+
+    /// The members of every lease set in Redis.
+    fn leases(&self) -> usize {
+        let mut conn = self.redis.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("h3gate:rate:key:*:leases")
+            .query(&mut conn)
+            .unwrap();
+        keys.iter()
+            .map(|k| {
+                redis::cmd("ZCARD")
+                    .arg(k)
+                    .query::<usize>(&mut conn)
+                    .unwrap()
+            })
+            .sum()
+    }
+
+    /// Whether every lease set in Redis empties (within 5 s).
+    async fn leases_drain(&self) -> bool {
+        common::wait_until(Duration::from_secs(5), async || self.leases() == 0).await
+    }
+}
+
+/// Redis stalls while a request's claim is in flight: the call times out
+/// (50 ms, the default), the request is served on local limits, and the
+/// script runs when Redis goes on — taking the key's only slot for nobody.
+/// That slot must be given back, so the key is served again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_claimed_while_redis_stalls_is_given_back_when_it_answers() {
+    let o = One::start("50ms").await;
+    for proto in [Proto::H3, Proto::H2, Proto::H1] {
+        let client = o.replica.client(proto, &o.ca).await;
+        assert_eq!(o.post(&client).await, 200, "{proto:?}: shared, before");
+        assert!(
+            o.leases_drain().await,
+            "{proto:?}: the first slot came back"
+        );
+        o.redis.pause();
+        assert_eq!(
+            o.post(&client).await,
+            200,
+            "{proto:?}: served on local limits"
+        );
+        o.redis.resume();
+        o.wait_up(1.0).await;
+        assert!(
+            o.leases_drain().await,
+            "{proto:?}: the slot the stalled claim took is still held: {}",
+            o.leases()
+        );
+        assert_eq!(o.post(&client).await, 200, "{proto:?}: usable again");
+    }
+    assert!(o.leases_drain().await);
+}
+
+/// The client goes away (HTTP/3 stream reset, HTTP/2 RST_STREAM, HTTP/1.1
+/// connection closed) while its claim is in Redis' queue: when Redis runs
+/// the script, the slot it took is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_claimed_for_a_client_gone_away_is_given_back() {
+    let o = One::start("3s").await;
+    for proto in [Proto::H3, Proto::H2, Proto::H1] {
+        let client = o.replica.client(proto, &o.ca).await;
+        assert_eq!(o.post(&client).await, 200, "{proto:?}: before");
+        assert!(o.leases_drain().await);
+        o.redis.pause();
+        let gone = tokio::time::timeout(Duration::from_millis(500), o.try_post(&client)).await;
+        assert!(gone.is_err(), "{proto:?}: answered while Redis was stopped");
+        drop(client);
+        o.redis.resume();
+        assert!(
+            o.leases_drain().await,
+            "{proto:?}: the gone client's slot is still held: {}",
+            o.leases()
+        );
+        let client = o.replica.client(proto, &o.ca).await;
+        assert_eq!(o.post(&client).await, 200, "{proto:?}: usable again");
+    }
+}
