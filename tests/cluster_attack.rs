@@ -160,3 +160,77 @@ async fn a_lease_claimed_for_a_client_gone_away_is_given_back() {
         assert_eq!(o.post(&client).await, 200, "{proto:?}: usable again");
     }
 }
+
+/// An admin request that may fail to get an answer: its status, or `None`.
+async fn admin(r: &Replica, method: reqwest::Method, path: &str, body: &str) -> Option<u16> {
+    let resp = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", r.admin))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .ok()?;
+    Some(resp.status().as_u16())
+}
+
+/// Hostile bodies on `PATCH /admin/keys/NAME` (and `POST /admin/keys`):
+/// an expiry so far that `now + it` overflows, wrong types, unknown
+/// fields, names that are not names. Each is answered (400, 404 or a
+/// clamped success), never a dropped connection, and the key keeps
+/// working: no change half-made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_key_edits_are_answered_and_change_nothing_they_should_not() {
+    let o = One::start("2s").await;
+    let r = &o.replica;
+    let far = r#"{"expires":"584542046090y"}"#;
+    let patch = reqwest::Method::PATCH;
+    let cases: &[(&reqwest::Method, &str, &str)] = &[
+        (&patch, "/admin/keys/one", far),
+        (
+            &reqwest::Method::POST,
+            "/admin/keys",
+            r#"{"name":"far","expires":"584542046090y"}"#,
+        ),
+        (&patch, "/admin/keys/one", r#"{"rpm":-1}"#),
+        (&patch, "/admin/keys/one", r#"{"rpm":4294967296}"#),
+        (&patch, "/admin/keys/one", r#"{"scopes":["root"]}"#),
+        (&patch, "/admin/keys/one", r#"{"revoked_at":1}"#),
+        (&patch, "/admin/keys/one", r#"{"revision":999999}"#),
+        (&patch, "/admin/keys/one", r#"{}"#),
+        (&patch, "/admin/keys/one", r#"[1,2]"#),
+        (&patch, "/admin/keys/one", "\u{0}\u{1}not json"),
+        (&patch, "/admin/keys/", r#"{"rpm":5}"#),
+        (&patch, "/admin/keys/nobody", r#"{"rpm":5}"#),
+        (&patch, "/admin/keys/one%00", r#"{"rpm":5}"#),
+        (&patch, "/admin/keys/..%2f..%2fetc", r#"{"rpm":5}"#),
+    ];
+    for (method, path, body) in cases {
+        let status = admin(r, (*method).clone(), path, body).await;
+        let s = status.unwrap_or_else(|| panic!("{method} {path} {body}: no answer"));
+        assert!(
+            (200..300).contains(&s) || s == 400 || s == 404,
+            "{method} {path} {body}: {s}"
+        );
+    }
+    let client = o.replica.client(Proto::H2, &o.ca).await;
+    assert_eq!(o.post(&client).await, 200, "the key still works");
+    let (status, body) = r
+        .admin_request(reqwest::Method::GET, "/admin/keys", None)
+        .await;
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let one = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "one")
+        .cloned()
+        .unwrap();
+    assert!(one["revoked_at"].is_null(), "{one}");
+    let exp = one["expires_at"].as_u64();
+    assert!(
+        exp.is_none_or(|e| e > 4_000_000_000),
+        "an expiry far off stays far off: {one}"
+    );
+}
