@@ -124,6 +124,8 @@ async fn a_lease_claimed_while_redis_stalls_is_given_back_when_it_answers() {
             200,
             "{proto:?}: served on local limits"
         );
+        let (ready, body) = o.replica.ready().await;
+        assert_eq!(ready, 200, "{proto:?}: ready while Redis stalls: {body}");
         o.redis.resume();
         o.wait_up(1.0).await;
         assert!(
@@ -233,4 +235,52 @@ async fn hostile_key_edits_are_answered_and_change_nothing_they_should_not() {
         exp.is_none_or(|e| e > 4_000_000_000),
         "an expiry far off stays far off: {one}"
     );
+}
+
+/// Everything the replica wrote to Redis and to its log, after a served
+/// request, a created key and an edit: no client key, no cluster secret,
+/// no admin token, no upstream key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_redis_or_the_log() {
+    let o = One::start("2s").await;
+    let client = o.replica.client(Proto::H3, &o.ca).await;
+    assert_eq!(o.post(&client).await, 200);
+    let (s, body) = o
+        .replica
+        .admin_request(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(serde_json::json!({"name": "two"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let two = created["key"].as_str().unwrap().to_string();
+    let patch = Some(serde_json::json!({"rpm": 7}));
+    assert_eq!(
+        o.replica
+            .admin_request(reqwest::Method::PATCH, "/admin/keys/two", patch)
+            .await
+            .0,
+        200
+    );
+    let mut conn = o.redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    let mut dump = keys.join("\n");
+    for k in &keys {
+        let v: Vec<u8> = redis::cmd("DUMP").arg(k).query(&mut conn).unwrap();
+        dump.push_str(&String::from_utf8_lossy(&v));
+    }
+    let secrets = [
+        ("the first key", o.auth.trim_start_matches("Bearer ")),
+        ("the created key", two.as_str()),
+        ("the cluster secret", common::cluster::TEST_SECRET),
+        ("the admin token", common::ADMIN_TOKEN),
+        ("the upstream key", common::UPSTREAM_KEY),
+    ];
+    let log = o.replica.log();
+    for (what, s) in secrets {
+        assert!(!dump.contains(s), "{what} is stored in redis");
+        assert!(!log.contains(s), "{what} is in the replica's log");
+    }
 }
