@@ -102,8 +102,9 @@ pub struct Granted {
 /// (a lease: one slot of `max_concurrent`, across the replicas). 429 when
 /// any is refused, and then none is taken. The key's decisions become its
 /// `x-ratelimit-*` headers (on success too). A request dropped while the
-/// limiter answers keeps what the backend took (the estimate stays: never
-/// more than the limit allows; a lease expires with its TTL). A backend
+/// limiter answers keeps the requests and tokens the backend took (the
+/// estimate stays: never more than the limit allows) and gives its lease
+/// back (so does a claim whose answer timed out). A backend
 /// that cannot answer: `[cluster] on_redis_error` (local limits, or 503).
 pub async fn rate_limit(
     state: &State,

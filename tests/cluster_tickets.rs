@@ -424,3 +424,41 @@ async fn ngtcp2_early_data_is_held_while_redis_cannot_confirm_the_first_use() {
     assert_eq!(early(b, "served").await, 0.0);
     assert_eq!(last_upstream(&c), (EARLY_GET.to_string(), false));
 }
+
+/// The same saved session replayed at B and C at once (a race, both
+/// replicas holding the ticket, neither take announced yet): at most one
+/// of them serves early data; both requests are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ngtcp2_the_same_ticket_at_two_replicas_at_once_is_served_early_at_most_once() {
+    let c = Cluster::start().await;
+    let (a, b, r3) = (&c.replicas[0], &c.replicas[1], &c.replicas[2]);
+    let ng = Gtlsclient::require();
+    let at_a = tempfile::tempdir().unwrap();
+    let (b0, c0) = (syncs(b, "received").await, syncs(r3, "received").await);
+    let first = ng.run(a.udp, "/health", &resume_args(at_a.path())).await;
+    assert_eq!(first.status, Some(200), "A:\n{}", first.log_tail);
+    c.received(1, b0, 2.0).await;
+    c.received(2, c0, 2.0).await;
+    let (for_b, for_c) = (copy_session(at_a.path()), copy_session(at_a.path()));
+    let relay_b = Relay::start(b.udp, hold_handshake()).await;
+    let relay_c = Relay::start(r3.udp, hold_handshake()).await;
+    let (args_b, args_c) = (resume_args(for_b.path()), resume_args(for_c.path()));
+    let (at_b, at_c) = tokio::join!(
+        ng.run(relay_b.addr, EARLY_GET, &args_b),
+        ng.run(relay_c.addr, EARLY_GET, &args_c),
+    );
+    assert_eq!(at_b.status, Some(200), "B:\n{}", at_b.log_tail);
+    assert_eq!(at_c.status, Some(200), "C:\n{}", at_c.log_tail);
+    let served = early(b, "served").await + early(r3, "served").await;
+    assert!(
+        served <= 1.0,
+        "early data served {served} times for one ticket"
+    );
+    let marked = c
+        .upstream
+        .seen()
+        .iter()
+        .filter(|s| s.headers.get("early-data").is_some())
+        .count();
+    assert!(marked <= 1, "the upstream saw {marked} early requests");
+}

@@ -117,7 +117,7 @@ pub(super) fn new_record(new: NewKey) -> Result<(String, KeyRecord), KeysError> 
         scopes: new.scopes,
         models: new.models,
         created_at: now,
-        expires_at: new.expires_in.map(|d| now + d.as_secs()),
+        expires_at: new.expires_in.map(|d| now.saturating_add(d.as_secs())),
         revoked_at: None,
         rpm: new.rpm,
         tpm: new.tpm,
@@ -159,7 +159,7 @@ impl KeyEdit {
             out.models = m.clone();
         }
         if let Some(e) = self.expires_in {
-            out.expires_at = e.map(|d| now + d.as_secs());
+            out.expires_at = e.map(|d| now.saturating_add(d.as_secs()));
         }
         out.rpm = self.rpm.unwrap_or(out.rpm);
         out.tpm = self.tpm.unwrap_or(out.tpm);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::{Bucket, Correction, Limit};
+use super::{Bucket, Claim, Correction, Kind, Limit};
 
 /// A lease's id: random, unique across replicas (the member of the key's
 /// set in Redis).
@@ -102,16 +102,58 @@ impl Drop for Lease {
         // Out of the renewals first: a renewal taken after this line does
         // not have it, one taken before is applied before the release.
         self.live.lock().remove(&self.id);
-        let release = Correction {
-            bucket: self.bucket.clone(),
-            limit: self.limit,
-            delta: -1,
-            lease: Some(self.id),
-        };
-        if self.queue.try_send(release).is_err() {
-            crate::metrics::RATE_LIMIT_CORRECTIONS
-                .with(["dropped"])
-                .increment(1);
+        release(&self.queue, self.bucket.clone(), self.limit, self.id);
+    }
+}
+
+/// Queues the release of lease `id` (a full queue leaves it to its TTL).
+fn release(queue: &mpsc::Sender<Correction>, bucket: Bucket, limit: Limit, id: LeaseId) {
+    let release = Correction {
+        bucket,
+        limit,
+        delta: -1,
+        lease: Some(id),
+    };
+    if queue.try_send(release).is_err() {
+        crate::metrics::RATE_LIMIT_CORRECTIONS
+            .with(["dropped"])
+            .increment(1);
+    }
+}
+
+/// A lease claim on its way to the backend. The script may run although
+/// its answer never comes back — the call timed out while Redis stalled,
+/// or the client went away meanwhile — and then it took a slot nobody
+/// holds. Unless [`Claiming::answered`], dropping this gives that slot back
+/// (a release of a lease never taken changes nothing; it is sent after the
+/// claim, on the same connection, and retried until Redis answers).
+#[derive(Debug)]
+pub(super) struct Claiming {
+    claim: Option<(Bucket, Limit, LeaseId)>,
+    queue: mpsc::Sender<Correction>,
+}
+
+impl Claiming {
+    /// The guard of the lease claim among `claims`, if there is one.
+    pub(super) fn of(claims: &[Claim], queue: &mpsc::Sender<Correction>) -> Option<Claiming> {
+        let c = claims.iter().find(|c| c.bucket.kind == Kind::Lease)?;
+        Some(Claiming {
+            claim: Some((c.bucket.clone(), c.limit, c.lease?)),
+            queue: queue.clone(),
+        })
+    }
+
+    /// The backend answered: a granted lease is held by its [`Lease`] from
+    /// now on, a refused one took nothing.
+    pub(super) fn answered(mut self) {
+        self.claim = None;
+    }
+}
+
+impl Drop for Claiming {
+    fn drop(&mut self) {
+        if let Some((bucket, limit, id)) = self.claim.take() {
+            release(&self.queue, bucket, limit, id);
         }
     }
 }

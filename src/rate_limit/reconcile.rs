@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 mod task;
 
-use super::lease::{Lease, Live};
+use super::lease::{Claiming, Lease, Live};
 use super::{Bucket, Claim, Correction, Decision, Limit, Limiter, LimiterError, MemoryLimiter};
 use crate::config::OnRedisError;
 use crate::shutdown::Shutdown;
@@ -150,6 +150,7 @@ impl RateLimits {
             }
             Backend::Shared(s) => s,
         };
+        let claiming = Claiming::of(claims, &self.corrections).filter(|_| self.leases());
         let answer = s.limiter.consume(claims).await.and_then(|d| {
             if d.len() == claims.len() {
                 Ok(d)
@@ -163,6 +164,9 @@ impl RateLimits {
         });
         match (answer, &s.fallback) {
             (Ok(decisions), fallback) => {
+                if let Some(c) = claiming {
+                    c.answered();
+                }
                 if let Some(f) = fallback {
                     f.mirror(claims, &decisions);
                 }

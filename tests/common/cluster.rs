@@ -75,6 +75,27 @@ impl Redis {
         let _ = std::fs::remove_file(self.socket());
     }
 
+    /// Stops the server without killing it (SIGSTOP: a Redis that is slow,
+    /// not dead — its socket still accepts, nothing answers).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT): it runs what queued meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let kill = require_tool("kill", "apt-get install -y procps");
+        let ok = Command::new(kill)
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     fn ping(&self) -> redis::RedisResult<String> {
         let mut c = redis::Client::open(self.url())?.get_connection()?;
         redis::cmd("PING").query(&mut c)

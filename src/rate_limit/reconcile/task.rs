@@ -18,6 +18,11 @@ const BATCH: usize = 256;
 /// call per request), and a correction lands this much later.
 const LINGER: Duration = Duration::from_millis(5);
 
+/// How often lease releases that failed are tried again, and how many are
+/// kept for it (more are left to their TTL).
+const RETRY: Duration = Duration::from_millis(250);
+const RETRY_MAX: usize = 4096;
+
 /// The reconciler task's parts.
 pub(super) struct Reconciler {
     pub(super) backend: Arc<dyn Limiter>,
@@ -29,12 +34,18 @@ pub(super) struct Reconciler {
 impl Reconciler {
     /// Applies corrections as they come, in batches, and renews the live
     /// leases, until the process exits (the drain is over by then: every
-    /// request has ended and sent its own).
+    /// request has ended and sent its own). Lease releases the backend
+    /// could not take are tried again every [`RETRY`] until it does (a
+    /// release is idempotent), so a slot comes back as soon as Redis does,
+    /// not a TTL later.
     pub(super) async fn run(self, mut rx: mpsc::Receiver<Correction>, sd: Shutdown) {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut retry = Vec::new();
         let every = self.renew_every.unwrap_or(Duration::from_secs(3600));
         let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retries = tokio::time::interval(RETRY);
+        retries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -52,37 +63,46 @@ impl Reconciler {
                     // is not in the list, or is released after its renewal.
                     while rx.try_recv().map(|c| batch.push(c)).is_ok() {
                         if batch.len() >= BATCH {
-                            self.apply(&mut batch).await;
+                            self.apply(&mut batch, &mut retry).await;
                         }
                     }
-                    self.apply(&mut batch).await;
+                    self.apply(&mut batch, &mut retry).await;
                     self.renew().await;
                     continue;
                 }
+                _ = retries.tick(), if !retry.is_empty() => {
+                    let n = retry.len().min(BATCH);
+                    batch.extend(retry.drain(..n));
+                }
                 _ = sd.exiting() => {
                     rx.close();
-                    while rx.recv_many(&mut batch, BATCH).await > 0 {
-                        self.apply(&mut batch).await;
+                    batch.append(&mut retry);
+                    while !batch.is_empty() || rx.recv_many(&mut batch, BATCH).await > 0 {
+                        self.apply(&mut batch, &mut Vec::new()).await;
                     }
                     return;
                 }
             }
-            self.apply(&mut batch).await;
+            self.apply(&mut batch, &mut retry).await;
         }
     }
 
-    async fn apply(&self, batch: &mut Vec<Correction>) {
+    /// Applies `batch` (emptied); what failed of it and may be tried again
+    /// (lease releases) goes to `retry`, at most [`RETRY_MAX`] of them.
+    async fn apply(&self, batch: &mut Vec<Correction>, retry: &mut Vec<Correction>) {
         if batch.is_empty() {
             return;
         }
-        let counter = match self.backend.correct(batch).await {
-            Ok(()) => &self.counted.applied,
-            Err(e) => {
-                crate::rate_limit::warn_backend_error("corrections", &e);
-                &self.counted.failed
-            }
-        };
-        counter.increment(batch.len() as u64);
+        if let Err(e) = self.backend.correct(batch).await {
+            crate::rate_limit::warn_backend_error("corrections", &e);
+            // Every attempt that failed is counted, a retried release too.
+            self.counted.failed.increment(batch.len() as u64);
+            let room = RETRY_MAX.saturating_sub(retry.len());
+            retry.extend(batch.drain(..).filter(|c| c.lease.is_some()).take(room));
+            batch.clear();
+            return;
+        }
+        self.counted.applied.increment(batch.len() as u64);
         batch.clear();
     }
 
