@@ -69,8 +69,31 @@ impl One {
         assert!(seen, "h3gate_cluster_up never {up}");
     }
 
+    /// A chat request, its body read to the end: the request is over
+    /// for the client. The key's one slot may still be held until the
+    /// replica has finished it too: see [`One::idle`].
     async fn post(&self, client: &Client) -> u16 {
-        self.try_post(client).await.status
+        let resp = self.try_post(client).await;
+        let status = resp.status;
+        resp.text().await;
+        status
+    }
+
+    /// Waits until the replica has no request in flight (on any protocol):
+    /// the previous request's end, and with it its slot, has run there.
+    async fn idle(&self) {
+        let r = &self.replica;
+        let idle = common::wait_until(Duration::from_secs(5), async || {
+            let text = r.metrics().await;
+            let in_flight: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("h3gate_requests_in_flight{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            in_flight == 0.0
+        })
+        .await;
+        assert!(idle, "requests still in flight");
     }
 
     async fn try_post(&self, client: &Client) -> common::client::TestResponse {
@@ -113,12 +136,14 @@ async fn a_lease_claimed_while_redis_stalls_is_given_back_when_it_answers() {
     let o = One::start("50ms").await;
     for proto in [Proto::H3, Proto::H2, Proto::H1] {
         let client = o.replica.client(proto, &o.ca).await;
+        o.idle().await;
         assert_eq!(o.post(&client).await, 200, "{proto:?}: shared, before");
         assert!(
             o.leases_drain().await,
             "{proto:?}: the first slot came back"
         );
         o.redis.pause();
+        o.idle().await;
         assert_eq!(
             o.post(&client).await,
             200,
@@ -133,6 +158,7 @@ async fn a_lease_claimed_while_redis_stalls_is_given_back_when_it_answers() {
             "{proto:?}: the slot the stalled claim took is still held: {}",
             o.leases()
         );
+        o.idle().await;
         assert_eq!(o.post(&client).await, 200, "{proto:?}: usable again");
     }
     assert!(o.leases_drain().await);
@@ -146,6 +172,7 @@ async fn a_lease_claimed_for_a_client_gone_away_is_given_back() {
     let o = One::start("3s").await;
     for proto in [Proto::H3, Proto::H2, Proto::H1] {
         let client = o.replica.client(proto, &o.ca).await;
+        o.idle().await;
         assert_eq!(o.post(&client).await, 200, "{proto:?}: before");
         assert!(o.leases_drain().await);
         o.redis.pause();
@@ -159,6 +186,7 @@ async fn a_lease_claimed_for_a_client_gone_away_is_given_back() {
             o.leases()
         );
         let client = o.replica.client(proto, &o.ca).await;
+        o.idle().await;
         assert_eq!(o.post(&client).await, 200, "{proto:?}: usable again");
     }
 }

@@ -679,9 +679,18 @@ fn compose_configuration_checks_with_the_compose_environment() {
         let dir = tempfile::tempdir().unwrap();
         let Container {
             config,
-            env,
+            mut env,
             writable,
         } = compose_container(dir.path(), &host).unwrap_or_else(|e| panic!("{e}"));
+        // The compose `valkey` service: a real Redis of the test's, standing
+        // in for the service name the container would resolve.
+        let redis = common::cluster::Redis::start();
+        let url = env
+            .iter_mut()
+            .find(|(k, _)| k == "H3GATE_REDIS_URL")
+            .expect("compose gives the gateway its Redis");
+        assert_eq!(url.1, "redis://valkey:6379/0");
+        url.1 = redis.url();
         // The documented first step (docker compose run --rm h3gate keys create …).
         let key = h3gate_in(&config, &env, &["keys", "create", "--name", "first"]);
         assert!(
@@ -719,10 +728,11 @@ fn compose_configuration_checks_with_the_compose_environment() {
             "a provider without its key is left out: {providers:?}"
         );
         assert!(!providers.contains(&"openai"), "{providers:?}");
-        // The replica shares its state through the compose Valkey.
+        // The replica shares its state through the compose Valkey (here
+        // the test's Redis in its place).
         assert_eq!(
             effective["cluster"]["redis_url"].as_str(),
-            Some("redis://valkey:6379/0")
+            Some(redis.url().as_str())
         );
         assert_eq!(effective["cluster"]["node_id"].as_integer(), Some(1));
         assert_ne!(
