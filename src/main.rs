@@ -177,15 +177,9 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     telemetry::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("h3gate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         let listeners = server::Listeners::bind(&config)?;
@@ -231,20 +225,23 @@ async fn signals(stop: CancellationToken) {
     stop.cancel();
 }
 
+/// A tokio runtime from `builder`, every driver on; the exit code when it
+/// cannot start (told on stderr).
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("h3gate: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// The same checks a reload makes (configuration, certificate, runtime
 /// state), without changing anything.
 fn check(path: PathBuf) -> ExitCode {
     // Building the state sets up (lazily, without connecting) the cluster's
     // Redis connection, which needs a runtime to exist.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("h3gate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let _runtime = runtime.enter();
     match reload::prepare(&path, false) {
@@ -422,13 +419,7 @@ impl KeysFiles {
 
     /// The cluster's key set, once Redis answered.
     fn cluster(cfg: &h3gate::config::ClusterConfig) -> Result<Store, ExitCode> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                eprintln!("h3gate: cannot start a runtime: {e}");
-                ExitCode::FAILURE
-            })?;
+        let rt = runtime(tokio::runtime::Builder::new_current_thread())?;
         match rt.block_on(auth::open_cluster(cfg)) {
             Ok(keys) => Ok(Store::Cluster(rt, Box::new(keys))),
             Err(e) => {

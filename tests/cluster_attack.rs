@@ -193,14 +193,7 @@ async fn a_lease_claimed_for_a_client_gone_away_is_given_back() {
 
 /// An admin request that may fail to get an answer: its status, or `None`.
 async fn admin(r: &Replica, method: reqwest::Method, path: &str, body: &str) -> Option<u16> {
-    let resp = reqwest::Client::new()
-        .request(method, format!("http://{}{path}", r.admin))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .ok()?;
+    let resp = r.admin_raw(method, path, body).await.ok()?;
     Some(resp.status().as_u16())
 }
 

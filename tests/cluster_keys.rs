@@ -320,14 +320,7 @@ async fn the_cli_with_the_cluster_configured_changes_redis(s: &Setup, a: &[Clien
 
 /// A bad admin request: its status, error code and request id.
 async fn refused(r: &Replica, method: M, path: &str, body: &str) -> (u16, String, String) {
-    let resp = reqwest::Client::new()
-        .request(method, format!("http://{}{path}", r.admin))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = r.admin_raw(method, path, body).await.unwrap();
     let id = resp
         .headers()
         .get("x-request-id")

@@ -77,6 +77,19 @@ impl Cluster {
         assert!(got, "replica {} received the tickets", replica + 1);
     }
 
+    /// A full handshake at A (gtlsclient saving its session): once B and C
+    /// have taken in A's tickets, two copies of the session, for B and C.
+    async fn session_from_a(&self, ng: &Gtlsclient) -> (tempfile::TempDir, tempfile::TempDir) {
+        let (a, b, r3) = (&self.replicas[0], &self.replicas[1], &self.replicas[2]);
+        let at_a = tempfile::tempdir().unwrap();
+        let (b0, c0) = (syncs(b, "received").await, syncs(r3, "received").await);
+        let first = ng.run(a.udp, "/health", &resume_args(at_a.path())).await;
+        assert_eq!(first.status, Some(200), "A:\n{}", first.log_tail);
+        self.received(1, b0, 2.0).await;
+        self.received(2, c0, 2.0).await;
+        (copy_session(at_a.path()), copy_session(at_a.path()))
+    }
+
     /// Marks every session stored in Redis as taken, without telling the
     /// replicas: what they see when another replica took a ticket and its
     /// message has not reached them yet.
@@ -158,13 +171,7 @@ async fn ngtcp2_ticket_from_a_resumes_with_0rtt_on_b_once_and_is_refused_early_d
     let ng = Gtlsclient::require();
 
     // A full handshake at A: its tickets reach B and C.
-    let at_a = tempfile::tempdir().unwrap();
-    let (b0, c0) = (syncs(b, "received").await, syncs(r3, "received").await);
-    let first = ng.run(a.udp, "/health", &resume_args(at_a.path())).await;
-    assert_eq!(first.status, Some(200), "A:\n{}", first.log_tail);
-    c.received(1, b0, 2.0).await;
-    c.received(2, c0, 2.0).await;
-    let (for_b, for_c) = (copy_session(at_a.path()), copy_session(at_a.path()));
+    let (for_b, for_c) = c.session_from_a(&ng).await;
 
     // B: resumed with early data, the early GET served before the handshake.
     let relay_b = Relay::start(b.udp, hold_handshake()).await;
@@ -431,15 +438,9 @@ async fn ngtcp2_early_data_is_held_while_redis_cannot_confirm_the_first_use() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ngtcp2_the_same_ticket_at_two_replicas_at_once_is_served_early_at_most_once() {
     let c = Cluster::start().await;
-    let (a, b, r3) = (&c.replicas[0], &c.replicas[1], &c.replicas[2]);
+    let (b, r3) = (&c.replicas[1], &c.replicas[2]);
     let ng = Gtlsclient::require();
-    let at_a = tempfile::tempdir().unwrap();
-    let (b0, c0) = (syncs(b, "received").await, syncs(r3, "received").await);
-    let first = ng.run(a.udp, "/health", &resume_args(at_a.path())).await;
-    assert_eq!(first.status, Some(200), "A:\n{}", first.log_tail);
-    c.received(1, b0, 2.0).await;
-    c.received(2, c0, 2.0).await;
-    let (for_b, for_c) = (copy_session(at_a.path()), copy_session(at_a.path()));
+    let (for_b, for_c) = c.session_from_a(&ng).await;
     let relay_b = Relay::start(b.udp, hold_handshake()).await;
     let relay_c = Relay::start(r3.udp, hold_handshake()).await;
     let (args_b, args_c) = (resume_args(for_b.path()), resume_args(for_c.path()));

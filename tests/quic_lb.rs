@@ -213,7 +213,7 @@ async fn every_connection_id_an_aioquic_client_is_given_carries_the_node_id() {
         c.cluster.config_rotation = 3;
     })
     .await;
-    let python = common::python::python().unwrap();
+    let python = common::python::python();
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &gw.ca).unwrap();

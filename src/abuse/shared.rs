@@ -26,7 +26,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 
 use super::{entry_until, Abuse, Change, Denied};
-use crate::cluster::sync::{self, now_ms, SetKeys, Sharing, Stamp, Step, Tracker, EPOCH_LUA};
+use crate::cluster::sync::{self, now_ms, SetKeys, Sharing, Stamp, Step, Tracker};
 use crate::cluster::{Cluster, ClusterError};
 use crate::metrics::CLUSTER_SYNCS;
 use crate::shutdown::Shutdown;
@@ -62,14 +62,9 @@ for i = 4, #ARGV, 3 do
   changed = changed + n
   out[#out + 1] = tostring(n)
 end
-if changed > 0 then redis.call('INCR', KEYS[2]) end
-local reply = {epoch, redis.call('GET', KEYS[2]) or '0'}
-for _, r in ipairs(out) do reply[#reply + 1] = r end
-return reply
 "#;
 
-static MERGE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(&format!("{EPOCH_LUA}{MERGE_LUA}")));
+static MERGE: LazyLock<redis::Script> = LazyLock::new(|| sync::merge_script(MERGE_LUA));
 
 /// How often Redis' set is polled.
 const POLL: Duration = Duration::from_millis(250);

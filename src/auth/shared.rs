@@ -24,7 +24,7 @@ use std::sync::{Arc, LazyLock};
 
 use super::file::{live_named, new_record, save, KeysFile};
 use super::{index, Changed, Created, KeyRecord, Keys, KeysError, NewKey, Offline};
-use crate::cluster::sync::{self, SetKeys, Sharing, Stamp, Step, Tracker, EPOCH_LUA};
+use crate::cluster::sync::{self, SetKeys, Sharing, Stamp, Step, Tracker};
 use crate::cluster::{Cluster, ClusterError};
 use crate::metrics::CLUSTER_SYNCS;
 
@@ -73,14 +73,9 @@ for i = 3, #ARGV, 2 do
     out[#out + 1] = take and '1' or '0'
   end
 end
-if changed > 0 then redis.call('INCR', KEYS[2]) end
-local reply = {epoch, redis.call('GET', KEYS[2]) or '0'}
-for _, r in ipairs(out) do reply[#reply + 1] = r end
-return reply
 "#;
 
-static MERGE: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(&format!("{EPOCH_LUA}{MERGE_LUA}")));
+static MERGE: LazyLock<redis::Script> = LazyLock::new(|| sync::merge_script(MERGE_LUA));
 
 /// How a merge of changed records came out.
 enum Merged {

@@ -144,7 +144,7 @@ pub fn now_ms() -> u64 {
 /// The Lua prologue of a merge script: the epoch (`KEYS[3]`) is set from
 /// `ARGV[1]` when missing, and that counts as a change of the version
 /// (`KEYS[2]`). Leaves `epoch` defined.
-pub const EPOCH_LUA: &str = r#"
+const EPOCH_LUA: &str = r#"
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
   epoch = ARGV[1]
@@ -152,6 +152,22 @@ if not epoch then
   redis.call('INCR', KEYS[2])
 end
 "#;
+
+/// The Lua epilogue of a merge script: bumps the version when the body
+/// changed anything (`changed`), and replies the epoch, the version, then
+/// the body's per-change answers (`out`).
+const REPLY_LUA: &str = r#"
+if changed > 0 then redis.call('INCR', KEYS[2]) end
+local reply = {epoch, redis.call('GET', KEYS[2]) or '0'}
+for _, r in ipairs(out) do reply[#reply + 1] = r end
+return reply
+"#;
+
+/// A merge script: [`EPOCH_LUA`], `body` (which sets `changed` and `out`),
+/// then the reply.
+pub fn merge_script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{EPOCH_LUA}{body}{REPLY_LUA}"))
+}
 
 #[cfg(test)]
 mod tests {

@@ -321,6 +321,23 @@ impl Replica {
         (status, resp.text().await.unwrap_or_default())
     }
 
+    /// An admin request with the token and a raw JSON `body` (which may be
+    /// anything: hostile input), as the listener answered it.
+    pub async fn admin_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        reqwest::Client::new()
+            .request(method, format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+    }
+
     /// `GET /ready`: (status, body).
     pub async fn ready(&self) -> (u16, serde_json::Value) {
         let (s, b) = self

@@ -12,7 +12,7 @@ fn root() -> PathBuf {
 
 /// The venv's python, installing it if needed. Panics, with the install
 /// line, when this machine has no `python3`: a test never passes by skipping.
-pub fn python() -> Option<PathBuf> {
+pub fn python() -> PathBuf {
     let venv = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
@@ -21,7 +21,7 @@ pub fn python() -> Option<PathBuf> {
     let reqs = std::fs::read_to_string(root().join("tests/sdk/requirements.txt")).unwrap();
     let marker = venv.join(".installed");
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == reqs) {
-        return Some(bin);
+        return bin;
     }
     if std::process::Command::new("python3")
         .arg("--version")
@@ -33,7 +33,7 @@ pub fn python() -> Option<PathBuf> {
     }
     let _lock = Lock::take(&venv.with_extension("lock"));
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == reqs) {
-        return Some(bin);
+        return bin;
     }
     let run = |cmd: &mut std::process::Command| {
         let out = cmd.output().expect("run the installer");
@@ -57,7 +57,7 @@ pub fn python() -> Option<PathBuf> {
         ])
         .arg(root().join("tests/sdk/requirements.txt")));
     std::fs::write(&marker, reqs).unwrap();
-    Some(bin)
+    bin
 }
 
 /// A directory created atomically; a stale one (a crashed run) is taken over.
