@@ -225,8 +225,8 @@ fn assert_upstream_series(samples: &[Sample]) {
 }
 
 /// Families the traffic of [`every_exported_family_is_described`] does not
-/// reach: they need a misbehaving client or upstream, a full audit queue, or
-/// are recorded when a connection closes (asynchronously). The table test in
+/// reach: they need a misbehaving client or upstream, a full audit queue or
+/// a Redis, or are recorded when a connection closes (asynchronously). The table test in
 /// `src/metrics/defs.rs` renders them all.
 const NOT_DRIVEN: &[&str] = &[
     "h3gate_quic_connections_refused_total",
@@ -244,6 +244,14 @@ const NOT_DRIVEN: &[&str] = &[
     "h3gate_upstream_stream_errors_total",
     "h3gate_audit_dropped_total",
     "h3gate_rate_limit_corrections_total",
+    // A cluster's (they need a Redis): tests/cluster.rs and
+    // tests/cluster_limits.rs read them on replica processes.
+    "h3gate_cluster_up",
+    "h3gate_cluster_redis_seconds",
+    "h3gate_cluster_errors_total",
+    "h3gate_cluster_fallbacks_total",
+    "h3gate_cluster_syncs_total",
+    "h3gate_cluster_tickets_total",
 ];
 
 /// Checks every `h3gate_*` sample of `text` against its `# TYPE`, its
