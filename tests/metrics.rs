@@ -225,8 +225,8 @@ fn assert_upstream_series(samples: &[Sample]) {
 }
 
 /// Families the traffic of [`every_exported_family_is_described`] does not
-/// reach: they need a misbehaving client or upstream, a full audit queue, or
-/// are recorded when a connection closes (asynchronously). The table test in
+/// reach: they need a misbehaving client or upstream, a full audit queue or
+/// a Redis, or are recorded when a connection closes (asynchronously). The table test in
 /// `src/metrics/defs.rs` renders them all.
 const NOT_DRIVEN: &[&str] = &[
     "h3gate_quic_connections_refused_total",
