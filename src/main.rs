@@ -125,28 +125,36 @@ enum KeysAction {
         models: Option<Vec<String>>,
         /// Lifetime from now, e.g. 30d, or "none".
         #[arg(long, value_parser = or_none::<humantime::Duration>)]
-        expires: Option<Option<humantime::Duration>>,
+        expires: Option<OrNone<humantime::Duration>>,
         /// Requests per minute, or "none" (the configured default).
         #[arg(long, value_parser = or_none::<u32>)]
-        rpm: Option<Option<u32>>,
+        rpm: Option<OrNone<u32>>,
         /// Tokens per minute, or "none".
         #[arg(long, value_parser = or_none::<u32>)]
-        tpm: Option<Option<u32>>,
+        tpm: Option<OrNone<u32>>,
         /// Requests in flight at once, or "none".
         #[arg(long, value_parser = or_none::<u32>)]
-        max_concurrent: Option<Option<u32>>,
+        max_concurrent: Option<OrNone<u32>>,
     },
 }
 
-/// A value, or "none" for no value.
-fn or_none<T: std::str::FromStr>(text: &str) -> Result<Option<T>, String>
+/// A value, or "none" for no value. (Not a bare `Option<Option<T>>`:
+/// clap's derive reads that as a flag whose value may be left out, and
+/// panicked on `keys edit --rpm 1200` expecting a `T` where the parser
+/// made an `Option<T>`.)
+#[derive(Debug, Clone)]
+struct OrNone<T>(Option<T>);
+
+fn or_none<T: std::str::FromStr>(text: &str) -> Result<OrNone<T>, String>
 where
     T::Err: std::fmt::Display,
 {
     if text == "none" {
-        return Ok(None);
+        return Ok(OrNone(None));
     }
-    text.parse().map(Some).map_err(|e: T::Err| e.to_string())
+    text.parse()
+        .map(|v| OrNone(Some(v)))
+        .map_err(|e: T::Err| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -346,10 +354,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             auth::KeyEdit {
                 scopes,
                 models,
-                expires_in: expires.map(|e| e.map(Into::into)),
-                rpm,
-                tpm,
-                max_concurrent,
+                expires_in: expires.map(|e| e.0.map(Into::into)),
+                rpm: rpm.map(|v| v.0),
+                tpm: tpm.map(|v| v.0),
+                max_concurrent: max_concurrent.map(|v| v.0),
             },
         ),
     };

@@ -136,3 +136,44 @@ fn keys_commands_still_check_the_auth_section() {
         text(&out.stderr)
     );
 }
+
+/// `keys edit`, as the README shows it: a limit and the expiry set, then
+/// cleared with "none"; the file says so each time.
+#[test]
+fn keys_edit_sets_and_clears_limits_and_the_expiry() {
+    let (dir, config) = fresh_install(r#"keys_file = "state/keys.json""#);
+    let keys_file = dir.path().join("state/keys.json");
+    assert!(
+        h3gate(&["keys", "create", "--name", "ci", "--rpm", "5"], &config)
+            .status
+            .success()
+    );
+    let record = || -> serde_json::Value {
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&keys_file).unwrap()).unwrap();
+        file["keys"][0].clone()
+    };
+    let edit = |args: &[&str]| {
+        let out = h3gate(&[&["keys", "edit", "ci"], args].concat(), &config);
+        assert!(
+            out.status.success(),
+            "keys edit {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    edit(&["--rpm", "1200", "--expires", "30d", "--max-concurrent", "4"]);
+    let r = record();
+    assert_eq!(
+        (r["rpm"].as_u64(), r["max_concurrent"].as_u64()),
+        (Some(1200), Some(4)),
+        "{r}"
+    );
+    assert!(r["expires_at"].as_u64().is_some(), "{r}");
+    edit(&["--rpm", "none", "--expires", "none"]);
+    let r = record();
+    assert!(r["rpm"].is_null() && r["expires_at"].is_null(), "{r}");
+    assert_eq!(r["max_concurrent"].as_u64(), Some(4), "untouched: {r}");
+    let bad = h3gate(&["keys", "edit", "ci", "--rpm", "lots"], &config);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("--rpm"), "{}", text(&bad.stderr));
+}
