@@ -108,3 +108,55 @@ async fn a_replica_reports_redis_in_ready_and_metrics_as_it_comes_and_goes() {
         );
     }
 }
+
+/// `rediss://`: a replica reaches a TLS Redis whose certificate its
+/// `[cluster] ca_file` verifies (and its limits are decided there); a
+/// replica without that CA does not trust it, and stays on the failure
+/// policy, still serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reaches_redis_over_tls_only_when_it_verifies_its_certificate() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dev_cert(dir.path());
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let redis = Redis::start_tls(&cert, &key);
+    let (url, base) = (redis.tls_url(), upstream.base_url());
+    let ca_file = dir.path().join("ca.pem");
+    let with_ca = format!("[cluster]\nca_file = \"{}\"\n", ca_file.display());
+    let spawn = |node_id: u64, cluster: &str| {
+        Replica::spawn(&ReplicaSpec {
+            dir: dir.path(),
+            redis_url: &url,
+            node_id,
+            upstream: &base,
+            extra: "",
+            replace: &[
+                ("required = true", "required = false"),
+                ("per_ip_rpm = 0", "per_ip_rpm = 6000\nper_ip_burst = 100"),
+                ("[cluster]\n", cluster),
+            ],
+        })
+    };
+    let trusted = spawn(1, &with_ca);
+    let up = wait_until(Duration::from_secs(5), async || {
+        trusted.metric("h3gate_cluster_up").await == 1.0
+    })
+    .await;
+    assert!(up, "{}", trusted.log());
+    assert_eq!(chat_status(&trusted, &ca, Proto::H2).await, 200);
+    let calls = "h3gate_cluster_redis_seconds_count{op=\"rate_limit\"}";
+    assert!(
+        trusted.metric(calls).await >= 1.0,
+        "decided in Redis over TLS"
+    );
+
+    let untrusted = spawn(2, "[cluster]\n");
+    assert_eq!(
+        chat_status(&untrusted, &ca, Proto::H2).await,
+        200,
+        "served locally"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await; // probes at 250 ms
+    assert_eq!(untrusted.metric("h3gate_cluster_up").await, 0.0);
+    assert_eq!(untrusted.ready().await.1["cluster"]["redis"], "down");
+}

@@ -94,7 +94,20 @@ impl Cluster {
                 .set_password(cfg.password.expose());
             info = info.set_redis_settings(redis);
         }
-        let client = redis::Client::open(info).map_err(|e| format!("cluster.redis_url: {e}"))?;
+        let client = match &cfg.ca_file {
+            // A private CA for rediss:// (else the system's roots).
+            Some(path) => {
+                let root = std::fs::read(path)
+                    .map_err(|e| format!("cluster.ca_file {}: {e}", path.display()))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                };
+                redis::Client::build_with_tls(info, certs)
+            }
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| format!("cluster.redis_url: {e}"))?;
         let timeout = cfg.timeout.get();
         let manager = ConnectionManagerConfig::new()
             .set_response_timeout(Some(background_timeout(timeout)))

@@ -13,6 +13,10 @@ pub struct ClusterConfig {
     /// `redis://HOST:PORT/DB`, `rediss://…` (TLS), or `unix:///PATH?db=N`.
     /// Empty: one node, no shared state.
     pub redis_url: String,
+    /// The CA certificates (PEM) that verify Redis' certificate with
+    /// `rediss://`, for a private CA; unset: the system's roots. Relative
+    /// to the config file.
+    pub ca_file: Option<std::path::PathBuf>,
     /// The Redis password (AUTH), e.g. `"${H3GATE_REDIS_PASSWORD}"`; empty =
     /// none, or the one in the URL.
     pub password: Secret,
@@ -54,6 +58,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             redis_url: String::new(),
+            ca_file: None,
             password: Secret::default(),
             secret: Secret::default(),
             key_prefix: "h3gate:".into(),

@@ -126,6 +126,7 @@ pub(super) fn decode_text(
         config.auth.keys_file.as_mut(),
         config.abuse.state_file.as_mut(),
         config.audit.file.as_mut(),
+        config.cluster.ca_file.as_mut(),
     ]
     .into_iter()
     .flatten()

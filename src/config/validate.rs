@@ -368,6 +368,12 @@ fn check_cluster(c: &Config, p: &mut Problems) {
                 "is required with redis_url (e.g. secret = \"${H3GATE_CLUSTER_SECRET}\", from `openssl rand -hex 32`)",
             );
         }
+        let tls = ["rediss://", "valkeys://"]
+            .iter()
+            .any(|s| k.redis_url.starts_with(s));
+        if k.ca_file.is_some() && !tls {
+            p.add("cluster.ca_file", "applies only to a rediss:// redis_url");
+        }
         if k.timeout.is_zero() {
             p.add("cluster.timeout", "must be greater than zero");
         }

@@ -21,6 +21,8 @@ pub const TEST_SECRET: &str = "7465737420736563726574206e6f74207265616c203031323
 pub struct Redis {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// With TLS: the server's extra arguments and its TLS port.
+    tls: Option<(Vec<std::ffi::OsString>, u16)>,
 }
 
 impl Redis {
@@ -30,9 +32,46 @@ impl Redis {
         let mut r = Redis {
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            tls: None,
         };
         r.start_again();
         r
+    }
+
+    /// Also serves TLS on 127.0.0.1 with `cert`/`key` (PEM), besides the
+    /// unix socket the test itself uses. Bind and retry: a random port is
+    /// tried until redis-server binds it (never "find a free port, then
+    /// start").
+    pub fn start_tls(cert: &Path, key: &Path) -> Redis {
+        let mut r = Redis {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            tls: None,
+        };
+        for _ in 0..20 {
+            let port = fastrand::u16(20_000..60_000);
+            let args = [
+                "--tls-port".into(),
+                port.to_string().into(),
+                "--tls-cert-file".into(),
+                cert.into(),
+                "--tls-key-file".into(),
+                key.into(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+            r.tls = Some((args.to_vec(), port));
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("redis-server could not bind a TLS port in 20 tries");
+    }
+
+    /// `rediss://127.0.0.1:PORT/0`, with [`Redis::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let (_, port) = self.tls.as_ref().expect("started with TLS");
+        format!("rediss://127.0.0.1:{port}/0")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -46,14 +85,26 @@ impl Redis {
 
     /// (Re)starts the server on the same socket, empty (no persistence).
     pub fn start_again(&mut self) {
+        assert!(self.spawn(), "redis-server exited at start");
+    }
+
+    /// Starts the server; false when it exited at once (its TLS port was
+    /// taken), true once it answers.
+    fn spawn(&mut self) -> bool {
         assert!(self.child.is_none(), "redis is running");
         let bin = require_tool("redis-server", REDIS_INSTALL);
+        let tls_args = self
+            .tls
+            .as_ref()
+            .map(|(a, _)| a.clone())
+            .unwrap_or_default();
         let child = Command::new(bin)
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(self.socket())
             .args(["--unixsocketperm", "700", "--dir"])
             .arg(self.dir.path())
+            .args(tls_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -61,9 +112,14 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.ping().is_err() {
+            if let Ok(Some(_)) = self.child.as_mut().map_or(Ok(None), |c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
             assert!(Instant::now() < deadline, "redis-server did not answer");
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// Kills the server (SIGKILL: what a crash looks like).
