@@ -150,7 +150,12 @@ impl RateLimits {
             }
             Backend::Shared(s) => s,
         };
-        let claiming = Claiming::of(claims, &self.corrections).filter(|_| self.leases());
+        // Only built when leases are on: a guard built and dropped would
+        // queue a release for a claim never made.
+        let claiming = self
+            .leases()
+            .then(|| Claiming::of(claims, &self.corrections))
+            .flatten();
         let answer = s.limiter.consume(claims).await.and_then(|d| {
             if d.len() == claims.len() {
                 Ok(d)
