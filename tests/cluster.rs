@@ -11,18 +11,25 @@ use common::upstream::Upstream;
 use common::wait::wait_until;
 use h3gate::metrics::FAMILIES;
 
-/// A replica with per-address limits, so every request asks Redis.
-fn replica(dir: &std::path::Path, redis: &Redis, upstream: &Upstream) -> Replica {
-    let (url, base) = (redis.url(), upstream.base_url());
+/// A replica with per-address limits, so every request asks Redis at
+/// `url`; `cluster` replaces the `[cluster]` header (to add settings).
+fn replica(
+    dir: &std::path::Path,
+    url: &str,
+    upstream: &Upstream,
+    node_id: u64,
+    cluster: &str,
+) -> Replica {
     Replica::spawn(&ReplicaSpec {
         dir,
-        redis_url: &url,
-        node_id: 1,
-        upstream: &base,
+        redis_url: url,
+        node_id,
+        upstream: &upstream.base_url(),
         extra: "",
         replace: &[
             ("required = true", "required = false"),
             ("per_ip_rpm = 0", "per_ip_rpm = 6000\nper_ip_burst = 100"),
+            ("[cluster]\n", cluster),
         ],
     })
 }
@@ -46,7 +53,7 @@ async fn a_replica_reports_redis_in_ready_and_metrics_as_it_comes_and_goes() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dev_cert(dir.path());
-    let r = replica(dir.path(), &redis, &upstream);
+    let r = replica(dir.path(), &redis.url(), &upstream, 1, "[cluster]\n");
     let up = async |want: f64| {
         wait_until(Duration::from_secs(5), async || {
             r.metric("h3gate_cluster_up").await == want
@@ -120,23 +127,11 @@ async fn a_replica_reaches_redis_over_tls_only_when_it_verifies_its_certificate(
     let ca = dev_cert(dir.path());
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let redis = Redis::start_tls(&cert, &key);
-    let (url, base) = (redis.tls_url(), upstream.base_url());
+    let url = redis.tls_url();
     let ca_file = dir.path().join("ca.pem");
     let with_ca = format!("[cluster]\nca_file = \"{}\"\n", ca_file.display());
-    let spawn = |node_id: u64, cluster: &str| {
-        Replica::spawn(&ReplicaSpec {
-            dir: dir.path(),
-            redis_url: &url,
-            node_id,
-            upstream: &base,
-            extra: "",
-            replace: &[
-                ("required = true", "required = false"),
-                ("per_ip_rpm = 0", "per_ip_rpm = 6000\nper_ip_burst = 100"),
-                ("[cluster]\n", cluster),
-            ],
-        })
-    };
+    let spawn =
+        |node_id: u64, cluster: &str| replica(dir.path(), &url, &upstream, node_id, cluster);
     let trusted = spawn(1, &with_ca);
     let up = wait_until(Duration::from_secs(5), async || {
         trusted.metric("h3gate_cluster_up").await == 1.0
