@@ -10,6 +10,7 @@ mod load;
 mod problem;
 mod protection;
 mod resilience;
+mod spend;
 mod types;
 mod validate;
 
@@ -27,6 +28,7 @@ pub use protection::{
 pub use resilience::{
     AdmissionConfig, BreakerConfig, HealthCheckConfig, RetryConfig, Strategy, TargetConfig,
 };
+pub use spend::{PriceConfig, SpendConfig, TeamConfig};
 pub use types::{Addresses, ByteSize, Duration, Secret};
 
 /// The whole configuration file.
@@ -48,8 +50,13 @@ pub struct Config {
     pub cors: CorsConfig,
     pub audit: AuditConfig,
     pub cluster: ClusterConfig,
+    pub spend: SpendConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Prices in USD per million tokens, over the bundled table.
+    pub prices: Vec<PriceConfig>,
+    /// Teams and their budgets.
+    pub teams: Vec<TeamConfig>,
 }
 
 /// `[server]`: the public listener (TCP for HTTP/1.1 + HTTP/2, UDP for HTTP/3).

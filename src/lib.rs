@@ -45,6 +45,7 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod shutdown;
+pub mod spend;
 pub mod sse;
 pub mod state;
 pub mod telemetry;

@@ -177,6 +177,7 @@ fn claims(
         },
         cost,
         lease: None,
+        window: None,
     };
     if rl.per_ip_rpm > 0 {
         let address = Subject::Address(client);
@@ -213,6 +214,7 @@ fn claims(
     if let Some(n) = slots {
         claims.push(Claim {
             lease: Some(LeaseId::random()),
+            window: None,
             ..claim(Subject::Key(id), Kind::Lease, 0, n, 1)
         });
     }

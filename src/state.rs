@@ -41,6 +41,12 @@ pub struct State {
     pub admin_filter: IpFilter,
     /// Failure counting and temporary denies; kept across reloads.
     pub abuse: Arc<Abuse>,
+    /// Prices (bundled, under `[[prices]]`).
+    pub prices: crate::spend::PriceTable,
+    /// Teams' budgets by name (`[[teams]]`).
+    pub teams: HashMap<String, crate::spend::Budget>,
+    /// Spend history and soft-limit alerts; kept across reloads.
+    pub spend: Arc<crate::spend::Spend>,
     /// The shared Redis (`[cluster] redis_url`); `None` on a single node.
     /// Kept across reloads while `[cluster]` is unchanged.
     pub cluster: Option<Arc<Cluster>>,
@@ -91,7 +97,22 @@ impl State {
         .map_err(|e| BuildError(e.to_string()))?
         .map(Arc::new);
         let n = &config.network;
+        let teams = config
+            .teams
+            .iter()
+            .map(|t| {
+                let budget = crate::spend::Budget {
+                    usd: t.budget,
+                    tokens: t.budget_tokens,
+                    period: t.budget_period,
+                };
+                (t.name.clone(), budget)
+            })
+            .collect();
         Ok(State {
+            prices: crate::spend::PriceTable::new(&config.prices),
+            teams,
+            spend: Arc::default(),
             cluster,
             keys,
             limiter: Arc::new(limiter),
@@ -151,6 +172,7 @@ impl State {
                 self.keys = old.keys.clone();
             }
         }
+        self.spend = old.spend.clone();
         let a = &self.config.admission;
         old.admission.resize(
             a.max_concurrent as usize,

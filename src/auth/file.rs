@@ -122,6 +122,10 @@ pub(super) fn new_record(new: NewKey) -> Result<(String, KeyRecord), KeysError> 
         rpm: new.rpm,
         tpm: new.tpm,
         max_concurrent: new.max_concurrent,
+        team: None,
+        budget: None,
+        budget_tokens: None,
+        budget_period: None,
         revision: 1,
         updated_at: now,
     };

@@ -43,7 +43,7 @@ pub use file::{cli_files, create, edit, read_file, revoke, CliFiles, KeyEdit, Ke
 pub use ops::{open_cluster, Changed, Created};
 
 /// One key's record (never the key itself).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KeyRecord {
     pub name: String,
     /// Obfuscated form for display and logs, e.g. `h3g_abcd****wxyz`.
@@ -70,6 +70,19 @@ pub struct KeyRecord {
     /// Requests in flight at once; `None` = the admission default.
     #[serde(default)]
     pub max_concurrent: Option<u32>,
+    /// The team whose budget this key's spend also counts against
+    /// (`[[teams]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// USD per `budget_period`; `None` = no USD budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
+    /// Tokens (prompt + completion) per `budget_period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    /// `1d`, `month` or a rolling `Nd`/`Nh`; `None` = `month`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<crate::spend::Period>,
     /// Incremented by every change (1 at creation; 0 in files written
     /// before revisions): the higher revision wins a merge.
     #[serde(default)]
@@ -94,6 +107,16 @@ pub fn scope_of(endpoint: Option<Endpoint>) -> &'static str {
 }
 
 impl KeyRecord {
+    /// The key's own budget, if it has one.
+    pub fn own_budget(&self) -> Option<crate::spend::Budget> {
+        let b = crate::spend::Budget {
+            usd: self.budget,
+            tokens: self.budget_tokens,
+            period: self.budget_period.unwrap_or(crate::spend::Period::Month),
+        };
+        (!b.is_empty()).then_some(b)
+    }
+
     pub fn allows_scope(&self, scope: &str) -> bool {
         self.scopes.is_empty() || self.scopes.iter().any(|s| s == scope)
     }

@@ -113,6 +113,7 @@ fn release(queue: &mpsc::Sender<Correction>, bucket: Bucket, limit: Limit, id: L
         limit,
         delta: -1,
         lease: Some(id),
+        window: None,
     };
     if queue.try_send(release).is_err() {
         crate::metrics::RATE_LIMIT_CORRECTIONS

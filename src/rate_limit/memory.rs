@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::budget::{BudgetCounter, Budgets};
 use super::{Bucket, Claim, Correction, Decision, Kind, Limit, Limiter, Pending, Subject};
 
 type Shard = HashMap<Bucket, Instant>;
@@ -27,6 +28,8 @@ type Shard = HashMap<Bucket, Instant>;
 #[derive(Debug)]
 pub struct MemoryLimiter {
     shards: [Mutex<Shard>; SHARDS],
+    /// Budgets' counters (locked after the shards, when a batch has any).
+    budgets: Budgets,
 }
 
 const SHARDS: usize = 16;
@@ -39,6 +42,7 @@ impl Default for MemoryLimiter {
     fn default() -> Self {
         MemoryLimiter {
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            budgets: Budgets::default(),
         }
     }
 }
@@ -62,8 +66,15 @@ fn shard_of(b: &Bucket) -> usize {
         Subject::Address(std::net::IpAddr::V6(a)) => fold(2, &a.octets()),
         // A key's SHA-256 (hex): its first 16 digits spread as well as all.
         Subject::Key(k) => fold(3, &k.as_bytes()[..k.len().min(16)]),
+        Subject::Team(t) => fold(4, t.as_bytes()),
     };
-    (h as usize ^ b.kind as usize) % SHARDS
+    let kind = match b.kind {
+        Kind::Requests => 0,
+        Kind::Tokens => 1,
+        Kind::Lease => 2,
+        Kind::Budget(..) => 3,
+    };
+    (h as usize ^ kind) % SHARDS
 }
 
 /// Decides one claim against the bucket's `tat` (as stored, or as an earlier
@@ -89,9 +100,9 @@ fn decide(now: Instant, tat: Option<Instant>, limit: Limit, cost: u64) -> Decisi
     }
 }
 
-/// Whether the claim is a rate's (not a lease's).
+/// Whether the claim is a rate's (not a lease's or a budget's).
 fn rated(c: &Claim) -> bool {
-    c.bucket.kind != Kind::Lease
+    matches!(c.bucket.kind, Kind::Requests | Kind::Tokens)
 }
 
 /// A lease claim: allowed, not counted (see the module documentation).
@@ -163,6 +174,15 @@ impl MemoryLimiter {
         let stored = |guards: &[Option<MutexGuard<'_, Shard>>], i: usize, b: &Bucket| {
             guards[shard(i, b)].as_ref().and_then(|s| s.get(b).copied())
         };
+        // Budgets, when the batch has any: their counters' lock after the shards'.
+        let mut budgets = claims
+            .iter()
+            .any(|c| matches!(c.bucket.kind, Kind::Budget(..)))
+            .then(|| self.budgets.lock());
+        let mut spent = match budgets.as_deref_mut() {
+            Some(map) => Budgets::decide_all(map, claims),
+            None => Vec::new(),
+        };
         let mut decisions: Vec<Decision> = Vec::with_capacity(claims.len());
         for (i, c) in claims.iter().enumerate() {
             // The same bucket twice in one batch: the later claim sees the earlier.
@@ -174,10 +194,17 @@ impl MemoryLimiter {
             let tat = earlier.or_else(|| stored(&guards, i, &c.bucket));
             decisions.push(match c.bucket.kind {
                 Kind::Lease => uncounted(c.limit),
+                Kind::Budget(..) => spent
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| uncounted(c.limit)),
                 _ => decide(now, tat, c.limit, c.cost),
             });
         }
         if decisions.iter().all(|d| d.allowed) {
+            if let Some(map) = budgets.as_deref_mut() {
+                Budgets::take_all(map, claims);
+            }
             for (i, (c, d)) in claims.iter().zip(&decisions).enumerate() {
                 if let Some(map) = guards[shard(i, &c.bucket)].as_mut().filter(|_| rated(c)) {
                     set(map, &c.bucket, now + d.reset);
@@ -188,6 +215,9 @@ impl MemoryLimiter {
                 if d.allowed && rated(c) {
                     let tat = stored(&guards, i, &c.bucket).unwrap_or(now);
                     *d = state(now, tat, c.limit);
+                } else if d.allowed && matches!(c.bucket.kind, Kind::Budget(..)) {
+                    // Nothing taken: the budget as it is.
+                    d.remaining = d.remaining.saturating_add(c.cost).min(d.limit);
                 }
             }
         }
@@ -199,6 +229,11 @@ impl MemoryLimiter {
     /// from where the shared limits were, not from full buckets.
     pub fn mirror(&self, claims: &[Claim], decisions: &[Decision]) {
         let now = Instant::now();
+        for (c, d) in claims.iter().zip(decisions) {
+            if matches!(c.bucket.kind, Kind::Budget(..)) {
+                self.budgets.mirror(c, d);
+            }
+        }
         for (c, d) in claims.iter().zip(decisions).filter(|(c, _)| rated(c)) {
             let mut shard = self.lock(shard_of(&c.bucket));
             if d.reset.is_zero() {
@@ -212,7 +247,15 @@ impl MemoryLimiter {
     /// Applies corrections at once.
     pub fn correct_now(&self, corrections: &[Correction]) {
         let now = Instant::now();
-        for c in corrections.iter().filter(|c| c.bucket.kind != Kind::Lease) {
+        for c in corrections {
+            if matches!(c.bucket.kind, Kind::Budget(..)) {
+                self.budgets.correct(c);
+            }
+        }
+        let rates = corrections
+            .iter()
+            .filter(|c| matches!(c.bucket.kind, Kind::Requests | Kind::Tokens));
+        for c in rates {
             let t = interval(c.limit);
             let mut shard = self.lock(shard_of(&c.bucket));
             let tat = shard.get(&c.bucket).copied().unwrap_or(now).max(now);
@@ -224,6 +267,18 @@ impl MemoryLimiter {
             };
             set(&mut shard, &c.bucket, new_tat);
         }
+    }
+}
+
+impl MemoryLimiter {
+    /// Every budget's counters (for the spend file).
+    pub fn budget_counters(&self) -> Vec<BudgetCounter> {
+        self.budgets.snapshot()
+    }
+
+    /// Adds saved budget counters (the spend file's, at start).
+    pub fn restore_budgets(&self, counters: &[BudgetCounter]) {
+        self.budgets.restore(counters);
     }
 }
 
@@ -266,6 +321,7 @@ mod tests {
             limit,
             cost,
             lease: None,
+            window: None,
         }
     }
 
@@ -369,6 +425,7 @@ mod tests {
                 limit: tokens,
                 delta,
                 lease: None,
+                window: None,
             }])
         };
         assert!(take(500));
@@ -404,6 +461,7 @@ mod tests {
             limit: lease.limit,
             delta: -1,
             lease: None,
+            window: None,
         }]);
         assert_eq!(l.len(), 1);
     }

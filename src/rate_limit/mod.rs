@@ -26,11 +26,15 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+pub use crate::spend::Window;
+
+mod budget;
 pub mod lease;
 mod memory;
 pub mod reconcile;
 mod redis_limiter;
 
+pub use budget::BudgetCounter;
 pub use lease::{Lease, LeaseId};
 pub use memory::MemoryLimiter;
 pub use reconcile::{Decided, RateLimits, TokenReservation};
@@ -43,16 +47,26 @@ pub struct Limit {
     pub burst: u64,
 }
 
-/// Whose limit: a client address, or a key (by its SHA-256, never the key).
+/// Whose limit: a client address, a key (by its SHA-256, never the key),
+/// or a team (by its name: budgets only).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
     Address(IpAddr),
     Key(Arc<str>),
+    Team(Arc<str>),
 }
 
-/// What a claim takes. Each kind is decided in the same atomic call, so the
-/// next one goes here too: a budget reservation (`Budget`: spend over a
-/// longer period, reserved and reconciled like tokens).
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// Nano-USD (see [`crate::spend::Nanos`]).
+    Usd,
+    /// Prompt + completion tokens.
+    Tokens,
+}
+
+/// What a claim takes. Each kind is decided in the same atomic call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// Requests per minute (cost 1).
@@ -65,6 +79,13 @@ pub enum Kind {
     /// node (and in the local fallback) a key's concurrency is admission's
     /// (`ClientCaps`), so the memory limiter allows leases without counting.
     Lease,
+    /// Spend over a period (`limit.burst` is the budget, `per_minute`
+    /// unused): the claim's [`Window`] says which counters it reads and
+    /// which it adds to. Reserved from an estimate and reconciled with the
+    /// real cost or tokens, like [`Kind::Tokens`]; a claim fits while the
+    /// counted spend plus its cost stays within the budget and the budget
+    /// is not already spent.
+    Budget(Unit, crate::spend::Period),
 }
 
 impl Kind {
@@ -83,7 +104,7 @@ impl Kind {
                 n("x-ratelimit-remaining-tokens"),
                 n("x-ratelimit-reset-tokens"),
             ]),
-            Kind::Lease => None,
+            Kind::Lease | Kind::Budget(..) => None,
         }
     }
 }
@@ -104,6 +125,11 @@ impl Bucket {
             (Subject::Key(_), Kind::Requests) => "key_requests",
             (Subject::Key(_), Kind::Tokens) => "key_tokens",
             (_, Kind::Lease) => "key_concurrency",
+            (Subject::Team(_), Kind::Budget(Unit::Usd, _)) => "team_budget",
+            (Subject::Team(_), Kind::Budget(Unit::Tokens, _)) => "team_budget_tokens",
+            (_, Kind::Budget(Unit::Usd, _)) => "key_budget",
+            (_, Kind::Budget(Unit::Tokens, _)) => "key_budget_tokens",
+            (Subject::Team(_), _) => "team",
         }
     }
 }
@@ -116,6 +142,8 @@ pub struct Claim {
     pub cost: u64,
     /// A lease's id (for [`Kind::Lease`] only): what gives it back.
     pub lease: Option<LeaseId>,
+    /// Where now falls in a budget's period ([`Kind::Budget`] only).
+    pub window: Option<Window>,
 }
 
 /// Correct an earlier claim by `delta` (negative gives back; a lease's
@@ -126,6 +154,9 @@ pub struct Correction {
     pub limit: Limit,
     pub delta: i64,
     pub lease: Option<LeaseId>,
+    /// A budget's window as it was claimed: the correction goes to the slot
+    /// the reservation was added to.
+    pub window: Option<Window>,
 }
 
 /// The answer for one claim of a batch.

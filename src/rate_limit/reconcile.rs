@@ -134,6 +134,15 @@ impl RateLimits {
         matches!(&self.backend, Backend::Shared(s) if s.renew_every.is_some())
     }
 
+    /// The in-memory backend, when it is the one deciding (one node): its
+    /// budget counters are saved in the spend file.
+    pub fn memory(&self) -> Option<&Arc<MemoryLimiter>> {
+        match &self.backend {
+            Backend::Memory(m) => Some(m),
+            Backend::Shared(_) => None,
+        }
+    }
+
     /// Leases this replica holds now.
     pub fn leases_held(&self) -> usize {
         self.live.len()
@@ -295,6 +304,7 @@ impl Drop for TokenReservation {
             limit: self.limit,
             delta,
             lease: None,
+            window: None,
         };
         let queue = match &self.to {
             Corrector::Memory(m) => return m.correct_now(std::slice::from_ref(&correction)),
@@ -339,6 +349,7 @@ mod tests {
             limit: TOKENS,
             cost,
             lease: None,
+            window: None,
         }
     }
 
@@ -500,6 +511,7 @@ mod tests {
             },
             cost: 1,
             lease: None,
+            window: None,
         }
     }
 
@@ -538,6 +550,7 @@ mod tests {
                 kind: Kind::Lease,
             },
             lease: Some(id),
+            window: None,
             ..requests(2)
         };
         let decided = limits.consume(std::slice::from_ref(&claim)).await.unwrap();

@@ -52,13 +52,24 @@ impl RedisLimiter {
     pub fn key_of(&self, b: &Bucket) -> String {
         let prefix = &self.cluster.config().key_prefix;
         let kind = match b.kind {
-            Kind::Requests => "requests",
-            Kind::Tokens => "tokens",
-            Kind::Lease => "leases",
+            Kind::Requests => "requests".to_string(),
+            Kind::Tokens => "tokens".to_string(),
+            Kind::Lease => "leases".to_string(),
+            Kind::Budget(unit, period) => {
+                let unit = match unit {
+                    super::Unit::Usd => "usd",
+                    super::Unit::Tokens => "tokens",
+                };
+                format!("{unit}:{}", period.tag())
+            }
         };
-        match &b.subject {
-            super::Subject::Address(ip) => format!("{prefix}rate:addr:{ip}:{kind}"),
-            super::Subject::Key(sha) => format!("{prefix}rate:key:{sha}:{kind}"),
+        match (&b.subject, b.kind) {
+            (super::Subject::Address(ip), _) => format!("{prefix}rate:addr:{ip}:{kind}"),
+            (super::Subject::Key(sha), Kind::Budget(..)) => {
+                format!("{prefix}budget:key:{sha}:{kind}")
+            }
+            (super::Subject::Key(sha), _) => format!("{prefix}rate:key:{sha}:{kind}"),
+            (super::Subject::Team(team), _) => format!("{prefix}budget:team:{team}:{kind}"),
         }
     }
 
@@ -87,6 +98,9 @@ impl RedisLimiter {
                 }
                 (Kind::Lease, None) => {
                     return Err(LimiterError("a lease claim without an id".into()))
+                }
+                (Kind::Budget(..), _) => {
+                    return Err(LimiterError("budgets are not kept in redis yet".into()))
                 }
                 _ => {
                     inv.arg("r")
