@@ -77,6 +77,7 @@ fn protection(c: &mut Criterion) {
         limit,
         cost: 1,
         lease: None,
+        window: None,
     };
     let client: IpAddr = "192.0.2.1".parse().unwrap();
     let address = [claim(Subject::Address(client), Kind::Requests)];

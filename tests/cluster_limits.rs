@@ -299,6 +299,7 @@ async fn replay(sent: Vec<Sent>, claim: Claim, usage: u64) -> usize {
                 limit: claim.limit,
                 delta: usage as i64 - claim.cost as i64,
                 lease: None,
+                window: None,
             };
             limiter.correct_now(&[correction]);
         } else if limiter.consume_now(std::slice::from_ref(&claim))[0].allowed {
@@ -327,6 +328,7 @@ fn key_claim(kind: Kind, per_minute: u64, cost: u64) -> Claim {
         },
         cost,
         lease: None,
+        window: None,
     }
 }
 
@@ -681,6 +683,7 @@ async fn the_script_decides_as_the_single_node_limiter_does() {
         limit: Limit { per_minute, burst },
         cost,
         lease: None,
+        window: None,
     };
     let k = Subject::Key("ab".repeat(32).into());
     for i in 0..60u64 {
@@ -705,6 +708,7 @@ async fn the_script_decides_as_the_single_node_limiter_does() {
                 limit: batch[2].limit,
                 delta: -3,
                 lease: None,
+                window: None,
             }];
             memory.correct_now(&back);
             shared.correct(&back).await.unwrap();
@@ -712,6 +716,7 @@ async fn the_script_decides_as_the_single_node_limiter_does() {
     }
     let lease = |subject: &Subject| Claim {
         lease: Some(LeaseId::random()),
+        window: None,
         ..claim(subject, Kind::Lease, 0, 2, 1)
     };
     let (one, two, three) = (lease(&k), lease(&k), lease(&k));
@@ -729,6 +734,7 @@ async fn the_script_decides_as_the_single_node_limiter_does() {
         limit: one.limit,
         delta: -1,
         lease: one.lease,
+        window: None,
     };
     shared.correct(&[release]).await.unwrap();
     shared
