@@ -404,6 +404,21 @@ pub const CLUSTER_TICKETS: Def<Counter, 1> = Def::counter(
     &["result"],
     "0-RTT session tickets checked for first use when a replica resumed a connection with one (in Redis; a ticket taken before it was shared is a first use without asking), by result (first_use, replayed, unknown, error).",
 );
+pub const COST_UNPRICED: Def<Counter, 2> = Def::counter(
+    "h3gate_cost_unpriced_requests_total",
+    &["model", "provider"],
+    "Requests served by a model without a price (counted as costing 0), by the bounded model label and provider.",
+);
+pub const BUDGET_UTILISATION: Def<Gauge, 2> = Def::gauge(
+    "h3gate_budget_utilisation_ratio",
+    &["team", "unit"],
+    "How much of each team's budget is spent in its current period (reservations included), by team and unit (usd, tokens); 1 is all of it.",
+);
+pub const BUDGET_ALERTS: Def<Counter, 2> = Def::counter(
+    "h3gate_budget_alerts_total",
+    &["scope", "level"],
+    "Budgets that reached a soft limit in their period, by scope (key, team) and level (80, 100); also an audit event each.",
+);
 
 /// Every metric h3gate exports, for `describe`, the dashboard and alert
 /// checks and the tests.
@@ -458,6 +473,9 @@ pub const FAMILIES: &[Family] = &[
     CLUSTER_FALLBACKS.family(),
     CLUSTER_SYNCS.family(),
     CLUSTER_TICKETS.family(),
+    COST_UNPRICED.family(),
+    BUDGET_UTILISATION.family(),
+    BUDGET_ALERTS.family(),
 ];
 
 /// Describes every family (HELP, unit) to the installed recorder.

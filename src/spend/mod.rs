@@ -19,6 +19,7 @@
 //!   window on each replica.
 
 pub mod history;
+pub mod meter;
 pub mod period;
 pub mod prices;
 
