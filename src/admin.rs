@@ -13,6 +13,9 @@
 //!   once), `PATCH /admin/keys/NAME` (scopes, models, expires, rpm, tpm,
 //!   max_concurrent; `null` clears), `DELETE /admin/keys/NAME` (revoke).
 //! - `GET /admin/denylist`, `DELETE /admin/denylist/ADDRESS` (lift a deny).
+//! - `GET /admin/usage?key=&team=&from=&to=&group_by=model|key|team|day`:
+//!   the usage history; `GET /admin/budgets`: every budget and how full it
+//!   is (see [`crate::spend::report`]).
 //!
 //! In a cluster, keys and denies are changed in Redis and so on every
 //! replica; an answer says `"sharing": "shared"`. While Redis is
@@ -36,6 +39,8 @@ use crate::exchange::{full, json, Body, Response};
 use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 use crate::state::{SharedState, State};
+
+mod usage;
 
 #[derive(Clone)]
 pub struct Admin {
@@ -85,9 +90,12 @@ impl Admin {
                 }
                 let method = req.method().clone();
                 let path = p.to_string();
+                let query = req.uri().query().map(str::to_string);
                 // Ties the answer to its audit line.
                 let id = format!("adm_{:016x}", fastrand::u64(..));
-                let mut resp = self.admin_api(method.clone(), &path, req.into_body()).await;
+                let mut resp = self
+                    .admin_api(method.clone(), &path, query.as_deref(), req.into_body())
+                    .await;
                 if let Ok(v) = HeaderValue::from_str(&id) {
                     resp.headers_mut().insert("x-request-id", v);
                 }
@@ -180,9 +188,17 @@ impl Admin {
     }
 
     /// The `/admin/*` endpoints, behind the token check in `route`.
-    async fn admin_api(&self, method: Method, path: &str, body: Body) -> Response {
+    async fn admin_api(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        body: Body,
+    ) -> Response {
         let state = self.state.load();
         match (method, path) {
+            (Method::GET, "/admin/usage") => usage::usage(&state, query).await,
+            (Method::GET, "/admin/budgets") => usage::budgets(&state).await,
             (Method::POST, "/admin/reload") => self.reload().await,
             (Method::GET, "/admin/keys") => list_keys(&state).await,
             (Method::POST, "/admin/keys") => create_key(&state, body).await,

@@ -65,6 +65,33 @@ enum Command {
         #[arg(long, global = true)]
         keys_file: Option<PathBuf>,
     },
+    /// Print the usage history (requests, tokens, cost) per model, key,
+    /// team or day: from the spend file (`[spend] file`), or, with
+    /// `[cluster] redis_url`, from the cluster's Redis. The same answer as
+    /// `GET /admin/usage`.
+    Usage {
+        /// Configuration file naming the spend file (or the cluster).
+        #[arg(short, long, default_value = "config.toml", env = "H3GATE_CONFIG")]
+        config: PathBuf,
+        /// One key's usage (by its name).
+        #[arg(long)]
+        key: Option<String>,
+        /// One team's usage.
+        #[arg(long)]
+        team: Option<String>,
+        /// From (RFC 3339 or YYYY-MM-DD, UTC; default: the start of this month).
+        #[arg(long)]
+        from: Option<String>,
+        /// Until (RFC 3339 or YYYY-MM-DD, UTC; default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// model, key, team or day.
+        #[arg(long, default_value = "model")]
+        group_by: String,
+        /// Print the JSON `GET /admin/usage` answers instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask a running gateway's admin listener for /health; exit 0 if healthy.
     /// For container health checks (the image has no curl).
     Health {
@@ -168,6 +195,24 @@ fn main() -> ExitCode {
         Command::Check { config } => check(config),
         Command::Certs { out, hosts } => certs(out, hosts),
         Command::Health { admin } => health(admin),
+        Command::Usage {
+            config,
+            key,
+            team,
+            from,
+            to,
+            group_by,
+            json,
+        } => {
+            let params = h3gate::spend::report::Params {
+                key,
+                team,
+                from,
+                to,
+                group_by: Some(group_by),
+            };
+            h3gate::spend::cli::run(&config, &params, json)
+        }
         Command::Keys {
             action,
             config,

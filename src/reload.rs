@@ -205,6 +205,9 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     );
     check("cluster.secret", oc.secret != nc.secret);
     check("cluster.redis_url", oc.is_shared() != nc.is_shared());
+    // The spend file is read once, at start (reading it again would add
+    // what is already counted).
+    check("spend.file", old.spend.file != new.spend.file);
     check("admin.enabled", old.admin.enabled != new.admin.enabled);
     check("admin.listen", old.admin.listen != new.admin.listen);
     check("log.format", old.log.format != new.log.format);

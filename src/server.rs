@@ -35,6 +35,8 @@ pub enum StartError {
     State(#[from] crate::state::BuildError),
     #[error(transparent)]
     Quic(#[from] quic::QuicSetupError),
+    #[error(transparent)]
+    Spend(#[from] crate::spend::file::FileError),
     #[error("socket setup: {0}")]
     Io(#[from] std::io::Error),
     #[error("{what}: none of its addresses ({addrs}) could be bound on this host")]
@@ -187,7 +189,10 @@ pub async fn run(
     }
     let quic_config = config.quic.clone();
     let cluster_config = config.cluster.clone();
-    let state: SharedState = Arc::new(ArcSwap::from_pointee(State::build(config)?));
+    let state = State::build(config)?;
+    // Before anything is served: requests count on top of what was spent.
+    state.restore_spend()?;
+    let state: SharedState = Arc::new(ArcSwap::from_pointee(state));
     let shutdown = Shutdown::new(stop);
     let gateway = Gateway {
         tickets: ticket_hub(&state, &shutdown),

@@ -148,6 +148,38 @@ impl State {
         if let Some(c) = &self.cluster {
             c.start(shutdown);
         }
+        // Kept across reloads: the running task takes this state's parts.
+        self.spend.start(
+            &self.config.spend,
+            self.limiter.memory().cloned(),
+            self.cluster.clone(),
+            shutdown,
+        );
+    }
+
+    /// Reads the spend file back (one node with `[spend] file`): the usage
+    /// history and the budget counters. Once, at start, before serving
+    /// (never on a reload: the running spend is kept). Returns how many
+    /// history buckets it read.
+    pub fn restore_spend(&self) -> Result<usize, crate::spend::file::FileError> {
+        let Some(path) = self
+            .config
+            .spend
+            .file
+            .as_deref()
+            .filter(|_| self.cluster.is_none())
+        else {
+            return Ok(0);
+        };
+        let n = crate::spend::file::load_into(
+            path,
+            &self.spend.history,
+            self.limiter.memory().map(|m| &**m),
+            self.config.spend.retention.get().as_secs(),
+            crate::clock::now_secs(),
+        )?;
+        tracing::info!(file = %path.display(), buckets = n, "spend restored from the spend file");
+        Ok(n)
     }
 
     /// The audit log (a no-op until [`State::start_tasks`], or when off).
@@ -171,6 +203,10 @@ impl State {
             if self.cluster.is_some() && old.config.auth.keys_file == self.config.auth.keys_file {
                 self.keys = old.keys.clone();
             }
+        } else if let (Some(new), Some(old)) = (self.limiter.memory(), old.limiter.memory()) {
+            // A new in-memory limiter (another `[cluster]` without Redis):
+            // the budgets' spend goes on.
+            new.restore_budgets(&old.budget_counters());
         }
         self.spend = old.spend.clone();
         let a = &self.config.admission;

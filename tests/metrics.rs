@@ -252,6 +252,9 @@ const NOT_DRIVEN: &[&str] = &[
     "h3gate_cluster_fallbacks_total",
     "h3gate_cluster_syncs_total",
     "h3gate_cluster_tickets_total",
+    // Recorded with `[spend] file` or `[cluster]`: tests/spend_history.rs
+    // checks it there.
+    "h3gate_spend_saves_total",
 ];
 
 /// Checks every `h3gate_*` sample of `text` against its `# TYPE`, its

@@ -419,6 +419,11 @@ pub const BUDGET_ALERTS: Def<Counter, 2> = Def::counter(
     &["scope", "level"],
     "Budgets that reached a soft limit in their period, by scope (key, team) and level (80, 100); also an audit event each.",
 );
+pub const SPEND_SAVES: Def<Counter, 2> = Def::counter(
+    "h3gate_spend_saves_total",
+    &["store", "result"],
+    "Spend and usage history saved beyond the process, by store (file: the spend file's writes; redis: usage flushed to the cluster's Redis) and result (ok, error; dropped: a request's usage left out because the buckets waiting for Redis were at their cap).",
+);
 
 /// Every metric h3gate exports, for `describe`, the dashboard and alert
 /// checks and the tests.
@@ -476,6 +481,7 @@ pub const FAMILIES: &[Family] = &[
     COST_UNPRICED.family(),
     BUDGET_UTILISATION.family(),
     BUDGET_ALERTS.family(),
+    SPEND_SAVES.family(),
 ];
 
 /// Describes every family (HELP, unit) to the installed recorder.

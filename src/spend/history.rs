@@ -3,6 +3,7 @@
 //! buckets are kept beyond the process is the store's (see [`History`]).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,7 @@ pub struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, o: &Sums) {
+    pub fn add(&mut self, o: &Sums) {
         self.requests += o.requests;
         self.input_tokens += o.input_tokens;
         self.output_tokens += o.output_tokens;
@@ -100,10 +101,28 @@ pub struct Row {
     pub cost_usd: f64,
 }
 
-/// The buckets in memory.
-#[derive(Debug, Default)]
+/// The buckets in memory: on one node the store itself (saved in
+/// `[spend] file`); with `[cluster]` the buckets not yet added to Redis
+/// (see [`super::shared`]), which takes them every second.
+#[derive(Debug)]
 pub struct History {
     buckets: Mutex<BTreeMap<BucketKey, Sums>>,
+    /// Counts changes (what the spend file's writer looks at).
+    changes: AtomicU64,
+    /// Buckets held at most; a request that would add one more is not
+    /// recorded (counted). Unbounded on one node (retention bounds it);
+    /// bounded while Redis does not take the pending buckets.
+    cap: AtomicUsize,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            buckets: Mutex::default(),
+            changes: AtomicU64::new(0),
+            cap: AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 
 impl History {
@@ -120,7 +139,50 @@ impl History {
             model: s.model.to_string(),
             provider: s.provider.to_string(),
         };
-        self.lock().entry(key).or_default().add(&Sums::of(s));
+        let mut map = self.lock();
+        let room = map.len() < self.cap.load(Ordering::Relaxed);
+        match map.get_mut(&key) {
+            Some(sums) => sums.add(&Sums::of(s)),
+            None if room => {
+                map.insert(key, Sums::of(s));
+            }
+            None => {
+                drop(map);
+                crate::metrics::SPEND_SAVES
+                    .with(["redis", "dropped"])
+                    .increment(1);
+                return;
+            }
+        }
+        drop(map);
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Changes so far (records, restores, expiries): a writer saves when
+    /// this moved.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// Bounds the buckets held (see the field).
+    pub fn set_cap(&self, cap: usize) {
+        self.cap.store(cap, Ordering::Relaxed);
+    }
+
+    /// Buckets held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes every bucket out (the pending ones, for Redis).
+    pub fn take(&self) -> Vec<(BucketKey, Sums)> {
+        let taken = std::mem::take(&mut *self.lock());
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        taken.into_iter().collect()
     }
 
     /// Adds saved buckets (the spend file's, at start).
@@ -129,6 +191,8 @@ impl History {
         for (k, v) in buckets {
             map.entry(k).or_default().add(&v);
         }
+        drop(map);
+        self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Every bucket, oldest first.
@@ -138,24 +202,35 @@ impl History {
 
     /// Forgets the buckets older than `before` (Unix seconds).
     pub fn expire(&self, before: u64) {
-        self.lock().retain(|k, _| k.hour >= before);
+        let mut map = self.lock();
+        let had = map.len();
+        map.retain(|k, _| k.hour >= before);
+        if map.len() != had {
+            drop(map);
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The rows `q` asks for, largest cost first (days: in order).
     pub fn query(&self, q: &Query) -> Vec<Row> {
         let map = self.lock();
-        summarise(map.iter().map(|(k, v)| (k, v)), q)
+        summarise(map.iter(), q)
     }
 }
 
 /// Sums buckets into `q`'s rows (shared by every store).
-pub fn summarise<'a>(buckets: impl Iterator<Item = (&'a BucketKey, &'a Sums)>, q: &Query) -> Vec<Row> {
+pub fn summarise<'a>(
+    buckets: impl Iterator<Item = (&'a BucketKey, &'a Sums)>,
+    q: &Query,
+) -> Vec<Row> {
     let mut groups: BTreeMap<String, Sums> = BTreeMap::new();
     for (k, v) in buckets {
         if k.hour + 3600 <= q.from || k.hour >= q.to {
             continue;
         }
-        if q.key.as_ref().is_some_and(|key| *key != k.key) || q.team.as_ref().is_some_and(|t| *t != k.team) {
+        if q.key.as_ref().is_some_and(|key| *key != k.key)
+            || q.team.as_ref().is_some_and(|t| *t != k.team)
+        {
             continue;
         }
         let group = match q.group_by {
@@ -179,7 +254,11 @@ pub fn summarise<'a>(buckets: impl Iterator<Item = (&'a BucketKey, &'a Sums)>, q
         })
         .collect();
     if q.group_by != GroupBy::Day {
-        rows.sort_by(|a, b| b.cost_usd.total_cmp(&a.cost_usd).then(a.group.cmp(&b.group)));
+        rows.sort_by(|a, b| {
+            b.cost_usd
+                .total_cmp(&a.cost_usd)
+                .then(a.group.cmp(&b.group))
+        });
     }
     rows
 }

@@ -13,15 +13,22 @@
 //!   `[cluster]`.
 //! - **Usage** ([`history`]): hourly buckets per key, team and model, kept
 //!   for `[spend] retention`, queried by `GET /admin/usage` and
-//!   `h3gate usage`.
+//!   `h3gate usage` ([`report`]). Kept beyond the process by [`keep`]: in
+//!   the spend file on one node ([`file`]), in Redis with `[cluster]`
+//!   ([`shared`]).
 //! - **Soft limits**: crossing 80% and 100% of a budget is an audit event
 //!   and `h3gate_budget_alerts_total{scope,level}`, once per budget and
 //!   window on each replica.
 
+pub mod cli;
+pub mod file;
 pub mod history;
+pub mod keep;
 pub mod meter;
 pub mod period;
 pub mod prices;
+pub mod report;
+pub mod shared;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -29,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 pub use history::History;
+pub use keep::Source;
 pub use period::{Period, Window};
 pub use prices::{nanos, usd, Nanos, Price, PriceTable, Usage};
 
@@ -67,6 +75,8 @@ pub struct Spend {
     pub history: History,
     /// Soft-limit alerts already raised: (budget, window slot, level).
     alerted: Mutex<HashSet<(String, u64, u8)>>,
+    /// What keeps spend beyond the process ([`Spend::start`]).
+    keeper: keep::Keeper,
 }
 
 /// A budget's level after a decision, for its soft-limit alerts.
