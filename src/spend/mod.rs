@@ -21,6 +21,7 @@
 //!   window on each replica.
 
 pub mod cli;
+pub mod enforce;
 pub mod file;
 pub mod history;
 pub mod keep;
@@ -28,6 +29,7 @@ pub mod meter;
 pub mod period;
 pub mod prices;
 pub mod report;
+mod settle;
 pub mod shared;
 
 use std::collections::HashSet;
@@ -39,6 +41,7 @@ pub use history::History;
 pub use keep::Source;
 pub use period::{Period, Window};
 pub use prices::{nanos, usd, Nanos, Price, PriceTable, Usage};
+pub use settle::Charge;
 
 /// A key's or a team's budget: USD and/or tokens per period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
