@@ -177,3 +177,149 @@ fn keys_edit_sets_and_clears_limits_and_the_expiry() {
     assert!(!bad.status.success());
     assert!(text(&bad.stderr).contains("--rpm"), "{}", text(&bad.stderr));
 }
+
+/// A spend file (as the gateway writes it) beside a configuration naming it
+/// relatively: alice (team eng) and bob, on the 1st and 2nd of December.
+fn spend_install() -> (tempfile::TempDir, PathBuf) {
+    use h3gate::spend::{History, Spent, Usage};
+    let (dir, config) = fresh_install("keys_file = \"keys.json\"");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[spend]\nfile = \"state/spend.json\"\n");
+    std::fs::write(&config, text).unwrap();
+    let dec_1 = 1_796_083_200; // 2026-12-01T00:00:00Z
+    let h = History::default();
+    for (at, key, team, model, cost) in [
+        (dec_1 + 3600, "alice", Some("eng"), "gpt-4o", 2_000_000_000),
+        (dec_1 + 3700, "alice", Some("eng"), "claude", 500_000_000),
+        (dec_1 + 86_400 + 60, "bob", None, "gpt-4o", 250_000_000),
+    ] {
+        h.record(&Spent {
+            at,
+            key: Some(key.into()),
+            team: team.map(Into::into),
+            model: model.into(),
+            provider: "up".into(),
+            usage: Usage {
+                input: 1000,
+                output: 100,
+                cached_input: 200,
+                cache_write: 0,
+            },
+            cost,
+        });
+    }
+    let saved = h3gate::spend::file::Saved {
+        version: h3gate::spend::file::VERSION,
+        buckets: h.buckets(),
+        ..Default::default()
+    };
+    h3gate::spend::file::write(&dir.path().join("state/spend.json"), &saved).unwrap();
+    (dir, config)
+}
+
+#[test]
+fn usage_prints_the_spend_file_as_a_table_or_the_apis_json() {
+    let (_dir, config) = spend_install();
+    let range = ["--from", "2026-12-01", "--to", "2026-12-03"];
+    let out = h3gate(
+        &[&["usage", "--group-by", "key"][..], &range].concat(),
+        &config,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0],
+        "usage from 2026-12-01T00:00:00Z to 2026-12-03T00:00:00Z"
+    );
+    assert!(
+        lines[1].starts_with("KEY") && lines[1].contains("COST_USD"),
+        "{table}"
+    );
+    let alice: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        alice,
+        ["alice", "2", "2000", "200", "400", "0", "2.500000"],
+        "{table}"
+    );
+    assert!(lines[3].starts_with("bob "), "{table}");
+    let total: Vec<&str> = lines[4].split_whitespace().collect();
+    assert_eq!(total, ["TOTAL", "3", "3000", "300", "600", "0", "2.750000"]);
+
+    // --json: the answer of GET /admin/usage.
+    let args = [
+        &["usage", "--json", "--team", "eng", "--group-by", "model"][..],
+        &range,
+    ]
+    .concat();
+    let out = h3gate(&args, &config);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["group_by"], "model");
+    assert_eq!(json["team"], "eng");
+    assert_eq!(json["from"], "2026-12-01T00:00:00Z");
+    let rows: Vec<(&str, f64)> = json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["group"].as_str().unwrap(),
+                r["cost_usd"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("gpt-4o", 2.0), ("claude", 0.5)]);
+    assert_eq!(json["total"]["requests"], 2);
+    assert_eq!(json["total"]["cached_input_tokens"], 400);
+
+    let day = h3gate(
+        &[&["usage", "--group-by", "day", "--key", "bob"][..], &range].concat(),
+        &config,
+    );
+    let day = text(&day.stdout);
+    assert!(
+        day.lines().nth(2).unwrap().starts_with("2026-12-02 "),
+        "{day}"
+    );
+}
+
+#[test]
+fn usage_names_what_is_not_right() {
+    let (_dir, config) = spend_install();
+    let out = h3gate(&["usage", "--from", "last week"], &config);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--from: \"last week\" is not a time"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = h3gate(&["usage", "--group-by", "hour"], &config);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--group-by:"),
+        "{}",
+        text(&out.stderr)
+    );
+    // No [spend] file: the history is only in the running gateway.
+    let (_dir, plain) = fresh_install("keys_file = \"keys.json\"");
+    let out = h3gate(&["usage"], &plain);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("sets no [spend] file"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A spend file that is not one is an error, not an empty answer.
+    std::fs::write(_dir.path().join("spend.json"), "not json").unwrap();
+    let mut t = std::fs::read_to_string(&plain).unwrap();
+    t.push_str("\n[spend]\nfile = \"spend.json\"\n");
+    std::fs::write(&plain, t).unwrap();
+    let out = h3gate(&["usage"], &plain);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not a spend file"),
+        "{}",
+        text(&out.stderr)
+    );
+}

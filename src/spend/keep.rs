@@ -95,6 +95,9 @@ impl Spend {
         }
         if shared {
             self.history.set_cap(super::shared::PENDING_CAP);
+            if let Some(f) = &cfg.file {
+                tracing::warn!(file = %f.display(), "[spend] file is not used with cluster.redis_url: spend is kept in redis");
+            }
         }
         // What the file holds already (as it was read back at start).
         let writer = (!shared)
@@ -265,7 +268,8 @@ impl Source<'_> {
                 pending,
                 max_days,
             } => {
-                let mut all = super::shared::read(cluster, from, to, *max_days).await?;
+                let now = crate::clock::now_secs();
+                let mut all = super::shared::read(cluster, from, to, *max_days, now).await?;
                 if let Some(p) = pending {
                     all.extend(p.buckets());
                 }

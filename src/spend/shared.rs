@@ -154,17 +154,22 @@ pub async fn flush(
     Ok(())
 }
 
-/// The buckets of the days `[from, to)` touches, at most `max_days` of
-/// them (the most recent).
+/// The buckets of the days `[from, to)` touches that can hold any at
+/// `now`: the last `max_days` days (the retention's), today included.
 pub async fn read(
     cluster: &Cluster,
     from: u64,
     to: u64,
     max_days: u64,
+    now: u64,
 ) -> Result<Vec<(BucketKey, Sums)>, ClusterError> {
-    let last = to.saturating_sub(1) / DAY;
-    let first = (from / DAY).max(last.saturating_sub(max_days));
+    let today = now / DAY;
+    let last = (to.saturating_sub(1) / DAY).min(today);
+    let first = (from / DAY).max(today.saturating_sub(max_days));
     let mut out: BTreeMap<BucketKey, Sums> = BTreeMap::new();
+    if from >= to || first > last {
+        return Ok(Vec::new());
+    }
     let days: Vec<u64> = (first..=last).collect();
     for chunk in days.chunks(DAYS_PER_CALL) {
         let mut pipe = redis::pipe();
