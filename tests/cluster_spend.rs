@@ -16,7 +16,7 @@ use serde_json::Value;
 /// Redis calls may take this long here (the tests share two cores).
 const PATIENT: (&str, &str) = ("[cluster]\n", "[cluster]\ntimeout = \"2s\"\n");
 
-const EXTRA: &str = "\n[spend]\nretention = \"30d\"\n\n[[prices]]\nmodel = \"gpt-4o-mini\"\ninput = 1000.0\noutput = 2000.0\n";
+const EXTRA: &str = "\n[spend]\nretention = \"30d\"\n\n[[teams]]\nname = \"ml\"\nbudget = 1.0\n\n[[prices]]\nmodel = \"gpt-4o-mini\"\ninput = 1000.0\noutput = 2000.0\n";
 
 /// One answered `gpt-4o-mini` request at those prices, in nano-USD.
 const ACTUAL: u64 = 17_000_000;
@@ -46,6 +46,10 @@ async fn two_replicas_share_one_usage_history_in_redis() {
         .into_iter()
         .map(|n| h3gate::auth::create(&first, key(n)).unwrap().0)
         .collect();
+    // alice is in team ml (its budget in EXTRA).
+    let mut file = h3gate::auth::read_file(&first).unwrap();
+    file.keys[0].team = Some("ml".into());
+    std::fs::write(&first, serde_json::to_vec(&file).unwrap()).unwrap();
     std::fs::copy(&first, dir.path().join("replica-2-keys.json")).unwrap();
     let (url, base) = (redis.url(), upstream.base_url());
     let replicas: Vec<Replica> = (1..=2)
@@ -119,6 +123,23 @@ async fn two_replicas_share_one_usage_history_in_redis() {
         assert_eq!(bob["rows"].as_array().unwrap().len(), 1, "{bob}");
         assert_eq!(bob["total"]["requests"], 2);
     }
+    // The team's budget, counted by the shared history.
+    let (status, b) = replicas[1]
+        .admin_request(reqwest::Method::GET, "/admin/budgets", None)
+        .await;
+    assert_eq!(status, 200, "{b}");
+    let b: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(b["counted_by"], "history");
+    assert_eq!(b["budgets"][0]["name"], "ml", "{b}");
+    assert_eq!(
+        b["budgets"][0]["spent_usd"].as_f64(),
+        usd(3 * ACTUAL),
+        "{b}"
+    );
+    assert_eq!(
+        b["budgets"][0]["remaining_usd"].as_f64(),
+        usd(1_000_000_000 - 3 * ACTUAL)
+    );
     // In Redis: one hash for today, expiring after the retention.
     let today = &h3gate::spend::period::rfc3339(h3gate::clock::now_secs())[..10];
     let mut conn = redis.connection();

@@ -287,6 +287,19 @@ async fn spend_survives_a_restart_without_redis() {
         // Its correction is in once it is recorded.
         usage_once(first.admin, "", n as u64 + 1).await;
     }
+    // A reload keeps the spend (and the file it was started with: the
+    // configuration file never named it, so it is a restart's to change).
+    let (status, report) = first.reload().await;
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        report["restart_required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "spend.file"),
+        "{report}"
+    );
+    usage_once(first.admin, "", 3).await;
     let saves = "h3gate_spend_saves_total{store=\"file\",result=\"ok\"}";
     let written = wait_until(Duration::from_secs(10), async || {
         first.metric(saves).await >= 1.0
