@@ -13,6 +13,8 @@
 //!   once), `PATCH /admin/keys/NAME` (scopes, models, expires, rpm, tpm,
 //!   max_concurrent; `null` clears), `DELETE /admin/keys/NAME` (revoke).
 //! - `GET /admin/denylist`, `DELETE /admin/denylist/ADDRESS` (lift a deny).
+//! - `GET /ui/usage`: the usage page (static; it asks `/admin/usage` and
+//!   `/admin/budgets` with the token typed into it).
 //!
 //! In a cluster, keys and denies are changed in Redis and so on every
 //! replica; an answer says `"sharing": "shared"`. While Redis is
@@ -54,6 +56,8 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
             (&Method::GET | &Method::HEAD, "/ready") => self.ready(),
+            (&Method::GET, p) if p.starts_with("/ui/") => crate::spend::page::serve(p)
+                .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "not found")),
             (&Method::GET, "/metrics") => {
                 let Some(prometheus) = &self.prometheus else {
                     return error(

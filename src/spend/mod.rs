@@ -21,6 +21,7 @@
 pub mod enforce;
 pub mod history;
 pub mod meter;
+pub mod page;
 pub mod period;
 pub mod prices;
 mod settle;
