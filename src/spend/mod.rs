@@ -18,6 +18,7 @@
 //!   and `h3gate_budget_alerts_total{scope,level}`, once per budget and
 //!   window on each replica.
 
+pub mod check;
 pub mod history;
 pub mod meter;
 pub mod period;
