@@ -69,7 +69,9 @@ impl Admin {
                 if !authorized(req.headers(), &token) {
                     return unauthorized();
                 }
-                let mut resp = http::Response::new(full(prometheus.render()));
+                let mut text = prometheus.render();
+                crate::spend::meter::render_into(&mut text);
+                let mut resp = http::Response::new(full(text));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -19,6 +19,7 @@
 //!   window on each replica.
 
 pub mod enforce;
+pub mod check;
 pub mod history;
 pub mod meter;
 pub mod page;
