@@ -16,6 +16,8 @@
 //! - `GET /admin/usage?key=&team=&from=&to=&group_by=model|key|team|day`:
 //!   the usage history; `GET /admin/budgets`: every budget and how full it
 //!   is (see [`crate::spend::report`]).
+//! - `GET /ui/usage`: the usage page (static; it asks `/admin/usage` and
+//!   `/admin/budgets` with the token typed into it).
 //!
 //! In a cluster, keys and denies are changed in Redis and so on every
 //! replica; an answer says `"sharing": "shared"`. While Redis is
@@ -59,6 +61,8 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
             (&Method::GET | &Method::HEAD, "/ready") => self.ready(),
+            (&Method::GET, p) if p.starts_with("/ui/") => crate::spend::page::serve(p)
+                .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "not found")),
             (&Method::GET, "/metrics") => {
                 let Some(prometheus) = &self.prometheus else {
                     return error(
@@ -70,7 +74,9 @@ impl Admin {
                 if !authorized(req.headers(), &token) {
                     return unauthorized();
                 }
-                let mut resp = http::Response::new(full(prometheus.render()));
+                let mut text = prometheus.render();
+                crate::spend::meter::render_into(&mut text);
+                let mut resp = http::Response::new(full(text));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -295,3 +295,54 @@ fn listen_takes_one_address_or_a_list() {
         "{found:?}"
     );
 }
+
+/// `[[prices]]`, `[[teams]]` and `[spend]` are read (they were refused as
+/// unknown sections before), checked key by key, and printed back by
+/// `to_redacted_toml`; `[spend] file` is relative to the config file.
+#[test]
+fn spend_sections_are_read() {
+    let text = format!(
+        r#"
+[spend]
+file = "state/spend.json"
+retention = "30d"
+
+[[prices]]
+model = "gpt-4o*"
+input = 2.5
+output = 10.0
+cached_input = 1.25
+
+[[teams]]
+name = "research"
+budget = 100.0
+budget_period = "1d"
+{VALID_TAIL}"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config::from_toml(&text, dir.path(), &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.prices.len(), 1);
+    assert_eq!(
+        (
+            c.prices[0].model.as_str(),
+            c.prices[0].cached_input,
+            c.prices[0].cache_write
+        ),
+        ("gpt-4o*", Some(1.25), None)
+    );
+    assert_eq!(c.teams[0].name, "research");
+    assert_eq!(c.teams[0].budget, Some(100.0));
+    assert_eq!(c.spend.file, Some(dir.path().join("state/spend.json")));
+    let printed = c.to_redacted_toml();
+    assert!(
+        printed.contains("[[prices]]") && printed.contains("[[teams]]"),
+        "{printed}"
+    );
+
+    let bad = text.replace("cached_input = 1.25", "cached = 1.25");
+    let found = problems(&bad);
+    assert!(
+        found.iter().any(|p| p.starts_with("prices[0].cached")),
+        "{found:?}"
+    );
+}

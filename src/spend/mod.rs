@@ -20,12 +20,14 @@
 //!   and `h3gate_budget_alerts_total{scope,level}`, once per budget and
 //!   window on each replica.
 
+pub mod check;
 pub mod cli;
 pub mod enforce;
 pub mod file;
 pub mod history;
 pub mod keep;
 pub mod meter;
+pub mod page;
 pub mod period;
 pub mod prices;
 pub mod report;
