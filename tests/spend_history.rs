@@ -212,23 +212,27 @@ async fn usage_is_recorded_and_grouped_by_key_team_model_and_day(p: Proto) {
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["counted_by"], "limiter");
     let list = b["budgets"].as_array().unwrap();
-    let names: Vec<(&str, &str)> = list
+    let names: Vec<(&str, &str, &str)> = list
         .iter()
-        .map(|x| (x["scope"].as_str().unwrap(), x["name"].as_str().unwrap()))
+        .map(|x| {
+            let s = |f: &str| x[f].as_str().unwrap();
+            (s("scope"), s("name"), s("unit"))
+        })
         .collect();
     assert_eq!(
         names,
-        [("key", "alice"), ("team", "eng")],
+        [("key", "alice", "usd"), ("team", "eng", "usd")],
         "bob has no budget"
     );
     let spent = 2.0 * ACTUAL as f64 / 1e9;
     for x in list {
+        assert_eq!(x["spent"].as_f64(), Some(spent), "{x}");
         assert_eq!(x["spent_usd"].as_f64(), Some(spent), "{x}");
         assert_eq!(x["spent_tokens"], 24, "{x}");
     }
-    assert_eq!(list[0]["budget_usd"], 1.0);
+    assert_eq!(list[0]["budget"], 1.0);
     assert_eq!(
-        list[0]["remaining_usd"].as_f64(),
+        list[0]["remaining"].as_f64(),
         Some((1e9 - 2.0 * ACTUAL as f64) / 1e9)
     );
     assert_eq!(list[0]["period"], "1d");
@@ -323,7 +327,7 @@ async fn spend_survives_a_restart_without_redis() {
     );
     let (_, b) = admin(second.admin, "/admin/budgets").await;
     assert_eq!(
-        b["budgets"][0]["spent_usd"].as_f64(),
+        b["budgets"][0]["spent"].as_f64(),
         Some(3.0 * ACTUAL as f64 / 1e9),
         "{b}"
     );

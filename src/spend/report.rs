@@ -1,10 +1,13 @@
 //! The answers of `GET /admin/usage` and `GET /admin/budgets`, and of
 //! `h3gate usage` (the same JSON, or a table).
 //!
-//! `/admin/budgets` lists every key with a budget and every `[[teams]]`
-//! team: its budget, period, what is spent in the current window, what
-//! remains and when the window's current slot ends (`resets_at`: a calendar
-//! period starts over then; a rolling window lets its oldest slot go).
+//! `/admin/budgets` lists every budget of the keys and the `[[teams]]`,
+//! one entry per unit (USD, tokens): its period, budget, what is spent in
+//! the current window and what remains (in the unit), both units' spend
+//! (`spent_usd`, `spent_tokens`), and when the window's current slot ends
+//! (`resets_at`: a calendar period starts over then; a rolling window lets
+//! its oldest slot go). A team without a budget is left out (its usage is
+//! in `/admin/usage?group_by=team`).
 //! What is spent in a unit that has a budget is what the budget is decided
 //! on: on one node the in-memory limiter's counters (reservations of
 //! requests in flight included); with `[cluster]` (whose counters are in
@@ -217,25 +220,37 @@ pub fn table(u: &Usage) -> String {
     out
 }
 
-/// One budget's state (`GET /admin/budgets`).
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+/// One budget in one unit (`GET /admin/budgets`): a key or team with a
+/// USD and a token budget has two.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BudgetState {
     /// `key` or `team`.
-    pub scope: String,
+    pub scope: &'static str,
     pub name: String,
     /// A key's team.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    pub unit: Unit,
     pub period: Period,
-    /// The window's start and when its current slot ends.
+    /// In the unit: USD, or tokens.
+    pub budget: Amount,
+    pub spent: Amount,
+    pub remaining: Amount,
+    /// The window's start, and when its current slot ends.
     pub window_from: String,
     pub resets_at: String,
-    pub budget_usd: Option<f64>,
+    /// What the owner spent in the window in both units (the other unit's
+    /// from the history).
     pub spent_usd: f64,
-    pub remaining_usd: Option<f64>,
-    pub budget_tokens: Option<u64>,
     pub spent_tokens: u64,
-    pub remaining_tokens: Option<u64>,
+}
+
+/// USD or tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Amount {
+    Tokens(u64),
+    Usd(f64),
 }
 
 /// When `period`'s window at `now` starts.
@@ -261,8 +276,9 @@ struct Owner<'a> {
     budget: Budget,
 }
 
-/// Every key with a budget (revoked ones left out) and every team, as
-/// `source` and (on one node) the limiter's `counters` say at `now`.
+/// Every budget of the keys (revoked ones left out) and the teams, one per
+/// unit, as `source` and (on one node) the limiter's `counters` say at
+/// `now`.
 pub async fn budgets(
     keys: &[std::sync::Arc<KeyRecord>],
     teams: &HashMap<String, Budget>,
@@ -285,13 +301,18 @@ pub async fn budgets(
         .collect();
     let mut team_names: Vec<&String> = teams.keys().collect();
     team_names.sort();
-    owners.extend(team_names.into_iter().map(|t| Owner {
-        scope: "team",
-        name: t,
-        team: None,
-        subject: format!("team:{t}"),
-        budget: teams[t].clone(),
-    }));
+    owners.extend(
+        team_names
+            .into_iter()
+            .filter(|t| !teams[*t].is_empty())
+            .map(|t| Owner {
+                scope: "team",
+                name: t,
+                team: None,
+                subject: format!("team:{t}"),
+                budget: teams[t].clone(),
+            }),
+    );
     let Some(earliest) = owners
         .iter()
         .map(|o| window_start(o.budget.period, now))
@@ -302,16 +323,16 @@ pub async fn budgets(
     let buckets = source.buckets(earliest, now + 1).await?;
     Ok(owners
         .iter()
-        .map(|o| state_of(o, &buckets, counters, now))
+        .flat_map(|o| states_of(o, &buckets, counters, now))
         .collect())
 }
 
-fn state_of(
+fn states_of(
     o: &Owner<'_>,
     buckets: &[(BucketKey, Sums)],
     counters: Option<&[BudgetCounter]>,
     now: u64,
-) -> BudgetState {
+) -> Vec<BudgetState> {
     let period = o.budget.period;
     let w = period.window(now);
     let from = window_start(period, now);
@@ -327,8 +348,7 @@ fn state_of(
     let tokens: u64 = rows.iter().map(|r| r.input_tokens + r.output_tokens).sum();
     // The limiter's count, for a unit with a budget (one node).
     let counted = |unit: Unit| {
-        let all = counters?;
-        let c = all
+        let c = counters?
             .iter()
             .find(|c| c.subject == o.subject && c.unit == unit && c.period == period);
         Some(c.map_or(0, |c| {
@@ -349,23 +369,40 @@ fn state_of(
         .tokens
         .and_then(|_| counted(Unit::Tokens))
         .unwrap_or(tokens);
-    BudgetState {
-        scope: o.scope.to_string(),
+    let state = |unit, budget, spent, remaining| BudgetState {
+        scope: o.scope,
         name: o.name.to_string(),
         team: o.team.map(str::to_string),
+        unit,
         period,
+        budget,
+        spent,
+        remaining,
         window_from: rfc3339(from),
         resets_at: rfc3339(w.ends),
-        budget_usd: o.budget.usd,
         spent_usd: usd(spent_nanos),
-        remaining_usd: o
-            .budget
-            .usd
-            .map(|b| usd(nanos(b).saturating_sub(spent_nanos))),
-        budget_tokens: o.budget.tokens,
         spent_tokens,
-        remaining_tokens: o.budget.tokens.map(|b| b.saturating_sub(spent_tokens)),
+    };
+    let mut out = Vec::new();
+    if let Some(b) = o.budget.usd {
+        let left = usd(nanos(b).saturating_sub(spent_nanos));
+        out.push(state(
+            Unit::Usd,
+            Amount::Usd(b),
+            Amount::Usd(usd(spent_nanos)),
+            Amount::Usd(left),
+        ));
     }
+    if let Some(b) = o.budget.tokens {
+        let left = b.saturating_sub(spent_tokens);
+        out.push(state(
+            Unit::Tokens,
+            Amount::Tokens(b),
+            Amount::Tokens(spent_tokens),
+            Amount::Tokens(left),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -207,6 +207,12 @@ fn key(name: &str, team: Option<&str>, usd: Option<f64>, tokens: Option<u64>) ->
     })
 }
 
+fn entries(list: &[BudgetState]) -> Vec<(&str, &str, Unit)> {
+    list.iter()
+        .map(|b| (b.scope, b.name.as_str(), b.unit))
+        .collect()
+}
+
 #[tokio::test]
 async fn budgets_are_counted_by_the_limiter_where_it_decides_else_by_the_history() {
     let h = history();
@@ -237,36 +243,38 @@ async fn budgets_are_counted_by_the_limiter_where_it_decides_else_by_the_history
     let src = Source::Memory(&h);
     // From the history: finished requests of the window.
     let list = budgets(&keys, &teams, None, &src, now).await.unwrap();
-    let names: Vec<(&str, &str)> = list
-        .iter()
-        .map(|b| (b.scope.as_str(), b.name.as_str()))
-        .collect();
     assert_eq!(
-        names,
+        entries(&list),
         [
-            ("key", "alice"),
-            ("key", "carol"),
-            ("team", "eng"),
-            ("team", "ops")
+            ("key", "alice", Unit::Usd),
+            ("key", "carol", Unit::Tokens),
+            ("team", "eng", Unit::Usd),
+            ("team", "eng", Unit::Tokens)
         ],
-        "keys without a budget are left out; every team is in"
+        "one entry per budget and unit; no budget, no entry"
     );
     let alice = &list[0];
     assert_eq!(alice.team.as_deref(), Some("eng"));
-    assert_eq!((alice.spent_usd, alice.remaining_usd), (0.005, Some(0.005)));
-    assert_eq!(alice.spent_tokens, 330);
+    assert_eq!(
+        (alice.budget, alice.spent, alice.remaining),
+        (Amount::Usd(0.01), Amount::Usd(0.005), Amount::Usd(0.005))
+    );
+    assert_eq!(alice.spent_tokens, 330, "the other unit: the history's");
     assert_eq!(alice.window_from, "2026-12-01T00:00:00Z");
     assert_eq!(alice.resets_at, "2026-12-02T00:00:00Z");
-    let eng = &list[2];
-    assert_eq!(eng.remaining_tokens, Some(670));
-    assert_eq!(eng.resets_at, "2027-01-01T00:00:00Z");
-    assert_eq!(list[3].spent_usd, 0.0, "ops spent nothing yet this month");
+    let eng_tokens = &list[3];
+    assert_eq!(eng_tokens.remaining, Amount::Tokens(670));
+    assert_eq!(eng_tokens.resets_at, "2027-01-01T00:00:00Z");
+    let json = serde_json::to_value(eng_tokens).unwrap();
+    assert_eq!(json["unit"], "tokens");
+    assert_eq!(json["budget"], 1000);
+    assert_eq!(json["period"], "month");
     // The next day, alice's daily window is empty; the team's month is not.
     let later = budgets(&keys, &teams, None, &src, DEC_1 + DAY + 3 * HOUR)
         .await
         .unwrap();
-    assert_eq!(later[0].spent_usd, 0.0);
-    assert_eq!(later[2].spent_usd, 0.005);
+    assert_eq!(later[0].spent, Amount::Usd(0.0));
+    assert_eq!(later[2].spent, Amount::Usd(0.005));
     // From the limiter's counters for a unit with a budget (reservations
     // included); this window's slot only.
     let slot = Period::Day.window(now).slot;
@@ -279,8 +287,8 @@ async fn budgets_are_counted_by_the_limiter_where_it_decides_else_by_the_history
     let list = budgets(&keys, &teams, Some(&counters), &src, now)
         .await
         .unwrap();
-    assert_eq!(list[0].spent_usd, 0.009);
-    assert_eq!(list[0].remaining_usd, Some(0.001));
+    assert_eq!(list[0].spent, Amount::Usd(0.009));
+    assert_eq!(list[0].remaining, Amount::Usd(0.001));
     assert_eq!(list[0].spent_tokens, 330, "no token budget: the history's");
-    assert_eq!(list[1].spent_tokens, 0, "carol's counter is empty");
+    assert_eq!(list[1].spent, Amount::Tokens(0), "carol's counter is empty");
 }
