@@ -163,6 +163,11 @@ impl Admin {
             }
             serde_json::json!({"redis": if c.is_up() { "up" } else { "down" }})
         });
+        if s.spend.file_failing() {
+            reasons.push(
+                "the spend file cannot be written (see the log); spend is kept in memory".into(),
+            );
+        }
         reasons.sort();
         for r in &unroutable {
             reasons.push(format!("route {r} has no usable target"));

@@ -154,7 +154,7 @@ async fn two_replicas_share_one_usage_history_in_redis() {
     assert!(ttl > 29 * 86_400 && ttl <= 31 * 86_400, "ttl {ttl}");
     assert!(
         replicas[0]
-            .metric("h3gate_spend_saves_total{store=\"redis\",result=\"ok\"}")
+            .metric("h3gate_cluster_syncs_total{what=\"usage\",result=\"pushed\"}")
             .await
             >= 1.0
     );

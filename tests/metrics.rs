@@ -252,9 +252,6 @@ const NOT_DRIVEN: &[&str] = &[
     "h3gate_cluster_fallbacks_total",
     "h3gate_cluster_syncs_total",
     "h3gate_cluster_tickets_total",
-    // Recorded with `[spend] file` or `[cluster]`: tests/spend_history.rs
-    // checks it there.
-    "h3gate_spend_saves_total",
     // Spend (issue 19): recorded by the request path's cost and budget
     // accounting (`spend::meter::cost`, budget claims), which is being
     // wired; until then the unit tests of `spend::meter` and the table test

@@ -397,7 +397,7 @@ pub const CLUSTER_FALLBACKS: Def<Counter, 2> = Def::counter(
 pub const CLUSTER_SYNCS: Def<Counter, 2> = Def::counter(
     "h3gate_cluster_syncs_total",
     &["what", "result"],
-    "Shared state (keys, denies, tickets) read from or written to Redis, by what and result.",
+    "Shared state (keys, denies, tickets, usage) read from or written to Redis, by what and result (usage: pushed, failed, dropped — a request's usage left out while the buckets waiting for Redis were at their cap).",
 );
 pub const CLUSTER_TICKETS: Def<Counter, 1> = Def::counter(
     "h3gate_cluster_tickets_total",
@@ -418,11 +418,6 @@ pub const BUDGET_ALERTS: Def<Counter, 2> = Def::counter(
     "h3gate_budget_alerts_total",
     &["scope", "level"],
     "Budgets that reached a soft limit in their period, by scope (key, team) and level (80, 100); also an audit event each.",
-);
-pub const SPEND_SAVES: Def<Counter, 2> = Def::counter(
-    "h3gate_spend_saves_total",
-    &["store", "result"],
-    "Spend and usage history saved beyond the process, by store (file: the spend file's writes; redis: usage flushed to the cluster's Redis) and result (ok, error; dropped: a request's usage left out because the buckets waiting for Redis were at their cap).",
 );
 
 /// `h3gate_cost_usd_total`: a float counter, which the `metrics` crate's
@@ -497,7 +492,6 @@ pub const FAMILIES: &[Family] = &[
     COST_UNPRICED.family(),
     BUDGET_UTILISATION.family(),
     BUDGET_ALERTS.family(),
-    SPEND_SAVES.family(),
 ];
 
 /// Describes every family (HELP, unit) to the installed recorder.

@@ -148,8 +148,8 @@ impl History {
             }
             None => {
                 drop(map);
-                crate::metrics::SPEND_SAVES
-                    .with(["redis", "dropped"])
+                crate::metrics::CLUSTER_SYNCS
+                    .with(["usage", "dropped"])
                     .increment(1);
                 return;
             }

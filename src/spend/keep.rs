@@ -40,6 +40,8 @@ const EXPIRE_EVERY: u64 = 3600;
 #[derive(Debug, Default)]
 pub struct Keeper {
     started: AtomicBool,
+    /// The spend file's last write failed.
+    failing: AtomicBool,
     /// Spend goes to Redis (decided at the first start).
     shared: OnceLock<bool>,
     retention: AtomicU64,
@@ -112,6 +114,11 @@ impl Spend {
             });
         let spend = self.clone();
         shutdown.spawn_until_exit(run(spend, writer, shared, shutdown.clone()));
+    }
+
+    /// Whether the spend file's last write failed (`/ready` says so).
+    pub fn file_failing(&self) -> bool {
+        self.keeper.failing.load(Ordering::Relaxed)
     }
 
     /// Where the usage history is read: Redis when spend goes there, else
@@ -194,22 +201,18 @@ impl Writer {
         self.not_before = Instant::now() + start.elapsed() * 9;
         match written {
             Ok(()) => {
-                crate::metrics::SPEND_SAVES
-                    .with(["file", "ok"])
-                    .increment(1);
                 if self.failing {
                     tracing::info!(file = %self.path.display(), "spend file written again");
                 }
                 (self.changes, self.budgets, self.failing) = (changes, budgets, false);
+                spend.keeper.failing.store(false, Ordering::Relaxed);
             }
             Err(e) => {
-                crate::metrics::SPEND_SAVES
-                    .with(["file", "error"])
-                    .increment(1);
                 if !self.failing {
                     tracing::error!(file = %self.path.display(), error = %e, "cannot write the spend file; retrying every second (spend is kept in memory meanwhile)");
                 }
                 self.failing = true;
+                spend.keeper.failing.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -226,12 +229,12 @@ async fn flush(spend: &Spend) {
     };
     let pending = spend.history.take();
     match super::shared::flush(&cluster, pending, spend.keeper.retention()).await {
-        Ok(()) => crate::metrics::SPEND_SAVES
-            .with(["redis", "ok"])
+        Ok(()) => crate::metrics::CLUSTER_SYNCS
+            .with(["usage", "pushed"])
             .increment(1),
         Err((e, rest)) => {
-            crate::metrics::SPEND_SAVES
-                .with(["redis", "error"])
+            crate::metrics::CLUSTER_SYNCS
+                .with(["usage", "failed"])
                 .increment(1);
             tracing::debug!(error = %e, pending = rest.len(), "usage not yet in redis; kept for the next try");
             spend.history.restore(rest);

@@ -11,7 +11,7 @@
 //! them every second and adds them here in `MULTI`/`EXEC` batches. While
 //! Redis does not answer they stay pending (and are sent when it does),
 //! up to [`PENDING_CAP`] buckets; past it a request's usage is dropped and
-//! counted (`h3gate_spend_saves_total{store="redis",result="dropped"}`).
+//! counted (`h3gate_cluster_syncs_total{what="usage",result="dropped"}`).
 //! A batch whose `EXEC` reached Redis but whose answer was lost is sent
 //! again: counted twice (rare, and never lost).
 //!

@@ -192,3 +192,28 @@ async fn a_second_start_keeps_one_task_and_takes_the_new_parts() {
     assert!(matches!(spend.source(), Source::Memory(_)));
     shutdown.exit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_is_told_and_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spend.json");
+    // A directory where the file goes: the rename onto it fails (even as root).
+    std::fs::create_dir_all(path.join("in-the-way")).unwrap();
+    let spend = Arc::new(Spend::default());
+    let shutdown = Shutdown::new(CancellationToken::new());
+    spend.start(&config(&path), None, None, &shutdown);
+    spend.history.record(&spent("alice"));
+    let mut told = false;
+    for _ in 0..500 {
+        if spend.file_failing() {
+            told = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(told, "the failure is visible");
+    std::fs::remove_dir_all(&path).unwrap();
+    assert!(file_has(&path, 1).await, "written once it can be");
+    assert!(!spend.file_failing());
+    shutdown.exit().await;
+}
