@@ -25,6 +25,8 @@
 //! every admin action is audited. `[network] admin_allow`/`admin_deny`
 //! filter who may connect at all.
 
+mod ui;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -56,7 +58,7 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
             (&Method::GET | &Method::HEAD, "/ready") => self.ready(),
-            (&Method::GET, p) if p.starts_with("/ui/") => crate::spend::page::serve(p)
+            (&Method::GET, p) if p.starts_with("/ui/") => ui::serve(p)
                 .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "not found")),
             (&Method::GET, "/metrics") => {
                 let Some(prometheus) = &self.prometheus else {

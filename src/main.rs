@@ -256,7 +256,7 @@ fn check(path: PathBuf) -> ExitCode {
         Ok(prepared) => {
             print!("{}", prepared.state.config.to_redacted_toml());
             let state = &prepared.state;
-            for line in h3gate::spend::check::report(&state.config, &state.prices) {
+            for line in h3gate::config::prices::report(&state.config, &state.prices) {
                 eprintln!("h3gate: {line}");
             }
             eprintln!("h3gate: {} is valid", path.display());
