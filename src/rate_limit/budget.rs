@@ -55,7 +55,7 @@ impl BudgetCounter {
 
 /// The window a budget claim or correction carries (a claim without one,
 /// which the pipeline never makes, is decided at the Unix epoch).
-fn window_of(w: Option<Window>) -> Window {
+pub(super) fn window_of(w: Option<Window>) -> Window {
     w.unwrap_or(Window {
         slot: 0,
         slots: 1,
@@ -167,7 +167,10 @@ impl Budgets {
 
     /// Adds the batch's budget claims (all were allowed).
     pub(super) fn take_all(map: &mut HashMap<Bucket, Slots>, claims: &[Claim]) {
-        for c in claims.iter().filter(|c| matches!(c.bucket.kind, Kind::Budget(..))) {
+        for c in claims
+            .iter()
+            .filter(|c| matches!(c.bucket.kind, Kind::Budget(..)))
+        {
             let w = window_of(c.window);
             let delta = i64::try_from(c.cost).unwrap_or(i64::MAX);
             match map.get_mut(&c.bucket) {
