@@ -108,13 +108,26 @@ enum KeysAction {
         /// Requests in flight at once.
         #[arg(long)]
         max_concurrent: Option<u32>,
+        /// The team whose budget ([[teams]]) this key's spend also counts against.
+        #[arg(long)]
+        team: Option<String>,
+        /// USD per budget period, e.g. 5.00.
+        #[arg(long)]
+        budget: Option<f64>,
+        /// Tokens (prompt + completion) per budget period.
+        #[arg(long)]
+        budget_tokens: Option<u64>,
+        /// 1d (calendar day, UTC), month (calendar month, UTC), or a rolling
+        /// Nd or Nh, e.g. 30d (default: month).
+        #[arg(long, value_parser = h3gate::spend::Period::parse)]
+        budget_period: Option<h3gate::spend::Period>,
     },
     /// List keys (obfuscated ids only, never a secret).
     List,
     /// Revoke a key by name.
     Revoke { name: String },
-    /// Change a key's scopes, models, expiry or limits ("none" clears a
-    /// limit or the expiry).
+    /// Change a key's scopes, models, expiry, limits, team or budgets
+    /// ("none" clears a limit, the expiry, the team or a budget).
     Edit {
         name: String,
         /// chat, embeddings, models.
@@ -135,7 +148,31 @@ enum KeysAction {
         /// Requests in flight at once, or "none".
         #[arg(long, value_parser = or_none::<u32>)]
         max_concurrent: Option<OrNone<u32>>,
+        /// The key's team, or "none".
+        #[arg(long, value_parser = or_none::<String>)]
+        team: Option<OrNone<String>>,
+        /// USD per budget period, or "none".
+        #[arg(long, value_parser = or_none::<f64>)]
+        budget: Option<OrNone<f64>>,
+        /// Tokens per budget period, or "none".
+        #[arg(long, value_parser = or_none::<u64>)]
+        budget_tokens: Option<OrNone<u64>>,
+        /// 1d, month, or a rolling Nd/Nh; "none": the default (month).
+        #[arg(long, value_parser = or_none::<PeriodArg>)]
+        budget_period: Option<OrNone<PeriodArg>>,
     },
+}
+
+/// A budget period on the command line (`Period::parse`).
+#[derive(Debug, Clone, Copy)]
+struct PeriodArg(h3gate::spend::Period);
+
+impl std::str::FromStr for PeriodArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        h3gate::spend::Period::parse(s).map(PeriodArg)
+    }
 }
 
 /// A value, or "none" for no value. (Not a bare `Option<Option<T>>`:
@@ -326,6 +363,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             rpm,
             tpm,
             max_concurrent,
+            team,
+            budget,
+            budget_tokens,
+            budget_period,
         } => create_key(
             &files,
             auth::NewKey {
@@ -336,6 +377,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
                 rpm,
                 tpm,
                 max_concurrent,
+                team,
+                budget,
+                budget_tokens,
+                budget_period,
             },
         ),
         KeysAction::List => list_keys(&files),
@@ -348,6 +393,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             rpm,
             tpm,
             max_concurrent,
+            team,
+            budget,
+            budget_tokens,
+            budget_period,
         } => edit_key(
             &files,
             &name,
@@ -358,6 +407,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
                 rpm: rpm.map(|v| v.0),
                 tpm: tpm.map(|v| v.0),
                 max_concurrent: max_concurrent.map(|v| v.0),
+                team: team.map(|v| v.0),
+                budget: budget.map(|v| v.0),
+                budget_tokens: budget_tokens.map(|v| v.0),
+                budget_period: budget_period.map(|v| v.0.map(|p| p.0)),
             },
         ),
     };
@@ -381,6 +434,8 @@ enum Store {
 struct KeysFiles {
     store: Store,
     audit: Option<PathBuf>,
+    /// `[[teams]]`' names, when the configuration was read.
+    teams: Option<Vec<String>>,
 }
 
 impl KeysFiles {
@@ -391,6 +446,7 @@ impl KeysFiles {
             return Ok(KeysFiles {
                 store: Store::File(keys),
                 audit: None,
+                teams: None,
             });
         }
         // Only [auth], [audit] and [cluster] are read: the first key can be
@@ -399,14 +455,17 @@ impl KeysFiles {
             Ok(f) if f.cluster.is_shared() => Ok(KeysFiles {
                 store: Self::cluster(&f.cluster)?,
                 audit: f.audit,
+                teams: f.teams,
             }),
             Ok(auth::CliFiles {
                 keys: Some(keys),
                 audit,
+                teams,
                 ..
             }) => Ok(KeysFiles {
                 store: Store::File(keys),
                 audit,
+                teams,
             }),
             Ok(_) => {
                 eprintln!(
@@ -434,6 +493,15 @@ impl KeysFiles {
                 eprintln!("h3gate: {e}\n(or pass --keys-file PATH to change one replica's file)");
                 Err(ExitCode::FAILURE)
             }
+        }
+    }
+
+    /// Warns when `rec` names a team the configuration's `[[teams]]` lacks.
+    fn warn_team(&self, rec: &auth::KeyRecord) {
+        let Some(teams) = &self.teams else { return };
+        let known = |t: &str| teams.iter().any(|n| n == t);
+        if let Some(w) = auth::unknown_team_warning(rec.team.as_deref(), known) {
+            eprintln!("h3gate: warning: {w}");
         }
     }
 
@@ -466,6 +534,7 @@ fn create_key(files: &KeysFiles, new: auth::NewKey) -> Result<(), auth::KeysErro
         }
     };
     files.audit("key_create", &rec.name, &rec.id);
+    files.warn_team(&rec);
     println!("{key}");
     eprintln!(
         "h3gate: created key {:?} ({}); it is shown only this once",
@@ -503,11 +572,36 @@ fn list_keys(files: &KeysFiles) -> Result<(), auth::KeysError> {
             k.models.join(",")
         };
         println!(
-            "{}\t{}\t{state}\tscopes={scopes}\tmodels={models}",
-            k.name, k.id
+            "{}\t{}\t{state}\tscopes={scopes}\tmodels={models}{}",
+            k.name,
+            k.id,
+            spend_columns(&k)
         );
     }
     Ok(())
+}
+
+/// `keys list`'s team and budget columns (none when the key has neither):
+/// `\tteam=research\tbudget=$5.00/1d\tbudget_tokens=2000000/1d`.
+fn spend_columns(k: &auth::KeyRecord) -> String {
+    let mut out = String::new();
+    if let Some(t) = &k.team {
+        out.push_str(&format!("\tteam={t}"));
+    }
+    let period = k.budget_period.unwrap_or(h3gate::spend::Period::Month);
+    if let Some(b) = k.budget {
+        // Cents, unless the budget has finer digits.
+        let usd = if (b * 100.0).fract() == 0.0 {
+            format!("{b:.2}")
+        } else {
+            b.to_string()
+        };
+        out.push_str(&format!("\tbudget=${usd}/{period}"));
+    }
+    if let Some(t) = k.budget_tokens {
+        out.push_str(&format!("\tbudget_tokens={t}/{period}"));
+    }
+    out
 }
 
 /// `keys revoke NAME`.
@@ -528,6 +622,7 @@ fn edit_key(files: &KeysFiles, name: &str, edit: auth::KeyEdit) -> Result<(), au
         Store::Cluster(rt, keys) => first(rt.block_on(keys.edit(name, edit))?, name)?,
     };
     files.audit("key_edit", &rec.name, &rec.id);
+    files.warn_team(&rec);
     eprintln!(
         "h3gate: edited {:?} ({}), revision {}",
         rec.name, rec.id, rec.revision
