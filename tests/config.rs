@@ -295,3 +295,105 @@ fn listen_takes_one_address_or_a_list() {
         "{found:?}"
     );
 }
+
+/// `[[teams]]`, `[[prices]]` and `[spend]` are read (the spend file
+/// relative to the configuration) and checked, each problem at its path.
+#[test]
+fn spend_sections_are_read_and_checked() {
+    let good = format!(
+        r#"
+[spend]
+file = "state/spend.json"
+
+[[teams]]
+name = "research"
+budget = 500.0
+budget_period = "30d"
+
+[[teams]]
+name = "ml.platform_2"
+budget_tokens = 1000000
+
+[[prices]]
+model = "my-model-*"
+input = 0.5
+output = 1.5
+cached_input = 0.0
+{VALID_TAIL}"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config::from_toml(&good, dir.path(), &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.teams.len(), 2);
+    assert_eq!(c.teams[0].budget, Some(500.0));
+    assert_eq!(c.teams[0].budget_period.to_string(), "30d");
+    assert_eq!(c.teams[1].budget_period.to_string(), "month", "the default");
+    assert_eq!(c.prices[0].model, "my-model-*");
+    assert_eq!(
+        c.spend.file.as_deref(),
+        Some(dir.path().join("state/spend.json").as_path())
+    );
+
+    let bad = format!(
+        r#"
+[[teams]]
+name = "research"
+budget = 0.0
+
+[[teams]]
+name = "research"
+budget = -5.0
+budget_tokens = 0
+
+[[teams]]
+name = "has space"
+budget = inf
+
+[[teams]]
+name = ""
+budget = nan
+
+[[teams]]
+name = "periodic"
+budget = 1.0
+budget_period = "1w"
+
+[[prices]]
+model = ""
+input = -1.0
+output = inf
+
+[[prices]]
+model = "ok-*"
+input = 1.0
+output = 2.0
+cached_input = nan
+cache_write = -0.5
+{VALID_TAIL}"#
+    );
+    let found = problems(&bad);
+    for e in [
+        "teams[0].budget: must be a number of USD greater than zero",
+        "teams[1].name: duplicate team \"research\"",
+        "teams[1].budget: must be",
+        "teams[1].budget_tokens: must be greater than zero",
+        "teams[2].name: must be letters",
+        "teams[2].budget: must be",
+        "teams[3].name: must be letters",
+        "teams[3].budget: must be",
+        "teams[4].budget_period",
+        "prices[0].model: is required",
+        "prices[0].input: must be a finite number",
+        "prices[0].output: must be a finite number",
+        "prices[1].cached_input: must be a finite number",
+        "prices[1].cache_write: must be a finite number",
+    ] {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+    assert!(
+        !found.iter().any(|f| f.starts_with("teams[0].name")),
+        "the first of two is not the duplicate: {found:#?}"
+    );
+}

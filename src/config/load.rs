@@ -107,8 +107,11 @@ pub(super) fn decode_text(
     section!(cors);
     section!(audit);
     section!(cluster);
+    section!(spend);
     config.providers = decode_array(table.remove("providers"), "providers", &mut problems);
     config.routes = decode_array(table.remove("routes"), "routes", &mut problems);
+    config.prices = decode_array(table.remove("prices"), "prices", &mut problems);
+    config.teams = decode_array(table.remove("teams"), "teams", &mut problems);
     for key in table.keys() {
         problems.push(Problem {
             path: key.clone(),
@@ -127,6 +130,7 @@ pub(super) fn decode_text(
         config.abuse.state_file.as_mut(),
         config.audit.file.as_mut(),
         config.cluster.ca_file.as_mut(),
+        config.spend.file.as_mut(),
     ]
     .into_iter()
     .flatten()
