@@ -307,3 +307,167 @@ async fn random_budget_walks_agree() {
         "a refused batch took no request"
     );
 }
+
+/// Two replicas on one Redis, `[[teams]]` naming `research`.
+struct Pair {
+    _redis: Redis,
+    _upstream: common::Upstream,
+    dir: tempfile::TempDir,
+    ca: Vec<u8>,
+    a: common::cluster::Replica,
+    b: common::cluster::Replica,
+}
+
+impl Pair {
+    async fn start(extra: &str) -> Pair {
+        use common::cluster::{dev_cert, Replica, ReplicaSpec};
+        let redis = Redis::start();
+        let upstream = common::Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dev_cert(dir.path());
+        let (url, base) = (redis.url(), upstream.base_url());
+        let spawn = |node| {
+            Replica::spawn(&ReplicaSpec {
+                dir: dir.path(),
+                redis_url: &url,
+                node_id: node,
+                upstream: &base,
+                extra,
+                // Patient Redis calls: a spurious 50 ms timeout on a loaded
+                // machine would make a change "pending" or a limit local.
+                replace: &[("[cluster]\n", "[cluster]\ntimeout = \"2s\"\n")],
+            })
+        };
+        let (a, b) = (spawn(1), spawn(2));
+        for r in [&a, &b] {
+            let up = common::wait_until(BOUND, async || r.metric("h3gate_cluster_up").await == 1.0)
+                .await;
+            assert!(up, "{}", r.log());
+        }
+        Pair {
+            _redis: redis,
+            _upstream: upstream,
+            dir,
+            ca,
+            a,
+            b,
+        }
+    }
+}
+
+const BOUND: Duration = Duration::from_secs(10);
+
+async fn admin(
+    r: &common::cluster::Replica,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let (s, b) = r.admin_request(method, path, body).await;
+    (
+        s,
+        serde_json::from_str(&b).unwrap_or(serde_json::Value::String(b)),
+    )
+}
+
+/// The record named `name` in `GET /admin/keys` on `r`.
+async fn listed(r: &common::cluster::Replica, name: &str) -> serde_json::Value {
+    let (_, body) = admin(r, reqwest::Method::GET, "/admin/keys", None).await;
+    body["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["name"] == name).cloned())
+        .unwrap_or_default()
+}
+
+/// A key's team and budgets, set with `POST /admin/keys` on A and changed
+/// with `PATCH` on B (`null` clears), reach the other replica through
+/// Redis unchanged; a team `[[teams]]` lacks is allowed with a warning;
+/// bad budgets are refused with 400 and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_team_and_budgets_reach_every_replica() {
+    use reqwest::Method as M;
+    use serde_json::json;
+    let p = Pair::start("\n[[teams]]\nname = \"research\"\nbudget = 100.0\n").await;
+    let (s, body) = admin(
+        &p.a,
+        M::POST,
+        "/admin/keys",
+        Some(json!({"name": "spender", "team": "research", "budget": 5.0,
+                    "budget_tokens": 2_000_000, "budget_period": "1d"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["sharing"], "shared", "{body}");
+    assert!(body.get("warning").is_none(), "a known team: {body}");
+    let arrived = common::wait_until(BOUND, async || {
+        listed(&p.b, "spender").await["budget_period"] == "1d"
+    })
+    .await;
+    assert!(arrived, "the budget reached B");
+    let on_b = listed(&p.b, "spender").await;
+    assert_eq!(
+        (&on_b["team"], &on_b["budget"], &on_b["budget_tokens"]),
+        (&json!("research"), &json!(5.0), &json!(2_000_000)),
+        "{on_b}"
+    );
+
+    // Changed on B: a team the configuration lacks (warned), a rolling
+    // period, the tokens budget cleared.
+    let (s, body) = admin(
+        &p.b,
+        M::PATCH,
+        "/admin/keys/spender",
+        Some(json!({"team": "ops", "budget_period": "30d", "budget_tokens": null})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let warning = body["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("\"ops\"") && warning.contains("[[teams]]"),
+        "{body}"
+    );
+    assert_eq!(body["keys"][0]["budget_period"], "30d", "{body}");
+    let arrived = common::wait_until(BOUND, async || {
+        listed(&p.a, "spender").await["budget_period"] == "30d"
+    })
+    .await;
+    assert!(arrived, "the edit reached A");
+    let on_a = listed(&p.a, "spender").await;
+    assert_eq!(on_a["team"], "ops", "{on_a}");
+    assert_eq!(on_a["budget"], 5.0, "untouched: {on_a}");
+    assert!(on_a["budget_tokens"].is_null(), "cleared: {on_a}");
+    // And the records in Redis carry the fields as written.
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.dir.path().join("replica-1-keys.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        file["keys"][0]["budget_period"], "30d",
+        "A's mirror: {file}"
+    );
+
+    for bad in [
+        json!({"budget": 0}),
+        json!({"budget": -1.5}),
+        json!({"budget_tokens": 0}),
+        json!({"budget_period": "1w"}),
+        json!({"team": "a b"}),
+    ] {
+        let (s, body) = admin(&p.a, M::PATCH, "/admin/keys/spender", Some(bad.clone())).await;
+        assert_eq!(s, 400, "{bad}: {body}");
+        assert_eq!(
+            body["error"]["code"], "invalid_key_request",
+            "{bad}: {body}"
+        );
+    }
+    let (s, body) = admin(
+        &p.a,
+        M::POST,
+        "/admin/keys",
+        Some(json!({"name": "nobudget", "budget_period": "month"})),
+    )
+    .await;
+    assert_eq!(s, 400, "a period without a budget: {body}");
+    assert_eq!(listed(&p.a, "spender").await["budget"], 5.0);
+    let _ = &p.ca;
+}
