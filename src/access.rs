@@ -34,13 +34,45 @@ use crate::routing::Route;
 pub struct Record {
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    cached_tokens: AtomicU64,
+    cache_write_tokens: AtomicU64,
     upstream_failed: AtomicBool,
+    /// The target that served: its provider and the model it was asked for
+    /// (what the request is priced at).
+    served: std::sync::OnceLock<(Arc<str>, Arc<str>)>,
 }
 
 impl Record {
     pub fn set_usage(&self, prompt: u64, completion: u64) {
         self.prompt_tokens.store(prompt, Ordering::Relaxed);
         self.completion_tokens.store(completion, Ordering::Relaxed);
+    }
+
+    /// Of the prompt tokens: read from and written to the prompt cache.
+    pub fn set_cache(&self, cached: u64, written: u64) {
+        self.cached_tokens.store(cached, Ordering::Relaxed);
+        self.cache_write_tokens.store(written, Ordering::Relaxed);
+    }
+
+    /// The response comes from `provider`, asked for `model`.
+    pub fn served(&self, provider: &str, model: &str) {
+        let _ = self.served.set((provider.into(), model.into()));
+    }
+
+    /// Who served the response: its provider and the model it was asked for.
+    pub fn served_by(&self) -> Option<&(Arc<str>, Arc<str>)> {
+        self.served.get()
+    }
+
+    /// The usage reported, if any.
+    pub fn usage(&self) -> Option<crate::spend::Usage> {
+        let u = crate::spend::Usage {
+            input: self.prompt_tokens.load(Ordering::Relaxed),
+            output: self.completion_tokens.load(Ordering::Relaxed),
+            cached_input: self.cached_tokens.load(Ordering::Relaxed),
+            cache_write: self.cache_write_tokens.load(Ordering::Relaxed),
+        };
+        (u.total() > 0).then_some(u)
     }
 
     pub fn mark_upstream_failure(&self) {
@@ -75,6 +107,8 @@ pub struct Facts {
     pub rate_headers: http::HeaderMap,
     /// Served as 0-RTT early data (before the handshake completed).
     pub early: bool,
+    /// What the request's cost is accounted with (proxied requests).
+    pub charge: Option<crate::spend::Charge>,
 }
 
 /// What the pipeline's steps claim on the way: each a guard given back
@@ -90,6 +124,8 @@ pub struct Claims {
     pub tokens: Option<TokenReservation>,
     /// On a cluster, the key's concurrency slot (a lease in Redis).
     pub lease: Option<crate::rate_limit::Lease>,
+    /// The budgets' reservations, reconciled with the real cost at the end.
+    pub budgets: Vec<crate::spend::enforce::Held>,
 }
 
 /// The request's one end: see the module documentation.
@@ -179,6 +215,15 @@ impl Ending {
             } else {
                 self.record.total_tokens()
             });
+        }
+        let budgets = std::mem::take(&mut self.claims.budgets);
+        if let Some(charge) = self.facts.charge.take() {
+            charge.settle(
+                &self.record,
+                self.status,
+                budgets,
+                self.facts.key.as_deref(),
+            );
         }
         let elapsed = self.started.elapsed();
         if let Some(status) = self.status {

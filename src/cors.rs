@@ -91,8 +91,10 @@ pub fn decorate(cfg: &CorsConfig, request_origin: Option<&HeaderValue>, resp: &m
 
 /// Response headers a page may read: the request ids of both API surfaces
 /// (Anthropic's SDKs read `request-id`), the routing target, the rate-limit
-/// state, `Retry-After` and `Server-Timing`.
+/// state, the budget left, `Retry-After`, `x-should-retry` and
+/// `Server-Timing`.
 const EXPOSED: &str = "x-request-id, request-id, x-h3gate-target, \
     x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, \
     x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, \
-    retry-after, server-timing";
+    x-h3gate-budget-remaining, x-h3gate-budget-remaining-tokens, \
+    retry-after, x-should-retry, server-timing";

@@ -24,6 +24,51 @@ fn attempts(ledger: &Ledger) -> String {
     }
 }
 
+/// Which budget refused a request, and until when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRefusal {
+    /// `key` or `team`.
+    pub scope: &'static str,
+    /// The key's or team's name.
+    pub name: String,
+    pub unit: crate::rate_limit::Unit,
+    pub period: crate::spend::Period,
+    /// The budget (nano-USD or tokens).
+    pub budget: u64,
+    /// When this request would fit again (Unix seconds): the period's end
+    /// for a calendar period, when enough spend leaves a rolling window.
+    pub until: u64,
+}
+
+impl std::fmt::Display for BudgetRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::rate_limit::Unit;
+        let whose = match self.scope {
+            "team" => format!("team {:?}", self.name),
+            _ => format!("key {:?}", self.name),
+        };
+        let amount = match self.unit {
+            Unit::Usd => format!("${:.2}", crate::spend::usd(self.budget)),
+            Unit::Tokens => format!("{} tokens", self.budget),
+        };
+        let period = match self.period {
+            crate::spend::Period::Day => "per day (UTC)".to_string(),
+            crate::spend::Period::Month => "per month (UTC)".to_string(),
+            p => format!("per rolling {p}"),
+        };
+        let when = crate::spend::period::rfc3339(self.until);
+        let again = if self.period.is_calendar() {
+            format!("it resets at {when}")
+        } else {
+            format!("enough of it is free again at {when}")
+        };
+        write!(
+            f,
+            "the budget of {whose} ({amount} {period}) is used up; {again}"
+        )
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("request body is not valid JSON: {0}")]
@@ -72,6 +117,11 @@ pub enum GatewayError {
         scope: &'static str,
         retry_after_secs: u64,
     },
+    /// A key's or team's budget is spent for its period (429, OpenAI's
+    /// `insufficient_quota`; `x-should-retry: false`, so the official SDKs
+    /// do not retry a refusal that lasts until the period ends).
+    #[error("{0}")]
+    BudgetExceeded(Box<BudgetRefusal>),
     /// The shared limiter (Redis) cannot answer and `[cluster] on_redis_error = "deny"`.
     #[error("rate limits cannot be checked now; retry shortly")]
     RateLimiterUnavailable,
@@ -120,9 +170,9 @@ impl GatewayError {
             GatewayError::NoTarget(_)
             | GatewayError::Overloaded(_)
             | GatewayError::RateLimiterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::ClientLimit | GatewayError::RateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            GatewayError::ClientLimit
+            | GatewayError::RateLimited { .. }
+            | GatewayError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unauthorized => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
@@ -154,6 +204,7 @@ impl GatewayError {
                 "service_unavailable"
             }
             GatewayError::ClientLimit | GatewayError::RateLimited { .. } => "rate_limit_error",
+            GatewayError::BudgetExceeded(_) => "insufficient_quota",
             GatewayError::Unauthorized => "authentication_error",
             GatewayError::Forbidden(_) => "permission_error",
             GatewayError::Misdirected | GatewayError::RequestTimeout | GatewayError::TooEarly => {
@@ -188,6 +239,7 @@ impl GatewayError {
             GatewayError::Unauthorized => "invalid_api_key",
             GatewayError::Forbidden(_) => "forbidden",
             GatewayError::RateLimited { .. } => "rate_limit_exceeded",
+            GatewayError::BudgetExceeded(_) => "insufficient_quota",
             GatewayError::RateLimiterUnavailable => "rate_limiter_unavailable",
             GatewayError::Misdirected => "misdirected_request",
             GatewayError::RequestTimeout => "request_timeout",
@@ -286,6 +338,12 @@ impl GatewayError {
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        if matches!(self, GatewayError::BudgetExceeded(_)) {
+            resp.headers_mut().insert(
+                http::HeaderName::from_static("x-should-retry"),
+                http::HeaderValue::from_static("false"),
+            );
         }
         if matches!(self, GatewayError::Unauthorized) {
             resp.headers_mut().insert(

@@ -136,37 +136,66 @@ async fn proxy(
     let ahead = intake::admit(ctx, &mut req.body).await?;
     let intake = intake::take_in(ctx, req, endpoint, ahead).await?;
     protect::authorize(ctx.key(), scope, Some(&intake.model))?;
-    limit(ctx, &intake).await?;
-    let route = ctx
-        .state
-        .router
-        .resolve(&intake.model)
-        .ok_or_else(|| GatewayError::ModelNotFound(intake.model.clone()))?
-        .clone();
+    let route = ctx.state.router.resolve(&intake.model).cloned();
+    limit(ctx, &intake, route.as_deref()).await?;
+    let route = route.ok_or_else(|| GatewayError::ModelNotFound(intake.model.clone()))?;
     ctx.end.facts.route = Some(route.clone());
     let call = upstream_call(ctx, intake, endpoint, &route, early);
     forward(ctx, route, call).await
 }
 
 /// Every limit is known now: one decision. The tokens are reserved from an
-/// estimate (the completion's cap and a quarter of the body's bytes); the
-/// real usage corrects it at the end. On a cluster the key's concurrency
-/// slot is leased here too, in the same call (admission, before the body,
-/// holds this replica's share).
-async fn limit(ctx: &mut Ctx<'_>, intake: &Intake) -> Result<(), GatewayError> {
+/// estimate (the completion's cap and a quarter of the body's bytes), and
+/// so are the key's and its team's budgets (that estimate at the dearest
+/// price among the route's targets); the real usage corrects them at the
+/// end. On a cluster the key's concurrency slot is leased here too, in the
+/// same call (admission, before the body, holds this replica's share).
+async fn limit(
+    ctx: &mut Ctx<'_>,
+    intake: &Intake,
+    route: Option<&Route>,
+) -> Result<(), GatewayError> {
     let f = &intake.fields;
+    let state = ctx.state;
     let completion = f
         .max_completion_tokens
         .or(f.max_tokens)
-        .unwrap_or(u64::from(ctx.state.config.rate_limit.default_max_tokens));
-    let estimate = Some(completion + intake.body.len() as u64 / 4);
+        .unwrap_or(u64::from(state.config.rate_limit.default_max_tokens));
+    let prompt = intake.body.len() as u64 / 4;
+    let estimate = Some(completion + prompt);
     let key = ctx.end.facts.key.clone();
+    let spend = key
+        .as_deref()
+        .filter(|k| crate::spend::enforce::applies(state, k))
+        .map(|_| crate::spend::enforce::Estimate {
+            cost: route.map_or(0, |r| dearest(state, r, &intake.model, prompt, completion)),
+            tokens: completion + prompt,
+        });
+    ctx.end.facts.charge = Some(crate::spend::Charge {
+        spend: state.spend.clone(),
+        prices: state.prices.clone(),
+        estimate: spend.unwrap_or_default(),
+        model_label: None,
+    });
     let headers = &mut ctx.end.facts.rate_headers;
     let granted =
-        protect::rate_limit(ctx.state, ctx.client, key.as_deref(), estimate, headers).await?;
+        protect::rate_limit(state, ctx.client, key.as_deref(), estimate, spend, headers).await?;
     ctx.end.claims.tokens = granted.tokens;
     ctx.end.claims.lease = granted.lease;
+    ctx.end.claims.budgets = granted.budgets;
     Ok(())
+}
+
+/// The most a request can cost on `route`: at the dearest of its targets'
+/// prices (a target without one costs 0).
+fn dearest(state: &State, route: &Route, model: &str, prompt: u64, completion: u64) -> u64 {
+    route
+        .targets
+        .iter()
+        .filter_map(|t| state.prices.lookup(t.model.as_deref().unwrap_or(model)))
+        .map(|p| p.most(prompt, completion))
+        .max()
+        .unwrap_or(0)
 }
 
 fn upstream_call(
@@ -199,6 +228,9 @@ async fn forward(
     call: UpstreamCall,
 ) -> Result<Response, GatewayError> {
     let model_label: Arc<str> = ctx.state.router.model_label(&call.model, &route).into();
+    if let Some(charge) = &mut ctx.end.facts.charge {
+        charge.model_label = Some(model_label.clone());
+    }
     let api = call.endpoint.api();
     let retry = ctx.state.config.retry.clone();
     let Some(every) = route.stream_keepalive.filter(|_| call.stream) else {

@@ -93,34 +93,53 @@ pub fn authorize(
 pub struct Granted {
     pub tokens: Option<TokenReservation>,
     pub lease: Option<Lease>,
+    /// A reservation per budget the request counts against.
+    pub budgets: Vec<crate::spend::enforce::Held>,
 }
 
-/// Every rate limit that applies to the request, decided in one call to
-/// the limiter once all are known: the address's requests per minute, and
-/// with a key its requests and — when `tokens` holds the estimate (proxied
-/// endpoints) — its tokens per minute, and on a cluster its concurrency
-/// (a lease: one slot of `max_concurrent`, across the replicas). 429 when
-/// any is refused, and then none is taken. The key's decisions become its
-/// `x-ratelimit-*` headers (on success too). A request dropped while the
-/// limiter answers keeps the requests and tokens the backend took (the
-/// estimate stays: never more than the limit allows) and gives its lease
-/// back (so does a claim whose answer timed out). A backend
-/// that cannot answer: `[cluster] on_redis_error` (local limits, or 503).
+/// Every rate limit and budget that applies to the request, decided in one
+/// call to the limiter once all are known: the address's requests per
+/// minute, and with a key its requests and — when `tokens` holds the
+/// estimate (proxied endpoints) — its tokens per minute, on a cluster its
+/// concurrency (a lease: one slot of `max_concurrent`, across the
+/// replicas), and — when `spend` holds the request's estimate — its own
+/// and its team's budgets. 429 when any is refused (a budget's refusal
+/// first: it lasts), and then none is taken. The key's decisions become its
+/// `x-ratelimit-*` and `x-h3gate-budget-remaining*` headers (on success
+/// too). A request dropped while the limiter answers keeps the requests,
+/// tokens and budget the backend took (the estimate stays: never more than
+/// the limit allows) and gives its lease back (so does a claim whose answer
+/// timed out). A backend that cannot answer: `[cluster] on_redis_error`
+/// (local limits, or 503).
 pub async fn rate_limit(
     state: &State,
     client: IpAddr,
     key: Option<&KeyRecord>,
     tokens: Option<u64>,
+    spend: Option<crate::spend::enforce::Estimate>,
     headers: &mut HeaderMap,
 ) -> Result<Granted, GatewayError> {
+    use crate::spend::enforce;
     let limiter = &state.limiter;
-    let claims = claims(
+    let mut claims = claims(
         &state.config.rate_limit,
         client,
         key,
         tokens,
         limiter.leases(),
     );
+    let budgets = match (key, spend) {
+        (Some(k), Some(e)) => enforce::claims(state, k, e, crate::clock::now_secs()),
+        _ => Vec::new(),
+    };
+    let rates = claims.len();
+    let whose: Vec<enforce::Whose> = budgets
+        .into_iter()
+        .map(|(c, w)| {
+            claims.push(c);
+            w
+        })
+        .collect();
     if claims.is_empty() {
         return Ok(Granted::default());
     }
@@ -129,13 +148,35 @@ pub async fn rate_limit(
         .await
         .map_err(|_| GatewayError::RateLimiterUnavailable)?;
     let decisions = || claims.iter().zip(&decided.decisions);
-    for (c, d) in decisions() {
+    for (c, d) in decisions().take(rates) {
         if matches!(c.bucket.subject, Subject::Key(_)) {
             rate_limit::headers(headers, c.bucket.kind, d);
         }
     }
+    let on_budgets: Vec<_> = claims[rates..]
+        .iter()
+        .zip(&whose)
+        .zip(&decided.decisions[rates..])
+        .map(|((c, w), d)| (c, w, d))
+        .collect();
+    let refused_any = decided.decisions.iter().any(|d| !d.allowed);
+    if let Some(k) = key.filter(|_| !on_budgets.is_empty()) {
+        enforce::observe(state, k, &on_budgets, refused_any);
+        enforce::headers(headers, &on_budgets);
+    }
+    if let Some((c, w, d)) = on_budgets
+        .iter()
+        .filter(|(_, _, d)| !d.allowed)
+        .max_by_key(|(_, _, d)| d.retry_after)
+    {
+        crate::metrics::RATE_LIMITED
+            .with([c.bucket.scope()])
+            .increment(1);
+        return Err(enforce::refusal(c, w, d));
+    }
     // A rate's refusal says when to come back; a full lease set does not.
     let refused = decisions()
+        .take(rates)
         .filter(|(_, d)| !d.allowed)
         .max_by_key(|(c, d)| (c.bucket.kind != Kind::Lease, d.retry_after));
     if let Some((c, d)) = refused {
@@ -152,10 +193,18 @@ pub async fn rate_limit(
             retry_after_secs: d.retry_after.as_secs_f64().ceil() as u64,
         });
     }
-    let of = |kind| claims.iter().find(|c| c.bucket.kind == kind);
+    let of = |kind| claims[..rates].iter().find(|c| c.bucket.kind == kind);
     Ok(Granted {
         tokens: of(Kind::Tokens).map(|c| limiter.reservation(c, &decided)),
         lease: of(Kind::Lease).and_then(|c| limiter.lease(c, &decided)),
+        budgets: claims[rates..]
+            .iter()
+            .zip(&whose)
+            .map(|(c, w)| enforce::Held {
+                unit: w.unit,
+                reservation: limiter.reservation(c, &decided),
+            })
+            .collect(),
     })
 }
 
@@ -317,6 +366,10 @@ mod tests {
             rpm: Some(rpm),
             tpm: Some(tpm),
             max_concurrent: None,
+            team: None,
+            budget: None,
+            budget_tokens: None,
+            budget_period: None,
             revision: 1,
             updated_at: 0,
         }
@@ -342,12 +395,12 @@ mod tests {
         let state = state("per_ip_rpm = 60\nper_ip_burst = 2");
         let k = key(2, 100);
         let mut h = HeaderMap::new();
-        let first = rate_limit(&state, CLIENT, Some(&k), Some(90), &mut h).await;
+        let first = rate_limit(&state, CLIENT, Some(&k), Some(90), None, &mut h).await;
         assert!(first.unwrap().tokens.is_some(), "the tokens are reserved");
         assert_eq!(h["x-ratelimit-remaining-requests"], "1");
         assert_eq!(h["x-ratelimit-remaining-tokens"], "10");
         let mut h = HeaderMap::new();
-        let refused = rate_limit(&state, CLIENT, Some(&k), Some(20), &mut h).await;
+        let refused = rate_limit(&state, CLIENT, Some(&k), Some(20), None, &mut h).await;
         match refused {
             Err(GatewayError::RateLimited { scope, .. }) => assert_eq!(scope, "key_tokens"),
             other => panic!("{other:?}"),
@@ -356,10 +409,10 @@ mod tests {
         assert_eq!(h["x-ratelimit-remaining-tokens"], "10");
         // Had the refusal taken a request (address or key), this would be refused.
         let mut h = HeaderMap::new();
-        let last = rate_limit(&state, CLIENT, Some(&k), Some(10), &mut h).await;
+        let last = rate_limit(&state, CLIENT, Some(&k), Some(10), None, &mut h).await;
         assert!(last.is_ok());
         assert_eq!(h["x-ratelimit-remaining-requests"], "0");
-        let over = rate_limit(&state, CLIENT, None, None, &mut HeaderMap::new()).await;
+        let over = rate_limit(&state, CLIENT, None, None, None, &mut HeaderMap::new()).await;
         match over {
             Err(GatewayError::RateLimited { scope, .. }) => assert_eq!(scope, "ip"),
             other => panic!("{other:?}"),
@@ -376,10 +429,18 @@ mod tests {
         ));
         let k = key(1, 100);
         let mut h = HeaderMap::new();
-        let first = rate_limit(&local, CLIENT, Some(&k), Some(5), &mut h).await;
+        let first = rate_limit(&local, CLIENT, Some(&k), Some(5), None, &mut h).await;
         assert!(first.unwrap().tokens.is_some(), "reserved locally");
         assert_eq!(h["x-ratelimit-remaining-requests"], "0", "local decisions");
-        let second = rate_limit(&local, CLIENT, Some(&k), Some(5), &mut HeaderMap::new()).await;
+        let second = rate_limit(
+            &local,
+            CLIENT,
+            Some(&k),
+            Some(5),
+            None,
+            &mut HeaderMap::new(),
+        )
+        .await;
         match second {
             Err(GatewayError::RateLimited { scope, .. }) => assert_eq!(scope, "key_requests"),
             other => panic!("local limits still apply: {other:?}"),
@@ -387,7 +448,7 @@ mod tests {
 
         let mut closed = state("");
         closed.limiter = Arc::new(RateLimits::shared(Arc::new(Down), OnRedisError::Deny, None));
-        let denied = rate_limit(&closed, CLIENT, Some(&k), None, &mut HeaderMap::new()).await;
+        let denied = rate_limit(&closed, CLIENT, Some(&k), None, None, &mut HeaderMap::new()).await;
         let e = denied.unwrap_err();
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.code(), Some("rate_limiter_unavailable"));
@@ -397,7 +458,7 @@ mod tests {
         // No limit applies: the backend is not asked.
         let mut idle = state("per_ip_rpm = 0");
         idle.limiter = Arc::new(RateLimits::new(Arc::new(Down)));
-        let none = rate_limit(&idle, CLIENT, None, Some(5), &mut HeaderMap::new()).await;
+        let none = rate_limit(&idle, CLIENT, None, Some(5), None, &mut HeaderMap::new()).await;
         assert!(none.unwrap().tokens.is_none());
     }
 
@@ -437,13 +498,21 @@ mod tests {
             max_concurrent: Some(2),
             ..key(10, 100)
         };
-        let refused = rate_limit(&s, CLIENT, Some(&capped), Some(5), &mut HeaderMap::new()).await;
+        let refused = rate_limit(
+            &s,
+            CLIENT,
+            Some(&capped),
+            Some(5),
+            None,
+            &mut HeaderMap::new(),
+        )
+        .await;
         let e = refused.unwrap_err();
         assert_eq!(e.status(), http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.code(), Some("too_many_concurrent_requests"));
         let uncapped = key(10, 100);
         let mut h = HeaderMap::new();
-        let granted = rate_limit(&s, CLIENT, Some(&uncapped), Some(5), &mut h).await;
+        let granted = rate_limit(&s, CLIENT, Some(&uncapped), Some(5), None, &mut h).await;
         let granted = granted.unwrap();
         assert!(granted.lease.is_none() && granted.tokens.is_some());
         assert_eq!(s.limiter.leases_held(), 0);

@@ -155,6 +155,7 @@ impl RelayBody {
                 .is_some_and(|v| v.starts_with("text/event-stream")),
         };
         let provider = target.provider.clone();
+        client.record.served(provider.name(), &prepared.model);
         let body = RelayBody {
             upstream: Some(up.body),
             mode: Mode::new(sse, &prepared),
@@ -283,6 +284,7 @@ impl Timers {
 impl Accounting {
     fn tokens(&self, t: Tokens) {
         self.record.set_usage(t.prompt, t.completion);
+        self.record.set_cache(t.cached, t.cache_write);
         self.target
             .metrics()
             .tokens(&self.model_label, t.prompt, t.completion);

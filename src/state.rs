@@ -42,7 +42,7 @@ pub struct State {
     /// Failure counting and temporary denies; kept across reloads.
     pub abuse: Arc<Abuse>,
     /// Prices (bundled, under `[[prices]]`).
-    pub prices: crate::spend::PriceTable,
+    pub prices: Arc<crate::spend::PriceTable>,
     /// Teams' budgets by name (`[[teams]]`).
     pub teams: HashMap<String, crate::spend::Budget>,
     /// Spend history and soft-limit alerts; kept across reloads.
@@ -110,7 +110,7 @@ impl State {
             })
             .collect();
         Ok(State {
-            prices: crate::spend::PriceTable::new(&config.prices),
+            prices: Arc::new(crate::spend::PriceTable::new(&config.prices)),
             teams,
             spend: Arc::default(),
             cluster,

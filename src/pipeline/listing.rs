@@ -17,7 +17,7 @@ use crate::state::State;
 pub async fn list_models(ctx: &mut Ctx<'_>) -> Result<Response, GatewayError> {
     protect::authorize(ctx.key(), auth::scope_of(None), None)?;
     let headers = &mut ctx.end.facts.rate_headers;
-    protect::rate_limit(ctx.state, ctx.client, None, None, headers).await?;
+    protect::rate_limit(ctx.state, ctx.client, None, None, None, headers).await?;
     Ok(models(ctx.state, ctx.key(), ctx.api))
 }
 

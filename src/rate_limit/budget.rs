@@ -251,3 +251,143 @@ impl Budgets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::rate_limit::{Limit, MemoryLimiter};
+
+    /// 2026-12-01T00:00:00Z
+    const DEC_1: u64 = 1_796_083_200;
+
+    fn budget(subject: Subject, period: Period, budget: u64, cost: u64, now: u64) -> Claim {
+        Claim {
+            bucket: Bucket {
+                subject,
+                kind: Kind::Budget(Unit::Usd, period),
+            },
+            limit: Limit {
+                per_minute: 0,
+                burst: budget,
+            },
+            cost,
+            lease: None,
+            window: Some(period.window(now)),
+        }
+    }
+
+    fn key() -> Subject {
+        Subject::Key(Arc::from("k"))
+    }
+
+    fn one(l: &MemoryLimiter, c: &Claim) -> Decision {
+        l.consume_now(std::slice::from_ref(c))[0]
+    }
+
+    #[test]
+    fn spending_exactly_the_budget_fits_and_one_more_nano_does_not() {
+        let l = MemoryLimiter::default();
+        let at = DEC_1 + 3600;
+        let d = one(&l, &budget(key(), Period::Day, 1000, 600, at));
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 400);
+        assert_eq!(
+            d.reset,
+            Duration::from_secs(23 * 3600),
+            "until midnight UTC"
+        );
+        let d = one(&l, &budget(key(), Period::Day, 1000, 400, at));
+        assert!(d.allowed && d.remaining == 0, "exactly the budget");
+        // Spent: even a claim of nothing is refused, until the day ends.
+        for cost in [1, 0] {
+            let d = one(&l, &budget(key(), Period::Day, 1000, cost, at + 60));
+            assert!(!d.allowed, "cost {cost}");
+            assert_eq!(d.retry_after, Duration::from_secs(23 * 3600 - 60));
+        }
+        // Midnight UTC: a new day, a whole budget.
+        let d = one(&l, &budget(key(), Period::Day, 1000, 1000, DEC_1 + 86_400));
+        assert!(d.allowed && d.remaining == 0);
+    }
+
+    #[test]
+    fn a_month_resets_on_the_first_and_corrections_go_to_the_claimed_month() {
+        let l = MemoryLimiter::default();
+        let nov_30 = DEC_1 - 3600;
+        let c = budget(key(), Period::Month, 1000, 900, nov_30);
+        assert!(one(&l, &c).allowed);
+        assert!(!one(&l, &budget(key(), Period::Month, 1000, 200, nov_30)).allowed);
+        // December: November's spend is gone; November's late correction
+        // (the real cost was lower) does not reach December.
+        let dec = budget(key(), Period::Month, 1000, 1000, DEC_1);
+        l.correct_now(&[Correction {
+            bucket: c.bucket.clone(),
+            limit: c.limit,
+            delta: -500,
+            lease: None,
+            window: c.window,
+        }]);
+        let d = one(&l, &dec);
+        assert!(d.allowed && d.remaining == 0, "{d:?}");
+    }
+
+    #[test]
+    fn a_rolling_window_frees_its_oldest_slot_first() {
+        let l = MemoryLimiter::default();
+        let p = Period::Rolling { hours: 720 }; // 30 daily slots
+        assert!(one(&l, &budget(key(), p, 1000, 300, DEC_1)).allowed);
+        assert!(one(&l, &budget(key(), p, 1000, 700, DEC_1 + 86_400)).allowed);
+        let refused = one(&l, &budget(key(), p, 1000, 200, DEC_1 + 2 * 86_400));
+        assert!(!refused.allowed);
+        // The first day's 300 leaves the window 30 days after it began.
+        assert_eq!(refused.retry_after, Duration::from_secs(28 * 86_400));
+        let later = DEC_1 + 30 * 86_400;
+        let d = one(&l, &budget(key(), p, 1000, 300, later));
+        assert!(d.allowed && d.remaining == 0, "{d:?}");
+    }
+
+    #[test]
+    fn a_refused_budget_takes_nothing_from_the_rates_and_the_reverse() {
+        let l = MemoryLimiter::default();
+        let rate = Claim {
+            bucket: Bucket {
+                subject: key(),
+                kind: Kind::Requests,
+            },
+            limit: Limit {
+                per_minute: 60,
+                burst: 1,
+            },
+            cost: 1,
+            lease: None,
+            window: None,
+        };
+        let spent = budget(key(), Period::Day, 100, 150, DEC_1);
+        let d = l.consume_now(&[rate.clone(), spent]);
+        assert!(d[0].allowed && !d[1].allowed);
+        assert!(one(&l, &rate).allowed, "the request was not taken");
+        // The rate refuses now: the budget's claim is not taken either.
+        let fits = budget(key(), Period::Day, 100, 60, DEC_1);
+        let d = l.consume_now(&[rate, fits.clone()]);
+        assert!(!d[0].allowed && d[1].allowed);
+        assert_eq!(d[1].remaining, 100, "reported as it is");
+        assert_eq!(one(&l, &fits).remaining, 40);
+    }
+
+    #[test]
+    fn teams_and_keys_are_separate_budgets_and_counters_survive_a_snapshot() {
+        let l = MemoryLimiter::default();
+        let team = Subject::Team(Arc::from("ml"));
+        assert!(one(&l, &budget(team.clone(), Period::Day, 100, 100, DEC_1)).allowed);
+        assert!(one(&l, &budget(key(), Period::Day, 100, 100, DEC_1)).allowed);
+        let saved = l.budget_counters();
+        assert_eq!(saved.len(), 2);
+        let json = serde_json::to_string(&saved).unwrap();
+        let back: Vec<BudgetCounter> = serde_json::from_str(&json).unwrap();
+        let fresh = MemoryLimiter::default();
+        fresh.restore_budgets(&back);
+        assert!(!one(&fresh, &budget(team, Period::Day, 100, 1, DEC_1)).allowed);
+        assert!(!one(&fresh, &budget(key(), Period::Day, 100, 1, DEC_1)).allowed);
+    }
+}

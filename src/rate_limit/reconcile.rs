@@ -218,6 +218,7 @@ impl RateLimits {
             limit: claim.limit,
             reserved: claim.cost,
             used: None,
+            window: claim.window,
         }
     }
 
@@ -282,6 +283,8 @@ pub struct TokenReservation {
     reserved: u64,
     /// The real usage, once known.
     used: Option<u64>,
+    /// A budget's window as claimed (its correction goes to that slot).
+    window: Option<super::Window>,
 }
 
 impl TokenReservation {
@@ -304,7 +307,7 @@ impl Drop for TokenReservation {
             limit: self.limit,
             delta,
             lease: None,
-            window: None,
+            window: self.window,
         };
         let queue = match &self.to {
             Corrector::Memory(m) => return m.correct_now(std::slice::from_ref(&correction)),

@@ -9,11 +9,16 @@ use crate::sse;
 use crate::translate::stream::has_usage_object;
 
 /// One response's tokens as the gateway counts them: cached prompt tokens
-/// (read or written) count as prompt tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// (read or written) count as prompt tokens, and are also told apart (they
+/// have their own prices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Tokens {
     pub prompt: u64,
     pub completion: u64,
+    /// Of `prompt`: read from the provider's prompt cache.
+    pub cached: u64,
+    /// Of `prompt`: written to it.
+    pub cache_write: u64,
 }
 
 /// What one upstream event says about its stream.
@@ -34,14 +39,16 @@ pub(super) enum EventReader {
     OpenAi,
     /// Input tokens in `message_start`, output tokens (and sometimes the
     /// input again) in `message_delta`; `message_stop` ends it.
-    Anthropic { input_tokens: u64 },
+    Anthropic { input_tokens: Tokens },
 }
 
 impl EventReader {
     pub(super) fn new(upstream: Api) -> Self {
         match upstream {
             Api::OpenAi => EventReader::OpenAi,
-            Api::Anthropic => EventReader::Anthropic { input_tokens: 0 },
+            Api::Anthropic => EventReader::Anthropic {
+                input_tokens: Tokens::default(),
+            },
         }
     }
 
@@ -68,20 +75,26 @@ fn openai_event(ev: &sse::Event) -> Seen {
     }
 }
 
-fn anthropic_event(ev: &sse::Event, input_tokens: &mut u64) -> Seen {
+fn anthropic_event(ev: &sse::Event, input_tokens: &mut Tokens) -> Seen {
     match ev.event.as_deref().unwrap_or_default() {
         "message_start" => {
             if let Ok(MessageStart { message }) = serde_json::from_str(&ev.data) {
-                *input_tokens = message.usage.tokens().prompt;
+                *input_tokens = message.usage.tokens();
             }
             Seen::Nothing
         }
         "message_delta" => match serde_json::from_str(&ev.data) {
-            Ok(UsageOnly { usage: Some(mut u) }) => {
-                if u.prompt_tokens + u.cache_read_input_tokens == 0 {
-                    u.prompt_tokens = *input_tokens;
+            Ok(UsageOnly { usage: Some(u) }) => {
+                let mut t = u.tokens();
+                // The input (and its cache use) is in `message_start`,
+                // unless the delta repeats it.
+                if u.prompt_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens == 0
+                {
+                    t.prompt = input_tokens.prompt;
+                    t.cached = input_tokens.cached;
+                    t.cache_write = input_tokens.cache_write;
                 }
-                Seen::Usage(u.tokens())
+                Seen::Usage(t)
             }
             _ => Seen::Nothing,
         },
@@ -117,15 +130,31 @@ struct Usage {
     completion_tokens: u64,
     cache_read_input_tokens: u64,
     cache_creation_input_tokens: u64,
+    /// OpenAI's: `cached_tokens` (part of `prompt_tokens`).
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PromptDetails {
+    cached_tokens: u64,
 }
 
 impl Usage {
+    /// OpenAI counts cached tokens in `prompt_tokens`; Anthropic's
+    /// `input_tokens` leaves the cache's out.
     fn tokens(&self) -> Tokens {
+        let openai_cached = self
+            .prompt_tokens_details
+            .as_ref()
+            .map_or(0, |d| d.cached_tokens);
         Tokens {
             prompt: self.prompt_tokens
                 + self.cache_read_input_tokens
                 + self.cache_creation_input_tokens,
             completion: self.completion_tokens,
+            cached: (self.cache_read_input_tokens + openai_cached),
+            cache_write: self.cache_creation_input_tokens,
         }
     }
 }

@@ -149,13 +149,18 @@ impl History {
 }
 
 /// Sums buckets into `q`'s rows (shared by every store).
-pub fn summarise<'a>(buckets: impl Iterator<Item = (&'a BucketKey, &'a Sums)>, q: &Query) -> Vec<Row> {
+pub fn summarise<'a>(
+    buckets: impl Iterator<Item = (&'a BucketKey, &'a Sums)>,
+    q: &Query,
+) -> Vec<Row> {
     let mut groups: BTreeMap<String, Sums> = BTreeMap::new();
     for (k, v) in buckets {
         if k.hour + 3600 <= q.from || k.hour >= q.to {
             continue;
         }
-        if q.key.as_ref().is_some_and(|key| *key != k.key) || q.team.as_ref().is_some_and(|t| *t != k.team) {
+        if q.key.as_ref().is_some_and(|key| *key != k.key)
+            || q.team.as_ref().is_some_and(|t| *t != k.team)
+        {
             continue;
         }
         let group = match q.group_by {
@@ -179,7 +184,11 @@ pub fn summarise<'a>(buckets: impl Iterator<Item = (&'a BucketKey, &'a Sums)>, q
         })
         .collect();
     if q.group_by != GroupBy::Day {
-        rows.sort_by(|a, b| b.cost_usd.total_cmp(&a.cost_usd).then(a.group.cmp(&b.group)));
+        rows.sort_by(|a, b| {
+            b.cost_usd
+                .total_cmp(&a.cost_usd)
+                .then(a.group.cmp(&b.group))
+        });
     }
     rows
 }

@@ -18,10 +18,12 @@
 //!   and `h3gate_budget_alerts_total{scope,level}`, once per budget and
 //!   window on each replica.
 
+pub mod enforce;
 pub mod history;
 pub mod meter;
 pub mod period;
 pub mod prices;
+mod settle;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use history::History;
 pub use period::{Period, Window};
 pub use prices::{nanos, usd, Nanos, Price, PriceTable, Usage};
+pub use settle::Charge;
 
 /// A key's or a team's budget: USD and/or tokens per period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -34,7 +34,9 @@ const SLOTS: u32 = 30;
 impl Period {
     /// `1d`, `month`, `30d`, `24h`, `7d`…
     pub fn parse(s: &str) -> Result<Period, String> {
-        let bad = || format!("budget period {s:?}: use 1d (calendar day), month (calendar month), or a rolling Nd or Nh (e.g. 30d)");
+        let bad = || {
+            format!("budget period {s:?}: use 1d (calendar day), month (calendar month), or a rolling Nd or Nh (e.g. 30d)")
+        };
         match s.trim() {
             "1d" | "day" | "daily" => return Ok(Period::Day),
             "month" | "monthly" | "1mo" => return Ok(Period::Month),
@@ -220,7 +222,10 @@ mod tests {
     fn periods_parse_and_print() {
         assert_eq!(Period::parse("1d").unwrap(), Period::Day);
         assert_eq!(Period::parse("month").unwrap(), Period::Month);
-        assert_eq!(Period::parse("30d").unwrap(), Period::Rolling { hours: 720 });
+        assert_eq!(
+            Period::parse("30d").unwrap(),
+            Period::Rolling { hours: 720 }
+        );
         assert_eq!(Period::parse("24h").unwrap(), Period::Rolling { hours: 24 });
         for bad in ["", "0d", "1w", "d", "-3d", "401d", "1.5d"] {
             assert!(Period::parse(bad).is_err(), "{bad}");

@@ -184,11 +184,19 @@ mod tests {
             price("my-model", 3.0, 4.0),
         ]);
         assert_eq!(t.lookup("my-model").unwrap().input, 3.0);
-        assert_eq!(t.lookup("gpt-4o-mini-2024").unwrap().input, 0.5, "the more specific glob");
+        assert_eq!(
+            t.lookup("gpt-4o-mini-2024").unwrap().input,
+            0.5,
+            "the more specific glob"
+        );
         assert_eq!(t.lookup("gpt-4o").unwrap().output, 2.0);
         assert_eq!(t.lookup("unknown-model"), None);
         let cfg = t.lookup("my-model").unwrap();
-        assert_eq!((cfg.cached_input, cfg.cache_write), (3.0, 3.0), "default to input");
+        assert_eq!(
+            (cfg.cached_input, cfg.cache_write),
+            (3.0, 3.0),
+            "default to input"
+        );
     }
 
     #[test]

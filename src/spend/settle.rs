@@ -1,0 +1,74 @@
+//! A request's end, in money: its cost from the usage its provider
+//! reported at the serving target's price, its budget reservations
+//! reconciled with it, its hour's usage bucket, and the cost metric.
+//!
+//! - An answered error (any non-2xx) costs nothing: its reservations are
+//!   given back.
+//! - A request that ended before any response (the client left) keeps its
+//!   reservations as they were (the upstream may have started work), as
+//!   tokens per minute do.
+//! - A response whose usage never arrived (the client left mid-stream, an
+//!   upstream that reports none) is charged its reservation.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use super::enforce::{Estimate, Held};
+use super::{PriceTable, Spend, Spent};
+use crate::access::Record;
+use crate::auth::KeyRecord;
+use crate::rate_limit::Unit;
+
+/// What a proxied request's end is accounted with.
+#[derive(Debug)]
+pub struct Charge {
+    pub spend: Arc<Spend>,
+    pub prices: Arc<PriceTable>,
+    /// Its reservation (zero without budgets).
+    pub estimate: Estimate,
+    /// The bounded model label of `h3gate_tokens_total`, once routed.
+    pub model_label: Option<Arc<str>>,
+}
+
+impl Charge {
+    pub fn settle(
+        self,
+        record: &Record,
+        status: Option<StatusCode>,
+        held: Vec<Held>,
+        key: Option<&KeyRecord>,
+    ) {
+        let reconcile = |held: Vec<Held>, usd: Option<u64>, tokens: Option<u64>| {
+            for h in held {
+                h.reservation.reconcile(match h.unit {
+                    Unit::Usd => usd,
+                    Unit::Tokens => tokens,
+                });
+            }
+        };
+        let Some(status) = status else {
+            return drop(held);
+        };
+        let served = record.served_by().filter(|_| status.is_success());
+        let Some((provider, model)) = served else {
+            return reconcile(held, Some(0), Some(0));
+        };
+        let usage = record.usage();
+        let price = self.prices.lookup(model);
+        let cost = usage.map(|u| price.map_or(0, |p| p.cost(&u)));
+        reconcile(held, cost, usage.map(|u| u.total()));
+        let charged = cost.unwrap_or(self.estimate.cost);
+        let label = self.model_label.as_deref().unwrap_or(model);
+        super::meter::cost(label, provider, charged, price.is_some());
+        self.spend.history.record(&Spent {
+            at: crate::clock::now_secs(),
+            key: key.map(|k| k.name.as_str().into()),
+            team: key.and_then(|k| k.team.as_deref()).map(Arc::from),
+            model: model.clone(),
+            provider: provider.clone(),
+            usage: usage.unwrap_or_default(),
+            cost: charged,
+        });
+    }
+}

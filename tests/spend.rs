@@ -1,0 +1,228 @@
+//! Budgets over HTTP/3, HTTP/2 and HTTP/1.1 and both API surfaces: a key's
+//! USD budget refuses at its boundary (the reservation counted: what would
+//! take it past the budget is refused, exactly the budget fits) in the
+//! client's error shape with `x-should-retry: false`; successes carry
+//! `x-h3gate-budget-remaining`; a team's token budget is shared by its
+//! keys, with its gauge and soft-limit alerts.
+
+mod common;
+
+use common::keys::{bearer, key, with_keys};
+use common::{chat, wait_until, Proto, TestBody};
+use h3gate::config::{Config, PriceConfig, TeamConfig};
+use http::Method;
+use serde_json::Value;
+
+over_every_protocol!(
+    a_key_budget_refuses_at_its_boundary_in_the_clients_shape,
+    a_team_token_budget_is_shared_by_its_keys,
+);
+
+/// USD per million tokens for `gpt-4o-mini` here: round numbers, so a
+/// request's cost is exact in nano-USD (the test upstream reports 7 prompt
+/// and 5 completion tokens).
+const INPUT: f64 = 1000.0;
+const OUTPUT: f64 = 2000.0;
+/// What one answered request costs, in nano-USD: 7·1000·1000 + 5·2000·1000.
+const ACTUAL: u64 = 17_000_000;
+
+fn priced(c: &mut Config) {
+    c.prices.push(PriceConfig {
+        model: "gpt-4o-mini".into(),
+        input: INPUT,
+        output: OUTPUT,
+        cached_input: None,
+        cache_write: None,
+    });
+}
+
+/// The reservation of `body`: a quarter of its bytes as prompt tokens at the
+/// input price, its `max_tokens` at the output price.
+fn estimate(body: &Value) -> u64 {
+    let prompt = body.to_string().len() as u64 / 4;
+    let completion = body["max_tokens"].as_u64().unwrap();
+    prompt * (INPUT * 1000.0) as u64 + completion * (OUTPUT * 1000.0) as u64
+}
+
+/// Changes the records of the keys file the tweak is given (the keys were
+/// just created there), as `keys edit` would.
+fn edit_keys(c: &Config, edit: impl Fn(&mut h3gate::auth::KeyRecord)) {
+    let path = c.auth.keys_file.clone().unwrap();
+    let mut file = h3gate::auth::read_file(&path).unwrap();
+    file.keys.iter_mut().for_each(edit);
+    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+}
+
+async fn a_key_budget_refuses_at_its_boundary_in_the_clients_shape(p: Proto) {
+    let body = chat("gpt-4o-mini", false);
+    let est = estimate(&body);
+    // Two answered requests, and a third's reservation, exactly.
+    let budget = 2 * ACTUAL + est;
+    let (gw, keys) = with_keys(vec![key("capped")], move |c| {
+        priced(c);
+        edit_keys(c, |k| {
+            k.budget = Some(budget as f64 / 1e9);
+            k.budget_period = Some(h3gate::spend::Period::Day);
+        });
+    })
+    .await;
+    let c = gw.client(p).await;
+    let auth = bearer(&keys[0]);
+    let h = [("authorization", auth.as_str())];
+    let post = |path: &'static str, body: &Value| {
+        c.request(Method::POST, path, &h, TestBody::Json(body.clone()))
+    };
+    let first = post("/v1/chat/completions", &body).await;
+    assert_eq!(first.status, 200);
+    let left = format!("{:.6}", (budget - est) as f64 / 1e9);
+    assert_eq!(
+        first.header("x-h3gate-budget-remaining"),
+        Some(left.as_str()),
+        "the reservation is taken"
+    );
+    first.text().await;
+    // The second and third fit once the earlier corrections are in (a
+    // refused request takes nothing, so asking again costs nothing).
+    for n in [2, 3] {
+        let mut served = false;
+        for _ in 0..500 {
+            let r = post("/v1/chat/completions", &body).await;
+            if r.status == 200 {
+                r.text().await;
+                served = true;
+                break;
+            }
+            assert_eq!(r.status, 429);
+        }
+        assert!(served, "request {n} fits the budget");
+    }
+    // Two answered and one more's reservation used the budget exactly: the
+    // fourth (once the third is corrected: 3·17e6 spent) does not fit.
+    let refused = post("/v1/chat/completions", &body).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("x-should-retry"), Some("false"));
+    assert!(refused.header("x-request-id").is_some());
+    let e = refused.json().await;
+    assert_eq!(e["error"]["type"], "insufficient_quota", "{e}");
+    assert_eq!(e["error"]["code"], "insufficient_quota", "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("key \"capped\"")
+            && message.contains("per day")
+            && message.contains("it resets at"),
+        "{message}"
+    );
+    assert!(e["error"]["request_id"].is_string());
+
+    // Anthropic's API gets Anthropic's shape.
+    let mut msg = body.clone();
+    msg.as_object_mut().unwrap().remove("stream");
+    let refused = c
+        .request(
+            Method::POST,
+            "/v1/messages",
+            &[
+                ("authorization", auth.as_str()),
+                ("anthropic-version", "2023-06-01"),
+            ],
+            TestBody::Json(msg),
+        )
+        .await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("x-should-retry"), Some("false"));
+    let e = refused.json().await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["error"]["type"], "rate_limit_error", "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("budget"));
+    assert!(
+        gw.metric("h3gate_rate_limited_total{scope=\"key_budget\"}")
+            .await
+            >= 2.0
+    );
+}
+
+async fn a_team_token_budget_is_shared_by_its_keys(p: Proto) {
+    let body = chat("gpt-ok", false);
+    let tokens = 5 + body.to_string().len() as u64 / 4;
+    // One request's reservation fits; its real 12 tokens and a second
+    // request's reservation do not.
+    let budget = tokens + 11;
+    let audit = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let audit_path = audit.clone();
+    let (gw, keys) = with_keys(vec![key("alice"), key("bob")], move |c| {
+        c.teams.push(TeamConfig {
+            name: "ml".into(),
+            budget: None,
+            budget_tokens: Some(budget),
+            budget_period: h3gate::spend::Period::Month,
+        });
+        edit_keys(c, |k| k.team = Some("ml".into()));
+        let file = c
+            .auth
+            .keys_file
+            .clone()
+            .unwrap()
+            .with_file_name("audit.jsonl");
+        c.audit.file = Some(file.clone());
+        *audit_path.lock().unwrap() = Some(file);
+    })
+    .await;
+    let c = gw.client(p).await;
+    let (alice, bob) = (bearer(&keys[0]), bearer(&keys[1]));
+    let post = async |auth: &str| {
+        let h = [("authorization", auth)];
+        c.request(
+            Method::POST,
+            "/v1/chat/completions",
+            &h,
+            TestBody::Json(body.clone()),
+        )
+        .await
+    };
+    let first = post(&alice).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("x-h3gate-budget-remaining-tokens"),
+        Some("11"),
+        "the team's budget less the reservation"
+    );
+    assert_eq!(
+        first.header("x-h3gate-budget-remaining"),
+        None,
+        "no USD budget"
+    );
+    first.text().await;
+    let refused = post(&bob).await;
+    assert_eq!(refused.status, 429, "bob's request counts against the team");
+    let e = refused.json().await;
+    assert_eq!(e["error"]["code"], "insufficient_quota");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("team \"ml\""),
+        "{e}"
+    );
+    // The team's gauge, and its 100% alert (an audit event too).
+    let gauge = "h3gate_budget_utilisation_ratio{team=\"ml\",unit=\"tokens\"}";
+    assert!(gw.metric(gauge).await > 0.0);
+    assert!(
+        gw.metric("h3gate_budget_alerts_total{scope=\"team\",level=\"100\"}")
+            .await
+            >= 1.0
+    );
+    let file = audit.lock().unwrap().clone().unwrap();
+    let alerted = wait_until(std::time::Duration::from_secs(5), async || {
+        std::fs::read_to_string(&file).is_ok_and(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|l| {
+                    l["action"] == "budget_alert"
+                        && l["details"]["name"] == "ml"
+                        && l["result"] == "100"
+                })
+        })
+    })
+    .await;
+    assert!(alerted, "the team's 100% alert is in the audit log");
+}
