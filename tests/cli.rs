@@ -180,7 +180,8 @@ fn keys_edit_sets_and_clears_limits_and_the_expiry() {
 
 /// `keys create --team --budget --budget-tokens --budget-period`, `keys
 /// list` showing them, `keys edit` changing and clearing them ("none"), a
-/// warning for a team `[[teams]]` lacks, and bad values refused.
+/// warning for a team `[[teams]]` lacks, and bad values refused. The
+/// README's two lines are run as written.
 #[test]
 fn keys_carry_a_team_and_budgets() {
     let (dir, config) = fresh_install(r#"keys_file = "state/keys.json""#);
@@ -202,7 +203,7 @@ fn keys_carry_a_team_and_budgets() {
         "keys",
         "create",
         "--name",
-        "spender",
+        "bot",
         "--team",
         "research",
         "--budget",
@@ -231,7 +232,7 @@ fn keys_carry_a_team_and_budgets() {
     let stderr = run(&[
         "keys",
         "edit",
-        "spender",
+        "bot",
         "--team",
         "ops",
         "--budget-period",
@@ -249,30 +250,35 @@ fn keys_carry_a_team_and_budgets() {
     run(&[
         "keys",
         "edit",
-        "spender",
-        "--team",
-        "none",
+        "bot",
+        "--budget",
+        "10",
+        "--budget-period",
+        "30d",
         "--budget-tokens",
         "none",
-        "--budget",
-        "12.5",
     ]);
+    run(&["keys", "edit", "bot", "--team", "none"]);
     let r = record();
     assert!(r["team"].is_null() && r["budget_tokens"].is_null(), "{r}");
-    assert_eq!(r["budget"], 12.5, "{r}");
+    assert_eq!(
+        (r["budget"].as_f64(), r["budget_period"].as_str()),
+        (Some(10.0), Some("30d")),
+        "{r}"
+    );
     let listed = text(&h3gate(&["keys", "list"], &config).stdout);
     assert!(
-        listed.contains("budget=$12.50/month") && !listed.contains("team="),
+        listed.contains("budget=$10.00/30d") && !listed.contains("team="),
         "{listed}"
     );
 
     for bad in [
-        &["keys", "edit", "spender", "--budget", "0"][..],
-        &["keys", "edit", "spender", "--budget=-2"],
-        &["keys", "edit", "spender", "--budget", "inf"],
-        &["keys", "edit", "spender", "--budget-tokens", "0"],
-        &["keys", "edit", "spender", "--budget-period", "1w"],
-        &["keys", "edit", "spender", "--team", "a b"],
+        &["keys", "edit", "bot", "--budget", "0"][..],
+        &["keys", "edit", "bot", "--budget=-2"],
+        &["keys", "edit", "bot", "--budget", "inf"],
+        &["keys", "edit", "bot", "--budget-tokens", "0"],
+        &["keys", "edit", "bot", "--budget-period", "1w"],
+        &["keys", "edit", "bot", "--team", "a b"],
         &[
             "keys",
             "create",
@@ -290,5 +296,5 @@ fn keys_carry_a_team_and_budgets() {
             text(&out.stderr)
         );
     }
-    assert_eq!(record()["budget"], 12.5, "the refusals changed nothing");
+    assert_eq!(record()["budget"], 10.0, "the refusals changed nothing");
 }

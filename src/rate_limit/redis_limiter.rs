@@ -1,8 +1,8 @@
 //! The shared limiter: the limits of every replica in one Redis, each
 //! request decided by one call of one Lua script (`limits.lua`), atomic on
 //! the server — every claim of the request (the address's requests, the
-//! key's requests and tokens, the key's concurrency lease) fits, and is
-//! taken, or nothing is.
+//! key's requests and tokens, the key's concurrency lease, the key's and
+//! its team's budgets) fits, and is taken, or nothing is.
 //!
 //! Keys (after `[cluster] key_prefix`, default `h3gate:`):
 //!

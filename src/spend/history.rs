@@ -144,7 +144,7 @@ impl History {
     /// The rows `q` asks for, largest cost first (days: in order).
     pub fn query(&self, q: &Query) -> Vec<Row> {
         let map = self.lock();
-        summarise(map.iter().map(|(k, v)| (k, v)), q)
+        summarise(map.iter(), q)
     }
 }
 
