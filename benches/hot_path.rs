@@ -128,6 +128,120 @@ fn protection(c: &mut Criterion) {
     });
 }
 
+/// Budgets on the hot path, in memory: what a request with a key in a team
+/// adds to its rate limits (the key's USD and token budgets and the team's
+/// USD budget, in the same batch), and the end of it (the reservations
+/// reconciled, the cost computed, the usage bucket recorded).
+fn budgets(c: &mut Criterion) {
+    use h3gate::rate_limit::Unit;
+    use h3gate::spend::{Period, PriceTable, Spend, Spent, Usage};
+    let limiter = RateLimits::in_memory(Arc::default());
+    let rate = Limit {
+        per_minute: 1_000_000_000,
+        burst: 1_000_000,
+    };
+    let budget = Limit {
+        per_minute: 0,
+        burst: u64::MAX / 4,
+    };
+    let client: IpAddr = "192.0.2.1".parse().unwrap();
+    let sha: Arc<str> = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into();
+    let team: Arc<str> = "ml-platform".into();
+    let now = h3gate::clock::now_secs();
+    let claim = |subject: Subject, kind, limit, cost, window| Claim {
+        bucket: Bucket { subject, kind },
+        limit,
+        cost,
+        lease: None,
+        window,
+    };
+    let batch = |with_budgets: bool| {
+        let mut claims = vec![
+            claim(Subject::Address(client), Kind::Requests, rate, 1, None),
+            claim(Subject::Key(sha.clone()), Kind::Requests, rate, 1, None),
+            claim(Subject::Key(sha.clone()), Kind::Tokens, rate, 1, None),
+        ];
+        if with_budgets {
+            let day = Period::Day;
+            let month = Period::Month;
+            claims.extend([
+                claim(
+                    Subject::Key(sha.clone()),
+                    Kind::Budget(Unit::Usd, day),
+                    budget,
+                    35_000_000,
+                    Some(day.window(now)),
+                ),
+                claim(
+                    Subject::Key(sha.clone()),
+                    Kind::Budget(Unit::Tokens, day),
+                    budget,
+                    1_000,
+                    Some(day.window(now)),
+                ),
+                claim(
+                    Subject::Team(team.clone()),
+                    Kind::Budget(Unit::Usd, month),
+                    budget,
+                    35_000_000,
+                    Some(month.window(now)),
+                ),
+            ]);
+        }
+        claims
+    };
+    // The decision, and the reservations given back as the request ends
+    // (corrected in memory at once).
+    let mut run = |name: &str, with_budgets: bool| {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let claims = batch(with_budgets);
+                let decided = limiter.consume(&claims).now_or_never().and_then(Result::ok);
+                let decided = decided.expect("in memory: at once");
+                for c in &claims[3..] {
+                    limiter.reservation(c, &decided).reconcile(Some(17_000_000));
+                }
+                black_box(decided.decisions.iter().all(|d| d.allowed))
+            })
+        });
+    };
+    run(
+        "budget: one request's rate limits alone (batch of 3)",
+        false,
+    );
+    run(
+        "budget: rate limits + 3 budgets, reserved and reconciled",
+        true,
+    );
+    let prices = PriceTable::new(&[]);
+    let spend = Spend::default();
+    let usage = Usage {
+        input: 1200,
+        output: 300,
+        cached_input: 1024,
+        cache_write: 0,
+    };
+    let (key, model, provider): (Arc<str>, Arc<str>, Arc<str>) =
+        ("svc-checkout".into(), "gpt-4o-mini".into(), "openai".into());
+    c.bench_function("spend: cost and the usage bucket at a request's end", |b| {
+        b.iter(|| {
+            let cost = prices
+                .lookup(black_box("gpt-4o-mini"))
+                .map_or(0, |p| p.cost(&usage));
+            spend.history.record(&Spent {
+                at: now,
+                key: Some(key.clone()),
+                team: Some(team.clone()),
+                model: model.clone(),
+                provider: provider.clone(),
+                usage,
+                cost,
+            });
+            black_box(cost)
+        })
+    });
+}
+
 /// One batch as the pipeline decides it (the in-memory backend answers at
 /// once).
 fn decide(limiter: &RateLimits, claims: &[Claim]) -> bool {
@@ -267,5 +381,12 @@ fn translation(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, protection, metrics, routing_and_sse, translation);
+criterion_group!(
+    benches,
+    protection,
+    budgets,
+    metrics,
+    routing_and_sse,
+    translation
+);
 criterion_main!(benches);

@@ -16,6 +16,8 @@
 //!   that `[[teams]]` lacks (its spend is still recorded by team): the
 //!   answer then carries a `warning`.
 //! - `GET /admin/denylist`, `DELETE /admin/denylist/ADDRESS` (lift a deny).
+//! - `GET /ui/usage`: the usage page (static; it asks `/admin/usage` and
+//!   `/admin/budgets` with the token typed into it).
 //!
 //! In a cluster, keys and denies are changed in Redis and so on every
 //! replica; an answer says `"sharing": "shared"`. While Redis is
@@ -25,6 +27,8 @@
 //! `/admin/*` needs the admin token (without one configured it is off);
 //! every admin action is audited. `[network] admin_allow`/`admin_deny`
 //! filter who may connect at all.
+
+mod ui;
 
 use std::sync::Arc;
 
@@ -57,6 +61,8 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
             (&Method::GET | &Method::HEAD, "/ready") => self.ready(),
+            (&Method::GET, p) if p.starts_with("/ui/") => ui::serve(p)
+                .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "not found")),
             (&Method::GET, "/metrics") => {
                 let Some(prometheus) = &self.prometheus else {
                     return error(
@@ -68,7 +74,9 @@ impl Admin {
                 if !authorized(req.headers(), &token) {
                     return unauthorized();
                 }
-                let mut resp = http::Response::new(full(prometheus.render()));
+                let mut text = prometheus.render();
+                crate::spend::meter::render_into(&mut text);
+                let mut resp = http::Response::new(full(text));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

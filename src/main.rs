@@ -297,6 +297,10 @@ fn check(path: PathBuf) -> ExitCode {
     match reload::prepare(&path, false) {
         Ok(prepared) => {
             print!("{}", prepared.state.config.to_redacted_toml());
+            let state = &prepared.state;
+            for line in h3gate::config::prices::report(&state.config, &state.prices) {
+                eprintln!("h3gate: {line}");
+            }
             eprintln!("h3gate: {} is valid", path.display());
             ExitCode::SUCCESS
         }

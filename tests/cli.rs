@@ -1,7 +1,7 @@
 //! The `h3gate` binary's key commands on a fresh installation: the first
 //! key can be created before any keys file exists, from a configuration
 //! whose other sections are not ready yet (an unset `${VAR}`, missing
-//! certificates).
+//! certificates). `h3gate check` names the route targets without a price.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -176,6 +176,90 @@ fn keys_edit_sets_and_clears_limits_and_the_expiry() {
     let bad = h3gate(&["keys", "edit", "ci", "--rpm", "lots"], &config);
     assert!(!bad.status.success());
     assert!(text(&bad.stderr).contains("--rpm"), "{}", text(&bad.stderr));
+}
+
+/// `h3gate check` warns about every route target whose model has no price
+/// (its requests would count as costing 0), says once that glob routes'
+/// client models cannot be priced in advance, leaves mock targets out (they
+/// cost nothing), and names where the bundled prices come from; a
+/// `[[prices]]` entry silences the warning. The configuration stays valid.
+#[test]
+fn check_names_the_models_without_a_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("h3gate.toml");
+    let write = |prices: &str| {
+        let text = format!(
+            r#"
+[tls]
+generate_dev_cert = true
+[auth]
+required = false
+{prices}
+[[providers]]
+name = "local"
+kind = "ollama"
+[[providers]]
+name = "oa"
+kind = "openai"
+api_key = "test-placeholder"
+[[providers]]
+name = "m"
+kind = "mock"
+[[routes]]
+model = "llama*"
+targets = [{{ provider = "local", model = "llama3" }}, "m"]
+[[routes]]
+model = "gpt-4o"
+targets = ["oa"]
+[[routes]]
+model = "*"
+targets = ["oa"]
+[[routes]]
+model = "mock-gpt"
+targets = ["m"]
+"#
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write("");
+    let out = h3gate(&["check"], &config);
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "unpriced models are no error: {stderr}"
+    );
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning:")).collect();
+    assert_eq!(
+        warnings,
+        [
+            r#"h3gate: warning: no price for model "llama3" (route "llama*", provider "local"): its requests count as costing 0; add [[prices]]"#
+        ],
+        "gpt-4o has a bundled price; mock targets are left out: {stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("h3gate: note: prices: ")
+                && l.contains(" bundled models from litellm ")
+                && l.contains("model_prices_and_context_window_backup.json")),
+        "{stderr}"
+    );
+    let glob_notes = stderr
+        .lines()
+        .filter(|l| l.contains("client's model"))
+        .count();
+    assert_eq!(glob_notes, 1, "{stderr}");
+    assert!(
+        stderr.contains(r#"note: route "*" forwards the client's model"#),
+        "{stderr}"
+    );
+
+    write("[[prices]]\nmodel = \"llama*\"\ninput = 0.1\noutput = 0.2\n");
+    let out = h3gate(&["check"], &config);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning:"), "priced now: {stderr}");
+    assert!(stderr.contains("; 1 configured ([[prices]])"), "{stderr}");
 }
 
 /// `keys create --team --budget --budget-tokens --budget-period`, `keys

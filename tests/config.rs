@@ -296,43 +296,62 @@ fn listen_takes_one_address_or_a_list() {
     );
 }
 
-/// `[[teams]]`, `[[prices]]` and `[spend]` are read (the spend file
-/// relative to the configuration) and checked, each problem at its path.
+/// `[[prices]]`, `[[teams]]` and `[spend]` are read (they were refused as
+/// unknown sections before), checked key by key, and printed back by
+/// `to_redacted_toml`; `[spend] file` is relative to the config file.
 #[test]
-fn spend_sections_are_read_and_checked() {
-    let good = format!(
+fn spend_sections_are_read() {
+    let text = format!(
         r#"
 [spend]
 file = "state/spend.json"
+retention = "30d"
+
+[[prices]]
+model = "gpt-4o*"
+input = 2.5
+output = 10.0
+cached_input = 1.25
 
 [[teams]]
 name = "research"
-budget = 500.0
-budget_period = "30d"
-
-[[teams]]
-name = "ml.platform_2"
-budget_tokens = 1000000
-
-[[prices]]
-model = "my-model-*"
-input = 0.5
-output = 1.5
-cached_input = 0.0
+budget = 100.0
+budget_period = "1d"
 {VALID_TAIL}"#
     );
     let dir = tempfile::tempdir().unwrap();
-    let c = Config::from_toml(&good, dir.path(), &no_env).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.teams.len(), 2);
-    assert_eq!(c.teams[0].budget, Some(500.0));
-    assert_eq!(c.teams[0].budget_period.to_string(), "30d");
-    assert_eq!(c.teams[1].budget_period.to_string(), "month", "the default");
-    assert_eq!(c.prices[0].model, "my-model-*");
+    let c = Config::from_toml(&text, dir.path(), &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.prices.len(), 1);
     assert_eq!(
-        c.spend.file.as_deref(),
-        Some(dir.path().join("state/spend.json").as_path())
+        (
+            c.prices[0].model.as_str(),
+            c.prices[0].cached_input,
+            c.prices[0].cache_write
+        ),
+        ("gpt-4o*", Some(1.25), None)
+    );
+    assert_eq!(c.teams[0].name, "research");
+    assert_eq!(c.teams[0].budget, Some(100.0));
+    assert_eq!(c.spend.file, Some(dir.path().join("state/spend.json")));
+    let printed = c.to_redacted_toml();
+    assert!(
+        printed.contains("[[prices]]") && printed.contains("[[teams]]"),
+        "{printed}"
     );
 
+    let bad = text.replace("cached_input = 1.25", "cached = 1.25");
+    let found = problems(&bad);
+    assert!(
+        found.iter().any(|p| p.starts_with("prices[0].cached")),
+        "{found:?}"
+    );
+}
+
+/// `[[teams]]` and `[[prices]]` are checked, each problem at its path:
+/// team names unique and valid, budgets greater than zero; prices' model
+/// required, prices finite and zero or more.
+#[test]
+fn spend_sections_are_checked() {
     let bad = format!(
         r#"
 [[teams]]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use common::{chat, Gateway, Proto, ADMIN_TOKEN, UPSTREAM_KEY};
 use h3gate::auth::{self, NewKey};
 use h3gate::config::RouteConfig;
-use h3gate::metrics::{Kind, FAMILIES};
+use h3gate::metrics::{Family, Kind, FAMILIES, RENDERED};
 use serde_json::json;
 
 over_every_protocol!(traffic_moves_the_series);
@@ -252,7 +252,22 @@ const NOT_DRIVEN: &[&str] = &[
     "h3gate_cluster_fallbacks_total",
     "h3gate_cluster_syncs_total",
     "h3gate_cluster_tickets_total",
+    // Spend (issue 19): recorded by the request path's cost and budget
+    // accounting (`spend::meter::cost`, budget claims), which is being
+    // wired; until then the unit tests of `spend::meter` and the table test
+    // render them (and `the_cost_counter_is_exported_as_a_float` meters a
+    // cost directly). Remove each from here once this test's traffic drives it.
+    "h3gate_cost_usd_total",
+    "h3gate_cost_unpriced_requests_total",
+    "h3gate_budget_utilisation_ratio",
+    "h3gate_budget_alerts_total",
 ];
+
+/// Every family `/metrics` can show: the recorder's ([`FAMILIES`]) and the
+/// ones h3gate renders after them ([`RENDERED`]: the float cost counter).
+fn exported() -> impl Iterator<Item = &'static Family> {
+    FAMILIES.iter().chain(RENDERED)
+}
 
 /// Checks every `h3gate_*` sample of `text` against its `# TYPE`, its
 /// `# HELP` and the definition table (kind and label names); returns the
@@ -278,8 +293,7 @@ fn described_families(text: &str) -> std::collections::BTreeSet<String> {
             .find(|n| types.contains_key(n))
             .unwrap_or_else(|| panic!("{} has no # TYPE", s.name));
         assert!(helps.contains(family), "{family} has no # HELP");
-        let def = FAMILIES
-            .iter()
+        let def = exported()
             .find(|f| f.name == family)
             .unwrap_or_else(|| panic!("{family} is exported but not in the table"));
         let kind = match def.kind {
@@ -343,7 +357,7 @@ async fn every_exported_family_is_described() {
     assert_eq!(gw.reload().await.0, 200);
 
     let seen = described_families(&gw.metrics_text().await);
-    for f in FAMILIES.iter().filter(|f| !NOT_DRIVEN.contains(&f.name)) {
+    for f in exported().filter(|f| !NOT_DRIVEN.contains(&f.name)) {
         assert!(seen.contains(f.name), "{} was not exported", f.name);
     }
 }
@@ -496,7 +510,7 @@ fn dashboard_and_alerts_use_real_metric_names() {
                 continue;
             }
             assert!(
-                FAMILIES.iter().any(|f| f.name == base),
+                exported().any(|f| f.name == base),
                 "{file} uses unknown metric {name}"
             );
             used += 1;
@@ -527,4 +541,45 @@ fn alert_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The float cost counter is rendered after the recorder's families on
+/// `/metrics`, with its `# HELP`, `# TYPE` and the table's labels, and
+/// promtool reads the whole exposition. (Metered directly here: the meter
+/// is process-wide, like the recorder.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cost_counter_is_exported_as_a_float() {
+    let gw = gateway_with_route("metrics-cost").await;
+    h3gate::spend::meter::cost("metrics-cost", "up", 1_500_000, true);
+    h3gate::spend::meter::cost("metrics-cost", "up", 250, true);
+    let text = gw.metrics_text().await;
+    let seen = described_families(&text);
+    let cost = h3gate::metrics::COST_USD.name;
+    assert!(seen.contains(cost), "{text}");
+    let samples = parse(&text);
+    let labels = [("model", "metrics-cost"), ("provider", "up")];
+    assert_eq!(value(&samples, cost, &labels), 0.00150025);
+
+    let promtool = common::tools::require_tool("promtool", "apt-get install -y prometheus");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool check metrics: {said}");
 }

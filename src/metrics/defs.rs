@@ -420,6 +420,22 @@ pub const BUDGET_ALERTS: Def<Counter, 2> = Def::counter(
     "Budgets that reached a soft limit in their period, by scope (key, team) and level (80, 100); also an audit event each.",
 );
 
+/// `h3gate_cost_usd_total`: a float counter, which the `metrics` crate's
+/// whole-number counters cannot hold. Kept in nano-USD by
+/// [`crate::spend::meter`] and rendered by it beside the recorder's
+/// exposition; so it is in [`RENDERED`], not [`FAMILIES`].
+pub const COST_USD: Family = Family {
+    name: "h3gate_cost_usd_total",
+    kind: Kind::Counter,
+    unit: None,
+    help: "What requests cost in USD at the price of the model that served them (unpriced models count 0), by the bounded model label and provider.",
+    labels: &["model", "provider"],
+};
+
+/// Families h3gate renders itself, after the recorder's exposition on
+/// `/metrics` (not registered with the recorder, so not in [`FAMILIES`]).
+pub const RENDERED: &[Family] = &[COST_USD];
+
 /// Every metric h3gate exports, for `describe`, the dashboard and alert
 /// checks and the tests.
 pub const FAMILIES: &[Family] = &[
@@ -499,7 +515,7 @@ mod tests {
     #[test]
     fn names_are_unique_prefixed_and_suffixed_by_kind_and_unit() {
         let mut seen = std::collections::HashSet::new();
-        for f in FAMILIES {
+        for f in FAMILIES.iter().chain(RENDERED) {
             assert!(seen.insert(f.name), "{} is defined twice", f.name);
             assert!(f.name.starts_with("h3gate_"), "{}", f.name);
             assert!(

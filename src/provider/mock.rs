@@ -4,10 +4,15 @@
 //! named SSE events, `count_tokens`), with configurable latency to the first
 //! token and tokens per second. A request that offers tools is answered
 //! with a call to the first one (unless its last message is a tool result).
+//! A request whose first user message says `cached:N` (and `cache_write:N`)
+//! is answered with that many more prompt tokens, reported as read from
+//! (written to) the prompt cache in each API's own usage fields (see
+//! [`MockRequest::cache_usage`]).
 //! The wire-format builders here are public so test and benchmark upstreams
 //! speak the very same format.
 
 mod anthropic;
+mod cache;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -145,7 +150,9 @@ impl Mock {
         if call.endpoint == Endpoint::CountTokens {
             return Ok(json_response(json!({"input_tokens": prompt_tokens})));
         }
-        let mut answer = Answer::new(&req.model, call.endpoint, prompt_tokens, n);
+        let (cached, written) = req.cache_usage();
+        let mut answer =
+            Answer::new(&req.model, call.endpoint, prompt_tokens, n).with_cache(cached, written);
         answer.tool = req.tool_call();
 
         if call.endpoint == Endpoint::Embeddings {
@@ -231,8 +238,14 @@ pub struct Answer {
     pub model: String,
     pub created: u64,
     pub endpoint: Endpoint,
+    /// Every prompt token, the cached and cache-written ones included.
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Of `prompt_tokens`: read from the prompt cache.
+    pub cached_tokens: u32,
+    /// Of `prompt_tokens`: written to the prompt cache (Anthropic reports
+    /// these; OpenAI's usage has no such field, they are plain prompt tokens).
+    pub cache_write_tokens: u32,
     /// Answer with this tool call instead of text.
     pub tool: Option<ToolCall>,
 }
@@ -264,8 +277,22 @@ impl Answer {
             endpoint,
             prompt_tokens,
             completion_tokens,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
             tool: None,
         }
+    }
+
+    /// This answer with `cached` more prompt tokens read from the prompt
+    /// cache and `written` more written to it.
+    pub fn with_cache(mut self, cached: u32, written: u32) -> Self {
+        self.cached_tokens = cached;
+        self.cache_write_tokens = written;
+        self.prompt_tokens = self
+            .prompt_tokens
+            .saturating_add(cached)
+            .saturating_add(written);
+        self
     }
 
     fn finish_reason(&self) -> &'static str {
@@ -280,12 +307,19 @@ impl Answer {
         (0..self.completion_tokens as usize).map(token).collect()
     }
 
+    /// OpenAI's `usage`: `prompt_tokens` counts the cached ones too, and
+    /// `prompt_tokens_details.cached_tokens` says how many (only when some are).
     fn usage(&self) -> Value {
-        json!({
+        let mut usage = json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        })
+            "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
+        });
+        if self.cached_tokens > 0 {
+            usage["prompt_tokens_details"] =
+                json!({"cached_tokens": self.cached_tokens, "audio_tokens": 0});
+        }
+        usage
     }
 
     /// The non-streaming response body.

@@ -18,12 +18,10 @@
 //!   and `h3gate_budget_alerts_total{scope,level}`, once per budget and
 //!   window on each replica.
 
-pub mod enforce;
 pub mod history;
 pub mod meter;
 pub mod period;
 pub mod prices;
-mod settle;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -33,7 +31,16 @@ use serde::{Deserialize, Serialize};
 pub use history::History;
 pub use period::{Period, Window};
 pub use prices::{nanos, usd, Nanos, Price, PriceTable, Usage};
-pub use settle::Charge;
+
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// Nano-USD (see [`crate::spend::Nanos`]).
+    Usd,
+    /// Prompt + completion tokens.
+    Tokens,
+}
 
 /// A key's or a team's budget: USD and/or tokens per period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,8 +13,23 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::PriceConfig;
 use crate::glob::glob_match;
+
+/// `[[prices]]`: one model's (or glob's) prices in USD per million tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// An exact name or a glob (`gpt-4o*`), matched like routes.
+    pub model: String,
+    pub input: f64,
+    pub output: f64,
+    /// Default: `input`.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    /// Default: `input`.
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+}
 
 /// A model's prices in USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -197,6 +212,61 @@ mod tests {
             (3.0, 3.0),
             "default to input"
         );
+    }
+
+    fn usd_per_mtok(input: f64, output: f64, cached_input: f64, cache_write: f64) -> Price {
+        Price {
+            input,
+            output,
+            cached_input,
+            cache_write,
+        }
+    }
+
+    /// The bundled table is the one `scripts/update-prices.py` wrote from
+    /// litellm's price map: these are that map's numbers (USD per token
+    /// × 10⁶), read from the file, not remembered.
+    #[test]
+    fn the_bundled_table_loads_with_the_published_prices() {
+        let source = bundled_source();
+        assert!(
+            source.starts_with("litellm ") && source.contains("(PyPI, released "),
+            "{source}"
+        );
+        let t = PriceTable::new(&[]);
+        assert!(t.bundled_len() >= 30, "{} bundled models", t.bundled_len());
+        let want = [
+            ("gpt-4o", usd_per_mtok(2.5, 10.0, 1.25, 2.5)),
+            ("gpt-4o-mini", usd_per_mtok(0.15, 0.6, 0.075, 0.15)),
+            ("claude-sonnet-4-5", usd_per_mtok(3.0, 15.0, 0.3, 3.75)),
+            ("claude-haiku-4-5", usd_per_mtok(1.0, 5.0, 0.1, 1.25)),
+            (
+                "text-embedding-3-small",
+                usd_per_mtok(0.02, 0.0, 0.02, 0.02),
+            ),
+        ];
+        for (model, price) in want {
+            assert_eq!(t.lookup(model), Some(price), "{model}");
+        }
+        // Providers' own names: no litellm prefixes, no fine-tune templates.
+        assert!(t
+            .bundled
+            .keys()
+            .all(|m| !m.contains('/') && !m.starts_with("ft:")));
+    }
+
+    #[test]
+    fn configured_prices_win_over_the_bundled_ones() {
+        let bundled = PriceTable::new(&[]);
+        assert_eq!(bundled.lookup("gpt-4o").map(|p| p.input), Some(2.5));
+        let t = PriceTable::new(&[price("gpt-4o", 1.0, 2.0), price("claude-*", 7.0, 8.0)]);
+        assert_eq!(t.lookup("gpt-4o"), Some(usd_per_mtok(1.0, 2.0, 1.0, 1.0)));
+        assert_eq!(
+            t.lookup("claude-sonnet-4-5"),
+            Some(usd_per_mtok(7.0, 8.0, 7.0, 7.0)),
+            "a configured glob beats a bundled exact name"
+        );
+        assert_eq!(t.lookup("gpt-4o-mini"), bundled.lookup("gpt-4o-mini"));
     }
 
     #[test]

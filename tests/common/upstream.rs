@@ -2,7 +2,15 @@
 //! `/v1/messages`, `/v1/messages/count_tokens`) over plain HTTP/1.1 on
 //! loopback, and misbehaves on request. `GET /v1/models/{id}` answers a
 //! model object. A request offering tools gets a tool call (as the mock
-//! does). The behaviour is picked by the request's `model`:
+//! does). Usage is 7 prompt and 5 completion tokens; a first user message
+//! saying `cached:N` (and `cache_write:N`) adds N prompt tokens read from
+//! (written to) the prompt cache, reported in the API's own fields, as the
+//! mock does (`h3gate::provider::mock`, `MockRequest::cache_usage`):
+//! OpenAI `prompt_tokens_details.cached_tokens` (counted in
+//! `prompt_tokens`; in the JSON answer and the `include_usage` chunk),
+//! Anthropic `cache_read_input_tokens` and `cache_creation_input_tokens`
+//! (not counted in `input_tokens`; in the JSON answer, `message_start` and
+//! `message_delta`). The behaviour is picked by the request's `model`:
 //!
 //! | model            | behaviour                                                         |
 //! |------------------|-------------------------------------------------------------------|
@@ -157,10 +165,10 @@ async fn handle(
     if let Some(ms) = model.strip_prefix("slow-").and_then(|m| m.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    let mut answer = Answer::new(&model, endpoint, 7, 5);
-    answer.tool = serde_json::from_value::<h3gate::provider::mock::MockRequest>(json.clone())
-        .ok()
-        .and_then(|r| r.tool_call());
+    let request = serde_json::from_value::<h3gate::provider::mock::MockRequest>(json.clone()).ok();
+    let (cached, written) = request.as_ref().map_or((0, 0), |r| r.cache_usage());
+    let mut answer = Answer::new(&model, endpoint, 7, 5).with_cache(cached, written);
+    answer.tool = request.and_then(|r| r.tool_call());
     if endpoint == Endpoint::Embeddings {
         let body = h3gate::provider::mock::embeddings(&model, &Some(json["input"].clone()), 3);
         return Ok(respond(200, "application/json", full(body.to_string())));

@@ -20,6 +20,22 @@ impl Answer {
         }
     }
 
+    /// Anthropic's `usage`: `input_tokens` excludes the prompt tokens read
+    /// from or written to the cache, which have their own fields (written
+    /// only when there are some). `output_tokens` as given.
+    fn anthropic_usage(&self, output_tokens: u32) -> Value {
+        let cache = self.cached_tokens.saturating_add(self.cache_write_tokens);
+        let mut usage = json!({
+            "input_tokens": self.prompt_tokens.saturating_sub(cache),
+            "output_tokens": output_tokens,
+        });
+        if cache > 0 {
+            usage["cache_creation_input_tokens"] = json!(self.cache_write_tokens);
+            usage["cache_read_input_tokens"] = json!(self.cached_tokens);
+        }
+        usage
+    }
+
     fn tool_use_id(&self) -> Option<String> {
         self.tool.as_ref().map(|t| t.id.replace("call_", "toolu_"))
     }
@@ -36,7 +52,7 @@ impl Answer {
         json!({
             "id": self.id, "type": "message", "role": "assistant", "model": self.model,
             "content": content, "stop_reason": self.stop_reason(), "stop_sequence": null,
-            "usage": {"input_tokens": self.prompt_tokens, "output_tokens": self.completion_tokens},
+            "usage": self.anthropic_usage(self.completion_tokens),
         })
     }
 
@@ -48,7 +64,7 @@ impl Answer {
             json!({"type": "message_start", "message": {
                 "id": self.id, "type": "message", "role": "assistant", "model": self.model,
                 "content": [], "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": self.prompt_tokens, "output_tokens": 1},
+                "usage": self.anthropic_usage(1),
             }}),
         ));
         let (block, deltas) = match &self.tool {
@@ -81,11 +97,18 @@ impl Answer {
             "content_block_stop",
             json!({"type": "content_block_stop", "index": 0}),
         ));
+        // Like Anthropic's API today, a cached prompt's final usage repeats
+        // the input and cache counts beside the output tokens.
+        let usage = if self.cached_tokens.saturating_add(self.cache_write_tokens) > 0 {
+            self.anthropic_usage(self.completion_tokens)
+        } else {
+            json!({"output_tokens": self.completion_tokens})
+        };
         events.push(event(
             "message_delta",
             json!({"type": "message_delta",
                 "delta": {"stop_reason": self.stop_reason(), "stop_sequence": null},
-                "usage": {"output_tokens": self.completion_tokens}}),
+                "usage": usage}),
         ));
         events.push(event("message_stop", json!({"type": "message_stop"})));
         events
