@@ -11,7 +11,10 @@
 //! - `POST /admin/reload`: re-read the configuration file.
 //! - `GET /admin/keys`, `POST /admin/keys` (create; the key is in the answer
 //!   once), `PATCH /admin/keys/NAME` (scopes, models, expires, rpm, tpm,
-//!   max_concurrent; `null` clears), `DELETE /admin/keys/NAME` (revoke).
+//!   max_concurrent, team, budget, budget_tokens, budget_period; `null`
+//!   clears), `DELETE /admin/keys/NAME` (revoke). A key may name a team
+//!   that `[[teams]]` lacks (its spend is still recorded by team): the
+//!   answer then carries a `warning`.
 //! - `GET /admin/denylist`, `DELETE /admin/denylist/ADDRESS` (lift a deny).
 //! - `GET /ui/usage`: the usage page (static; it asks `/admin/usage` and
 //!   `/admin/budgets` with the token typed into it).
@@ -256,8 +259,17 @@ fn key_view(k: &crate::auth::KeyRecord) -> serde_json::Value {
         "name": k.name, "id": k.id, "scopes": k.scopes, "models": k.models,
         "created_at": k.created_at, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
         "rpm": k.rpm, "tpm": k.tpm, "max_concurrent": k.max_concurrent,
+        "team": k.team, "budget": k.budget, "budget_tokens": k.budget_tokens,
+        "budget_period": k.budget_period,
         "revision": k.revision, "updated_at": k.updated_at,
     })
+}
+
+/// Adds the unknown-team warning to an answer's body, when due.
+fn warn_team(state: &State, team: Option<&str>, body: &mut serde_json::Value) {
+    if let Some(w) = crate::auth::unknown_team_warning(team, |t| state.teams.contains_key(t)) {
+        body["warning"] = w.into();
+    }
 }
 
 /// 200 (201 for a creation) once the change is in the store; 202 when it
@@ -281,11 +293,12 @@ async fn create_key(state: &State, body: Body) -> Response {
         Err(resp) => return resp,
     };
     match keys.create(new).await {
-        Ok(c) => changed(
-            StatusCode::CREATED,
-            c.sharing,
-            serde_json::json!({"name": c.record.name, "id": c.record.id, "key": c.key}),
-        ),
+        Ok(c) => {
+            let mut body =
+                serde_json::json!({"name": c.record.name, "id": c.record.id, "key": c.key});
+            warn_team(state, c.record.team.as_deref(), &mut body);
+            changed(StatusCode::CREATED, c.sharing, body)
+        }
         Err(e) => key_error(&e),
     }
 }
@@ -314,10 +327,25 @@ fn parse_expires(text: &str) -> Result<std::time::Duration, Box<Response>> {
     })
 }
 
+/// A budget period like "1d", "month" or "30d", or the 400 to send.
+fn parse_period(text: &str) -> Result<crate::spend::Period, Box<Response>> {
+    crate::spend::Period::parse(text)
+        .map_err(|e| Box::new(key_error(&crate::auth::KeysError::Invalid(e))))
+}
+
 /// The body of `POST /admin/keys` as an `auth::NewKey`, or the 400 to send.
 async fn read_new_key(body: Body) -> Result<crate::auth::NewKey, Response> {
     let req: NewKeyRequest = read_json(body).await?;
     Ok(crate::auth::NewKey {
+        team: req.team,
+        budget: req.budget,
+        budget_tokens: req.budget_tokens,
+        budget_period: req
+            .budget_period
+            .as_deref()
+            .map(parse_period)
+            .transpose()
+            .map_err(|r| *r)?,
         name: req.name,
         scopes: req.scopes,
         models: req.models,
@@ -350,7 +378,19 @@ async fn edit_key(state: &State, name: &str, body: Body) -> Response {
         Some(None) => Some(None),
         None => None,
     };
+    let budget_period = match req.budget_period {
+        Some(Some(text)) => match parse_period(&text) {
+            Ok(p) => Some(Some(p)),
+            Err(resp) => return *resp,
+        },
+        Some(None) => Some(None),
+        None => None,
+    };
     let edit = crate::auth::KeyEdit {
+        team: req.team,
+        budget: req.budget,
+        budget_tokens: req.budget_tokens,
+        budget_period,
         scopes: req.scopes,
         models: req.models,
         expires_in,
@@ -361,11 +401,10 @@ async fn edit_key(state: &State, name: &str, body: Body) -> Response {
     match keys.edit(name, edit).await {
         Ok(c) => {
             let list: Vec<_> = c.records.iter().map(key_view).collect();
-            changed(
-                StatusCode::OK,
-                c.sharing,
-                serde_json::json!({"edited": name, "keys": list}),
-            )
+            let mut body = serde_json::json!({"edited": name, "keys": list});
+            let team = c.records.first().and_then(|r| r.team.as_deref());
+            warn_team(state, team, &mut body);
+            changed(StatusCode::OK, c.sharing, body)
         }
         Err(e) => key_error(&e),
     }
@@ -461,6 +500,12 @@ struct NewKeyRequest {
     rpm: Option<u32>,
     tpm: Option<u32>,
     max_concurrent: Option<u32>,
+    team: Option<String>,
+    /// USD per period.
+    budget: Option<f64>,
+    budget_tokens: Option<u64>,
+    /// "1d", "month", "30d"… (default "month").
+    budget_period: Option<String>,
 }
 
 /// `PATCH /admin/keys/NAME`: a field left out stays; `null` clears it
@@ -479,6 +524,15 @@ struct EditKeyRequest {
     tpm: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     max_concurrent: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    team: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    budget: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    budget_tokens: Option<Option<u64>>,
+    /// `null`: the default ("month").
+    #[serde(default, deserialize_with = "present")]
+    budget_period: Option<Option<String>>,
 }
 
 /// A field that is present: `Some(None)` for `null`.

@@ -59,7 +59,7 @@ impl BudgetCounter {
 
 /// The window a budget claim or correction carries (a claim without one,
 /// which the pipeline never makes, is decided at the Unix epoch).
-fn window_of(w: Option<Window>) -> Window {
+pub(super) fn window_of(w: Option<Window>) -> Window {
     w.unwrap_or(Window {
         slot: 0,
         slots: 1,
