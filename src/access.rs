@@ -10,6 +10,8 @@
 //! records the metrics, brings the in-flight gauge down and corrects the
 //! token reservation.
 
+mod charge;
+
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +30,7 @@ use crate::exchange::{Body, BodyError, Outcome, Protocol, Response};
 use crate::metrics::Metrics;
 use crate::protect::TokenReservation;
 use crate::routing::Route;
+pub use charge::Charge;
 /// What the streaming part of a request learns (token usage, upstream
 /// failure) for the log line written at its end.
 #[derive(Debug, Default)]
@@ -108,7 +111,7 @@ pub struct Facts {
     /// Served as 0-RTT early data (before the handshake completed).
     pub early: bool,
     /// What the request's cost is accounted with (proxied requests).
-    pub charge: Option<crate::spend::Charge>,
+    pub charge: Option<Charge>,
 }
 
 /// What the pipeline's steps claim on the way: each a guard given back
@@ -125,7 +128,7 @@ pub struct Claims {
     /// On a cluster, the key's concurrency slot (a lease in Redis).
     pub lease: Option<crate::rate_limit::Lease>,
     /// The budgets' reservations, reconciled with the real cost at the end.
-    pub budgets: Vec<crate::spend::enforce::Held>,
+    pub budgets: Vec<crate::protect::budget::Held>,
 }
 
 /// The request's one end: see the module documentation.

@@ -11,11 +11,14 @@
 //! - `POST /admin/reload`: re-read the configuration file.
 //! - `GET /admin/keys`, `POST /admin/keys` (create; the key is in the answer
 //!   once), `PATCH /admin/keys/NAME` (scopes, models, expires, rpm, tpm,
-//!   max_concurrent; `null` clears), `DELETE /admin/keys/NAME` (revoke).
+//!   max_concurrent, team, budget, budget_tokens, budget_period; `null`
+//!   clears), `DELETE /admin/keys/NAME` (revoke). A key may name a team
+//!   that `[[teams]]` lacks (its spend is still recorded by team): the
+//!   answer then carries a `warning`.
 //! - `GET /admin/denylist`, `DELETE /admin/denylist/ADDRESS` (lift a deny).
 //! - `GET /admin/usage?key=&team=&from=&to=&group_by=model|key|team|day`:
 //!   the usage history; `GET /admin/budgets`: every budget and how full it
-//!   is (see [`crate::spend::report`]).
+//!   is (see [`crate::usage::report`]).
 //! - `GET /ui/usage`: the usage page (static; it asks `/admin/usage` and
 //!   `/admin/budgets` with the token typed into it).
 //!
@@ -27,6 +30,8 @@
 //! `/admin/*` needs the admin token (without one configured it is off);
 //! every admin action is audited. `[network] admin_allow`/`admin_deny`
 //! filter who may connect at all.
+
+mod ui;
 
 use std::sync::Arc;
 
@@ -42,6 +47,7 @@ use crate::reload::Reloader;
 use crate::shutdown::Shutdown;
 use crate::state::{SharedState, State};
 
+mod denylist;
 mod usage;
 
 #[derive(Clone)]
@@ -61,7 +67,7 @@ impl Admin {
         match (req.method(), req.uri().path()) {
             (&Method::GET | &Method::HEAD, "/health") => json(StatusCode::OK, r#"{"status":"ok"}"#),
             (&Method::GET | &Method::HEAD, "/ready") => self.ready(),
-            (&Method::GET, p) if p.starts_with("/ui/") => crate::spend::page::serve(p)
+            (&Method::GET, p) if p.starts_with("/ui/") => ui::serve(p)
                 .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "not found")),
             (&Method::GET, "/metrics") => {
                 let Some(prometheus) = &self.prometheus else {
@@ -163,7 +169,7 @@ impl Admin {
             }
             serde_json::json!({"redis": if c.is_up() { "up" } else { "down" }})
         });
-        if s.spend.file_failing() {
+        if s.usage.file_failing() {
             reasons.push(
                 "the spend file cannot be written (see the log); spend is kept in memory".into(),
             );
@@ -219,9 +225,9 @@ impl Admin {
             (Method::PATCH, p) if p.starts_with("/admin/keys/") => {
                 edit_key(&state, &p["/admin/keys/".len()..], body).await
             }
-            (Method::GET, "/admin/denylist") => list_denied(&state).await,
+            (Method::GET, "/admin/denylist") => denylist::list(&state).await,
             (Method::DELETE, p) if p.starts_with("/admin/denylist/") => {
-                lift_deny(&state, &p["/admin/denylist/".len()..]).await
+                denylist::lift(&state, &p["/admin/denylist/".len()..]).await
             }
             _ => error(StatusCode::NOT_FOUND, "not_found", "not found"),
         }
@@ -275,8 +281,17 @@ fn key_view(k: &crate::auth::KeyRecord) -> serde_json::Value {
         "name": k.name, "id": k.id, "scopes": k.scopes, "models": k.models,
         "created_at": k.created_at, "expires_at": k.expires_at, "revoked_at": k.revoked_at,
         "rpm": k.rpm, "tpm": k.tpm, "max_concurrent": k.max_concurrent,
+        "team": k.team, "budget": k.budget, "budget_tokens": k.budget_tokens,
+        "budget_period": k.budget_period,
         "revision": k.revision, "updated_at": k.updated_at,
     })
+}
+
+/// Adds the unknown-team warning to an answer's body, when due.
+fn warn_team(state: &State, team: Option<&str>, body: &mut serde_json::Value) {
+    if let Some(w) = crate::auth::unknown_team_warning(team, |t| state.teams.contains_key(t)) {
+        body["warning"] = w.into();
+    }
 }
 
 /// 200 (201 for a creation) once the change is in the store; 202 when it
@@ -300,11 +315,12 @@ async fn create_key(state: &State, body: Body) -> Response {
         Err(resp) => return resp,
     };
     match keys.create(new).await {
-        Ok(c) => changed(
-            StatusCode::CREATED,
-            c.sharing,
-            serde_json::json!({"name": c.record.name, "id": c.record.id, "key": c.key}),
-        ),
+        Ok(c) => {
+            let mut body =
+                serde_json::json!({"name": c.record.name, "id": c.record.id, "key": c.key});
+            warn_team(state, c.record.team.as_deref(), &mut body);
+            changed(StatusCode::CREATED, c.sharing, body)
+        }
         Err(e) => key_error(&e),
     }
 }
@@ -333,10 +349,25 @@ fn parse_expires(text: &str) -> Result<std::time::Duration, Box<Response>> {
     })
 }
 
+/// A budget period like "1d", "month" or "30d", or the 400 to send.
+fn parse_period(text: &str) -> Result<crate::spend::Period, Box<Response>> {
+    crate::spend::Period::parse(text)
+        .map_err(|e| Box::new(key_error(&crate::auth::KeysError::Invalid(e))))
+}
+
 /// The body of `POST /admin/keys` as an `auth::NewKey`, or the 400 to send.
 async fn read_new_key(body: Body) -> Result<crate::auth::NewKey, Response> {
     let req: NewKeyRequest = read_json(body).await?;
     Ok(crate::auth::NewKey {
+        team: req.team,
+        budget: req.budget,
+        budget_tokens: req.budget_tokens,
+        budget_period: req
+            .budget_period
+            .as_deref()
+            .map(parse_period)
+            .transpose()
+            .map_err(|r| *r)?,
         name: req.name,
         scopes: req.scopes,
         models: req.models,
@@ -369,7 +400,19 @@ async fn edit_key(state: &State, name: &str, body: Body) -> Response {
         Some(None) => Some(None),
         None => None,
     };
+    let budget_period = match req.budget_period {
+        Some(Some(text)) => match parse_period(&text) {
+            Ok(p) => Some(Some(p)),
+            Err(resp) => return *resp,
+        },
+        Some(None) => Some(None),
+        None => None,
+    };
     let edit = crate::auth::KeyEdit {
+        team: req.team,
+        budget: req.budget,
+        budget_tokens: req.budget_tokens,
+        budget_period,
         scopes: req.scopes,
         models: req.models,
         expires_in,
@@ -380,11 +423,10 @@ async fn edit_key(state: &State, name: &str, body: Body) -> Response {
     match keys.edit(name, edit).await {
         Ok(c) => {
             let list: Vec<_> = c.records.iter().map(key_view).collect();
-            changed(
-                StatusCode::OK,
-                c.sharing,
-                serde_json::json!({"edited": name, "keys": list}),
-            )
+            let mut body = serde_json::json!({"edited": name, "keys": list});
+            let team = c.records.first().and_then(|r| r.team.as_deref());
+            warn_team(state, team, &mut body);
+            changed(StatusCode::OK, c.sharing, body)
         }
         Err(e) => key_error(&e),
     }
@@ -429,44 +471,6 @@ fn key_error(e: &crate::auth::KeysError) -> Response {
     error(status, code, &e.to_string())
 }
 
-/// `GET /admin/denylist`: the denied addresses and the seconds each has
-/// left; in a cluster, every replica's (after a sync with Redis).
-async fn list_denied(state: &State) -> Response {
-    let (denied, sharing) = state.abuse.list_everywhere().await;
-    let list: Vec<_> = denied
-        .into_iter()
-        .map(|(ip, secs)| serde_json::json!({"address": ip.to_string(), "seconds_left": secs}))
-        .collect();
-    json(
-        StatusCode::OK,
-        serde_json::json!({"denied": list, "sharing": sharing.as_str()}).to_string(),
-    )
-}
-
-/// `DELETE /admin/denylist/ADDRESS`: lifts the deny on one address,
-/// on every replica in a cluster.
-async fn lift_deny(state: &State, address: &str) -> Response {
-    let Ok(ip) = address.parse::<std::net::IpAddr>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_address",
-            "not an IP address",
-        );
-    };
-    match state.abuse.lift_everywhere(ip).await {
-        (true, sharing) => changed(
-            StatusCode::OK,
-            sharing,
-            serde_json::json!({"lifted": ip.to_string()}),
-        ),
-        (false, _) => error(
-            StatusCode::NOT_FOUND,
-            "not_denied",
-            "that address is not denied",
-        ),
-    }
-}
-
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewKeyRequest {
@@ -480,6 +484,12 @@ struct NewKeyRequest {
     rpm: Option<u32>,
     tpm: Option<u32>,
     max_concurrent: Option<u32>,
+    team: Option<String>,
+    /// USD per period.
+    budget: Option<f64>,
+    budget_tokens: Option<u64>,
+    /// "1d", "month", "30d"… (default "month").
+    budget_period: Option<String>,
 }
 
 /// `PATCH /admin/keys/NAME`: a field left out stays; `null` clears it
@@ -498,6 +508,15 @@ struct EditKeyRequest {
     tpm: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     max_concurrent: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "present")]
+    team: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    budget: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    budget_tokens: Option<Option<u64>>,
+    /// `null`: the default ("month").
+    #[serde(default, deserialize_with = "present")]
+    budget_period: Option<Option<String>>,
 }
 
 /// A field that is present: `Some(None)` for `null`.

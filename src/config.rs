@@ -7,6 +7,7 @@
 
 mod cluster;
 mod load;
+pub mod prices;
 mod problem;
 mod protection;
 mod resilience;

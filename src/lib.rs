@@ -51,3 +51,4 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod translate;
+pub mod usage;

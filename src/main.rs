@@ -3,14 +3,19 @@
 //! other subcommands: `check`, `keys`, `health`, `certs`. Everything else
 //! lives in the library.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use h3gate::config::Config;
-use h3gate::{audit, auth, reload, server, telemetry, tls};
+use h3gate::{auth, reload, server, telemetry, tls};
+
+/// The `keys` subcommands' work (this file parses their arguments).
+#[path = "cli/keys.rs"]
+mod keys_cli;
+use keys_cli::{create_key, edit_key, list_keys, revoke_key, KeysFiles};
 
 /// mimalloc instead of glibc's malloc: allocation was ~12% of the gateway's
 /// CPU under load (perf), and per-request allocations are many and small.
@@ -135,13 +140,26 @@ enum KeysAction {
         /// Requests in flight at once.
         #[arg(long)]
         max_concurrent: Option<u32>,
+        /// The team whose budget ([[teams]]) this key's spend also counts against.
+        #[arg(long)]
+        team: Option<String>,
+        /// USD per budget period, e.g. 5.00.
+        #[arg(long)]
+        budget: Option<f64>,
+        /// Tokens (prompt + completion) per budget period.
+        #[arg(long)]
+        budget_tokens: Option<u64>,
+        /// 1d (calendar day, UTC), month (calendar month, UTC), or a rolling
+        /// Nd or Nh, e.g. 30d (default: month).
+        #[arg(long, value_parser = h3gate::spend::Period::parse)]
+        budget_period: Option<h3gate::spend::Period>,
     },
     /// List keys (obfuscated ids only, never a secret).
     List,
     /// Revoke a key by name.
     Revoke { name: String },
-    /// Change a key's scopes, models, expiry or limits ("none" clears a
-    /// limit or the expiry).
+    /// Change a key's scopes, models, expiry, limits, team or budgets
+    /// ("none" clears a limit, the expiry, the team or a budget).
     Edit {
         name: String,
         /// chat, embeddings, models.
@@ -162,7 +180,31 @@ enum KeysAction {
         /// Requests in flight at once, or "none".
         #[arg(long, value_parser = or_none::<u32>)]
         max_concurrent: Option<OrNone<u32>>,
+        /// The key's team, or "none".
+        #[arg(long, value_parser = or_none::<String>)]
+        team: Option<OrNone<String>>,
+        /// USD per budget period, or "none".
+        #[arg(long, value_parser = or_none::<f64>)]
+        budget: Option<OrNone<f64>>,
+        /// Tokens per budget period, or "none".
+        #[arg(long, value_parser = or_none::<u64>)]
+        budget_tokens: Option<OrNone<u64>>,
+        /// 1d, month, or a rolling Nd/Nh; "none": the default (month).
+        #[arg(long, value_parser = or_none::<PeriodArg>)]
+        budget_period: Option<OrNone<PeriodArg>>,
     },
+}
+
+/// A budget period on the command line (`Period::parse`).
+#[derive(Debug, Clone, Copy)]
+struct PeriodArg(h3gate::spend::Period);
+
+impl std::str::FromStr for PeriodArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        h3gate::spend::Period::parse(s).map(PeriodArg)
+    }
 }
 
 /// A value, or "none" for no value. (Not a bare `Option<Option<T>>`:
@@ -204,14 +246,14 @@ fn main() -> ExitCode {
             group_by,
             json,
         } => {
-            let params = h3gate::spend::report::Params {
+            let params = h3gate::usage::report::Params {
                 key,
                 team,
                 from,
                 to,
                 group_by: Some(group_by),
             };
-            h3gate::spend::cli::run(&config, &params, json)
+            h3gate::usage::cli::run(&config, &params, json)
         }
         Command::Keys {
             action,
@@ -301,7 +343,7 @@ fn check(path: PathBuf) -> ExitCode {
         Ok(prepared) => {
             print!("{}", prepared.state.config.to_redacted_toml());
             let state = &prepared.state;
-            for line in h3gate::spend::check::report(&state.config, &state.prices) {
+            for line in h3gate::config::prices::report(&state.config, &state.prices) {
                 eprintln!("h3gate: {line}");
             }
             eprintln!("h3gate: {} is valid", path.display());
@@ -375,6 +417,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             rpm,
             tpm,
             max_concurrent,
+            team,
+            budget,
+            budget_tokens,
+            budget_period,
         } => create_key(
             &files,
             auth::NewKey {
@@ -385,6 +431,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
                 rpm,
                 tpm,
                 max_concurrent,
+                team,
+                budget,
+                budget_tokens,
+                budget_period,
             },
         ),
         KeysAction::List => list_keys(&files),
@@ -397,6 +447,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             rpm,
             tpm,
             max_concurrent,
+            team,
+            budget,
+            budget_tokens,
+            budget_period,
         } => edit_key(
             &files,
             &name,
@@ -407,6 +461,10 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
                 rpm: rpm.map(|v| v.0),
                 tpm: tpm.map(|v| v.0),
                 max_concurrent: max_concurrent.map(|v| v.0),
+                team: team.map(|v| v.0),
+                budget: budget.map(|v| v.0),
+                budget_tokens: budget_tokens.map(|v| v.0),
+                budget_period: budget_period.map(|v| v.0.map(|p| p.0)),
             },
         ),
     };
@@ -417,176 +475,4 @@ fn keys(action: KeysAction, config: PathBuf, keys_file: Option<PathBuf>) -> Exit
             ExitCode::FAILURE
         }
     }
-}
-
-/// Where a `keys` subcommand works: a keys file, or the cluster's Redis.
-enum Store {
-    File(PathBuf),
-    Cluster(tokio::runtime::Runtime, Box<auth::Keys>),
-}
-
-/// The store a `keys` subcommand works on, and the audit log it records
-/// to (none with `--keys-file`).
-struct KeysFiles {
-    store: Store,
-    audit: Option<PathBuf>,
-}
-
-impl KeysFiles {
-    /// `--keys-file`, else the configuration's `[cluster]` (Redis) or
-    /// `[auth] keys_file`, and `[audit]` file; the exit code when there is none.
-    fn find(config: &Path, keys_file: Option<PathBuf>) -> Result<Self, ExitCode> {
-        if let Some(keys) = keys_file {
-            return Ok(KeysFiles {
-                store: Store::File(keys),
-                audit: None,
-            });
-        }
-        // Only [auth], [audit] and [cluster] are read: the first key can be
-        // made before provider keys or certificates are in place.
-        match auth::cli_files(config) {
-            Ok(f) if f.cluster.is_shared() => Ok(KeysFiles {
-                store: Self::cluster(&f.cluster)?,
-                audit: f.audit,
-            }),
-            Ok(auth::CliFiles {
-                keys: Some(keys),
-                audit,
-                ..
-            }) => Ok(KeysFiles {
-                store: Store::File(keys),
-                audit,
-            }),
-            Ok(_) => {
-                eprintln!(
-                    "h3gate: {} sets no auth.keys_file; pass --keys-file PATH",
-                    config.display()
-                );
-                Err(ExitCode::from(2))
-            }
-            Err(e) => {
-                eprintln!(
-                    "h3gate: {}: {e}\n(or pass --keys-file PATH)",
-                    config.display()
-                );
-                Err(ExitCode::from(2))
-            }
-        }
-    }
-
-    /// The cluster's key set, once Redis answered.
-    fn cluster(cfg: &h3gate::config::ClusterConfig) -> Result<Store, ExitCode> {
-        let rt = runtime(tokio::runtime::Builder::new_current_thread())?;
-        match rt.block_on(auth::open_cluster(cfg)) {
-            Ok(keys) => Ok(Store::Cluster(rt, Box::new(keys))),
-            Err(e) => {
-                eprintln!("h3gate: {e}\n(or pass --keys-file PATH to change one replica's file)");
-                Err(ExitCode::FAILURE)
-            }
-        }
-    }
-
-    /// Records a key action in the audit log, when there is one.
-    fn audit(&self, action: &str, name: &str, id: &str) {
-        if let Some(f) = &self.audit {
-            audit::append_now(
-                f,
-                audit::Entry {
-                    action,
-                    actor: "cli",
-                    result: "ok",
-                    request_id: None,
-                    client_ip: None,
-                    key_id: Some(id),
-                    details: serde_json::json!({"name": name}),
-                },
-            );
-        }
-    }
-}
-
-/// `keys create`: prints the new key, once.
-fn create_key(files: &KeysFiles, new: auth::NewKey) -> Result<(), auth::KeysError> {
-    let (key, rec) = match &files.store {
-        Store::File(path) => auth::create(path, new)?,
-        Store::Cluster(rt, keys) => {
-            let c = rt.block_on(keys.create(new))?;
-            (c.key, c.record)
-        }
-    };
-    files.audit("key_create", &rec.name, &rec.id);
-    println!("{key}");
-    eprintln!(
-        "h3gate: created key {:?} ({}); it is shown only this once",
-        rec.name, rec.id
-    );
-    Ok(())
-}
-
-/// `keys list`: one line per key, with its state, scopes and models.
-fn list_keys(files: &KeysFiles) -> Result<(), auth::KeysError> {
-    let records = match &files.store {
-        Store::File(path) => auth::read_file(path)?.keys,
-        Store::Cluster(rt, keys) => match rt.block_on(keys.current()) {
-            (list, h3gate::cluster::sync::Sharing::Shared) => {
-                list.iter().map(|r| (**r).clone()).collect()
-            }
-            _ => return Err(auth::KeysError::Unavailable("the list".into())),
-        },
-    };
-    files.audit("key_list", "*", "-");
-    for k in records {
-        let state = match (k.revoked_at, k.expires_at) {
-            (Some(_), _) => "revoked",
-            (None, Some(e)) if e <= h3gate::clock::now_secs() => "expired",
-            _ => "active",
-        };
-        let scopes = if k.scopes.is_empty() {
-            "all".to_string()
-        } else {
-            k.scopes.join(",")
-        };
-        let models = if k.models.is_empty() {
-            "*".to_string()
-        } else {
-            k.models.join(",")
-        };
-        println!(
-            "{}\t{}\t{state}\tscopes={scopes}\tmodels={models}",
-            k.name, k.id
-        );
-    }
-    Ok(())
-}
-
-/// `keys revoke NAME`.
-fn revoke_key(files: &KeysFiles, name: &str) -> Result<(), auth::KeysError> {
-    let rec = match &files.store {
-        Store::File(path) => auth::revoke(path, name)?,
-        Store::Cluster(rt, keys) => first(rt.block_on(keys.revoke(name))?, name)?,
-    };
-    files.audit("key_revoke", &rec.name, &rec.id);
-    eprintln!("h3gate: revoked {:?} ({})", rec.name, rec.id);
-    Ok(())
-}
-
-/// `keys edit NAME …`.
-fn edit_key(files: &KeysFiles, name: &str, edit: auth::KeyEdit) -> Result<(), auth::KeysError> {
-    let rec = match &files.store {
-        Store::File(path) => auth::edit(path, name, &edit)?,
-        Store::Cluster(rt, keys) => first(rt.block_on(keys.edit(name, edit))?, name)?,
-    };
-    files.audit("key_edit", &rec.name, &rec.id);
-    eprintln!(
-        "h3gate: edited {:?} ({}), revision {}",
-        rec.name, rec.id, rec.revision
-    );
-    Ok(())
-}
-
-fn first(c: auth::Changed, name: &str) -> Result<auth::KeyRecord, auth::KeysError> {
-    c.records
-        .into_iter()
-        .next()
-        .ok_or_else(|| auth::KeysError::NoSuchKey(name.into()))
 }

@@ -166,12 +166,12 @@ async fn limit(
     let key = ctx.end.facts.key.clone();
     let spend = key
         .as_deref()
-        .filter(|k| crate::spend::enforce::applies(state, k))
-        .map(|_| crate::spend::enforce::Estimate {
+        .filter(|k| crate::protect::budget::applies(state, k))
+        .map(|_| crate::protect::budget::Estimate {
             cost: route.map_or(0, |r| dearest(state, r, &intake.model, prompt, completion)),
             tokens: completion + prompt,
         });
-    ctx.end.facts.charge = Some(crate::spend::Charge {
+    ctx.end.facts.charge = Some(crate::access::Charge {
         spend: state.spend.clone(),
         prices: state.prices.clone(),
         estimate: spend.unwrap_or_default(),

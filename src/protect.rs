@@ -4,6 +4,8 @@
 //! once every limit is known). Plus the security headers every response
 //! carries.
 
+pub mod budget;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -94,7 +96,7 @@ pub struct Granted {
     pub tokens: Option<TokenReservation>,
     pub lease: Option<Lease>,
     /// A reservation per budget the request counts against.
-    pub budgets: Vec<crate::spend::enforce::Held>,
+    pub budgets: Vec<budget::Held>,
 }
 
 /// Every rate limit and budget that applies to the request, decided in one
@@ -116,10 +118,9 @@ pub async fn rate_limit(
     client: IpAddr,
     key: Option<&KeyRecord>,
     tokens: Option<u64>,
-    spend: Option<crate::spend::enforce::Estimate>,
+    spend: Option<budget::Estimate>,
     headers: &mut HeaderMap,
 ) -> Result<Granted, GatewayError> {
-    use crate::spend::enforce;
     let limiter = &state.limiter;
     let mut claims = claims(
         &state.config.rate_limit,
@@ -129,11 +130,11 @@ pub async fn rate_limit(
         limiter.leases(),
     );
     let budgets = match (key, spend) {
-        (Some(k), Some(e)) => enforce::claims(state, k, e, crate::clock::now_secs()),
+        (Some(k), Some(e)) => budget::claims(state, k, e, crate::clock::now_secs()),
         _ => Vec::new(),
     };
     let rates = claims.len();
-    let whose: Vec<enforce::Whose> = budgets
+    let whose: Vec<budget::Whose> = budgets
         .into_iter()
         .map(|(c, w)| {
             claims.push(c);
@@ -161,8 +162,8 @@ pub async fn rate_limit(
         .collect();
     let refused_any = decided.decisions.iter().any(|d| !d.allowed);
     if let Some(k) = key.filter(|_| !on_budgets.is_empty()) {
-        enforce::observe(state, k, &on_budgets, refused_any);
-        enforce::headers(headers, &on_budgets);
+        budget::observe(state, k, &on_budgets, refused_any);
+        budget::headers(headers, &on_budgets);
     }
     if let Some((c, w, d)) = on_budgets
         .iter()
@@ -172,7 +173,7 @@ pub async fn rate_limit(
         crate::metrics::RATE_LIMITED
             .with([c.bucket.scope()])
             .increment(1);
-        return Err(enforce::refusal(c, w, d));
+        return Err(budget::refusal(c, w, d));
     }
     // A rate's refusal says when to come back; a full lease set does not.
     let refused = decisions()
@@ -200,7 +201,7 @@ pub async fn rate_limit(
         budgets: claims[rates..]
             .iter()
             .zip(&whose)
-            .map(|(c, w)| enforce::Held {
+            .map(|(c, w)| budget::Held {
                 unit: w.unit,
                 reservation: limiter.reservation(c, &decided),
             })

@@ -36,7 +36,7 @@ pub enum StartError {
     #[error(transparent)]
     Quic(#[from] quic::QuicSetupError),
     #[error(transparent)]
-    Spend(#[from] crate::spend::file::FileError),
+    Spend(#[from] crate::usage::file::FileError),
     #[error("socket setup: {0}")]
     Io(#[from] std::io::Error),
     #[error("{what}: none of its addresses ({addrs}) could be bound on this host")]

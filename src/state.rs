@@ -47,6 +47,9 @@ pub struct State {
     pub teams: HashMap<String, crate::spend::Budget>,
     /// Spend history and soft-limit alerts; kept across reloads.
     pub spend: Arc<crate::spend::Spend>,
+    /// Where spend is kept beyond the process (the spend file, or Redis);
+    /// kept across reloads.
+    pub usage: Arc<crate::usage::Keeper>,
     /// The shared Redis (`[cluster] redis_url`); `None` on a single node.
     /// Kept across reloads while `[cluster]` is unchanged.
     pub cluster: Option<Arc<Cluster>>,
@@ -113,6 +116,7 @@ impl State {
             prices: Arc::new(crate::spend::PriceTable::new(&config.prices)),
             teams,
             spend: Arc::default(),
+            usage: Arc::default(),
             cluster,
             keys,
             limiter: Arc::new(limiter),
@@ -149,7 +153,8 @@ impl State {
             c.start(shutdown);
         }
         // Kept across reloads: the running task takes this state's parts.
-        self.spend.start(
+        self.usage.start(
+            &self.spend,
             &self.config.spend,
             self.limiter.memory().cloned(),
             self.cluster.clone(),
@@ -161,7 +166,7 @@ impl State {
     /// history and the budget counters. Once, at start, before serving
     /// (never on a reload: the running spend is kept). Returns how many
     /// history buckets it read.
-    pub fn restore_spend(&self) -> Result<usize, crate::spend::file::FileError> {
+    pub fn restore_spend(&self) -> Result<usize, crate::usage::file::FileError> {
         let Some(path) = self
             .config
             .spend
@@ -171,7 +176,7 @@ impl State {
         else {
             return Ok(0);
         };
-        let n = crate::spend::file::load_into(
+        let n = crate::usage::file::load_into(
             path,
             &self.spend.history,
             self.limiter.memory().map(|m| &**m),
@@ -209,6 +214,7 @@ impl State {
             new.restore_budgets(&old.budget_counters());
         }
         self.spend = old.spend.clone();
+        self.usage = old.usage.clone();
         let a = &self.config.admission;
         old.admission.resize(
             a.max_concurrent as usize,

@@ -208,12 +208,12 @@ fn spend_install() -> (tempfile::TempDir, PathBuf) {
             cost,
         });
     }
-    let saved = h3gate::spend::file::Saved {
-        version: h3gate::spend::file::VERSION,
+    let saved = h3gate::usage::file::Saved {
+        version: h3gate::usage::file::VERSION,
         buckets: h.buckets(),
         ..Default::default()
     };
-    h3gate::spend::file::write(&dir.path().join("state/spend.json"), &saved).unwrap();
+    h3gate::usage::file::write(&dir.path().join("state/spend.json"), &saved).unwrap();
     (dir, config)
 }
 
@@ -406,4 +406,125 @@ targets = ["m"]
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("warning:"), "priced now: {stderr}");
     assert!(stderr.contains("; 1 configured ([[prices]])"), "{stderr}");
+}
+
+/// `keys create --team --budget --budget-tokens --budget-period`, `keys
+/// list` showing them, `keys edit` changing and clearing them ("none"), a
+/// warning for a team `[[teams]]` lacks, and bad values refused. The
+/// README's two lines are run as written.
+#[test]
+fn keys_carry_a_team_and_budgets() {
+    let (dir, config) = fresh_install(r#"keys_file = "state/keys.json""#);
+    let keys_file = dir.path().join("state/keys.json");
+    let mut text_of_config = std::fs::read_to_string(&config).unwrap();
+    text_of_config.push_str("\n[[teams]]\nname = \"research\"\nbudget = 100.0\n");
+    std::fs::write(&config, text_of_config).unwrap();
+    let record = || -> serde_json::Value {
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&keys_file).unwrap()).unwrap();
+        file["keys"][0].clone()
+    };
+    let run = |args: &[&str]| {
+        let out = h3gate(args, &config);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let stderr = run(&[
+        "keys",
+        "create",
+        "--name",
+        "bot",
+        "--team",
+        "research",
+        "--budget",
+        "5.00",
+        "--budget-tokens",
+        "2000000",
+        "--budget-period",
+        "1d",
+    ]);
+    assert!(!stderr.contains("warning"), "a known team: {stderr}");
+    let r = record();
+    assert_eq!(r["team"], "research", "{r}");
+    assert_eq!(r["budget"], 5.0, "{r}");
+    assert_eq!(r["budget_tokens"], 2_000_000, "{r}");
+    assert_eq!(r["budget_period"], "1d", "{r}");
+    let list = h3gate(&["keys", "list"], &config);
+    let listed = text(&list.stdout);
+    assert!(
+        listed.contains("team=research")
+            && listed.contains("budget=$5.00/1d")
+            && listed.contains("budget_tokens=2000000/1d"),
+        "{listed}"
+    );
+
+    // A team the configuration lacks: allowed, with a warning.
+    let stderr = run(&[
+        "keys",
+        "edit",
+        "bot",
+        "--team",
+        "ops",
+        "--budget-period",
+        "month",
+    ]);
+    assert!(
+        stderr.contains("warning") && stderr.contains("\"ops\"") && stderr.contains("[[teams]]"),
+        "{stderr}"
+    );
+    let r = record();
+    assert_eq!(
+        (r["team"].as_str(), r["budget_period"].as_str()),
+        (Some("ops"), Some("month"))
+    );
+    run(&[
+        "keys",
+        "edit",
+        "bot",
+        "--budget",
+        "10",
+        "--budget-period",
+        "30d",
+        "--budget-tokens",
+        "none",
+    ]);
+    run(&["keys", "edit", "bot", "--team", "none"]);
+    let r = record();
+    assert!(r["team"].is_null() && r["budget_tokens"].is_null(), "{r}");
+    assert_eq!(
+        (r["budget"].as_f64(), r["budget_period"].as_str()),
+        (Some(10.0), Some("30d")),
+        "{r}"
+    );
+    let listed = text(&h3gate(&["keys", "list"], &config).stdout);
+    assert!(
+        listed.contains("budget=$10.00/30d") && !listed.contains("team="),
+        "{listed}"
+    );
+
+    for bad in [
+        &["keys", "edit", "bot", "--budget", "0"][..],
+        &["keys", "edit", "bot", "--budget=-2"],
+        &["keys", "edit", "bot", "--budget", "inf"],
+        &["keys", "edit", "bot", "--budget-tokens", "0"],
+        &["keys", "edit", "bot", "--budget-period", "1w"],
+        &["keys", "edit", "bot", "--team", "a b"],
+        &[
+            "keys",
+            "create",
+            "--name",
+            "x",
+            "--budget-period",
+            "fortnight",
+        ],
+    ] {
+        let out = h3gate(bad, &config);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(
+            text(&out.stderr).contains("budget") || text(&out.stderr).contains("team"),
+            "{bad:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(record()["budget"], 10.0, "the refusals changed nothing");
 }

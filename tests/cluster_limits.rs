@@ -467,9 +467,20 @@ async fn a_keys_concurrency_is_one_cap_across_the_replicas_and_a_dead_replicas_s
     assert!(freed, "the dead replica's slot never expired");
     eprintln!("the dead replica's slot expired after {refusals} refusals");
 
-    // An ended stream and a client gone away give their slots back.
+    // An ended stream and a client gone away give their slots back. The
+    // release is queued for the reconciler at the request's end, so it
+    // lands in Redis shortly after the client read the last byte.
     c.upstream.release();
     held.remove(0).text().await;
+    let ended = common::wait_until(Duration::from_secs(5), async || {
+        leases_in_redis(&c.redis).iter().sum::<usize>() == 0
+    })
+    .await;
+    assert!(
+        ended,
+        "the ended stream's slot: {:?}",
+        leases_in_redis(&c.redis)
+    );
     let mut gone = post(&clients[2][1], &auth, "endless").await;
     assert_eq!(gone.status, 200);
     gone.chunk().await.unwrap().unwrap();

@@ -346,3 +346,73 @@ budget_period = "1d"
         "{found:?}"
     );
 }
+
+/// `[[teams]]` and `[[prices]]` are checked, each problem at its path:
+/// team names unique and valid, budgets greater than zero; prices' model
+/// required, prices finite and zero or more.
+#[test]
+fn spend_sections_are_checked() {
+    let bad = format!(
+        r#"
+[[teams]]
+name = "research"
+budget = 0.0
+
+[[teams]]
+name = "research"
+budget = -5.0
+budget_tokens = 0
+
+[[teams]]
+name = "has space"
+budget = inf
+
+[[teams]]
+name = ""
+budget = nan
+
+[[teams]]
+name = "periodic"
+budget = 1.0
+budget_period = "1w"
+
+[[prices]]
+model = ""
+input = -1.0
+output = inf
+
+[[prices]]
+model = "ok-*"
+input = 1.0
+output = 2.0
+cached_input = nan
+cache_write = -0.5
+{VALID_TAIL}"#
+    );
+    let found = problems(&bad);
+    for e in [
+        "teams[0].budget: must be a number of USD greater than zero",
+        "teams[1].name: duplicate team \"research\"",
+        "teams[1].budget: must be",
+        "teams[1].budget_tokens: must be greater than zero",
+        "teams[2].name: must be letters",
+        "teams[2].budget: must be",
+        "teams[3].name: must be letters",
+        "teams[3].budget: must be",
+        "teams[4].budget_period",
+        "prices[0].model: is required",
+        "prices[0].input: must be a finite number",
+        "prices[0].output: must be a finite number",
+        "prices[1].cached_input: must be a finite number",
+        "prices[1].cache_write: must be a finite number",
+    ] {
+        assert!(
+            found.iter().any(|f| f.starts_with(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+    assert!(
+        !found.iter().any(|f| f.starts_with("teams[0].name")),
+        "the first of two is not the duplicate: {found:#?}"
+    );
+}

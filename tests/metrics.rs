@@ -252,13 +252,7 @@ const NOT_DRIVEN: &[&str] = &[
     "h3gate_cluster_fallbacks_total",
     "h3gate_cluster_syncs_total",
     "h3gate_cluster_tickets_total",
-    // Spend (issue 19): recorded by the request path's cost and budget
-    // accounting (`spend::meter::cost`, budget claims), which is being
-    // wired; until then the unit tests of `spend::meter` and the table test
-    // render them (and `the_cost_counter_is_exported_as_a_float` meters a
-    // cost directly). Remove each from here once this test's traffic drives it.
-    "h3gate_cost_usd_total",
-    "h3gate_cost_unpriced_requests_total",
+    // Budgets' (no key here has one): driven in tests/spend.rs.
     "h3gate_budget_utilisation_ratio",
     "h3gate_budget_alerts_total",
 ];

@@ -3,7 +3,9 @@
 //! take it past the budget is refused, exactly the budget fits) in the
 //! client's error shape with `x-should-retry: false`; successes carry
 //! `x-h3gate-budget-remaining`; a team's token budget is shared by its
-//! keys, with its gauge and soft-limit alerts.
+//! keys, with its gauge and soft-limit alerts; what requests cost (cached
+//! prompt tokens at their own prices, JSON and streams, an OpenAI and an
+//! Anthropic upstream, each API surface) in `h3gate_cost_usd_total`.
 
 mod common;
 
@@ -11,11 +13,12 @@ use common::keys::{bearer, key, with_keys};
 use common::{chat, wait_until, Proto, TestBody};
 use h3gate::config::{Config, PriceConfig, TeamConfig};
 use http::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 over_every_protocol!(
     a_key_budget_refuses_at_its_boundary_in_the_clients_shape,
     a_team_token_budget_is_shared_by_its_keys,
+    cost_counts_cached_tokens_for_json_and_streams_of_both_families,
 );
 
 /// USD per million tokens for `gpt-4o-mini` here: round numbers, so a
@@ -225,4 +228,114 @@ async fn a_team_token_budget_is_shared_by_its_keys(p: Proto) {
     })
     .await;
     assert!(alerted, "the team's 100% alert is in the audit log");
+}
+
+/// The sum of a metric's series whose labels contain `labels`.
+fn sum_series(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+async fn cost_counts_cached_tokens_for_json_and_streams_of_both_families(p: Proto) {
+    // Routes of this protocol's own (the cost counter is the process's,
+    // and the other protocols' cases run beside this one): their patterns
+    // are the model labels.
+    let (openai_model, claude_model) = (format!("cost-openai-{p:?}"), format!("cost-claude-{p:?}"));
+    let (om, cm) = (openai_model.clone(), claude_model.clone());
+    let gw = common::Gateway::start_with(move |c| {
+        let route = |model: &str, target: &str| -> h3gate::config::RouteConfig {
+            toml::from_str(&format!("model = {model:?}\ntargets = [{target}]")).unwrap()
+        };
+        c.routes
+            .push(route(&om, r#"{ provider = "up", model = "gpt-4o-mini" }"#));
+        c.routes.push(route(
+            &cm,
+            r#"{ provider = "claude", model = "claude-test" }"#,
+        ));
+        c.prices.push(PriceConfig {
+            model: "gpt-4o-mini".into(),
+            input: 1.0,
+            output: 4.0,
+            cached_input: Some(0.5),
+            cache_write: Some(2.0),
+        });
+        c.prices.push(PriceConfig {
+            model: "claude-t*".into(),
+            input: 3.0,
+            output: 15.0,
+            cached_input: Some(0.3),
+            cache_write: Some(3.75),
+        });
+    })
+    .await;
+    let c = gw.client(p).await;
+    // The upstream reports 7 prompt tokens and 5 completion tokens, plus
+    // the cache the message asks for (tests/common/upstream.rs).
+    let ask = "Say hi. cached:600 cache_write:100";
+    for stream in [false, true] {
+        let chat = json!({"model": openai_model, "stream": stream, "max_tokens": 5,
+            "stream_options": {"include_usage": stream},
+            "messages": [{"role": "user", "content": ask}]});
+        let r = c.post_json("/v1/chat/completions", chat).await;
+        assert_eq!(r.status, 200);
+        r.text().await;
+        let msg = json!({"model": claude_model, "stream": stream, "max_tokens": 5,
+            "messages": [{"role": "user", "content": ask}]});
+        let r = c
+            .request(
+                Method::POST,
+                "/v1/messages",
+                &[("anthropic-version", "2023-06-01")],
+                TestBody::Json(msg),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        r.text().await;
+    }
+    // OpenAI counts the cache in `prompt_tokens` and reports no writes:
+    // 107 plain at 1.0, 600 cached at 0.5, 5 out at 4.0 (USD per million).
+    let openai = (107.0 * 1.0 + 600.0 * 0.5 + 5.0 * 4.0) / 1e6;
+    // Anthropic: 7 plain at 3.0, 600 read at 0.3, 100 written at 3.75, 5 out at 15.
+    let anthropic = (7.0 * 3.0 + 600.0 * 0.3 + 100.0 * 3.75 + 5.0 * 15.0) / 1e6;
+    let (mut up, mut claude) = (0.0, 0.0);
+    let counted = wait_until(std::time::Duration::from_secs(5), async || {
+        let text = gw.metrics_text().await;
+        let series = |m: &str, p: &str| format!("model=\"{m}\",provider=\"{p}\"");
+        up = sum_series(&text, "h3gate_cost_usd_total", &series(&openai_model, "up"));
+        claude = sum_series(
+            &text,
+            "h3gate_cost_usd_total",
+            &series(&claude_model, "claude"),
+        );
+        (up - 2.0 * openai).abs() < 1e-9 && (claude - 2.0 * anthropic).abs() < 1e-9
+    })
+    .await;
+    assert!(
+        counted,
+        "cost: up {up} (want {}), claude {claude} (want {})",
+        2.0 * openai,
+        2.0 * anthropic
+    );
+    // A model without a price costs nothing, and shows.
+    let r = c
+        .post_json("/v1/chat/completions", chat_body("llama3"))
+        .await;
+    assert_eq!(r.status, 200);
+    r.text().await;
+    let unpriced = wait_until(std::time::Duration::from_secs(5), async || {
+        let text = gw.metrics_text().await;
+        sum_series(
+            &text,
+            "h3gate_cost_unpriced_requests_total",
+            "provider=\"local\"",
+        ) >= 1.0
+    })
+    .await;
+    assert!(unpriced, "the unpriced request is counted");
+}
+
+fn chat_body(model: &str) -> Value {
+    chat(model, false)
 }

@@ -305,7 +305,7 @@ async fn spend_survives_a_restart_without_redis() {
     );
     usage_once(first.admin, "", 3).await;
     let written = wait_until(Duration::from_secs(10), async || {
-        h3gate::spend::file::read(&spend_file)
+        h3gate::usage::file::read(&spend_file)
             .ok()
             .flatten()
             .is_some_and(|s| s.buckets.iter().map(|(_, s)| s.requests).sum::<u64>() == 3)
@@ -314,7 +314,7 @@ async fn spend_survives_a_restart_without_redis() {
     assert!(written, "the spend file is written while the gateway runs");
     first.begin_shutdown();
     first.stopped().await.unwrap();
-    let saved = h3gate::spend::file::read(&spend_file).unwrap().unwrap();
+    let saved = h3gate::usage::file::read(&spend_file).unwrap().unwrap();
     assert_eq!(
         saved.buckets.iter().map(|(_, s)| s.requests).sum::<u64>(),
         3
@@ -364,7 +364,7 @@ async fn a_crashed_gateways_spend_file_is_whole_and_read_back() {
         usage_once(replica.admin, "", n as u64 + 1).await;
     }
     let written = wait_until(Duration::from_secs(10), async || {
-        h3gate::spend::file::read(&spend_file)
+        h3gate::usage::file::read(&spend_file)
             .ok()
             .flatten()
             .is_some_and(|s| s.buckets.iter().map(|(_, s)| s.requests).sum::<u64>() == 2)

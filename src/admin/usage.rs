@@ -1,11 +1,11 @@
-//! `GET /admin/usage` and `GET /admin/budgets` (see [`crate::spend::report`]).
+//! `GET /admin/usage` and `GET /admin/budgets` (see [`crate::usage::report`]).
 
 use http::StatusCode;
 
 use super::error;
 use crate::exchange::{json, Response};
-use crate::spend::report::{self, Params};
 use crate::state::State;
+use crate::usage::report::{self, Params};
 
 /// `GET /admin/usage?key=&team=&from=&to=&group_by=`: the usage history's
 /// rows and their total; 400 naming a parameter that is not right.
@@ -15,7 +15,7 @@ pub(super) async fn usage(state: &State, query: Option<&str>) -> Response {
         Ok(q) => q,
         Err(e) => return bad_param(&e),
     };
-    match report::usage(&state.spend.source(), &q).await {
+    match report::usage(&state.usage.source(&state.spend.history), &q).await {
         Ok(answer) => json(StatusCode::OK, to_json(&answer)),
         Err(e) => unavailable(&e),
     }
@@ -28,11 +28,11 @@ pub(super) async fn budgets(state: &State) -> Response {
         Some(k) => k.current().await.0,
         None => Vec::new(),
     };
-    let source = state.spend.source();
+    let source = state.usage.source(&state.spend.history);
     // The in-memory limiter decides the budgets only on one node.
     let counters = match source {
-        crate::spend::Source::Memory(_) => state.limiter.memory().map(|m| m.budget_counters()),
-        crate::spend::Source::Redis { .. } => None,
+        crate::usage::Source::Memory(_) => state.limiter.memory().map(|m| m.budget_counters()),
+        crate::usage::Source::Redis { .. } => None,
     };
     match report::budgets(&keys, &state.teams, counters.as_deref(), &source, now).await {
         Ok(list) => {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{hex, obfuscate, KeyRecord, KeysError};
 use crate::clock::now_secs;
 use crate::files::write_atomic;
+use crate::spend::Period;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct KeysFile {
@@ -25,21 +26,28 @@ pub struct CliFiles {
     pub keys: Option<PathBuf>,
     pub audit: Option<PathBuf>,
     pub cluster: crate::config::ClusterConfig,
+    /// The names under `[[teams]]` (`None` when that section is not valid:
+    /// the keys commands then warn about no team).
+    pub teams: Option<Vec<String>>,
 }
 
 /// The files the `h3gate keys` commands use, from a configuration file.
-/// Only `[auth]`, `[audit]` and `[cluster]` are read, so keys can be
-/// created before the rest of the configuration (provider keys,
+/// Only `[auth]`, `[audit]`, `[cluster]` and `[[teams]]` are read, so keys
+/// can be created before the rest of the configuration (provider keys,
 /// certificates) is in place.
 pub fn cli_files(config: &Path) -> Result<CliFiles, crate::config::ConfigError> {
     use crate::config::load_section;
     let (auth, base): (crate::config::AuthConfig, _) = load_section(config, "auth")?;
     let (audit, _): (crate::config::AuditConfig, _) = load_section(config, "audit")?;
     let (cluster, _): (crate::config::ClusterConfig, _) = load_section(config, "cluster")?;
+    let teams = load_section::<Vec<crate::config::TeamConfig>>(config, "teams")
+        .ok()
+        .map(|(t, _)| t.into_iter().map(|t| t.name).collect());
     Ok(CliFiles {
         keys: auth.keys_file.map(|f| base.join(f)),
         audit: audit.file.map(|f| base.join(f)),
         cluster,
+        teams,
     })
 }
 
@@ -66,6 +74,14 @@ pub struct NewKey {
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
     pub max_concurrent: Option<u32>,
+    /// The team whose budget this key's spend also counts against.
+    pub team: Option<String>,
+    /// USD per `budget_period`.
+    pub budget: Option<f64>,
+    /// Tokens per `budget_period`.
+    pub budget_tokens: Option<u64>,
+    /// Default `month`.
+    pub budget_period: Option<Period>,
 }
 
 /// What `keys edit` / `PATCH /admin/keys/NAME` changes: `None` leaves a
@@ -79,6 +95,11 @@ pub struct KeyEdit {
     pub rpm: Option<Option<u32>>,
     pub tpm: Option<Option<u32>>,
     pub max_concurrent: Option<Option<u32>>,
+    pub team: Option<Option<String>>,
+    pub budget: Option<Option<f64>>,
+    pub budget_tokens: Option<Option<u64>>,
+    /// `Some(None)`: the default (`month`).
+    pub budget_period: Option<Option<Period>>,
 }
 
 const SCOPES: [&str; 3] = ["chat", "embeddings", "models"];
@@ -92,19 +113,62 @@ fn check_scopes(scopes: &[String]) -> Result<(), KeysError> {
     }
 }
 
-/// A new key and its record (revision 1), or why the request is invalid.
-pub(super) fn new_record(new: NewKey) -> Result<(String, KeyRecord), KeysError> {
-    if new.name.is_empty()
-        || !new
-            .name
+/// Whether `name` is a valid key or team name: letters, digits, '-', '_'
+/// or '.' (it is part of storage keys, metrics never see it).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+}
+
+/// The warning for a key naming a team `[[teams]]` lacks (`known` says
+/// which it has): allowed, as its spend is still recorded by team.
+pub fn unknown_team_warning(team: Option<&str>, known: impl Fn(&str) -> bool) -> Option<String> {
+    let team = team.filter(|t| !known(t))?;
+    Some(format!(
+        "team {team:?} is not in [[teams]]: its spend is recorded, no team budget applies"
+    ))
+}
+
+fn check_team(team: Option<&str>) -> Result<(), KeysError> {
+    match team {
+        Some(t) if !valid_name(t) => Err(KeysError::Invalid(format!(
+            "team {t:?}: a team name is letters, digits, '-', '_' or '.'"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_budget(usd: Option<f64>, tokens: Option<u64>) -> Result<(), KeysError> {
+    if let Some(b) = usd.filter(|b| !b.is_finite() || *b <= 0.0) {
+        return Err(KeysError::Invalid(format!(
+            "budget {b}: a budget is a number of USD greater than 0"
+        )));
+    }
+    if tokens == Some(0) {
+        return Err(KeysError::Invalid(
+            "budget_tokens 0: a tokens budget is greater than 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A new key and its record (revision 1), or why the request is invalid.
+pub(super) fn new_record(new: NewKey) -> Result<(String, KeyRecord), KeysError> {
+    if !valid_name(&new.name) {
         return Err(KeysError::Invalid(
             "a key name is letters, digits, '-', '_' or '.'".into(),
         ));
     }
     check_scopes(&new.scopes)?;
+    check_team(new.team.as_deref())?;
+    check_budget(new.budget, new.budget_tokens)?;
+    if new.budget_period.is_some() && new.budget.is_none() && new.budget_tokens.is_none() {
+        return Err(KeysError::Invalid(
+            "a budget period needs a budget or budget_tokens".into(),
+        ));
+    }
     let mut raw = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
         .map_err(|_| KeysError::Invalid("the system random generator failed".into()))?;
@@ -122,10 +186,10 @@ pub(super) fn new_record(new: NewKey) -> Result<(String, KeyRecord), KeysError> 
         rpm: new.rpm,
         tpm: new.tpm,
         max_concurrent: new.max_concurrent,
-        team: None,
-        budget: None,
-        budget_tokens: None,
-        budget_period: None,
+        team: new.team,
+        budget: new.budget,
+        budget_tokens: new.budget_tokens,
+        budget_period: new.budget_period,
         revision: 1,
         updated_at: now,
     };
@@ -140,16 +204,23 @@ impl KeyEdit {
             && self.rpm.is_none()
             && self.tpm.is_none()
             && self.max_concurrent.is_none()
+            && self.team.is_none()
+            && self.budget.is_none()
+            && self.budget_tokens.is_none()
+            && self.budget_period.is_none()
     }
 
     pub fn check(&self) -> Result<(), KeysError> {
         if self.is_empty() {
             return Err(KeysError::Invalid(
-                "nothing to change: give scopes, models, expires, rpm, tpm or max_concurrent"
+                "nothing to change: give scopes, models, expires, rpm, tpm, max_concurrent, \
+                 team, budget, budget_tokens or budget_period"
                     .into(),
             ));
         }
-        check_scopes(self.scopes.as_deref().unwrap_or_default())
+        check_scopes(self.scopes.as_deref().unwrap_or_default())?;
+        check_team(self.team.clone().flatten().as_deref())?;
+        check_budget(self.budget.flatten(), self.budget_tokens.flatten())
     }
 
     /// `rec` with this edit applied, as its next revision.
@@ -168,6 +239,12 @@ impl KeyEdit {
         out.rpm = self.rpm.unwrap_or(out.rpm);
         out.tpm = self.tpm.unwrap_or(out.tpm);
         out.max_concurrent = self.max_concurrent.unwrap_or(out.max_concurrent);
+        if let Some(t) = &self.team {
+            out.team = t.clone();
+        }
+        out.budget = self.budget.unwrap_or(out.budget);
+        out.budget_tokens = self.budget_tokens.unwrap_or(out.budget_tokens);
+        out.budget_period = self.budget_period.unwrap_or(out.budget_period);
         out.revision = rec.revision + 1;
         out.updated_at = now;
         out

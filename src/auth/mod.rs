@@ -39,7 +39,10 @@ mod file;
 mod ops;
 pub mod shared;
 
-pub use file::{cli_files, create, edit, read_file, revoke, CliFiles, KeyEdit, KeysFile, NewKey};
+pub use file::{
+    cli_files, create, edit, read_file, revoke, unknown_team_warning, valid_name, CliFiles,
+    KeyEdit, KeysFile, NewKey,
+};
 pub use ops::{open_cluster, Changed, Created};
 
 /// One key's record (never the key itself).

@@ -162,3 +162,142 @@ fn edit_changes_only_what_it_names_and_clears_with_none() {
         "a revoked key is not edited"
     );
 }
+
+#[test]
+fn keys_carry_a_team_and_budgets_set_and_cleared_by_edits() {
+    use crate::spend::Period;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let (_, rec) = create(
+        &path,
+        NewKey {
+            name: "spender".into(),
+            team: Some("research".into()),
+            budget: Some(5.0),
+            budget_tokens: Some(2_000_000),
+            budget_period: Some(Period::Day),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(rec.team.as_deref(), Some("research"));
+    assert_eq!(
+        (rec.budget, rec.budget_tokens, rec.budget_period),
+        (Some(5.0), Some(2_000_000), Some(Period::Day))
+    );
+    assert_eq!(read_file(&path).unwrap().keys[0], rec, "stored as made");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(r#""budget_period": "1d""#), "{text}");
+
+    let out = edit(
+        &path,
+        "spender",
+        &KeyEdit {
+            budget: Some(Some(7.5)),
+            budget_period: Some(Some(Period::Rolling { hours: 720 })),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(out.budget, Some(7.5));
+    assert_eq!(out.budget_period, Some(Period::Rolling { hours: 720 }));
+    assert_eq!(out.team.as_deref(), Some("research"), "untouched");
+    let out = edit(
+        &path,
+        "spender",
+        &KeyEdit {
+            team: Some(None),
+            budget_tokens: Some(None),
+            budget_period: Some(None),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        (out.team, out.budget, out.budget_tokens, out.budget_period),
+        (None, Some(7.5), None, None)
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("budget_tokens"),
+        "cleared fields are left out"
+    );
+}
+
+#[test]
+fn budgets_and_team_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let new = |n: &str| NewKey {
+        name: n.into(),
+        ..Default::default()
+    };
+    for bad in [
+        NewKey {
+            budget: Some(0.0),
+            ..new("a")
+        },
+        NewKey {
+            budget: Some(-1.0),
+            ..new("a")
+        },
+        NewKey {
+            budget: Some(f64::NAN),
+            ..new("a")
+        },
+        NewKey {
+            budget: Some(f64::INFINITY),
+            ..new("a")
+        },
+        NewKey {
+            budget_tokens: Some(0),
+            ..new("a")
+        },
+        NewKey {
+            team: Some("re search".into()),
+            ..new("a")
+        },
+        NewKey {
+            team: Some(String::new()),
+            ..new("a")
+        },
+        NewKey {
+            team: Some("a:b".into()),
+            ..new("a")
+        },
+        NewKey {
+            budget_period: Some(crate::spend::Period::Day),
+            ..new("a")
+        },
+    ] {
+        let what = format!("{bad:?}");
+        assert!(
+            matches!(create(&path, bad), Err(KeysError::Invalid(_))),
+            "{what}"
+        );
+    }
+    create(&path, new("ok")).unwrap();
+    for bad in [
+        KeyEdit {
+            budget: Some(Some(0.0)),
+            ..Default::default()
+        },
+        KeyEdit {
+            budget_tokens: Some(Some(0)),
+            ..Default::default()
+        },
+        KeyEdit {
+            team: Some(Some("../x".into())),
+            ..Default::default()
+        },
+    ] {
+        assert!(
+            matches!(edit(&path, "ok", &bad), Err(KeysError::Invalid(_))),
+            "{bad:?}"
+        );
+    }
+    let known = |t: &str| t == "research";
+    assert_eq!(unknown_team_warning(Some("research"), known), None);
+    assert_eq!(unknown_team_warning(None, known), None);
+    assert!(unknown_team_warning(Some("ops"), known).is_some_and(|w| w.contains("\"ops\"")));
+}

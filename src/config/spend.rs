@@ -5,23 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::Duration;
+pub use crate::spend::prices::PriceConfig;
 use crate::spend::Period;
-
-/// `[[prices]]`: one model's (or glob's) prices in USD per million tokens.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PriceConfig {
-    /// An exact name or a glob (`gpt-4o*`), matched like routes.
-    pub model: String,
-    pub input: f64,
-    pub output: f64,
-    /// Default: `input`.
-    #[serde(default)]
-    pub cached_input: Option<f64>,
-    /// Default: `input`.
-    #[serde(default)]
-    pub cache_write: Option<f64>,
-}
 
 /// `[[teams]]`: a team's budget, shared by its keys (`keys create --team`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -26,7 +26,57 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     check_retry(c, &mut p);
     check_routes(c, &mut p);
     check_cluster(c, &mut p);
+    check_spend(c, &mut p);
     p.0
+}
+
+/// `[[teams]]` (unique valid names, budgets greater than zero) and
+/// `[[prices]]` (a model, finite prices of zero or more).
+fn check_spend(c: &Config, p: &mut Problems) {
+    let mut names = HashSet::new();
+    for (i, team) in c.teams.iter().enumerate() {
+        if !crate::auth::valid_name(&team.name) {
+            p.add(
+                format!("teams[{i}].name"),
+                "must be letters, digits, '-', '_' or '.' (like key names)",
+            );
+        } else if !names.insert(team.name.as_str()) {
+            p.add(
+                format!("teams[{i}].name"),
+                format!("duplicate team {:?}", team.name),
+            );
+        }
+        if team.budget.is_some_and(|b| !b.is_finite() || b <= 0.0) {
+            p.add(
+                format!("teams[{i}].budget"),
+                "must be a number of USD greater than zero",
+            );
+        }
+        if team.budget_tokens == Some(0) {
+            p.add(
+                format!("teams[{i}].budget_tokens"),
+                "must be greater than zero",
+            );
+        }
+    }
+    for (i, price) in c.prices.iter().enumerate() {
+        if price.model.trim().is_empty() {
+            p.add(format!("prices[{i}].model"), "is required");
+        }
+        for (field, v) in [
+            ("input", Some(price.input)),
+            ("output", Some(price.output)),
+            ("cached_input", price.cached_input),
+            ("cache_write", price.cache_write),
+        ] {
+            if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                p.add(
+                    format!("prices[{i}].{field}"),
+                    "must be a finite number of USD per million tokens, zero or more",
+                );
+            }
+        }
+    }
 }
 
 /// `[server]` limits: the drain and the request body.

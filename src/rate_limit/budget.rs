@@ -20,9 +20,13 @@ use crate::spend::Period;
 /// One bucket's spend by slot, oldest first.
 type Slots = Vec<(u64, u64)>;
 
+/// Budget buckets are few (keys with budgets, teams) and their names are
+/// not the client's to choose: a fast hasher (seeded per process).
+type Map = HashMap<Bucket, Slots, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub(super) struct Budgets {
-    counters: Mutex<HashMap<Bucket, Slots>>,
+    counters: Mutex<Map>,
 }
 
 /// A budget bucket's counters, for the spend file (see
@@ -55,7 +59,7 @@ impl BudgetCounter {
 
 /// The window a budget claim or correction carries (a claim without one,
 /// which the pipeline never makes, is decided at the Unix epoch).
-fn window_of(w: Option<Window>) -> Window {
+pub(super) fn window_of(w: Option<Window>) -> Window {
     w.unwrap_or(Window {
         slot: 0,
         slots: 1,
@@ -133,16 +137,13 @@ fn add(slots: &mut Slots, slot: u64, delta: i64) {
 }
 
 impl Budgets {
-    pub(super) fn lock(&self) -> MutexGuard<'_, HashMap<Bucket, Slots>> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Map> {
         self.counters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The batch's budget claims, decided under `map`'s lock: `None` for a
     /// claim that is not a budget's.
-    pub(super) fn decide_all(
-        map: &mut HashMap<Bucket, Slots>,
-        claims: &[Claim],
-    ) -> Vec<Option<Decision>> {
+    pub(super) fn decide_all(map: &mut Map, claims: &[Claim]) -> Vec<Option<Decision>> {
         let mut out = Vec::with_capacity(claims.len());
         for (i, c) in claims.iter().enumerate() {
             if !matches!(c.bucket.kind, Kind::Budget(..)) {
@@ -150,23 +151,26 @@ impl Budgets {
                 continue;
             }
             let w = window_of(c.window);
-            if let Some(slots) = map.get_mut(&c.bucket) {
-                prune(slots, &w);
-            }
             let pending = claims[..i]
                 .iter()
                 .filter(|e| e.bucket == c.bucket)
                 .map(|e| e.cost)
                 .sum();
-            let empty = Slots::new();
-            let slots = map.get(&c.bucket).unwrap_or(&empty);
-            out.push(Some(decide(slots, pending, c)));
+            // One lookup per claim: pruned and read in place.
+            let decision = match map.get_mut(&c.bucket) {
+                Some(slots) => {
+                    prune(slots, &w);
+                    decide(slots, pending, c)
+                }
+                None => decide(&Slots::new(), pending, c),
+            };
+            out.push(Some(decision));
         }
         out
     }
 
     /// Adds the batch's budget claims (all were allowed).
-    pub(super) fn take_all(map: &mut HashMap<Bucket, Slots>, claims: &[Claim]) {
+    pub(super) fn take_all(map: &mut Map, claims: &[Claim]) {
         for c in claims
             .iter()
             .filter(|c| matches!(c.bucket.kind, Kind::Budget(..)))

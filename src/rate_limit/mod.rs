@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub use crate::spend::Window;
+pub use crate::spend::{Unit, Window};
 
 mod budget;
 pub mod lease;
@@ -54,16 +54,6 @@ pub enum Subject {
     Address(IpAddr),
     Key(Arc<str>),
     Team(Arc<str>),
-}
-
-/// What a budget counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Unit {
-    /// Nano-USD (see [`crate::spend::Nanos`]).
-    Usd,
-    /// Prompt + completion tokens.
-    Tokens,
 }
 
 /// What a claim takes. Each kind is decided in the same atomic call.

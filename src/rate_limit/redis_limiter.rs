@@ -1,8 +1,8 @@
 //! The shared limiter: the limits of every replica in one Redis, each
 //! request decided by one call of one Lua script (`limits.lua`), atomic on
 //! the server — every claim of the request (the address's requests, the
-//! key's requests and tokens, the key's concurrency lease) fits, and is
-//! taken, or nothing is.
+//! key's requests and tokens, the key's concurrency lease, the key's and
+//! its team's budgets) fits, and is taken, or nothing is.
 //!
 //! Keys (after `[cluster] key_prefix`, default `h3gate:`):
 //!
@@ -12,6 +12,18 @@
 //! | `rate:key:{sha256}:requests`    | string | the key's requests TAT                          |
 //! | `rate:key:{sha256}:tokens`      | string | the key's tokens TAT                            |
 //! | `rate:key:{sha256}:leases`      | zset   | lease id → expiry (µs); expires with the last   |
+//! | `budget:key:{sha256}:{unit}:{p}`| hash   | the key's budget: slot → spend                  |
+//! | `budget:team:{name}:{unit}:{p}` | hash   | the team's budget: slot → spend                 |
+//!
+//! A budget's `{unit}` is `usd` (nano-USD) or `tokens`, `{p}` its period's
+//! tag (`d`, `m`, `r720`: [`crate::spend::Period::tag`]); its fields are the
+//! slots of the claim's [`super::Window`] (days, months or steps since the
+//! epoch). A claim reads the window's slots, drops the older ones, and adds
+//! its cost to the current slot; the key expires an hour after its newest
+//! slot leaves the window. Budgets are decided as the in-memory limiter
+//! decides them (`budget.rs`), in the same script call as the request's
+//! rates. Their windows come from the replicas' clocks (calendar days and
+//! months need no better than NTP's agreement).
 //!
 //! A key is named by its SHA-256, never by the key. The server's clock
 //! (`TIME`) is the only clock, so the replicas' clocks need not agree. All
@@ -32,7 +44,7 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lim
 /// Corrections or renewals in one script call, at most.
 const CHUNK: usize = 256;
 
-/// Rate limits and leases in the cluster's Redis.
+/// Rate limits, leases and budgets in the cluster's Redis.
 #[derive(Debug)]
 pub struct RedisLimiter {
     cluster: Arc<Cluster>,
@@ -100,7 +112,8 @@ impl RedisLimiter {
                     return Err(LimiterError("a lease claim without an id".into()))
                 }
                 (Kind::Budget(..), _) => {
-                    return Err(LimiterError("budgets are not kept in redis yet".into()))
+                    inv.arg("b").arg(c.limit.burst).arg(c.cost);
+                    window_args(&mut inv, c.window);
                 }
                 _ => {
                     inv.arg("r")
@@ -120,10 +133,18 @@ impl RedisLimiter {
             inv.arg("correct");
             for c in chunk {
                 inv.key(self.key_of(&c.bucket));
-                match c.lease {
-                    Some(id) => inv.arg("l").arg(id.to_string()).arg(""),
-                    None => inv.arg("r").arg(c.limit.per_minute.max(1)).arg(c.delta),
-                };
+                match (c.bucket.kind, c.lease) {
+                    (Kind::Budget(..), _) => {
+                        inv.arg("b").arg(c.delta);
+                        window_args(&mut inv, c.window);
+                    }
+                    (_, Some(id)) => {
+                        inv.arg("l").arg(id.to_string());
+                    }
+                    (_, None) => {
+                        inv.arg("r").arg(c.limit.per_minute.max(1)).arg(c.delta);
+                    }
+                }
             }
             self.run::<i64>("rate_limit_correct", inv).await?;
         }
@@ -141,6 +162,16 @@ impl RedisLimiter {
         }
         Ok(())
     }
+}
+
+/// A budget's window as the script reads it: slot, slots, step, ends, now.
+fn window_args(inv: &mut redis::ScriptInvocation<'_>, w: Option<super::Window>) {
+    let w = super::budget::window_of(w);
+    inv.arg(w.slot)
+        .arg(w.slots)
+        .arg(w.step)
+        .arg(w.ends)
+        .arg(w.now);
 }
 
 /// The script's answer: four integers per claim.

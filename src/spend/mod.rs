@@ -13,26 +13,17 @@
 //!   `[cluster]`.
 //! - **Usage** ([`history`]): hourly buckets per key, team and model, kept
 //!   for `[spend] retention`, queried by `GET /admin/usage` and
-//!   `h3gate usage` ([`report`]). Kept beyond the process by [`keep`]: in
-//!   the spend file on one node ([`file`]), in Redis with `[cluster]`
-//!   ([`shared`]).
+//!   `h3gate usage` (see [`crate::usage`], which also keeps them beyond
+//!   the process: in the spend file on one node, in Redis with
+//!   `[cluster]`).
 //! - **Soft limits**: crossing 80% and 100% of a budget is an audit event
 //!   and `h3gate_budget_alerts_total{scope,level}`, once per budget and
 //!   window on each replica.
 
-pub mod check;
-pub mod cli;
-pub mod enforce;
-pub mod file;
 pub mod history;
-pub mod keep;
 pub mod meter;
-pub mod page;
 pub mod period;
 pub mod prices;
-pub mod report;
-mod settle;
-pub mod shared;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -40,10 +31,18 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 pub use history::History;
-pub use keep::Source;
 pub use period::{Period, Window};
 pub use prices::{nanos, usd, Nanos, Price, PriceTable, Usage};
-pub use settle::Charge;
+
+/// What a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// Nano-USD (see [`crate::spend::Nanos`]).
+    Usd,
+    /// Prompt + completion tokens.
+    Tokens,
+}
 
 /// A key's or a team's budget: USD and/or tokens per period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,8 +79,6 @@ pub struct Spend {
     pub history: History,
     /// Soft-limit alerts already raised: (budget, window slot, level).
     alerted: Mutex<HashSet<(String, u64, u8)>>,
-    /// What keeps spend beyond the process ([`Spend::start`]).
-    keeper: keep::Keeper,
 }
 
 /// A budget's level after a decision, for its soft-limit alerts.

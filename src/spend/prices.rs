@@ -13,8 +13,23 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::PriceConfig;
 use crate::glob::glob_match;
+
+/// `[[prices]]`: one model's (or glob's) prices in USD per million tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// An exact name or a glob (`gpt-4o*`), matched like routes.
+    pub model: String,
+    pub input: f64,
+    pub output: f64,
+    /// Default: `input`.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    /// Default: `input`.
+    #[serde(default)]
+    pub cache_write: Option<f64>,
+}
 
 /// A model's prices in USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

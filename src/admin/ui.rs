@@ -10,9 +10,9 @@ use http::{header, HeaderValue, StatusCode};
 
 use crate::exchange::{full, Response};
 
-const HTML: &str = include_str!("usage.html");
-const JS: &str = include_str!("usage.js");
-const CSS: &str = include_str!("usage.css");
+const HTML: &str = include_str!("ui/usage.html");
+const JS: &str = include_str!("ui/usage.js");
+const CSS: &str = include_str!("ui/usage.css");
 
 /// The page's policy: nothing but this origin's own files and API.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{nanos, Level, Nanos, Period};
 use crate::auth::KeyRecord;
 use crate::error::{BudgetRefusal, GatewayError};
 use crate::rate_limit::{Bucket, Claim, Decision, Kind, Limit, Subject, TokenReservation, Unit};
+use crate::spend::{nanos, Level, Nanos, Period};
 use crate::state::State;
 
 /// What a request may cost at most, reserved from its budgets.
@@ -64,7 +64,7 @@ pub fn applies(state: &State, key: &KeyRecord) -> bool {
 /// The budget claims for `key` (its own budget, its team's) at `now`.
 pub fn claims(state: &State, key: &KeyRecord, estimate: Estimate, now: u64) -> Vec<(Claim, Whose)> {
     let mut out = Vec::new();
-    let mut add = |subject: Subject, scope, name: &str, b: &super::Budget| {
+    let mut add = |subject: Subject, scope, name: &str, b: &crate::spend::Budget| {
         let amounts = [
             (Unit::Usd, b.usd.map(nanos), estimate.cost),
             (Unit::Tokens, b.tokens, estimate.tokens),
@@ -158,10 +158,10 @@ pub fn observe(
             .with([whose.scope.to_string(), pct.clone()])
             .increment(1);
         let amount = |n: u64| match whose.unit {
-            Unit::Usd => serde_json::json!(super::usd(n)),
+            Unit::Usd => serde_json::json!(crate::spend::usd(n)),
             Unit::Tokens => serde_json::json!(n),
         };
-        let resets = c.window.map(|w| super::period::rfc3339(w.ends));
+        let resets = c.window.map(|w| crate::spend::period::rfc3339(w.ends));
         state.audit().record(crate::audit::Entry {
             action: "budget_alert",
             actor: &key.id,
@@ -200,7 +200,7 @@ pub fn headers(h: &mut HeaderMap, claims: &[(&Claim, &Whose, &Decision)]) {
             .min()
     };
     if let Some(n) = least(Unit::Usd) {
-        if let Ok(v) = HeaderValue::try_from(format!("{:.6}", super::usd(n))) {
+        if let Ok(v) = HeaderValue::try_from(format!("{:.6}", crate::spend::usd(n))) {
             h.insert(HeaderName::from_static("x-h3gate-budget-remaining"), v);
         }
     }

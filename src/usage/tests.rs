@@ -3,9 +3,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::file;
 use super::*;
 use crate::rate_limit::{Bucket, Claim, Kind, Limit, Subject, Unit};
-use crate::spend::file;
 use crate::spend::{Period, Spent, Usage};
 
 fn spent(key: &str) -> Spent {
@@ -67,10 +67,17 @@ async fn the_file_follows_changes_and_takes_the_drains_last_requests() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spend.json");
     let spend = Arc::new(Spend::default());
+    let keeper = Arc::new(Keeper::default());
     let limiter = Arc::new(MemoryLimiter::default());
     let signal = CancellationToken::new();
     let shutdown = Shutdown::new(signal.clone());
-    spend.start(&config(&path), Some(limiter.clone()), None, &shutdown);
+    keeper.start(
+        &spend,
+        &config(&path),
+        Some(limiter.clone()),
+        None,
+        &shutdown,
+    );
     spend.history.record(&spent("alice"));
     assert!(file_has(&path, 1).await, "written after a change");
     // A budget change alone is a change too.
@@ -111,8 +118,9 @@ async fn the_file_is_replaced_never_written_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spend.json");
     let spend = Arc::new(Spend::default());
+    let keeper = Arc::new(Keeper::default());
     let shutdown = Shutdown::new(CancellationToken::new());
-    spend.start(&config(&path), None, None, &shutdown);
+    keeper.start(&spend, &config(&path), None, None, &shutdown);
     spend.history.record(&spent("alice"));
     assert!(file_has(&path, 1).await);
     // A second name for the file as it is now: a write in place (truncate,
@@ -175,9 +183,11 @@ async fn a_crash_mid_write_leaves_the_last_complete_file() {
 async fn a_second_start_keeps_one_task_and_takes_the_new_parts() {
     let dir = tempfile::tempdir().unwrap();
     let spend = Arc::new(Spend::default());
+    let keeper = Arc::new(Keeper::default());
     let shutdown = Shutdown::new(CancellationToken::new());
     let first = Arc::new(MemoryLimiter::default());
-    spend.start(
+    keeper.start(
+        &spend,
         &config(&dir.path().join("a.json")),
         Some(first),
         None,
@@ -186,10 +196,10 @@ async fn a_second_start_keeps_one_task_and_takes_the_new_parts() {
     let second = Arc::new(MemoryLimiter::default());
     let mut cfg = config(&dir.path().join("b.json"));
     cfg.retention = crate::config::Duration::secs(3600);
-    spend.start(&cfg, Some(second.clone()), None, &shutdown);
-    assert!(Arc::ptr_eq(&spend.keeper.limiter().unwrap(), &second));
-    assert_eq!(spend.keeper.retention(), 3600);
-    assert!(matches!(spend.source(), Source::Memory(_)));
+    keeper.start(&spend, &cfg, Some(second.clone()), None, &shutdown);
+    assert!(Arc::ptr_eq(&keeper.limiter().unwrap(), &second));
+    assert_eq!(keeper.retention(), 3600);
+    assert!(matches!(keeper.source(&spend.history), Source::Memory(_)));
     shutdown.exit().await;
 }
 
@@ -200,12 +210,13 @@ async fn a_write_that_fails_is_told_and_tried_again() {
     // A directory where the file goes: the rename onto it fails (even as root).
     std::fs::create_dir_all(path.join("in-the-way")).unwrap();
     let spend = Arc::new(Spend::default());
+    let keeper = Arc::new(Keeper::default());
     let shutdown = Shutdown::new(CancellationToken::new());
-    spend.start(&config(&path), None, None, &shutdown);
+    keeper.start(&spend, &config(&path), None, None, &shutdown);
     spend.history.record(&spent("alice"));
     let mut told = false;
     for _ in 0..500 {
-        if spend.file_failing() {
+        if keeper.file_failing() {
             told = true;
             break;
         }
@@ -214,6 +225,6 @@ async fn a_write_that_fails_is_told_and_tried_again() {
     assert!(told, "the failure is visible");
     std::fs::remove_dir_all(&path).unwrap();
     assert!(file_has(&path, 1).await, "written once it can be");
-    assert!(!spend.file_failing());
+    assert!(!keeper.file_failing());
     shutdown.exit().await;
 }

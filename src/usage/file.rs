@@ -1,7 +1,7 @@
 //! The spend file (`[spend] file`, one node without `[cluster]`): the
 //! usage history's hourly buckets and the budgets' counters, as JSON.
 //!
-//! Written by [`super::keep`]'s task, off the request path, with
+//! Written by [`super::Keeper`]'s task, off the request path, with
 //! [`crate::files::write_atomic`] (a temporary file beside it, fsync,
 //! rename, fsync of the directory): a crash at any moment leaves the last
 //! complete file, never a partial one. Read back once at start, before the
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::history::{BucketKey, Sums};
 use crate::rate_limit::{BudgetCounter, MemoryLimiter};
+use crate::spend::history::{BucketKey, Sums};
 
 /// The format this build writes (and the newest it reads).
 pub const VERSION: u32 = 1;
@@ -75,7 +75,7 @@ pub fn write(path: &Path, saved: &Saved) -> std::io::Result<()> {
 /// than `retention` seconds before `now`. Returns how many buckets it read.
 pub fn load_into(
     path: &Path,
-    history: &super::History,
+    history: &crate::spend::History,
     limiter: Option<&MemoryLimiter>,
     retention: u64,
     now: u64,

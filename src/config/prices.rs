@@ -10,7 +10,7 @@
 
 use crate::config::{Config, ProviderKind};
 
-use super::prices::{bundled_source, PriceTable};
+use crate::spend::prices::{bundled_source, PriceTable};
 
 /// The lines `h3gate check` prints about prices (`warning: …` for each
 /// unpriced target, `note: …` otherwise), in the configuration's order.

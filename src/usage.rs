@@ -1,17 +1,19 @@
-//! Keeping spend beyond the process, off the request path, and reading it
-//! back for `/admin/usage` and `h3gate usage` ([`Source`]: one question,
-//! whichever store answers).
+//! The usage history and budget counters beyond the process, off the
+//! request path ([`Keeper`]), and reading them back for `/admin/usage`,
+//! `/admin/budgets` ([`report`]) and `h3gate usage` ([`cli`]) — [`Source`]:
+//! one question, whichever store answers. The buckets themselves are
+//! [`crate::spend::History`]'s (a leaf); this module knows where they go.
 //!
 //! One task per process (started once, kept across reloads like the
 //! limiter; it runs until exit, not just until the drain, so requests that
 //! end during the drain count). Every second:
 //! - one node with `[spend] file`: when the history or the in-memory
 //!   limiter's budget counters changed, the file is written
-//!   ([`super::file`]: atomically). After a slow write the next one waits
+//!   ([`file`]: atomically). After a slow write the next one waits
 //!   nine times as long, so a large history costs the disk at most a tenth
 //!   of its time. Once more at exit.
 //! - with `[cluster]`: the buckets recorded since are added to Redis
-//!   ([`super::shared`]); once more at exit.
+//!   ([`shared`]); once more at exit.
 //! - one node, hourly: buckets older than `[spend] retention` are
 //!   forgotten (Redis expires its days itself).
 //!
@@ -25,18 +27,24 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::history::{summarise, BucketKey, Query, Row, Sums};
-use super::{History, Spend};
+pub mod cli;
+pub mod file;
+pub mod report;
+pub mod shared;
+
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::SpendConfig;
 use crate::rate_limit::{BudgetCounter, MemoryLimiter};
 use crate::shutdown::Shutdown;
+use crate::spend::history::{summarise, BucketKey, Query, Row, Sums};
+use crate::spend::{History, Spend};
 
 const EVERY: Duration = Duration::from_secs(1);
 const EXPIRE_EVERY: u64 = 3600;
 
-/// What the task works with; the running state's, updated by every
-/// [`Spend::start`] (a reload may bring a new limiter or cluster).
+/// The keeping task's handle, kept across reloads (`State::inherit`):
+/// what it works with is the running state's, updated by every
+/// [`Keeper::start`] (a reload may bring a new limiter or cluster).
 #[derive(Debug, Default)]
 pub struct Keeper {
     started: AtomicBool,
@@ -75,18 +83,19 @@ impl Keeper {
     }
 }
 
-impl Spend {
-    /// Starts keeping spend (once; later calls, from reloads, hand the task
-    /// the new state's limiter, cluster and retention). `limiter` is the
-    /// in-memory limiter whose budget counters the file keeps (one node).
+impl Keeper {
+    /// Starts keeping `spend` (once; later calls, from reloads, hand the
+    /// task the new state's limiter, cluster and retention). `limiter` is
+    /// the in-memory limiter whose budget counters the file keeps (one node).
     pub fn start(
         self: &Arc<Self>,
+        spend: &Arc<Spend>,
         cfg: &SpendConfig,
         limiter: Option<Arc<MemoryLimiter>>,
         cluster: Option<Arc<Cluster>>,
         shutdown: &Shutdown,
     ) {
-        let k = &self.keeper;
+        let k = self;
         k.retention
             .store(cfg.retention.get().as_secs(), Ordering::Relaxed);
         let shared = *k.shared.get_or_init(|| cluster.is_some());
@@ -96,7 +105,7 @@ impl Spend {
             return;
         }
         if shared {
-            self.history.set_cap(super::shared::PENDING_CAP);
+            spend.history.set_cap(shared::PENDING_CAP);
             if let Some(f) = &cfg.file {
                 tracing::warn!(file = %f.display(), "[spend] file is not used with cluster.redis_url: spend is kept in redis");
             }
@@ -107,36 +116,46 @@ impl Spend {
             .flatten()
             .map(|path| Writer {
                 path,
-                changes: self.history.changes(),
+                changes: spend.history.changes(),
                 budgets: k.budgets(),
                 not_before: Instant::now(),
                 failing: false,
             });
-        let spend = self.clone();
-        shutdown.spawn_until_exit(run(spend, writer, shared, shutdown.clone()));
+        shutdown.spawn_until_exit(run(
+            self.clone(),
+            spend.clone(),
+            writer,
+            shared,
+            shutdown.clone(),
+        ));
     }
 
     /// Whether the spend file's last write failed (`/ready` says so).
     pub fn file_failing(&self) -> bool {
-        self.keeper.failing.load(Ordering::Relaxed)
+        self.failing.load(Ordering::Relaxed)
     }
 
-    /// Where the usage history is read: Redis when spend goes there, else
-    /// the buckets in memory.
-    pub fn source(&self) -> Source<'_> {
-        let k = &self.keeper;
-        match k.cluster().filter(|_| k.shared.get() == Some(&true)) {
+    /// Where the usage history is read: Redis when spend goes there
+    /// (with `history`'s pending buckets), else `history` itself.
+    pub fn source<'a>(&self, history: &'a History) -> Source<'a> {
+        match self.cluster().filter(|_| self.shared.get() == Some(&true)) {
             Some(cluster) => Source::Redis {
                 cluster,
-                pending: Some(&self.history),
-                max_days: k.retention() / 86_400 + 1,
+                pending: Some(history),
+                max_days: self.retention() / 86_400 + 1,
             },
-            None => Source::Memory(&self.history),
+            None => Source::Memory(history),
         }
     }
 }
 
-async fn run(spend: Arc<Spend>, mut writer: Option<Writer>, shared: bool, shutdown: Shutdown) {
+async fn run(
+    keeper: Arc<Keeper>,
+    spend: Arc<Spend>,
+    mut writer: Option<Writer>,
+    shared: bool,
+    shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_expiry = 0;
@@ -148,14 +167,14 @@ async fn run(spend: Arc<Spend>, mut writer: Option<Writer>, shared: bool, shutdo
         };
         let now = crate::clock::now_secs();
         if !shared && now >= next_expiry {
-            let retention = spend.keeper.retention();
+            let retention = keeper.retention();
             spend.history.expire(now.saturating_sub(retention));
             next_expiry = now + EXPIRE_EVERY;
         }
         if shared {
-            flush(&spend).await;
+            flush(&keeper, &spend).await;
         } else if let Some(w) = &mut writer {
-            w.save_if_changed(&spend, exiting).await;
+            w.save_if_changed(&keeper, &spend, exiting).await;
         }
         if exiting {
             return;
@@ -175,12 +194,12 @@ struct Writer {
 }
 
 impl Writer {
-    async fn save_if_changed(&mut self, spend: &Arc<Spend>, exiting: bool) {
+    async fn save_if_changed(&mut self, keeper: &Keeper, spend: &Arc<Spend>, exiting: bool) {
         if !exiting && Instant::now() < self.not_before {
             return;
         }
         let changes = spend.history.changes();
-        let budgets = spend.keeper.budgets();
+        let budgets = keeper.budgets();
         if changes == self.changes && budgets == self.budgets {
             return;
         }
@@ -188,13 +207,13 @@ impl Writer {
         let (path, s) = (self.path.clone(), spend.clone());
         let saved_budgets = budgets.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let saved = super::file::Saved {
-                version: super::file::VERSION,
+            let saved = file::Saved {
+                version: file::VERSION,
                 saved_at: crate::clock::now_secs(),
                 buckets: s.history.buckets(),
                 budgets: saved_budgets,
             };
-            super::file::write(&path, &saved)
+            file::write(&path, &saved)
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
@@ -205,14 +224,14 @@ impl Writer {
                     tracing::info!(file = %self.path.display(), "spend file written again");
                 }
                 (self.changes, self.budgets, self.failing) = (changes, budgets, false);
-                spend.keeper.failing.store(false, Ordering::Relaxed);
+                keeper.failing.store(false, Ordering::Relaxed);
             }
             Err(e) => {
                 if !self.failing {
                     tracing::error!(file = %self.path.display(), error = %e, "cannot write the spend file; retrying every second (spend is kept in memory meanwhile)");
                 }
                 self.failing = true;
-                spend.keeper.failing.store(true, Ordering::Relaxed);
+                keeper.failing.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -220,15 +239,15 @@ impl Writer {
 
 /// Adds the pending buckets to Redis; what could not be added stays
 /// pending.
-async fn flush(spend: &Spend) {
+async fn flush(keeper: &Keeper, spend: &Spend) {
     if spend.history.is_empty() {
         return;
     }
-    let Some(cluster) = spend.keeper.cluster() else {
+    let Some(cluster) = keeper.cluster() else {
         return;
     };
     let pending = spend.history.take();
-    match super::shared::flush(&cluster, pending, spend.keeper.retention()).await {
+    match shared::flush(&cluster, pending, keeper.retention()).await {
         Ok(()) => crate::metrics::CLUSTER_SYNCS
             .with(["usage", "pushed"])
             .increment(1),
@@ -272,7 +291,7 @@ impl Source<'_> {
                 max_days,
             } => {
                 let now = crate::clock::now_secs();
-                let mut all = super::shared::read(cluster, from, to, *max_days, now).await?;
+                let mut all = shared::read(cluster, from, to, *max_days, now).await?;
                 if let Some(p) = pending {
                     all.extend(p.buckets());
                 }

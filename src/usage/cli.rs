@@ -5,8 +5,9 @@
 use std::path::Path;
 
 use super::report::{self, Params, Usage};
-use super::{History, Source};
+use super::Source;
 use crate::config::{load_section, ClusterConfig, SpendConfig};
+use crate::spend::History;
 
 /// Why the command cannot answer.
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,8 @@
 //! nano-USD) — added to with `HINCRBY`, so every replica adds to the same
 //! sums. A day's hash expires `[spend] retention` after the day ends.
 //!
-//! The request path only records into the in-memory [`super::History`],
-//! which holds the buckets not yet in Redis; [`super::keep`]'s task takes
+//! The request path only records into the in-memory [`crate::spend::History`],
+//! which holds the buckets not yet in Redis; [`super::Keeper`]'s task takes
 //! them every second and adds them here in `MULTI`/`EXEC` batches. While
 //! Redis does not answer they stay pending (and are sent when it does),
 //! up to [`PENDING_CAP`] buckets; past it a request's usage is dropped and
@@ -17,12 +17,12 @@
 //!
 //! Queries read the days in range (`HGETALL`, at most the retention's
 //! days, in pipelines of [`DAYS_PER_CALL`]) and sum them with
-//! [`super::history::summarise`].
+//! [`crate::spend::history::summarise`].
 
 use std::collections::BTreeMap;
 
-use super::history::{BucketKey, Sums};
 use crate::cluster::{Cluster, ClusterError};
+use crate::spend::history::{BucketKey, Sums};
 
 /// Buckets waiting for Redis, at most (the history's cap with `[cluster]`).
 pub const PENDING_CAP: usize = 100_000;
@@ -36,7 +36,7 @@ const DAY: u64 = 86_400;
 fn day_key(cluster: &Cluster, day: u64) -> String {
     cluster.key(&format!(
         "usage:{}",
-        &super::period::rfc3339(day * DAY)[..10]
+        &crate::spend::period::rfc3339(day * DAY)[..10]
     ))
 }
 

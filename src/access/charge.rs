@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use super::enforce::{Estimate, Held};
-use super::{PriceTable, Spend, Spent};
-use crate::access::Record;
+use super::Record;
 use crate::auth::KeyRecord;
+use crate::protect::budget::{Estimate, Held};
 use crate::rate_limit::Unit;
+use crate::spend::{PriceTable, Spend, Spent};
 
 /// What a proxied request's end is accounted with.
 #[derive(Debug)]
@@ -60,7 +60,7 @@ impl Charge {
         reconcile(held, cost, usage.map(|u| u.total()));
         let charged = cost.unwrap_or(self.estimate.cost);
         let label = self.model_label.as_deref().unwrap_or(model);
-        super::meter::cost(label, provider, charged, price.is_some());
+        crate::spend::meter::cost(label, provider, charged, price.is_some());
         self.spend.history.record(&Spent {
             at: crate::clock::now_secs(),
             key: key.map(|k| k.name.as_str().into()),

@@ -19,12 +19,13 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::history::{summarise, BucketKey, GroupBy, Query, Row, Sums};
-use super::period::{month_start, parse_time, rfc3339, year_month};
-use super::{nanos, usd, Budget, Period, Source};
+use super::Source;
 use crate::auth::KeyRecord;
 use crate::cluster::ClusterError;
 use crate::rate_limit::{BudgetCounter, Unit};
+use crate::spend::history::{summarise, BucketKey, GroupBy, Query, Row, Sums};
+use crate::spend::period::{month_start, parse_time, rfc3339, year_month};
+use crate::spend::{nanos, usd, Budget, Period};
 
 /// A parameter of a usage query that is not right: which, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
