@@ -113,14 +113,7 @@ fn check_scopes(scopes: &[String]) -> Result<(), KeysError> {
     }
 }
 
-/// Whether `name` is a valid key or team name: letters, digits, '-', '_'
-/// or '.' (it is part of storage keys, metrics never see it).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
+pub use crate::spend::valid_name;
 
 /// The warning for a key naming a team `[[teams]]` lacks (`known` says
 /// which it has): allowed, as its spend is still recorded by team.

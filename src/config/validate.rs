@@ -35,7 +35,7 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
 fn check_spend(c: &Config, p: &mut Problems) {
     let mut names = HashSet::new();
     for (i, team) in c.teams.iter().enumerate() {
-        if !crate::auth::valid_name(&team.name) {
+        if !crate::spend::valid_name(&team.name) {
             p.add(
                 format!("teams[{i}].name"),
                 "must be letters, digits, '-', '_' or '.' (like key names)",

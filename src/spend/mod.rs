@@ -44,6 +44,15 @@ pub enum Unit {
     Tokens,
 }
 
+/// Whether `name` is a valid key or team name: letters, digits, '-', '_'
+/// or '.' (it is part of storage keys, metrics never see it).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 /// A key's or a team's budget: USD and/or tokens per period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Budget {
