@@ -19,6 +19,7 @@ over_every_protocol!(
     a_key_budget_refuses_at_its_boundary_in_the_clients_shape,
     a_team_token_budget_is_shared_by_its_keys,
     cost_counts_cached_tokens_for_json_and_streams_of_both_families,
+    a_failed_stream_costs_nothing_and_a_cancelled_request_keeps_its_reservation,
 );
 
 /// USD per million tokens for `gpt-4o-mini` here: round numbers, so a
@@ -338,4 +339,100 @@ async fn cost_counts_cached_tokens_for_json_and_streams_of_both_families(p: Prot
 
 fn chat_body(model: &str) -> Value {
     chat(model, false)
+}
+
+/// A key's token budget as `/admin/budgets` has it (spent, on one node the
+/// limiter's count).
+async fn spent_tokens(gw: &common::Gateway, key: &str) -> f64 {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/admin/budgets", gw.admin))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    body["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == key && b["unit"] == "tokens")
+        .map_or(-1.0, |b| b["spent"].as_f64().unwrap())
+}
+
+/// An upstream that fails mid-stream before reporting usage: the
+/// reservation is given back (the provider's failure is not the client's
+/// spend). A client that leaves before any response: its reservation stays
+/// (it must not get work for free by leaving), and the history says so.
+async fn a_failed_stream_costs_nothing_and_a_cancelled_request_keeps_its_reservation(p: Proto) {
+    let (gw, keys) = with_keys(vec![key("k")], |c| {
+        edit_keys(c, |k| {
+            k.budget_tokens = Some(100_000);
+            k.budget_period = Some(h3gate::spend::Period::Day);
+        });
+        let route: h3gate::config::RouteConfig =
+            toml::from_str("model = \"slow-*\"\ntargets = [\"up\"]").unwrap();
+        c.routes.push(route);
+    })
+    .await;
+    let c = gw.client(p).await;
+    let auth = bearer(&keys[0]);
+    let h = [("authorization", auth.as_str())];
+    let cut = chat("drop-mid-stream", true);
+    let r = c
+        .request(
+            Method::POST,
+            "/v1/chat/completions",
+            &h,
+            TestBody::Json(cut),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let (_, end) = r.text_and_end().await;
+    let _ = end; // an error event, or a cut body: either way not a clean end
+    let back = wait_until(std::time::Duration::from_secs(5), async || {
+        spent_tokens(&gw, "k").await == 0.0
+    })
+    .await;
+    assert!(
+        back,
+        "the failed stream's reservation came back: {}",
+        spent_tokens(&gw, "k").await
+    );
+
+    // Leaves while the upstream works on it (before its headers).
+    let slow = chat("slow-5000", false);
+    let reserved = 5 + slow.to_string().len() as u64 / 4;
+    let request = c.request(
+        Method::POST,
+        "/v1/chat/completions",
+        &h,
+        TestBody::Json(slow),
+    );
+    let reached = wait_until(std::time::Duration::from_secs(5), async || {
+        gw.upstream
+            .seen()
+            .iter()
+            .any(|s| s.body["model"] == "slow-5000")
+    });
+    tokio::select! {
+        _ = request => panic!("the slow request was answered"),
+        seen = reached => assert!(seen, "the request reached the upstream"),
+    }
+    let kept = wait_until(std::time::Duration::from_secs(5), async || {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}/admin/usage?group_by=key", gw.admin))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let u: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+        u["total"]["requests"] == 2
+    })
+    .await;
+    assert!(kept, "the cancelled request is in the history");
+    assert_eq!(
+        spent_tokens(&gw, "k").await,
+        reserved as f64,
+        "its reservation stays"
+    );
 }

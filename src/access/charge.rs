@@ -5,10 +5,14 @@
 //! - An answered error (any non-2xx) costs nothing: its reservations are
 //!   given back.
 //! - A request that ended before any response (the client left) keeps its
-//!   reservations as they were (the upstream may have started work), as
-//!   tokens per minute do.
-//! - A response whose usage never arrived (the client left mid-stream, an
-//!   upstream that reports none) is charged its reservation.
+//!   reservations as they were (the upstream may have started work, and a
+//!   client must not get work for free by leaving just before the answer),
+//!   as tokens per minute do; its history records that charge, so the
+//!   history and the budgets agree.
+//! - A response whose usage never arrived because the client left
+//!   mid-stream (or the upstream reports none) is charged its reservation;
+//!   one whose upstream failed mid-stream before reporting usage costs
+//!   nothing (the provider's failure is not the client's spend).
 
 use std::sync::Arc;
 
@@ -48,6 +52,19 @@ impl Charge {
             }
         };
         let Some(status) = status else {
+            if !held.is_empty() {
+                let model = self
+                    .model_label
+                    .clone()
+                    .unwrap_or_else(|| "(unrouted)".into());
+                self.record(
+                    key,
+                    model,
+                    "(cancelled)".into(),
+                    Default::default(),
+                    self.estimate.cost,
+                );
+            }
             return drop(held);
         };
         let served = record.served_by().filter(|_| status.is_success());
@@ -56,19 +73,39 @@ impl Charge {
         };
         let usage = record.usage();
         let price = self.prices.lookup(model);
-        let cost = usage.map(|u| price.map_or(0, |p| p.cost(&u)));
-        reconcile(held, cost, usage.map(|u| u.total()));
+        let cost = match usage {
+            Some(u) => Some(price.map_or(0, |p| p.cost(&u))),
+            None if record.upstream_failed() => Some(0),
+            None => None,
+        };
+        let tokens = match usage {
+            Some(u) => Some(u.total()),
+            None => cost.map(|_| 0),
+        };
+        reconcile(held, cost, tokens);
         let charged = cost.unwrap_or(self.estimate.cost);
         let label = self.model_label.as_deref().unwrap_or(model);
         crate::spend::meter::cost(label, provider, charged, price.is_some());
+        let usage = usage.unwrap_or_default();
+        self.record(key, model.clone(), provider.clone(), usage, charged);
+    }
+
+    fn record(
+        &self,
+        key: Option<&KeyRecord>,
+        model: Arc<str>,
+        provider: Arc<str>,
+        usage: crate::spend::Usage,
+        cost: u64,
+    ) {
         self.spend.history.record(&Spent {
             at: crate::clock::now_secs(),
             key: key.map(|k| k.name.as_str().into()),
             team: key.and_then(|k| k.team.as_deref()).map(Arc::from),
-            model: model.clone(),
-            provider: provider.clone(),
-            usage: usage.unwrap_or_default(),
-            cost: charged,
+            model,
+            provider,
+            usage,
+            cost,
         });
     }
 }
