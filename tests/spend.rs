@@ -10,8 +10,9 @@
 mod common;
 
 use common::keys::{bearer, key, with_keys};
+use common::spend::{edit_keys, estimate, priced, ACTUAL};
 use common::{chat, wait_until, Proto, TestBody};
-use h3gate::config::{Config, PriceConfig, TeamConfig};
+use h3gate::config::{PriceConfig, TeamConfig};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -25,37 +26,7 @@ over_every_protocol!(
 /// USD per million tokens for `gpt-4o-mini` here: round numbers, so a
 /// request's cost is exact in nano-USD (the test upstream reports 7 prompt
 /// and 5 completion tokens).
-const INPUT: f64 = 1000.0;
-const OUTPUT: f64 = 2000.0;
 /// What one answered request costs, in nano-USD: 7·1000·1000 + 5·2000·1000.
-const ACTUAL: u64 = 17_000_000;
-
-fn priced(c: &mut Config) {
-    c.prices.push(PriceConfig {
-        model: "gpt-4o-mini".into(),
-        input: INPUT,
-        output: OUTPUT,
-        cached_input: None,
-        cache_write: None,
-    });
-}
-
-/// The reservation of `body`: a quarter of its bytes as prompt tokens at the
-/// input price, its `max_tokens` at the output price.
-fn estimate(body: &Value) -> u64 {
-    let prompt = body.to_string().len() as u64 / 4;
-    let completion = body["max_tokens"].as_u64().unwrap();
-    prompt * (INPUT * 1000.0) as u64 + completion * (OUTPUT * 1000.0) as u64
-}
-
-/// Changes the records of the keys file the tweak is given (the keys were
-/// just created there), as `keys edit` would.
-fn edit_keys(c: &Config, edit: impl Fn(&mut h3gate::auth::KeyRecord)) {
-    let path = c.auth.keys_file.clone().unwrap();
-    let mut file = h3gate::auth::read_file(&path).unwrap();
-    file.keys.iter_mut().for_each(edit);
-    std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
-}
 
 async fn a_key_budget_refuses_at_its_boundary_in_the_clients_shape(p: Proto) {
     let body = chat("gpt-4o-mini", false);
@@ -64,7 +35,7 @@ async fn a_key_budget_refuses_at_its_boundary_in_the_clients_shape(p: Proto) {
     let budget = 2 * ACTUAL + est;
     let (gw, keys) = with_keys(vec![key("capped")], move |c| {
         priced(c);
-        edit_keys(c, |k| {
+        edit_keys(c.auth.keys_file.as_deref().unwrap(), |k| {
             k.budget = Some(budget as f64 / 1e9);
             k.budget_period = Some(h3gate::spend::Period::Day);
         });
@@ -160,7 +131,9 @@ async fn a_team_token_budget_is_shared_by_its_keys(p: Proto) {
             budget_tokens: Some(budget),
             budget_period: h3gate::spend::Period::Month,
         });
-        edit_keys(c, |k| k.team = Some("ml".into()));
+        edit_keys(c.auth.keys_file.as_deref().unwrap(), |k| {
+            k.team = Some("ml".into())
+        });
         let file = c
             .auth
             .keys_file
@@ -365,7 +338,7 @@ async fn spent_tokens(gw: &common::Gateway, key: &str) -> f64 {
 /// (it must not get work for free by leaving), and the history says so.
 async fn a_failed_stream_costs_nothing_and_a_cancelled_request_keeps_its_reservation(p: Proto) {
     let (gw, keys) = with_keys(vec![key("k")], |c| {
-        edit_keys(c, |k| {
+        edit_keys(c.auth.keys_file.as_deref().unwrap(), |k| {
             k.budget_tokens = Some(100_000);
             k.budget_period = Some(h3gate::spend::Period::Day);
         });

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::cluster::{dev_cert, Replica, ReplicaSpec};
 use common::keys::{bearer, key, with_keys};
-use common::{chat, wait_until, Gateway, Proto, TestBody, Upstream, ADMIN_TOKEN};
-use h3gate::config::{Config, PriceConfig, TeamConfig};
+use common::spend::{admin, edit_keys, estimate, priced, ACTUAL, INPUT, OUTPUT};
+use common::{chat, wait_until, Gateway, Proto, TestBody, Upstream};
+use h3gate::config::{Config, TeamConfig};
 use h3gate::spend::Period;
 use http::Method;
 use serde_json::Value;
@@ -21,52 +22,9 @@ over_every_protocol!(usage_is_recorded_and_grouped_by_key_team_model_and_day);
 
 /// USD per million tokens for `gpt-4o-mini` here; the test upstream
 /// reports 7 prompt and 5 completion tokens.
-const INPUT: f64 = 1000.0;
-const OUTPUT: f64 = 2000.0;
 /// One answered `gpt-4o-mini` request, in nano-USD.
-const ACTUAL: u64 = 17_000_000;
 /// A model no price table has: it costs 0.
 const CLAUDE: &str = "claude-h3gate-test";
-
-fn priced(c: &mut Config) {
-    c.prices.push(PriceConfig {
-        model: "gpt-4o-mini".into(),
-        input: INPUT,
-        output: OUTPUT,
-        cached_input: None,
-        cache_write: None,
-    });
-}
-
-/// The reservation of a chat body (see tests/spend.rs).
-fn estimate(body: &Value) -> u64 {
-    let prompt = body.to_string().len() as u64 / 4;
-    prompt * (INPUT * 1000.0) as u64
-        + body["max_tokens"].as_u64().unwrap() * (OUTPUT * 1000.0) as u64
-}
-
-/// Changes the records of a keys file, as `keys edit` would.
-fn edit_keys(path: &std::path::Path, edit: impl Fn(&mut h3gate::auth::KeyRecord)) {
-    let mut file = h3gate::auth::read_file(path).unwrap();
-    file.keys.iter_mut().for_each(edit);
-    std::fs::write(path, serde_json::to_vec(&file).unwrap()).unwrap();
-}
-
-/// `GET path` on an admin listener with the token: status and JSON.
-async fn admin(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
-}
 
 /// `/admin/usage?query` once it reports `requests` in all (bounded: a
 /// request is recorded at its end, a moment after the client has it all).

@@ -22,14 +22,9 @@ use serde_json::Value;
 const HOSTILE: &str = "gpt-<img src=x onerror=\"document.title='pwned'\">";
 
 async fn admin(addr: std::net::SocketAddr, path: &str) -> Value {
-    let resp = reqwest::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{path}");
-    serde_json::from_str(&resp.text().await.unwrap()).unwrap()
+    let (status, body) = common::spend::admin(addr, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
 }
 
 /// `(group, cost_usd)` of an answer's rows, sorted.

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod python;
 pub mod raw_tls;
 pub mod relay;
+pub mod spend;
 pub mod sse;
 pub mod tools;
 pub mod upstream;
