@@ -170,6 +170,7 @@ async fn limit(
         .map(|_| crate::protect::budget::Estimate {
             cost: route.map_or(0, |r| dearest(state, r, &intake.model, prompt, completion)),
             tokens: completion + prompt,
+            prompt,
         });
     ctx.end.facts.charge = Some(crate::access::Charge {
         spend: state.spend.clone(),

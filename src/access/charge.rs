@@ -6,9 +6,11 @@
 //!   given back.
 //! - A request that ended before any response (the client left) keeps its
 //!   reservations as they were (the upstream may have started work), as
-//!   tokens per minute do.
+//!   tokens per minute do; with budgets, the history has it too, charged
+//!   its reservation (its model the route's label, no provider).
 //! - A response whose usage never arrived (the client left mid-stream, an
-//!   upstream that reports none) is charged its reservation.
+//!   upstream that reports none) is charged its reservation: its cost and
+//!   its tokens, in the history as in the budgets.
 
 use std::sync::Arc;
 
@@ -47,7 +49,22 @@ impl Charge {
                 });
             }
         };
+        let spent = |model: Arc<str>, provider: Arc<str>, usage, cost| {
+            self.spend.history.record(&Spent {
+                at: crate::clock::now_secs(),
+                key: key.map(|k| k.name.as_str().into()),
+                team: key.and_then(|k| k.team.as_deref()).map(Arc::from),
+                model,
+                provider,
+                usage,
+                cost,
+            });
+        };
         let Some(status) = status else {
+            if !held.is_empty() {
+                let label = self.model_label.clone().unwrap_or_else(|| "".into());
+                spent(label, "".into(), self.estimate.usage(), self.estimate.cost);
+            }
             return drop(held);
         };
         let served = record.served_by().filter(|_| status.is_success());
@@ -61,14 +78,7 @@ impl Charge {
         let charged = cost.unwrap_or(self.estimate.cost);
         let label = self.model_label.as_deref().unwrap_or(model);
         crate::spend::meter::cost(label, provider, charged, price.is_some());
-        self.spend.history.record(&Spent {
-            at: crate::clock::now_secs(),
-            key: key.map(|k| k.name.as_str().into()),
-            team: key.and_then(|k| k.team.as_deref()).map(Arc::from),
-            model: model.clone(),
-            provider: provider.clone(),
-            usage: usage.unwrap_or_default(),
-            cost: charged,
-        });
+        let usage = usage.unwrap_or_else(|| self.estimate.usage());
+        spent(model.clone(), provider.clone(), usage, charged);
     }
 }
