@@ -162,14 +162,15 @@ async fn limit(
         .or(f.max_tokens)
         .unwrap_or(u64::from(state.config.rate_limit.default_max_tokens));
     let prompt = intake.body.len() as u64 / 4;
-    let estimate = Some(completion + prompt);
+    // The cap is the client's: saturated, never wrapped to a small one.
+    let estimate = Some(completion.saturating_add(prompt));
     let key = ctx.end.facts.key.clone();
     let spend = key
         .as_deref()
         .filter(|k| crate::protect::budget::applies(state, k))
         .map(|_| crate::protect::budget::Estimate {
             cost: route.map_or(0, |r| dearest(state, r, &intake.model, prompt, completion)),
-            tokens: completion + prompt,
+            tokens: completion.saturating_add(prompt),
             prompt,
         });
     ctx.end.facts.charge = Some(crate::access::Charge {

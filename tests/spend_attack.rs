@@ -22,6 +22,7 @@ over_every_protocol!(
     a_client_gone_before_the_headers_is_in_the_history_as_the_budget_counts_it,
     a_stream_cut_short_is_in_the_history_as_the_budget_counts_it,
     failed_attempts_cost_nothing_and_a_failover_costs_the_served_answer,
+    a_hostile_max_tokens_is_refused_not_wrapped_to_a_small_reservation,
 );
 
 /// The test upstream's usage of an answer: 7 prompt + 5 completion tokens.
@@ -243,4 +244,21 @@ async fn failed_attempts_cost_nothing_and_a_failover_costs_the_served_answer(p: 
         (2, 2 * REAL),
         "nor are in the history"
     );
+}
+
+async fn a_hostile_max_tokens_is_refused_not_wrapped_to_a_small_reservation(p: Proto) {
+    let (gw, keys) = with_keys(vec![key("huge")], move |c| token_budget(c, 100_000)).await;
+    let c = gw.client(p).await;
+    let auth = bearer(&keys[0]);
+    // Its cap plus the prompt's estimate is past u64: the most it can
+    // cost is more than any budget, not a few tokens.
+    for field in ["max_tokens", "max_completion_tokens"] {
+        let mut body = chat("gpt-4o-mini", false);
+        body[field] = serde_json::json!(u64::MAX);
+        let r = post(&c, &auth, &body).await;
+        assert_eq!(r.status, 429, "{field}");
+        let e = r.json().await;
+        assert_eq!(e["error"]["code"], "insufficient_quota", "{field}: {e}");
+    }
+    assert_eq!(counted(&gw).await, (0, (0, 0)), "nothing taken");
 }
