@@ -178,6 +178,7 @@ async fn limit(
         prices: state.prices.clone(),
         estimate: spend.unwrap_or_default(),
         model_label: None,
+        requested: None,
     });
     let headers = &mut ctx.end.facts.rate_headers;
     let granted =
@@ -232,6 +233,7 @@ async fn forward(
     let model_label: Arc<str> = ctx.state.router.model_label(&call.model, &route).into();
     if let Some(charge) = &mut ctx.end.facts.charge {
         charge.model_label = Some(model_label.clone());
+        charge.requested = Some(call.model.clone());
     }
     let api = call.endpoint.api();
     let retry = ctx.state.config.retry.clone();

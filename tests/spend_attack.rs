@@ -23,6 +23,7 @@ over_every_protocol!(
     a_stream_cut_short_is_in_the_history_as_the_budget_counts_it,
     failed_attempts_cost_nothing_and_a_failover_costs_the_served_answer,
     a_hostile_max_tokens_is_refused_not_wrapped_to_a_small_reservation,
+    client_chosen_model_names_do_not_grow_the_history,
 );
 
 /// The test upstream's usage of an answer: 7 prompt + 5 completion tokens.
@@ -261,4 +262,37 @@ async fn a_hostile_max_tokens_is_refused_not_wrapped_to_a_small_reservation(p: P
         assert_eq!(e["error"]["code"], "insufficient_quota", "{field}: {e}");
     }
     assert_eq!(counted(&gw).await, (0, (0, 0)), "nothing taken");
+}
+
+async fn client_chosen_model_names_do_not_grow_the_history(p: Proto) {
+    let (gw, keys) = with_keys(vec![key("names")], move |c| token_budget(c, 100_000)).await;
+    let c = gw.client(p).await;
+    let auth = bearer(&keys[0]);
+    // `gpt-*` passes the client's model through: each name is new, some
+    // with the Redis field separator and its escape.
+    const N: u64 = 12;
+    for i in 0..N {
+        let model = format!("gpt-{i}-{}|%7C\u{1F4B8}", fastrand::u64(..));
+        let r = post(&c, &auth, &chat(&model, false)).await;
+        assert_eq!(r.status, 200);
+        r.text().await;
+    }
+    let r = post(&c, &auth, &chat("gpt-4o-mini", false)).await;
+    assert_eq!(r.status, 200);
+    r.text().await;
+    settled(&gw, N + 1).await;
+    let u = admin(&gw, "/admin/usage?group_by=model").await;
+    let rows: Vec<(&str, u64)> = u["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["group"].as_str().unwrap(),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Under the route's pattern, as in the metrics; a declared model by its name.
+    assert_eq!(rows, [("gpt-4o-mini", 1), ("gpt-*", N)], "{u}");
 }

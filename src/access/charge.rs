@@ -31,6 +31,8 @@ pub struct Charge {
     pub estimate: Estimate,
     /// The bounded model label of `h3gate_tokens_total`, once routed.
     pub model_label: Option<Arc<str>>,
+    /// The model the client asked for, once routed.
+    pub requested: Option<Arc<str>>,
 }
 
 impl Charge {
@@ -79,6 +81,11 @@ impl Charge {
         let label = self.model_label.as_deref().unwrap_or(model);
         crate::spend::meter::cost(label, provider, charged, price.is_some());
         let usage = usage.unwrap_or_else(|| self.estimate.usage());
-        spent(model.clone(), provider.clone(), usage, charged);
+        // The history's model is bounded as the metrics' label is: a name
+        // the client chose (a wildcard route passing it through) goes
+        // under its label; a target's own model is the configuration's.
+        let chosen = self.requested.as_deref() == Some(&**model);
+        let named = if chosen { label.into() } else { model.clone() };
+        spent(named, provider.clone(), usage, charged);
     }
 }
