@@ -203,7 +203,8 @@ async fn a_stream_cut_short_is_in_the_history_as_the_budget_counts_it(p: Proto) 
     let cut = chat("drop-mid-stream", true);
     let r = post(&c, &auth, &cut).await;
     assert_eq!(r.status, 200);
-    r.text_and_end().await;
+    let (_, end) = r.text_and_end().await;
+    assert!(end.is_ok(), "the cut is told as an error event: {end:?}");
     let (spent, (requests, tokens)) = settled(&gw, 2).await;
     assert_eq!(spent, reserves(&endless) + reserves(&cut));
     assert_eq!((requests, tokens), (2, spent), "the history agrees");
