@@ -162,20 +162,23 @@ async fn limit(
         .or(f.max_tokens)
         .unwrap_or(u64::from(state.config.rate_limit.default_max_tokens));
     let prompt = intake.body.len() as u64 / 4;
-    let estimate = Some(completion + prompt);
+    // The cap is the client's: saturated, never wrapped to a small one.
+    let estimate = Some(completion.saturating_add(prompt));
     let key = ctx.end.facts.key.clone();
     let spend = key
         .as_deref()
         .filter(|k| crate::protect::budget::applies(state, k))
         .map(|_| crate::protect::budget::Estimate {
             cost: route.map_or(0, |r| dearest(state, r, &intake.model, prompt, completion)),
-            tokens: completion + prompt,
+            tokens: completion.saturating_add(prompt),
+            prompt,
         });
     ctx.end.facts.charge = Some(crate::access::Charge {
         spend: state.spend.clone(),
         prices: state.prices.clone(),
         estimate: spend.unwrap_or_default(),
         model_label: None,
+        requested: None,
     });
     let headers = &mut ctx.end.facts.rate_headers;
     let granted =
@@ -230,6 +233,7 @@ async fn forward(
     let model_label: Arc<str> = ctx.state.router.model_label(&call.model, &route).into();
     if let Some(charge) = &mut ctx.end.facts.charge {
         charge.model_label = Some(model_label.clone());
+        charge.requested = Some(call.model.clone());
     }
     let api = call.endpoint.api();
     let retry = ctx.state.config.retry.clone();

@@ -5,14 +5,14 @@
 //! - An answered error (any non-2xx) costs nothing: its reservations are
 //!   given back.
 //! - A request that ended before any response (the client left) keeps its
-//!   reservations as they were (the upstream may have started work, and a
-//!   client must not get work for free by leaving just before the answer),
-//!   as tokens per minute do; its history records that charge, so the
-//!   history and the budgets agree.
-//! - A response whose usage never arrived because the client left
-//!   mid-stream (or the upstream reports none) is charged its reservation;
-//!   one whose upstream failed mid-stream before reporting usage costs
-//!   nothing (the provider's failure is not the client's spend).
+//!   reservations as they were (the upstream may have started work), as
+//!   tokens per minute do; with budgets, the history has it too, charged
+//!   its reservation (its model the route's label, no provider).
+//! - A response whose usage never arrived (the client left mid-stream, an
+//!   upstream that reports none) is charged its reservation: its cost and
+//!   its tokens, in the history as in the budgets; one whose upstream
+//!   failed mid-stream before reporting usage costs nothing (the provider's
+//!   failure is not the client's spend).
 
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ pub struct Charge {
     pub estimate: Estimate,
     /// The bounded model label of `h3gate_tokens_total`, once routed.
     pub model_label: Option<Arc<str>>,
+    /// The model the client asked for, once routed.
+    pub requested: Option<Arc<str>>,
 }
 
 impl Charge {
@@ -51,19 +53,21 @@ impl Charge {
                 });
             }
         };
+        let spent = |model: Arc<str>, provider: Arc<str>, usage, cost| {
+            self.spend.history.record(&Spent {
+                at: crate::clock::now_secs(),
+                key: key.map(|k| k.name.as_str().into()),
+                team: key.and_then(|k| k.team.as_deref()).map(Arc::from),
+                model,
+                provider,
+                usage,
+                cost,
+            });
+        };
         let Some(status) = status else {
             if !held.is_empty() {
-                let model = self
-                    .model_label
-                    .clone()
-                    .unwrap_or_else(|| "(unrouted)".into());
-                self.record(
-                    key,
-                    model,
-                    "(cancelled)".into(),
-                    Default::default(),
-                    self.estimate.cost,
-                );
+                let label = self.model_label.clone().unwrap_or_else(|| "".into());
+                spent(label, "".into(), self.estimate.usage(), self.estimate.cost);
             }
             return drop(held);
         };
@@ -86,26 +90,16 @@ impl Charge {
         let charged = cost.unwrap_or(self.estimate.cost);
         let label = self.model_label.as_deref().unwrap_or(model);
         crate::spend::meter::cost(label, provider, charged, price.is_some());
-        let usage = usage.unwrap_or_default();
-        self.record(key, model.clone(), provider.clone(), usage, charged);
-    }
-
-    fn record(
-        &self,
-        key: Option<&KeyRecord>,
-        model: Arc<str>,
-        provider: Arc<str>,
-        usage: crate::spend::Usage,
-        cost: u64,
-    ) {
-        self.spend.history.record(&Spent {
-            at: crate::clock::now_secs(),
-            key: key.map(|k| k.name.as_str().into()),
-            team: key.and_then(|k| k.team.as_deref()).map(Arc::from),
-            model,
-            provider,
-            usage,
-            cost,
-        });
+        let usage = match usage {
+            Some(u) => u,
+            None if cost == Some(0) => Default::default(),
+            None => self.estimate.usage(),
+        };
+        // The history's model is bounded as the metrics' label is: a name
+        // the client chose (a wildcard route passing it through) goes
+        // under its label; a target's own model is the configuration's.
+        let chosen = self.requested.as_deref() == Some(&**model);
+        let named = if chosen { label.into() } else { model.clone() };
+        spent(named, provider.clone(), usage, charged);
     }
 }

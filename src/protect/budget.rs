@@ -21,6 +21,22 @@ pub struct Estimate {
     pub cost: Nanos,
     /// Prompt (estimated) + completion (its cap) tokens.
     pub tokens: u64,
+    /// Of `tokens`: the prompt's (estimated).
+    pub prompt: u64,
+}
+
+impl Estimate {
+    /// The usage the reservation stands for (what a request whose real
+    /// usage never arrived is charged, in the history as in its budgets).
+    pub fn usage(&self) -> crate::spend::Usage {
+        let input = self.prompt.min(self.tokens);
+        crate::spend::Usage {
+            input,
+            output: self.tokens - input,
+            cached_input: 0,
+            cache_write: 0,
+        }
+    }
 }
 
 /// Whose budget a claim is on.
