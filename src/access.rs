@@ -88,8 +88,10 @@ impl Record {
 
     /// Prompt + completion tokens, if the response reported its usage.
     pub fn total_tokens(&self) -> Option<u64> {
-        let total = self.prompt_tokens.load(Ordering::Relaxed)
-            + self.completion_tokens.load(Ordering::Relaxed);
+        let total = self
+            .prompt_tokens
+            .load(Ordering::Relaxed)
+            .saturating_add(self.completion_tokens.load(Ordering::Relaxed));
         (total > 0).then_some(total)
     }
 }

@@ -88,7 +88,9 @@ fn anthropic_event(ev: &sse::Event, input_tokens: &mut Tokens) -> Seen {
                 let mut t = u.tokens();
                 // The input (and its cache use) is in `message_start`,
                 // unless the delta repeats it.
-                if u.prompt_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens == 0
+                if u.prompt_tokens == 0
+                    && u.cache_read_input_tokens == 0
+                    && u.cache_creation_input_tokens == 0
                 {
                     t.prompt = input_tokens.prompt;
                     t.cached = input_tokens.cached;
@@ -149,11 +151,13 @@ impl Usage {
             .as_ref()
             .map_or(0, |d| d.cached_tokens);
         Tokens {
-            prompt: self.prompt_tokens
-                + self.cache_read_input_tokens
-                + self.cache_creation_input_tokens,
+            // Saturating: an upstream's numbers, whatever they are.
+            prompt: self
+                .prompt_tokens
+                .saturating_add(self.cache_read_input_tokens)
+                .saturating_add(self.cache_creation_input_tokens),
             completion: self.completion_tokens,
-            cached: (self.cache_read_input_tokens + openai_cached),
+            cached: self.cache_read_input_tokens.saturating_add(openai_cached),
             cache_write: self.cache_creation_input_tokens,
         }
     }
@@ -168,4 +172,28 @@ struct MessageStart {
 struct MessageUsage {
     #[serde(default)]
     usage: Usage,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream's usage near `u64::MAX` saturates (it overflowed: a
+    /// panic in a debug build, a wrapped count in a release one).
+    #[test]
+    fn huge_usage_saturates() {
+        let max = u64::MAX;
+        let body = format!(
+            r#"{{"usage":{{"input_tokens":{max},"output_tokens":{max},"cache_read_input_tokens":{max},"cache_creation_input_tokens":7}}}}"#
+        );
+        let t = json_body(Api::Anthropic, body.as_bytes()).unwrap();
+        assert_eq!((t.prompt, t.completion, t.cached), (max, max, max));
+        let u = crate::spend::Usage {
+            input: t.prompt,
+            output: t.completion,
+            cached_input: t.cached,
+            cache_write: t.cache_write,
+        };
+        assert_eq!(u.total(), max);
+    }
 }

@@ -35,12 +35,14 @@ pub struct Sums {
 
 impl Sums {
     pub fn add(&mut self, o: &Sums) {
-        self.requests += o.requests;
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.cached_input_tokens += o.cached_input_tokens;
-        self.cache_write_tokens += o.cache_write_tokens;
-        self.cost_nanos += o.cost_nanos;
+        // Saturating: the numbers come from upstreams' usage.
+        let add = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        add(&mut self.requests, o.requests);
+        add(&mut self.input_tokens, o.input_tokens);
+        add(&mut self.output_tokens, o.output_tokens);
+        add(&mut self.cached_input_tokens, o.cached_input_tokens);
+        add(&mut self.cache_write_tokens, o.cache_write_tokens);
+        add(&mut self.cost_nanos, o.cost_nanos);
     }
 
     fn of(s: &Spent) -> Sums {
