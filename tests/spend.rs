@@ -23,11 +23,6 @@ over_every_protocol!(
     a_failed_stream_costs_nothing_and_a_cancelled_request_keeps_its_reservation,
 );
 
-/// USD per million tokens for `gpt-4o-mini` here: round numbers, so a
-/// request's cost is exact in nano-USD (the test upstream reports 7 prompt
-/// and 5 completion tokens).
-/// What one answered request costs, in nano-USD: 7·1000·1000 + 5·2000·1000.
-
 async fn a_key_budget_refuses_at_its_boundary_in_the_clients_shape(p: Proto) {
     let body = chat("gpt-4o-mini", false);
     let est = estimate(&body);
