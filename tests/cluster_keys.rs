@@ -303,6 +303,17 @@ async fn the_cli_with_the_cluster_configured_changes_redis(s: &Setup, a: &[Clien
 
     // `--keys-file` on a replica's own file: that replica merges it into Redis.
     let file = s.dir.path().join("replica-1-keys.json");
+    // Once A's mirror has the revocation: a mirror write still to come
+    // would replace the file this writes (under load it came after).
+    let mirrored = wait_until(BOUND, async || {
+        h3gate::auth::read_file(&file).is_ok_and(|f| {
+            f.keys
+                .iter()
+                .any(|k| k.name == "cli" && k.revoked_at.is_some())
+        })
+    })
+    .await;
+    assert!(mirrored, "A's keys file mirrors the revocation");
     let local = h3gate::auth::create(
         &file,
         h3gate::auth::NewKey {

@@ -78,8 +78,9 @@ impl Params {
         Ok(p)
     }
 
-    /// The query: `from` defaults to the start of the current UTC month,
-    /// `to` to now (what was recorded up to this second).
+    /// The query: `to` defaults to now (what was recorded up to this
+    /// second), `from` to the start of the UTC month `to` is in (this
+    /// month's, unless `to` says otherwise).
     pub fn query(&self, now: u64) -> Result<Query, BadParam> {
         let time = |param: &str, v: &Option<String>| -> Result<Option<u64>, BadParam> {
             v.as_deref()
@@ -90,9 +91,9 @@ impl Params {
                 })
                 .transpose()
         };
-        let (y, m) = year_month(now);
-        let from = time("from", &self.from)?.unwrap_or_else(|| month_start(y, m));
         let to = time("to", &self.to)?.unwrap_or(now + 1);
+        let (y, m) = year_month(to.saturating_sub(1));
+        let from = time("from", &self.from)?.unwrap_or_else(|| month_start(y, m));
         if from >= to {
             return Err(bad("from", "must be before to"));
         }

@@ -292,3 +292,20 @@ async fn budgets_are_counted_by_the_limiter_where_it_decides_else_by_the_history
     assert_eq!(list[0].spent_tokens, 330, "no token budget: the history's");
     assert_eq!(list[1].spent, Amount::Tokens(0), "carol's counter is empty");
 }
+
+/// `to` alone, before this month: `from` is the start of `to`'s month (it
+/// was this month's, so the range was refused as backwards, naming a
+/// `from` the caller never gave).
+#[test]
+fn to_alone_reads_its_own_month() {
+    let q = params("to=2026-11-15");
+    assert_eq!(
+        q.from,
+        crate::spend::period::parse_time("2026-11-01").unwrap()
+    );
+    assert_eq!(
+        q.to,
+        crate::spend::period::parse_time("2026-11-15").unwrap()
+    );
+    assert_eq!(params("").from, DEC_1, "without either: this month");
+}
