@@ -17,9 +17,11 @@ use h3gate::spend::period::{month_start, rfc3339, year_month};
 use http::Method;
 use serde_json::Value;
 
-/// A model name that would be markup if the page wrote it as HTML (the
-/// `gpt-*` route serves it: it reaches the history as the client sent it).
-const HOSTILE: &str = "gpt-<img src=x onerror=\"document.title='pwned'\">";
+/// A route pattern that would be markup if the page wrote it as HTML: a
+/// client's model under it reaches the history as the route's label.
+const HOSTILE: &str = "<img src=x onerror=\"document.title='pwned'\">*";
+/// The model a client asks for under it.
+const ASKED: &str = "<img src=x onerror=\"document.title='pwned'\">1";
 
 async fn admin(addr: std::net::SocketAddr, path: &str) -> Value {
     let (status, body) = common::spend::admin(addr, path).await;
@@ -70,6 +72,8 @@ async fn the_usage_page_shows_what_the_usage_api_says() {
             }
         }
         std::fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        let route = format!("model = {HOSTILE:?}\ntargets = [\"up\"]");
+        c.routes.push(toml::from_str(&route).unwrap());
     })
     .await;
     // Traffic over every protocol: alice 3 requests, bob 2 (one of them
@@ -80,7 +84,7 @@ async fn the_usage_page_shows_what_the_usage_api_says() {
         (Proto::H2, &keys[0], "gpt-4o-mini"),
         (Proto::H1, &keys[0], "gpt-4o"),
         (Proto::H2, &keys[1], "gpt-4o-mini"),
-        (Proto::H3, &keys[1], HOSTILE),
+        (Proto::H3, &keys[1], ASKED),
     ] {
         let c = gw.client(p).await;
         let auth = bearer(who);
