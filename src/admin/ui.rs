@@ -29,21 +29,14 @@ pub fn serve(path: &str) -> Option<Response> {
     };
     let mut resp = http::Response::new(full(body));
     *resp.status_mut() = StatusCode::OK;
+    // The gateway's own (nosniff, DENY framing, no referrer, no-store),
+    // with the page's policy in place of the API's allow-nothing one.
+    crate::protect::security_headers(&mut resp);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CSP),
     );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     Some(resp)
 }
