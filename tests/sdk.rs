@@ -59,6 +59,39 @@ async fn sdk_suite(http2: bool) {
     assert!(paths.iter().any(|p| p == "/v1/chat/completions"));
 }
 
+/// A budget refusal lasts until its period ends: with `x-should-retry:
+/// false` the official SDKs, whose default is two retries of a 429, give up
+/// at once — one request each reaches the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_sdks_do_not_retry_a_budget_refusal() {
+    let python = python();
+    let (gw, keys) = common::keys::with_keys(vec![common::keys::key("tiny")], |c| {
+        common::spend::priced(c);
+        common::spend::edit_keys(c.auth.keys_file.as_deref().unwrap(), |k| {
+            k.budget = Some(0.000_001); // less than any request's reservation
+        });
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &gw.ca).unwrap();
+    let base = format!("https://127.0.0.1:{}", gw.tcp.port());
+    let out = run_script(
+        &python,
+        "budget_refusal.py",
+        &[&base, ca.to_str().unwrap(), &keys[0]],
+    )
+    .await;
+    let summary: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).expect("a JSON summary");
+    assert_eq!(summary["openai"], "insufficient_quota");
+    assert_eq!(summary["anthropic"], "rate_limit_error");
+    let refused = gw
+        .metric("h3gate_rate_limited_total{scope=\"key_budget\"}")
+        .await;
+    assert_eq!(refused, 2.0, "one request per SDK: no retry");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_sdks_over_http1() {
     sdk_suite(false).await;
