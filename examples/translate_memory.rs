@@ -100,6 +100,7 @@ fn main() {
         include_usage: false,
         request_id: Arc::from("bench"),
         early_data: false,
+        trace: None,
         drop_unsupported: false,
     };
     let before = peak_kib();

@@ -43,6 +43,8 @@ pub struct Record {
     /// The target that served: its provider and the model it was asked for
     /// (what the request is priced at).
     served: std::sync::OnceLock<(Arc<str>, Arc<str>)>,
+    /// When the first streamed chunk arrived from the upstream.
+    first_token: std::sync::OnceLock<Instant>,
 }
 
 impl Record {
@@ -76,6 +78,11 @@ impl Record {
             cache_write: self.cache_write_tokens.load(Ordering::Relaxed),
         };
         (u.total() > 0).then_some(u)
+    }
+
+    /// The first streamed chunk arrived (now).
+    pub fn first_token(&self, at: Instant) {
+        let _ = self.first_token.set(at);
     }
 
     pub fn mark_upstream_failure(&self) {
@@ -114,6 +121,8 @@ pub struct Facts {
     pub early: bool,
     /// What the request's cost is accounted with (proxied requests).
     pub charge: Option<Charge>,
+    /// The request's trace, with `[tracing]` on.
+    pub trace: Option<Arc<crate::trace::RequestTrace>>,
 }
 
 /// What the pipeline's steps claim on the way: each a guard given back
@@ -149,6 +158,8 @@ pub struct Ending {
     status: Option<StatusCode>,
     response_bytes: u64,
     done: bool,
+    /// The request's trace id (kept for the log line after the trace ends).
+    trace_id: Option<opentelemetry::trace::TraceId>,
 }
 
 impl Ending {
@@ -176,6 +187,7 @@ impl Ending {
             status: None,
             response_bytes: 0,
             done: false,
+            trace_id: None,
         }
     }
 
@@ -189,6 +201,12 @@ impl Ending {
 
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// The request belongs to `trace`.
+    pub fn traced(&mut self, trace: crate::trace::RequestTrace) {
+        self.trace_id = Some(trace.trace_id);
+        self.facts.trace = Some(Arc::new(trace));
     }
 
     /// What the response body learns (usage, upstream failure).
@@ -222,8 +240,9 @@ impl Ending {
             });
         }
         let budgets = std::mem::take(&mut self.claims.budgets);
+        let mut cost = None;
         if let Some(charge) = self.facts.charge.take() {
-            charge.settle(
+            cost = charge.settle(
                 &self.record,
                 self.status,
                 budgets,
@@ -245,7 +264,36 @@ impl Ending {
             self.facts.request_bytes,
             self.response_bytes,
         );
+        if let Some(trace) = self.facts.trace.take() {
+            // Nano-USD to USD.
+            self.end_trace(&trace, outcome, cost.map(|n| n as f64 / 1e9));
+        }
         self.log(outcome, elapsed);
+    }
+
+    fn end_trace(&self, trace: &crate::trace::RequestTrace, outcome: Outcome, cost: Option<f64>) {
+        let f = &self.facts;
+        let usage = self.record.usage().map(|u| (u.input, u.output));
+        trace.finish(crate::trace::RequestEnd {
+            protocol_version: match self.protocol {
+                Protocol::Http1 => "1.1",
+                Protocol::Http2 => "2",
+                Protocol::Http3 => "3",
+            },
+            method: self.method.as_str(),
+            path: &self.path,
+            status: self.status.map(|s| s.as_u16()),
+            outcome: outcome.as_str(),
+            request_id: &self.request_id,
+            route: f.route.as_ref().map(|r| r.pattern.as_str()),
+            model: f.model.as_deref(),
+            key_id: f.key.as_ref().map(|k| k.id.as_str()),
+            client: self.client,
+            early: f.early,
+            usage,
+            cost_usd: cost,
+            first_token: self.record.first_token.get().copied(),
+        });
     }
 
     fn log(&self, outcome: Outcome, elapsed: Duration) {
@@ -264,6 +312,7 @@ impl Ending {
             model = f.model.as_deref().unwrap_or(""),
             upstream = f.target.as_deref().unwrap_or(""),
             key_id = f.key.as_ref().map_or("", |k| k.id.as_str()),
+            trace_id = %TraceIdField(self.trace_id),
             client = %self.client,
             request_bytes = f.request_bytes,
             response_bytes = self.response_bytes,
@@ -273,6 +322,18 @@ impl Ending {
             outcome = outcome.as_str(),
             "request"
         );
+    }
+}
+
+/// A trace id in the access line (empty without one).
+struct TraceIdField(Option<opentelemetry::trace::TraceId>);
+
+impl std::fmt::Display for TraceIdField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => Ok(()),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod problem;
 mod protection;
 mod resilience;
 mod spend;
+mod trace;
 mod types;
 mod validate;
 
@@ -30,6 +31,7 @@ pub use resilience::{
     AdmissionConfig, BreakerConfig, HealthCheckConfig, RetryConfig, Strategy, TargetConfig,
 };
 pub use spend::{PriceConfig, SpendConfig, TeamConfig};
+pub use trace::{Resolved as TracingResolved, TracingConfig, TrustIncoming};
 pub use types::{Addresses, ByteSize, Duration, Secret};
 
 /// The whole configuration file.
@@ -52,6 +54,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub cluster: ClusterConfig,
     pub spend: SpendConfig,
+    pub tracing: TracingConfig,
     pub providers: Vec<ProviderConfig>,
     pub routes: Vec<RouteConfig>,
     /// Prices in USD per million tokens, over the bundled table.
@@ -427,6 +430,10 @@ pub struct ProviderConfig {
     pub health_check: Option<HealthCheckConfig>,
     /// Behaviour of the built-in mock (kind = "mock" only).
     pub mock: MockConfig,
+    /// Send the attempt's W3C `traceparent`/`tracestate` upstream (with
+    /// `[tracing]` on), so the trace continues into the server. Default
+    /// true, except for `openai` and `anthropic` at their public URLs.
+    pub propagate_trace: Option<bool>,
 }
 
 impl Default for ProviderConfig {
@@ -446,11 +453,19 @@ impl Default for ProviderConfig {
             breaker: BreakerConfig::default(),
             health_check: None,
             mock: MockConfig::default(),
+            propagate_trace: None,
         }
     }
 }
 
 impl ProviderConfig {
+    /// Whether trace context goes to this provider (see `propagate_trace`).
+    pub fn propagates_trace(&self) -> bool {
+        let public = matches!(self.kind, ProviderKind::Openai | ProviderKind::Anthropic)
+            && self.base_url.is_empty();
+        self.propagate_trace.unwrap_or(!public)
+    }
+
     /// `base_url`, or the kind's default when unset.
     pub fn base_url(&self) -> &str {
         if self.base_url.is_empty() {

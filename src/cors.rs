@@ -97,4 +97,4 @@ const EXPOSED: &str = "x-request-id, request-id, x-h3gate-target, \
     x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, \
     x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens, \
     x-h3gate-budget-remaining, x-h3gate-budget-remaining-tokens, \
-    retry-after, x-should-retry, server-timing";
+    retry-after, x-should-retry, server-timing, traceresponse";

@@ -50,5 +50,6 @@ pub mod sse;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod trace;
 pub mod translate;
 pub mod usage;

@@ -218,6 +218,7 @@ fn upstream_call(
         drop_unsupported: route.drop_unsupported,
         request_id: ctx.request_id.clone(),
         early_data: ctx.end.facts.early || early,
+        trace: ctx.end.facts.trace.clone(),
     }
 }
 

@@ -80,6 +80,17 @@ impl Endpoint {
     }
 
     /// The HTTP method the endpoint is called with.
+    /// `gen_ai.operation.name`, the semantic conventions' name for it.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions | Endpoint::Messages => "chat",
+            Endpoint::Completions => "text_completion",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::CountTokens => "count_tokens",
+            Endpoint::Model => "models",
+        }
+    }
+
     pub fn method(self) -> http::Method {
         match self {
             Endpoint::Model => http::Method::GET,
@@ -112,6 +123,8 @@ pub struct UpstreamCall {
     pub early_data: bool,
     /// The route drops parameters a translation cannot carry.
     pub drop_unsupported: bool,
+    /// The request's trace (each attempt a span of it), with `[tracing]` on.
+    pub trace: Option<Arc<crate::trace::RequestTrace>>,
 }
 
 /// One attempt's request, in the provider's API: what [`Provider::prepare`]
@@ -125,6 +138,9 @@ pub struct Prepared {
     pub stream: bool,
     /// How the response body becomes the client's.
     pub conversion: Conversion,
+    /// This attempt's `traceparent` (and the caller's `tracestate`), for a
+    /// provider trace context is sent to.
+    pub trace_context: Option<(http::HeaderValue, Option<http::HeaderValue>)>,
 }
 
 impl Prepared {
@@ -167,6 +183,10 @@ pub enum UpstreamError {
 #[derive(Debug)]
 pub struct Common {
     pub name: String,
+    /// `gen_ai.system` of its spans (`openai`, `anthropic`, `ollama`, `mock`).
+    pub system: &'static str,
+    /// Trace context is sent to it (`propagate_trace`).
+    pub propagate_trace: bool,
     pub timeouts: ProviderTimeouts,
     /// Models this provider declares (for `/v1/models` under wildcard routes).
     pub models: Vec<String>,
@@ -188,6 +208,13 @@ impl Common {
         health_gauge.set(1.0);
         Common {
             name: cfg.name.clone(),
+            system: match cfg.kind {
+                ProviderKind::Openai => "openai",
+                ProviderKind::Anthropic => "anthropic",
+                ProviderKind::Ollama => "ollama",
+                ProviderKind::Mock => "mock",
+            },
+            propagate_trace: cfg.propagates_trace(),
             timeouts: cfg.timeouts.clone(),
             models: cfg.models.clone(),
             default_max_tokens: cfg.default_max_tokens,
@@ -347,6 +374,7 @@ impl Provider {
             body,
             stream: call.stream,
             conversion,
+            trace_context: None,
         })
     }
 

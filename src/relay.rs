@@ -295,7 +295,10 @@ impl Accounting {
         let now = Instant::now();
         let m = self.target.metrics();
         match self.last_chunk {
-            None => m.first_token.record((now - self.started).as_secs_f64()),
+            None => {
+                m.first_token.record((now - self.started).as_secs_f64());
+                self.record.first_token(now);
+            }
             Some(prev) => m.chunk_gap.record((now - prev).as_secs_f64()),
         }
         self.last_chunk = Some(now);

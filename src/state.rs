@@ -54,6 +54,8 @@ pub struct State {
     /// Kept across reloads while `[cluster]` is unchanged.
     pub cluster: Option<Arc<Cluster>>,
     audit: std::sync::OnceLock<Audit>,
+    /// `[tracing]`, when on.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
     /// Stops this state's background tasks (health checks) when it is dropped.
     tasks: CancellationToken,
 }
@@ -124,6 +126,7 @@ impl State {
             admin_filter: IpFilter::new(&n.admin_allow, &n.admin_deny),
             abuse: Arc::new(Abuse::new(&config.abuse)),
             audit: std::sync::OnceLock::new(),
+            tracer: crate::trace::Tracer::new(&config.tracing),
             config: Arc::new(config),
             router,
             providers,
@@ -149,6 +152,9 @@ impl State {
         self.abuse
             .share(self.cluster.clone(), self.tasks.clone(), shutdown);
         self.limiter.start(shutdown);
+        if let Some(t) = &self.tracer {
+            t.start(shutdown);
+        }
         if let Some(c) = &self.cluster {
             c.start(shutdown);
         }

@@ -44,7 +44,7 @@ impl Charge {
         status: Option<StatusCode>,
         held: Vec<Held>,
         key: Option<&KeyRecord>,
-    ) {
+    ) -> Option<u64> {
         let reconcile = |held: Vec<Held>, usd: Option<u64>, tokens: Option<u64>| {
             for h in held {
                 h.reservation.reconcile(match h.unit {
@@ -68,12 +68,14 @@ impl Charge {
             if !held.is_empty() {
                 let label = self.model_label.clone().unwrap_or_else(|| "".into());
                 spent(label, "".into(), self.estimate.usage(), self.estimate.cost);
+                return Some(self.estimate.cost);
             }
-            return drop(held);
+            return None;
         };
         let served = record.served_by().filter(|_| status.is_success());
         let Some((provider, model)) = served else {
-            return reconcile(held, Some(0), Some(0));
+            reconcile(held, Some(0), Some(0));
+            return None;
         };
         let usage = record.usage();
         let price = self.prices.lookup(model);
@@ -101,5 +103,6 @@ impl Charge {
         let chosen = self.requested.as_deref() == Some(&**model);
         let named = if chosen { label.into() } else { model.clone() };
         spent(named, provider.clone(), usage, charged);
+        Some(charged)
     }
 }

@@ -27,6 +27,9 @@ pub(super) fn validate(c: &Config) -> Vec<Problem> {
     check_routes(c, &mut p);
     check_cluster(c, &mut p);
     check_spend(c, &mut p);
+    for (path, message) in c.tracing.problems() {
+        p.add(path, message);
+    }
     p.0
 }
 

@@ -373,6 +373,12 @@ pub const AUDIT_DROPPED: Def<Counter> = Def::counter(
     "Audit events dropped because the audit log writer was too far behind.",
 );
 
+pub const TRACE_SPANS: Def<Counter, 1> = Def::counter(
+    "h3gate_trace_spans_total",
+    &["result"],
+    "Trace spans by what became of them: exported, dropped (queue full: the collector is slow or away) or failed (the export failed).",
+);
+
 pub const CLUSTER_UP: Def<Gauge> = Def::gauge(
     "h3gate_cluster_up",
     &[],
@@ -483,6 +489,7 @@ pub const FAMILIES: &[Family] = &[
     ABUSE_DENIES.family(),
     PANICS.family(),
     AUDIT_DROPPED.family(),
+    TRACE_SPANS.family(),
     CLUSTER_UP.family(),
     CLUSTER_CALL.family(),
     CLUSTER_ERRORS.family(),

@@ -49,6 +49,17 @@ impl<'a> Ctx<'a> {
             client,
             state.metrics.clone(),
         );
+        let mut end = end;
+        if let Some(tracer) = &state.tracer {
+            let peer = req.peer.ip();
+            let trusted = state
+                .config
+                .network
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&peer));
+            end.traced(tracer.begin(&req.headers, trusted));
+        }
         Ctx {
             state,
             api: super::client_api(req),
@@ -95,6 +106,9 @@ impl<'a> Ctx<'a> {
                 Api::OpenAi => None,
             };
             h.insert("x-request-id", v);
+        }
+        if let Some(trace) = &self.end.facts.trace {
+            h.insert("traceresponse", trace.response_header());
         }
         for (name, value) in self.end.facts.rate_headers.iter() {
             h.insert(name, value.clone());

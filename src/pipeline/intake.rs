@@ -31,6 +31,7 @@ pub async fn admit(ctx: &mut Ctx<'_>, body: &mut Body) -> Result<ReadAhead, Gate
     // request waits), and its place is given back at once. Bounded, so a
     // queued request still costs almost no buffer.
     let mut ahead = ReadAhead::default();
+    let queued = tokio::time::Instant::now();
     let enter = ctx.state.admission.enter();
     tokio::pin!(enter);
     let permit = loop {
@@ -49,6 +50,9 @@ pub async fn admit(ctx: &mut Ctx<'_>, body: &mut Body) -> Result<ReadAhead, Gate
         }
     };
     ctx.end.claims.permit = Some(permit);
+    if let Some(trace) = &ctx.end.facts.trace {
+        trace.internal("admission", queued, Vec::new());
+    }
     Ok(ahead)
 }
 

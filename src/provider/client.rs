@@ -166,6 +166,12 @@ impl Upstream {
         if call.early_data {
             req = req.header("early-data", "1");
         }
+        if let Some((parent, state)) = &prepared.trace_context {
+            req = req.header("traceparent", parent);
+            if let Some(state) = state {
+                req = req.header("tracestate", state);
+            }
+        }
         let resp = match tokio::time::timeout(self.first_byte, req.send()).await {
             Err(_) => return Err(UpstreamError::Timeout(self.first_byte)),
             Ok(Err(e)) => return Err(classify(e, self.first_byte)),

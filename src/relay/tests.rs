@@ -126,6 +126,7 @@ async fn forwarded(route: &Route, case: &Case, body: Body) -> Forwarded {
         include_usage: false,
         request_id: "req-relay".into(),
         early_data: false,
+        trace: None,
         drop_unsupported: false,
     };
     let mut done = forward(route, &call, &RetryConfig::default()).await;

@@ -16,6 +16,7 @@ use crate::config::RetryConfig;
 use crate::error::{FailureClass, GatewayError, Ledger, Skip};
 use crate::metrics::{self as m, Attempt};
 use crate::provider::{PrepareError, Prepared, UpstreamCall, UpstreamError, UpstreamResponse};
+use crate::trace::AttemptOutcome;
 
 /// Tries the route's targets until one answers with a success, a
 /// non-retryable error, or the attempts or deadline run out.
@@ -24,7 +25,7 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
     // The upstream's own error answer, when the last attempt sent got one.
     let mut answer = None;
     while let Some(target) = run.next_target() {
-        let admitted = match run.admit(&target, call).await {
+        let mut admitted = match run.admit(&target, call).await {
             Admission::Go(admitted) => admitted,
             Admission::Skip(why) => {
                 run.pass_over(&target, why);
@@ -38,9 +39,23 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
             Admission::OutOfTime => break,
         };
         let guard = AttemptGuard::new(target.state.clone(), admitted.permit);
+        let span = run.attempt_span(&target, call, &mut admitted.prepared);
         let started = Instant::now();
         let (sent, elapsed) = run.send(&target, call, &admitted.prepared, started).await;
-        match classify(sent) {
+        let verdict = classify(sent);
+        if let Some(span) = span {
+            span.outcome(match &verdict {
+                Verdict::Done(up) => AttemptOutcome::Served(up.status.as_u16()),
+                Verdict::Retry(f) | Verdict::Stop(f) => {
+                    let status = match f {
+                        Failed::Answer(up) => Some(up.status.as_u16()),
+                        _ => None,
+                    };
+                    AttemptOutcome::Failed(f.class().to_string(), status)
+                }
+            });
+        }
+        match verdict {
             Verdict::Done(response) => {
                 run.succeeded(&target, elapsed);
                 let prepared = admitted.prepared;
@@ -273,6 +288,51 @@ impl<'a> Failover<'a> {
         let elapsed = started.elapsed();
         self.waited += elapsed;
         (sent, elapsed)
+    }
+
+    /// The attempt's span, when the request is traced; its context goes in
+    /// the request to a provider that takes it.
+    fn attempt_span(
+        &self,
+        target: &Target,
+        call: &UpstreamCall,
+        prepared: &mut Prepared,
+    ) -> Option<crate::trace::Attempt> {
+        use opentelemetry::KeyValue;
+        let trace = call.trace.as_ref()?;
+        let common = target.provider.common();
+        let n = self.ledger.sent() + 1;
+        let mut attributes = Vec::new();
+        if trace.sampled() {
+            attributes.extend([
+                KeyValue::new("gen_ai.system", common.system),
+                KeyValue::new("gen_ai.provider.name", common.system),
+                KeyValue::new("gen_ai.operation.name", call.endpoint.operation()),
+                KeyValue::new("gen_ai.request.model", prepared.model.clone()),
+                KeyValue::new("h3gate.provider", common.name.clone()),
+                KeyValue::new("h3gate.target", target.name.clone()),
+                KeyValue::new("h3gate.attempt", i64::from(n)),
+                KeyValue::new("http.request.method", call.endpoint.method().to_string()),
+            ]);
+            if let Some(last) = self.ledger.last_sent() {
+                let why = if last.target == target.name {
+                    "retry"
+                } else {
+                    "failover"
+                };
+                attributes.push(KeyValue::new("h3gate.attempt.kind", why));
+                attributes.push(KeyValue::new(
+                    "h3gate.attempt.reason",
+                    last.class.to_string(),
+                ));
+            }
+        }
+        let name = format!("{} {}", call.endpoint.operation(), prepared.model);
+        let span = trace.attempt(attributes, name);
+        if common.propagate_trace {
+            prepared.trace_context = Some((span.traceparent(), span.tracestate()));
+        }
+        Some(span)
     }
 
     fn pass_over(&mut self, target: &Target, why: Skip) {

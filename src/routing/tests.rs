@@ -146,6 +146,7 @@ fn call() -> UpstreamCall {
         include_usage: false,
         request_id: "req-test".into(),
         early_data: false,
+        trace: None,
         drop_unsupported: false,
     }
 }

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod client;
 pub mod cluster;
 pub mod keys;
+pub mod otlp;
 pub mod python;
 pub mod raw_tls;
 pub mod relay;
