@@ -312,7 +312,8 @@ impl Ending {
             model = f.model.as_deref().unwrap_or(""),
             upstream = f.target.as_deref().unwrap_or(""),
             key_id = f.key.as_ref().map_or("", |k| k.id.as_str()),
-            trace_id = %TraceIdField(self.trace_id),
+            // Only with `[tracing]` on (a `None` is left out of the line).
+            trace_id = self.trace_id.map(tracing::field::display),
             client = %self.client,
             request_bytes = f.request_bytes,
             response_bytes = self.response_bytes,
@@ -322,18 +323,6 @@ impl Ending {
             outcome = outcome.as_str(),
             "request"
         );
-    }
-}
-
-/// A trace id in the access line (empty without one).
-struct TraceIdField(Option<opentelemetry::trace::TraceId>);
-
-impl std::fmt::Display for TraceIdField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(id) => write!(f, "{id}"),
-            None => Ok(()),
-        }
     }
 }
 

@@ -350,6 +350,13 @@ async fn every_exported_family_is_described() {
     let _h1 = get_the_address_denied(&gw, &all).await;
     assert_eq!(gw.reload().await.0, 200);
 
+    // Spans went to the collector (exported off the request path).
+    let spans = async || {
+        gw.metrics_text()
+            .await
+            .contains("h3gate_trace_spans_total{")
+    };
+    assert!(common::wait_until(std::time::Duration::from_secs(10), spans).await);
     let seen = described_families(&gw.metrics_text().await);
     for f in exported().filter(|f| !NOT_DRIVEN.contains(&f.name)) {
         assert!(seen.contains(f.name), "{} was not exported", f.name);
@@ -360,9 +367,12 @@ async fn every_exported_family_is_described() {
 /// `all` and `limited` (gpt-* only, 1 rpm): their `Authorization` values.
 async fn gateway_with_two_keys() -> (Gateway, String, String) {
     let mut keys = Vec::new();
+    let collector = common::otlp::Collector::start().await;
     let gw = Gateway::start_with(|c| {
         c.auth.required = true;
         c.abuse.max_failures = 2;
+        c.tracing.endpoint = Some(collector.url());
+        c.tracing.export_interval = h3gate::config::Duration::millis(50);
         let path = c.auth.keys_file.clone().unwrap();
         let limited = NewKey {
             name: "limited".into(),
