@@ -524,12 +524,20 @@ def main():
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--settle", type=float, default=1.0, help="seconds after each connection before counting")
     ap.add_argument("--baseline", default=DEFAULT_BASELINE)
+    ap.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for the gateway (repeatable), e.g. "
+                         "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 to count it with tracing on")
     ap.add_argument("--tolerance", type=float, default=5.0, help="percent growth --check accepts")
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--check", action="store_true", help="compare with the baseline")
     g.add_argument("--update", action="store_true", help="write the baseline")
     args = ap.parse_args()
+    for kv in args.gateway_env:
+        name, sep, value = kv.partition("=")
+        if not sep or not name:
+            sys.exit(f"--gateway-env wants NAME=VALUE, not {kv!r}")
+        GATEWAY_ENV[name] = value
 
     protocols = [p for p in args.protocols.split(",") if p]
     kinds = [k for k in args.kinds.split(",") if k]
