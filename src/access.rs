@@ -123,6 +123,8 @@ pub struct Facts {
     pub charge: Option<Charge>,
     /// The request's trace, with `[tracing]` on.
     pub trace: Option<Arc<crate::trace::RequestTrace>>,
+    /// Its QUIC connection, with `[tracing]` on.
+    pub connection: Option<Arc<dyn crate::exchange::Handshake>>,
 }
 
 /// What the pipeline's steps claim on the way: each a guard given back
@@ -293,6 +295,7 @@ impl Ending {
             usage,
             cost_usd: cost,
             first_token: self.record.first_token.get().copied(),
+            transport: f.connection.as_ref().and_then(|c| c.transport()),
         });
     }
 

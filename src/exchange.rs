@@ -46,11 +46,26 @@ pub trait Handshake: Send + Sync {
     /// the session ticket the connection resumed with was used for the first
     /// time. rustls' own single-use store decides that on one node (true);
     /// with replicas sharing tickets it is Redis' answer (bounded wait).
+    /// The QUIC connection's facts for a trace (HTTP/3 only).
+    fn transport(&self) -> Option<TransportFacts> {
+        None
+    }
     fn early_confirmed(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
         Box::pin(std::future::ready(true))
     }
+}
+
+/// A QUIC connection, as a trace records it.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportFacts {
+    /// The path's round-trip time estimate, now.
+    pub rtt: std::time::Duration,
+    /// The connection served requests sent as 0-RTT early data.
+    pub zero_rtt: bool,
+    /// How long the handshake took (once it completed).
+    pub handshake: Option<std::time::Duration>,
 }
 
 /// How a request ended.
@@ -100,6 +115,8 @@ pub struct GatewayRequest {
     pub peer: SocketAddr,
     /// The connection's handshake, where early data is possible (HTTP/3 with 0-RTT).
     pub handshake: Option<std::sync::Arc<dyn Handshake>>,
+    /// The QUIC connection (HTTP/3), for its facts in a trace.
+    pub connection: Option<std::sync::Arc<dyn Handshake>>,
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {

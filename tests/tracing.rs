@@ -78,6 +78,18 @@ async fn a_streamed_request_is_a_server_span_with_admission_and_attempt_children
         assert_eq!(server.attr("gen_ai.usage.output_tokens"), "5");
         assert_eq!(server.attr("client.address"), "", "off by default");
         assert!(server.events.contains(&"gen_ai.first_token".to_string()));
+        // The QUIC connection's facts, on HTTP/3 only.
+        let rtt = server.attr("h3gate.quic.rtt_ms");
+        if proto == Proto::H3 {
+            assert!(rtt.parse::<f64>().is_ok_and(|ms| ms > 0.0), "{server:#?}");
+            assert_eq!(server.attr("h3gate.quic.zero_rtt"), "false");
+            assert!(server
+                .attr("h3gate.quic.handshake_ms")
+                .parse::<f64>()
+                .is_ok());
+        } else {
+            assert_eq!(rtt, "");
+        }
 
         let admission = one(&spans, |s| s.kind == INTERNAL);
         assert_eq!(

@@ -118,6 +118,7 @@ fn request(data: &[u8]) -> GatewayRequest {
         protocol,
         peer: "192.0.2.1:40000".parse().unwrap_or_else(|_| unreachable!()),
         handshake: None,
+        connection: None,
     }
 }
 

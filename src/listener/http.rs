@@ -258,6 +258,7 @@ async fn handle_request(
         protocol,
         peer,
         handshake: None,
+        connection: None,
     };
     let mut resp = pipeline::handle(state, request).instrument(span).await;
     if let Some(v) = alt_svc {

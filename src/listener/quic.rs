@@ -213,6 +213,7 @@ impl QuicListener {
             return;
         }
         let zero_rtt = self.state.load().config.quic.zero_rtt;
+        let begun = tokio::time::Instant::now();
         let handshake = tokio::select! {
             _ = self.shutdown.forced() => None,
             c = tokio::time::timeout(handshake_timeout, establish(incoming, zero_rtt)) => Some(c),
@@ -240,6 +241,12 @@ impl QuicListener {
             notify: tokio::sync::Notify::new(),
             early_seen: AtomicBool::new(false),
             claim: tickets::claim(&conn),
+            begun,
+            // With 0-RTT the handshake may not be over yet: set when it is.
+            took: match accepted {
+                None => std::sync::OnceLock::from(begun.elapsed()),
+                Some(_) => std::sync::OnceLock::new(),
+            },
         });
         let span = tracing::info_span!("conn", transport = "quic", remote = %peer, conn_id = conn.stable_id());
         let accepted = accepted.map(|a| (a, pending));
@@ -453,16 +460,28 @@ struct QuicHandshake {
     early_seen: AtomicBool,
     /// The claim of the cluster-shared ticket it resumed with.
     claim: Option<crate::cluster::tickets::Claim>,
+    /// When the connection arrived, and how long its handshake took.
+    begun: tokio::time::Instant,
+    took: std::sync::OnceLock<std::time::Duration>,
 }
 
 impl QuicHandshake {
     fn complete(&self) {
+        let _ = self.took.set(self.begun.elapsed());
         self.done.store(true, Ordering::Release);
         self.notify.notify_waiters();
     }
 }
 
 impl crate::exchange::Handshake for QuicHandshake {
+    fn transport(&self) -> Option<crate::exchange::TransportFacts> {
+        Some(crate::exchange::TransportFacts {
+            rtt: self.conn.rtt(),
+            zero_rtt: self.early_seen.load(Ordering::Relaxed),
+            handshake: self.took.get().copied(),
+        })
+    }
+
     fn is_complete(&self) -> bool {
         // Keying material can be exported only once the handshake is
         // complete: exact even before the connection task has noticed.

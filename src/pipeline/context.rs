@@ -59,6 +59,7 @@ impl<'a> Ctx<'a> {
                 .iter()
                 .any(|n| n.contains(&peer));
             end.traced(tracer.begin(&req.headers, trusted));
+            end.facts.connection = req.connection.clone();
         }
         Ctx {
             state,

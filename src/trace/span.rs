@@ -46,6 +46,8 @@ pub struct RequestEnd<'a> {
     pub cost_usd: Option<f64>,
     /// When the first token reached the relay.
     pub first_token: Option<Instant>,
+    /// The QUIC connection's facts (HTTP/3).
+    pub transport: Option<crate::exchange::TransportFacts>,
 }
 
 impl RequestTrace {
@@ -215,6 +217,19 @@ impl RequestTrace {
             a.push(KeyValue::new("client.address", end.client.to_string()));
         }
         a.extend(usage);
+        if let Some(t) = end.transport {
+            a.push(KeyValue::new(
+                "h3gate.quic.rtt_ms",
+                t.rtt.as_secs_f64() * 1000.0,
+            ));
+            a.push(KeyValue::new("h3gate.quic.zero_rtt", t.zero_rtt));
+            if let Some(h) = t.handshake {
+                a.push(KeyValue::new(
+                    "h3gate.quic.handshake_ms",
+                    h.as_secs_f64() * 1000.0,
+                ));
+            }
+        }
         if let Some(cost) = end.cost_usd {
             a.push(KeyValue::new("h3gate.cost_usd", cost));
         }

@@ -91,6 +91,7 @@ pub(super) async fn request(resolver: RequestResolver<streams::Connection, Bytes
         protocol: Protocol::Http3,
         peer,
         handshake: None,
+        connection: Some(ctx.handshake.clone()),
     };
     use crate::exchange::Handshake as _;
     if !ctx.handshake.is_complete() {
