@@ -108,6 +108,7 @@ pub(super) fn decode_text(
     section!(audit);
     section!(cluster);
     section!(spend);
+    section!(tracing);
     config.providers = decode_array(table.remove("providers"), "providers", &mut problems);
     config.routes = decode_array(table.remove("routes"), "routes", &mut problems);
     config.prices = decode_array(table.remove("prices"), "prices", &mut problems);

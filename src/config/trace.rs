@@ -46,7 +46,7 @@ pub struct TracingConfig {
     /// Record the client's address (`client.address`). Default false.
     pub record_client_address: bool,
     /// Spans waiting for export; beyond it they are dropped and counted
-    /// (`h3gate_trace_spans_dropped_total`). Default 4096.
+    /// (`h3gate_trace_spans_total{result="dropped"}`). Default 4096.
     pub queue_size: usize,
     /// Spans per export request. Default 512.
     pub batch_size: usize,
@@ -221,5 +221,19 @@ mod tests {
             "https://c/otlp/v1/traces"
         );
         assert_eq!(traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+    }
+
+    #[test]
+    fn a_config_file_with_a_tracing_section_loads() {
+        let text = "[tracing]\nendpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.5\n\
+                    trust_incoming = \"never\"\nheaders = { authorization = \"Bearer ${T}\" }\n";
+        let env = |name: &str| (name == "T").then(|| "x".to_string());
+        let (c, problems) = super::super::load::decode_text(text, std::path::Path::new("."), &env)
+            .expect("[tracing] is a known section");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(c.tracing.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(c.tracing.sample_ratio, Some(0.5));
+        assert_eq!(c.tracing.trust_incoming, TrustIncoming::Never);
+        assert_eq!(c.tracing.headers["authorization"].expose(), "Bearer x");
     }
 }
