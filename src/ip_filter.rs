@@ -60,12 +60,30 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
         .unwrap_or(peer_ip)
 }
 
+/// Whether the socket peer is one of the `trusted` proxies (an IPv4 peer
+/// seen as IPv4-mapped IPv6 included).
+pub fn trusted_peer(peer: SocketAddr, trusted: &[IpNet]) -> bool {
+    let ip = canonical(peer.ip());
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
         s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_mapped_ipv4_peer_is_a_trusted_proxy() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert!(trusted_peer(
+            "[::ffff:10.1.2.3]:443".parse().unwrap(),
+            &trusted
+        ));
+        assert!(trusted_peer("10.1.2.3:443".parse().unwrap(), &trusted));
+        assert!(!trusted_peer("192.0.2.1:443".parse().unwrap(), &trusted));
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl<'a> Ctx<'a> {
             &req.headers,
             &state.config.network.trusted_proxies,
         );
-        let end = Ending::begin(
+        let mut end = Ending::begin(
             request_id(&req.headers),
             req.protocol,
             req.method.clone(),
@@ -49,15 +49,8 @@ impl<'a> Ctx<'a> {
             client,
             state.metrics.clone(),
         );
-        let mut end = end;
         if let Some(tracer) = &state.tracer {
-            let peer = req.peer.ip();
-            let trusted = state
-                .config
-                .network
-                .trusted_proxies
-                .iter()
-                .any(|n| n.contains(&peer));
+            let trusted = ip_filter::trusted_peer(req.peer, &state.config.network.trusted_proxies);
             end.traced(tracer.begin(&req.headers, trusted));
             end.facts.connection = req.connection.clone();
         }

@@ -327,7 +327,12 @@ impl<'a> Failover<'a> {
                 ));
             }
         }
-        let name = format!("{} {}", call.endpoint.operation(), prepared.model);
+        // An unsampled span is never exported: no name to build.
+        let name = if trace.sampled() {
+            format!("{} {}", call.endpoint.operation(), prepared.model)
+        } else {
+            String::new()
+        };
         let span = trace.attempt(attributes, name);
         if common.propagate_trace {
             prepared.trace_context = Some((span.traceparent(), span.tracestate()));
