@@ -101,6 +101,7 @@ fn main() {
         request_id: Arc::from("bench"),
         early_data: false,
         trace: None,
+        headers: Default::default(),
         drop_unsupported: false,
     };
     let before = peak_kib();

@@ -25,10 +25,10 @@ use serde::{Deserialize, Serialize};
 pub use cluster::{ClusterConfig, OnRedisError};
 pub(crate) use load::load_section;
 pub use problem::{ConfigError, Problem};
-pub use provider::{MockConfig, ProviderConfig, ProviderKind, ProviderTimeouts};
 pub use protection::{
     AbuseConfig, AuditConfig, AuthConfig, CorsConfig, NetworkConfig, RateLimitConfig,
 };
+pub use provider::{MockConfig, ProviderConfig, ProviderKind, ProviderTimeouts};
 pub use resilience::{
     AdmissionConfig, BreakerConfig, HealthCheckConfig, RetryConfig, Strategy, TargetConfig,
 };
@@ -371,7 +371,6 @@ impl Default for LogConfig {
         }
     }
 }
-
 
 /// `[[routes]]`: a model name (exact, glob like `gpt-*`, or `*`) and its targets, in order.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -133,6 +133,7 @@ async fn proxy(
     // RFC 8470: an intermediary forwarding early data says so (and keeps an
     // incoming `Early-Data: 1`).
     let early = req.headers.get("early-data").is_some_and(|v| v == "1");
+    let forwarded = forwarded_headers(&ctx.state.forwardable, &req.headers);
     let ahead = intake::admit(ctx, &mut req.body).await?;
     let intake = intake::take_in(ctx, req, endpoint, ahead).await?;
     protect::authorize(ctx.key(), scope, Some(&intake.model))?;
@@ -140,7 +141,8 @@ async fn proxy(
     limit(ctx, &intake, route.as_deref()).await?;
     let route = route.ok_or_else(|| GatewayError::ModelNotFound(intake.model.clone()))?;
     ctx.end.facts.route = Some(route.clone());
-    let call = upstream_call(ctx, intake, endpoint, &route, early);
+    let mut call = upstream_call(ctx, intake, endpoint, &route, early);
+    call.headers = forwarded;
     forward(ctx, route, call).await
 }
 
@@ -219,7 +221,20 @@ fn upstream_call(
         request_id: ctx.request_id.clone(),
         early_data: ctx.end.facts.early || early,
         trace: ctx.end.facts.trace.clone(),
+        headers: http::HeaderMap::new(),
     }
+}
+
+/// The client's headers that some provider takes (each sends its own
+/// allowlist's); none, without allocating, when the client sent none.
+fn forwarded_headers(names: &[http::HeaderName], headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    for name in names {
+        for v in headers.get_all(name) {
+            out.append(name.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// Forwards with failover, and relays the answer. A streamed request on a

@@ -3,7 +3,9 @@
 //! [`UpstreamResponse`] whose body streams as the provider produces it.
 
 pub mod anthropic;
+pub mod azure;
 pub mod client;
+pub mod keys;
 pub mod mock;
 pub mod ollama;
 pub mod openai;
@@ -27,6 +29,7 @@ use crate::exchange::Body;
 use crate::metrics::ProviderMetrics;
 use crate::translate::{self, Conversion, TranslateError};
 pub use client::HttpClients;
+pub use keys::retry_after;
 
 /// The API operation a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +128,9 @@ pub struct UpstreamCall {
     pub drop_unsupported: bool,
     /// The request's trace (each attempt a span of it), with `[tracing]` on.
     pub trace: Option<Arc<crate::trace::RequestTrace>>,
+    /// The client's headers some provider passes on (`forward_headers`,
+    /// `anthropic-beta`, `openai-beta`); each provider sends its own.
+    pub headers: HeaderMap,
 }
 
 /// One attempt's request, in the provider's API: what [`Provider::prepare`]
@@ -141,6 +147,8 @@ pub struct Prepared {
     /// This attempt's `traceparent` (and the caller's `tracestate`), for a
     /// provider trace context is sent to.
     pub trace_context: Option<(http::HeaderValue, Option<http::HeaderValue>)>,
+    /// The pool key it must go with (a stored response's), else the next.
+    pub key: Option<usize>,
 }
 
 impl Prepared {
@@ -166,6 +174,8 @@ pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Body,
+    /// The pool key that was sent (its index), if any.
+    pub key: Option<usize>,
 }
 
 /// Why an upstream attempt failed before a response arrived.
@@ -212,6 +222,7 @@ impl Common {
                 ProviderKind::Openai => "openai",
                 ProviderKind::Anthropic => "anthropic",
                 ProviderKind::Ollama => "ollama",
+                ProviderKind::Azure => "az.ai.openai",
                 ProviderKind::Mock => "mock",
             },
             propagate_trace: cfg.propagates_trace(),
@@ -258,6 +269,7 @@ pub enum Provider {
     OpenAi(openai::OpenAi),
     Anthropic(anthropic::Anthropic),
     Ollama(ollama::Ollama),
+    Azure(azure::Azure),
     Mock(mock::Mock),
 }
 
@@ -272,6 +284,7 @@ impl Provider {
                 Provider::Anthropic(anthropic::Anthropic::new(common, cfg, clients)?)
             }
             ProviderKind::Ollama => Provider::Ollama(ollama::Ollama::new(common, cfg, clients)?),
+            ProviderKind::Azure => Provider::Azure(azure::Azure::new(common, cfg, clients)?),
             ProviderKind::Mock => Provider::Mock(mock::Mock::new(common, cfg)),
         })
     }
@@ -281,6 +294,7 @@ impl Provider {
             Provider::OpenAi(p) => &p.common,
             Provider::Anthropic(p) => &p.common,
             Provider::Ollama(p) => &p.common,
+            Provider::Azure(p) => &p.common,
             Provider::Mock(p) => &p.common,
         }
     }
@@ -300,7 +314,7 @@ impl Provider {
     /// The API this provider speaks for `endpoint` (the mock speaks both).
     fn native_api(&self, endpoint: Endpoint) -> Api {
         match self {
-            Provider::OpenAi(_) | Provider::Ollama(_) => Api::OpenAi,
+            Provider::OpenAi(_) | Provider::Ollama(_) | Provider::Azure(_) => Api::OpenAi,
             Provider::Anthropic(_) => Api::Anthropic,
             Provider::Mock(_) => endpoint.api(),
         }
@@ -312,6 +326,7 @@ impl Provider {
             Provider::OpenAi(p) => p.client.health_check(path).await,
             Provider::Anthropic(p) => p.client.health_check(path).await,
             Provider::Ollama(p) => p.client.health_check(path).await,
+            Provider::Azure(p) => p.client.health_check(path).await,
             Provider::Mock(_) => true,
         }
     }
@@ -334,6 +349,10 @@ impl Provider {
         let translated =
             |v: Result<Vec<u8>, TranslateError>| v.map(Bytes::from).map_err(PrepareError::Invalid);
         let (endpoint, body, conversion) = match (call.endpoint, native) {
+            // Azure has deployments, not a model catalogue.
+            (Endpoint::Model, _) if matches!(self, Provider::Azure(_)) => {
+                return Err(PrepareError::Unsupported)
+            }
             (Endpoint::Model, Api::OpenAi) => (Endpoint::Model, Bytes::new(), Conversion::None),
             (Endpoint::Model, Api::Anthropic) => {
                 (Endpoint::Model, Bytes::new(), Conversion::ModelToOpenAi)
@@ -375,6 +394,7 @@ impl Provider {
             stream: call.stream,
             conversion,
             trace_context: None,
+            key: None,
         })
     }
 
@@ -388,6 +408,7 @@ impl Provider {
             Provider::OpenAi(p) => p.client.send(call, prepared).await,
             Provider::Anthropic(p) => p.client.send(call, prepared).await,
             Provider::Ollama(p) => p.client.send(call, prepared).await,
+            Provider::Azure(p) => p.client.send(call, prepared).await,
             Provider::Mock(p) => p.send(prepared).await,
         }
     }

@@ -25,6 +25,9 @@ pub struct State {
     pub config: Arc<Config>,
     pub router: Router,
     pub providers: HashMap<String, Arc<Provider>>,
+    /// Client headers some provider takes (`forward_headers` and each
+    /// kind's own): the only client headers a call carries upstream.
+    pub forwardable: Vec<http::HeaderName>,
     pub metrics: Arc<Metrics>,
     /// Gateway-wide admission: bounded concurrency and wait queue.
     pub admission: Arc<Gate>,
@@ -74,6 +77,13 @@ impl State {
             providers.insert(pc.name.clone(), Arc::new(provider));
         }
         let router = Router::new(&config, &providers);
+        let mut forwardable: Vec<http::HeaderName> = Vec::new();
+        for h in config.providers.iter().flat_map(|p| p.forwarded_headers()) {
+            match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) if !forwardable.contains(&name) => forwardable.push(name),
+                _ => {}
+            }
+        }
         let a = &config.admission;
         let admission = Arc::new(Gate::new(
             "gateway",
@@ -130,6 +140,7 @@ impl State {
             config: Arc::new(config),
             router,
             providers,
+            forwardable,
             metrics: Arc::new(Metrics::default()),
             admission,
             clients,
@@ -240,7 +251,7 @@ impl State {
 fn leave_out_keyless_optional_providers(config: &mut Config) {
     let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut config.providers)
         .into_iter()
-        .partition(|p| p.optional && p.api_key.is_empty());
+        .partition(|p| p.optional && !p.has_credentials());
     config.providers = kept;
     if out.is_empty() {
         return;

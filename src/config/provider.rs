@@ -13,6 +13,11 @@ pub enum ProviderKind {
     Anthropic,
     /// Ollama through its OpenAI-compatible `/v1` (no key needed).
     Ollama,
+    /// Azure OpenAI: `base_url` is the resource's endpoint
+    /// (`https://NAME.openai.azure.com`), the target's model names the
+    /// deployment, `api_version` goes in every URL, the key in `api-key`
+    /// (or a bearer token from `token_file`).
+    Azure,
     /// Built-in mock that answers like OpenAI or Anthropic, in-process.
     Mock,
 }
@@ -24,7 +29,7 @@ impl ProviderKind {
             ProviderKind::Openai => "https://api.openai.com/v1",
             ProviderKind::Anthropic => "https://api.anthropic.com/v1",
             ProviderKind::Ollama => "http://127.0.0.1:11434/v1",
-            ProviderKind::Mock => "",
+            ProviderKind::Azure | ProviderKind::Mock => "",
         }
     }
 }
@@ -41,6 +46,22 @@ pub struct ProviderConfig {
     pub base_url: String,
     /// Sent as `Authorization: Bearer` (Anthropic: `x-api-key`). Use `${OPENAI_API_KEY}`.
     pub api_key: Secret,
+    /// More keys for the same provider: requests are spread over `api_key`
+    /// and these; a key answered 429 rests for its `Retry-After`, one
+    /// answered 401/403 until reload, while the others serve.
+    pub api_keys: Vec<Secret>,
+    /// A file holding a bearer token (sent as `Authorization: Bearer`),
+    /// read again when it changes: Azure workload identity, or any
+    /// OpenAI-compatible server behind a token-checking proxy. Instead of
+    /// `api_key`.
+    pub token_file: Option<std::path::PathBuf>,
+    /// Azure's `api-version` query parameter (kind = "azure"; required there).
+    pub api_version: String,
+    /// Client request headers passed on to this provider, besides its
+    /// kind's own (`anthropic-beta` to Anthropic, `openai-beta` to OpenAI,
+    /// Azure and OpenAI-compatible servers). Every other client header
+    /// stays behind. E.g. `["OpenAI-Organization", "OpenAI-Project"]`.
+    pub forward_headers: Vec<String>,
     /// Left out while `api_key` is empty (e.g. `"${ANTHROPIC_API_KEY:-}"`
     /// with the variable unset): routes skip it, and a route left without
     /// targets is dropped. For example configurations where only some
@@ -77,6 +98,10 @@ impl Default for ProviderConfig {
             kind: ProviderKind::Openai,
             base_url: String::new(),
             api_key: Secret::default(),
+            api_keys: Vec::new(),
+            token_file: None,
+            api_version: String::new(),
+            forward_headers: Vec::new(),
             optional: false,
             headers: Default::default(),
             anthropic_version: "2023-06-01".into(),
@@ -98,6 +123,36 @@ impl ProviderConfig {
         let public = matches!(self.kind, ProviderKind::Openai | ProviderKind::Anthropic)
             && self.base_url.is_empty();
         self.propagate_trace.unwrap_or(!public)
+    }
+
+    /// Whether it has any credential (`api_key`, `api_keys`, `token_file`).
+    pub fn has_credentials(&self) -> bool {
+        !self.api_key.is_empty()
+            || self.api_keys.iter().any(|k| !k.is_empty())
+            || self.token_file.is_some()
+    }
+
+    /// `api_key` and `api_keys`, as one pool.
+    pub fn keys(&self) -> impl Iterator<Item = Secret> + '_ {
+        std::iter::once(self.api_key.clone()).chain(self.api_keys.iter().cloned())
+    }
+
+    /// The client headers its kind passes on, plus `forward_headers`
+    /// (lowercase).
+    pub fn forwarded_headers(&self) -> Vec<String> {
+        let own: &[&str] = match self.kind {
+            ProviderKind::Anthropic => &["anthropic-beta"],
+            ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Ollama => &["openai-beta"],
+            ProviderKind::Mock => &["openai-beta", "anthropic-beta"],
+        };
+        let mut all: Vec<String> = own.iter().map(|s| s.to_string()).collect();
+        for h in &self.forward_headers {
+            let h = h.to_ascii_lowercase();
+            if !all.contains(&h) {
+                all.push(h);
+            }
+        }
+        all
     }
 
     /// `base_url`, or the kind's default when unset.

@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 
 use super::problem::Problem;
+
+mod credentials;
 use super::{Config, ProviderConfig, ProviderKind};
+use credentials::check_provider_credentials;
 
 /// The largest value a QUIC variable-length integer can carry (2^62 - 1).
 const VARINT_MAX: u64 = (1 << 62) - 1;
@@ -253,6 +256,7 @@ fn check_providers(c: &Config, p: &mut Problems) {
         }
         check_provider_endpoint(provider, &at, p);
         check_provider_failures(provider, &at, p);
+        check_provider_credentials(provider, &at, p);
     }
 }
 
@@ -525,10 +529,10 @@ fn check_routes(c: &Config, p: &mut Problems) {
 }
 
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             path: path.into(),
             message: message.into(),

@@ -236,6 +236,11 @@ pub const PROVIDER_HEALTHY: Def<Gauge, 1> = Def::gauge(
     &["provider"],
     "1 if the provider passes its active health checks (or has none).",
 );
+pub const PROVIDER_KEY_RESTS: Def<Counter, 3> = Def::counter(
+    "h3gate_provider_key_rests_total",
+    &["provider", "key", "reason"],
+    "A provider's pool key set aside: rate_limited (answered 429, rests for its Retry-After) or refused (answered 401/403, out until reload). `key` is the key's id (a hash), never the key.",
+);
 pub const ADMISSION_QUEUE_DEPTH: Def<Gauge, 1> = Def::gauge(
     "h3gate_admission_queue_depth",
     &["scope"],
@@ -462,6 +467,7 @@ pub const FAMILIES: &[Family] = &[
     TOKENS.family(),
     BREAKER_STATE.family(),
     PROVIDER_HEALTHY.family(),
+    PROVIDER_KEY_RESTS.family(),
     ADMISSION_QUEUE_DEPTH.family(),
     ADMISSION_WAIT.family(),
     ADMISSION_SHED.family(),

@@ -20,18 +20,12 @@ impl Anthropic {
         cfg: &ProviderConfig,
         clients: &mut HttpClients,
     ) -> Result<Self, String> {
-        let auth = (!cfg.api_key.is_empty()).then(|| {
-            (
-                HeaderName::from_static("x-api-key"),
-                cfg.api_key.expose().to_string(),
-            )
-        });
         Ok(Anthropic {
             common,
             client: Upstream::new(
                 cfg,
                 clients,
-                auth,
+                (HeaderName::from_static("x-api-key"), ""),
                 &[("anthropic-version", cfg.anthropic_version.as_str())],
             )?,
         })

@@ -9,6 +9,7 @@ use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::{BodyExt, StreamBody};
 
+use super::keys::{Credentials, Pick};
 use super::{Endpoint, Prepared, UpstreamCall, UpstreamError, UpstreamResponse};
 use crate::config::ProviderConfig;
 use crate::exchange::BodyError;
@@ -48,13 +49,28 @@ impl HttpClients {
     }
 }
 
-/// One HTTP upstream: base URL, the headers every request carries
-/// (credentials marked sensitive), the pooled client.
+/// Where a kind's endpoints are below its base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paths {
+    /// `{base_url}{endpoint path}` (the base URL holds the version, `/v1`).
+    Versioned,
+    /// Azure OpenAI: `{base_url}/openai/deployments/{deployment}{endpoint
+    /// path}?api-version={version}`, the target's model naming the deployment.
+    Azure { api_version: String },
+}
+
+/// One HTTP upstream: base URL, the headers every request carries, its
+/// credentials (a key pool or a token file), the client headers it takes,
+/// the pooled client.
 pub struct Upstream {
     base_url: String,
+    paths: Paths,
     /// `base_url` + each fixed endpoint path, parsed once (not per request).
     urls: Vec<(Endpoint, reqwest::Url)>,
     headers: HeaderMap,
+    credentials: Credentials,
+    /// Client request headers passed on (lowercase names).
+    forwarded: Vec<HeaderName>,
     client: reqwest::Client,
     first_byte: Duration,
 }
@@ -64,17 +80,29 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("base_url", &self.base_url)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
 
 impl Upstream {
-    /// `auth`: the credential header (name, value), if the provider has a key.
+    /// `auth`: the header the provider's keys go in, and the prefix before
+    /// each key (`Bearer `, or none).
     pub fn new(
         cfg: &ProviderConfig,
         clients: &mut HttpClients,
-        auth: Option<(HeaderName, String)>,
+        auth: (HeaderName, &'static str),
         fixed: &[(&'static str, &str)],
+    ) -> Result<Upstream, String> {
+        Upstream::with_paths(cfg, clients, auth, fixed, Paths::Versioned)
+    }
+
+    pub fn with_paths(
+        cfg: &ProviderConfig,
+        clients: &mut HttpClients,
+        auth: (HeaderName, &'static str),
+        fixed: &[(&'static str, &str)],
+        paths: Paths,
     ) -> Result<Upstream, String> {
         let bad = |what: &str| format!("provider {}: {what} contains invalid characters", cfg.name);
         let mut headers = HeaderMap::new();
@@ -88,77 +116,154 @@ impl Upstream {
             v.set_sensitive(true);
             headers.insert(name, v);
         }
-        if let Some((name, value)) = auth {
-            let mut v = HeaderValue::try_from(value).map_err(|_| bad("api_key"))?;
-            v.set_sensitive(true);
-            headers.insert(name, v);
-        }
+        let credentials = Credentials::new(
+            &cfg.name,
+            auth.0,
+            auth.1,
+            cfg.keys(),
+            cfg.token_file.as_deref(),
+        )?;
+        let forwarded = cfg
+            .forwarded_headers()
+            .iter()
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
         let base_url = cfg.base_url().trim_end_matches('/').to_string();
-        let urls = [
-            Endpoint::ChatCompletions,
-            Endpoint::Completions,
-            Endpoint::Embeddings,
-            Endpoint::Messages,
-            Endpoint::CountTokens,
-        ]
-        .into_iter()
-        .filter_map(|e| {
-            Some((
-                e,
-                reqwest::Url::parse(&format!("{base_url}{}", e.path())).ok()?,
-            ))
-        })
-        .collect();
+        let urls = match paths {
+            Paths::Versioned => [
+                Endpoint::ChatCompletions,
+                Endpoint::Completions,
+                Endpoint::Embeddings,
+                Endpoint::Messages,
+                Endpoint::CountTokens,
+            ]
+            .into_iter()
+            .filter_map(|e| {
+                Some((
+                    e,
+                    reqwest::Url::parse(&format!("{base_url}{}", e.path())).ok()?,
+                ))
+            })
+            .collect(),
+            Paths::Azure { .. } => Vec::new(),
+        };
         Ok(Upstream {
             urls,
             base_url,
+            paths,
             headers,
+            credentials,
+            forwarded,
             client: clients.get(cfg.timeouts.connect.get())?,
             first_byte: cfg.timeouts.first_byte.get(),
         })
     }
 
-    /// An upstream authenticated with `Authorization: Bearer <api_key>`
-    /// (when the provider has a key): OpenAI and every compatible server.
+    /// An upstream authenticated with `Authorization: Bearer <key>` (when
+    /// the provider has keys): OpenAI and every compatible server.
     pub fn bearer(cfg: &ProviderConfig, clients: &mut HttpClients) -> Result<Upstream, String> {
-        let auth = (!cfg.api_key.is_empty()).then(|| {
-            (
-                header::AUTHORIZATION,
-                format!("Bearer {}", cfg.api_key.expose()),
-            )
-        });
-        Upstream::new(cfg, clients, auth, &[])
+        Upstream::new(cfg, clients, (header::AUTHORIZATION, "Bearer "), &[])
     }
 
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The URL of a prepared call.
+    fn url(&self, prepared: &Prepared) -> Result<reqwest::Url, UpstreamError> {
+        if let Some((_, url)) = self.urls.iter().find(|(e, _)| *e == prepared.endpoint) {
+            return Ok(url.clone());
+        }
+        let bad = |e: url::ParseError| UpstreamError::Failed(e.to_string());
+        match &self.paths {
+            Paths::Versioned => {
+                let mut url = reqwest::Url::parse(&self.base_url).map_err(bad)?;
+                push_path(&mut url, prepared.endpoint.path(), &prepared.model);
+                Ok(url)
+            }
+            Paths::Azure { api_version } => {
+                let mut url = reqwest::Url::parse(&self.base_url).map_err(bad)?;
+                push_path(&mut url, "/openai/deployments/", "");
+                if let Ok(mut segments) = url.path_segments_mut() {
+                    segments.pop_if_empty().push(&prepared.model);
+                }
+                push_path(&mut url, prepared.endpoint.path(), "");
+                url.query_pairs_mut()
+                    .append_pair("api-version", api_version);
+                Ok(url)
+            }
+        }
+    }
+
+    /// Sends one attempt with the next key of the pool; a key answered
+    /// 429 or 401/403 is rested and the next one tried, while one is left.
     pub async fn send(
         &self,
         call: &UpstreamCall,
         prepared: &Prepared,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let url = match self.urls.iter().find(|(e, _)| *e == prepared.endpoint) {
-            Some((_, url)) => url.clone(),
-            None => {
-                let url = format!(
-                    "{}{}{}",
-                    self.base_url,
-                    prepared.endpoint.path(),
-                    prepared.model
-                );
-                reqwest::Url::parse(&url).map_err(|e| UpstreamError::Failed(e.to_string()))?
+        let url = self.url(prepared)?;
+        let tries = self.credentials.pool_size().max(1);
+        for attempt in 0..tries {
+            let pick = match prepared.key {
+                Some(index) => self
+                    .credentials
+                    .pinned(index)
+                    .map_or(Pick::Refused, |v| Pick::Key(index, v)),
+                None => self.credentials.pick(),
+            };
+            let (index, auth) =
+                match pick {
+                    Pick::Anonymous => (None, None),
+                    Pick::Key(index, value) => (Some(index), Some(value)),
+                    Pick::Resting(wait) => return Ok(all_resting(wait)),
+                    Pick::Refused => return Err(UpstreamError::Failed(
+                        "every API key of this provider was refused (401/403): fix them and reload"
+                            .into(),
+                    )),
+                };
+            let resp = self.send_once(call, prepared, url.clone(), auth).await?;
+            let another = prepared.key.is_none()
+                && index.is_some_and(|i| self.credentials.answered(i, resp.status, &resp.headers));
+            if another && attempt + 1 < tries {
+                continue;
             }
-        };
+            return Ok(UpstreamResponse { key: index, ..resp });
+        }
+        Err(UpstreamError::Failed(
+            "no API key of this provider could serve".into(),
+        ))
+    }
+
+    async fn send_once(
+        &self,
+        call: &UpstreamCall,
+        prepared: &Prepared,
+        url: reqwest::Url,
+        auth: Option<HeaderValue>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let accept = if prepared.stream {
             "text/event-stream"
         } else {
             "application/json"
         };
+        let method = prepared.endpoint.method();
+        let mut headers = self.headers.clone();
+        for name in &self.forwarded {
+            for v in call.headers.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        if let Some(auth) = auth {
+            headers.insert(self.credentials.header().clone(), auth);
+        }
         let mut req = self
             .client
-            .request(prepared.endpoint.method(), url)
-            .headers(self.headers.clone())
+            .request(method.clone(), url)
+            .headers(headers)
             .header(header::ACCEPT, accept)
             .header("x-request-id", &*call.request_id);
-        if prepared.endpoint.method() == http::Method::POST {
+        if method == http::Method::POST {
             req = req
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(prepared.body.clone());
@@ -192,6 +297,7 @@ impl Upstream {
             status,
             headers,
             body: StreamBody::new(stream).boxed_unsync(),
+            key: None,
         })
     }
 
@@ -224,4 +330,38 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// `url` with `path` (and `then`, one segment, when not empty) appended
+/// below its own path, each segment percent-encoded as needed.
+fn push_path(url: &mut reqwest::Url, path: &str, then: &str) {
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            segments.push(part);
+        }
+        if !then.is_empty() {
+            segments.push(then);
+        }
+    }
+}
+
+/// The answer when every key of the pool is resting after a 429: a 429
+/// in OpenAI's shape with the soonest key's wait (routing cools the target
+/// down for it and fails over meanwhile).
+fn all_resting(wait: Duration) -> UpstreamResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    let body = r#"{"error":{"message":"every API key of this provider is resting after a rate limit","type":"rate_limit_error","code":"rate_limit_exceeded"}}"#;
+    UpstreamResponse {
+        status: http::StatusCode::TOO_MANY_REQUESTS,
+        headers,
+        body: crate::exchange::full(bytes::Bytes::from_static(body.as_bytes())),
+        key: None,
+    }
 }

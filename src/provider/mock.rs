@@ -200,6 +200,7 @@ impl Mock {
             status: StatusCode::OK,
             headers,
             body: StreamBody::new(stream).boxed_unsync(),
+            key: None,
         })
     }
 }
@@ -214,6 +215,7 @@ fn json_response(v: Value) -> UpstreamResponse {
         status: StatusCode::OK,
         headers,
         body: full(v.to_string()),
+        key: None,
     }
 }
 

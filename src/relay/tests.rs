@@ -127,6 +127,7 @@ async fn forwarded(route: &Route, case: &Case, body: Body) -> Forwarded {
         request_id: "req-relay".into(),
         early_data: false,
         trace: None,
+        headers: Default::default(),
         drop_unsupported: false,
     };
     let mut done = forward(route, &call, &RetryConfig::default()).await;

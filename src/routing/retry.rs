@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 /// Upstream statuses worth another attempt (the request was not processed,
 /// or the provider is overloaded). Never 400/401/403/404/422: those, and
@@ -25,21 +25,12 @@ pub fn backoff(retry: u32, base: Duration, max: Duration) -> Duration {
     ceiling.mul_f64(fastrand::f64())
 }
 
-/// The upstream's `retry-after-ms` or `retry-after` (seconds), if any.
-/// (HTTP-date values are not used by LLM providers and are ignored.)
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let get = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
-    if let Some(ms) = get("retry-after-ms").filter(|v| v.is_finite() && *v >= 0.0) {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
-    }
-    get("retry-after")
-        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 86_400.0)
-        .map(Duration::from_secs_f64)
-}
+pub use crate::provider::retry_after;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     #[test]
     fn classification() {

@@ -147,6 +147,7 @@ fn call() -> UpstreamCall {
         request_id: "req-test".into(),
         early_data: false,
         trace: None,
+        headers: Default::default(),
         drop_unsupported: false,
     }
 }
@@ -360,6 +361,7 @@ fn answer(status: u16) -> Sent {
         status: StatusCode::from_u16(status).unwrap(),
         headers: HeaderMap::new(),
         body: crate::exchange::empty(),
+        key: None,
     }))
 }
 

@@ -23,6 +23,15 @@
 //! | `status-NNN`     | an OpenAI-shaped error with status NNN (message holds a fake key) |
 //! | `status-NNN-raS` | the same, with `Retry-After: S`                                   |
 //! | `flaky-PCT`      | PCT % of requests fail: half 503, half a cut body                 |
+//!
+//! Whatever the model, a credential (`Authorization: Bearer …` or Azure's
+//! `api-key`) holding `ratelimited` is answered 429 with `Retry-After: 30`,
+//! one holding `revoked` 401, as OpenAI answers them.
+//!
+//! It is also an Azure OpenAI resource: `/openai/deployments/{deployment}/…`
+//! answers as the same path below `/v1` does, with the deployment as the
+//! model when the body names none; without `?api-version=` it answers 404
+//! as Azure does.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +58,8 @@ type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 pub struct Seen {
     pub at: tokio::time::Instant,
     pub path: String,
+    /// The query string (empty without one).
+    pub query: String,
     pub headers: http::HeaderMap,
     pub body: Value,
 }
@@ -145,16 +156,29 @@ async fn handle(
     s.seen.lock().unwrap().push(Seen {
         at: tokio::time::Instant::now(),
         path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
         headers: parts.headers.clone(),
         body: json.clone(),
     });
-    let model = json["model"].as_str().unwrap_or("").to_string();
-    let stream = json["stream"].as_bool().unwrap_or(false);
-    let anthropic = parts.headers.contains_key("anthropic-version");
-    if let Some(resp) = fixed_answer(parts.uri.path(), anthropic) {
+    let (path, deployment) = match azure_path(&parts.uri) {
+        Some(Ok((path, deployment))) => (path, Some(deployment)),
+        Some(Err(not_found)) => return Ok(not_found),
+        None => (parts.uri.path().to_string(), None),
+    };
+    if let Some(resp) = credential_error(&parts.headers) {
         return Ok(resp);
     }
-    let endpoint = endpoint_of(parts.uri.path());
+    let model = json["model"]
+        .as_str()
+        .map(str::to_string)
+        .or(deployment)
+        .unwrap_or_default();
+    let stream = json["stream"].as_bool().unwrap_or(false);
+    let anthropic = parts.headers.contains_key("anthropic-version");
+    if let Some(resp) = fixed_answer(&path, anthropic) {
+        return Ok(resp);
+    }
+    let endpoint = endpoint_of(&path);
     if let Some(resp) = flaky(&model).or_else(|| status_error(&model, endpoint)) {
         return Ok(resp);
     }
@@ -181,6 +205,41 @@ async fn handle(
         ));
     }
     Ok(stream_answer(model, endpoint, &json, answer, s))
+}
+
+/// An Azure deployment path as the `/v1` path it stands for, and the
+/// deployment; a 404 in Azure's shape without `api-version`.
+#[allow(clippy::result_large_err)]
+fn azure_path(uri: &http::Uri) -> Option<Result<(String, String), hyper::Response<RespBody>>> {
+    let rest = uri.path().strip_prefix("/openai/deployments/")?;
+    let (deployment, op) = rest.split_once('/')?;
+    if !uri.query().unwrap_or("").contains("api-version=") {
+        let body = r#"{"error":{"code":"404","message":"Resource not found"}}"#;
+        return Some(Err(respond(404, "application/json", full(body.into()))));
+    }
+    Some(Ok((format!("/v1/{op}"), deployment.to_string())))
+}
+
+/// 429 or 401 for a credential that says so (see the module's table).
+fn credential_error(headers: &http::HeaderMap) -> Option<hyper::Response<RespBody>> {
+    let credential = ["authorization", "api-key"]
+        .iter()
+        .filter_map(|h| headers.get(*h)?.to_str().ok())
+        .collect::<String>();
+    let (status, kind, code) = if credential.contains("ratelimited") {
+        (429, "requests", "rate_limit_exceeded")
+    } else if credential.contains("revoked") {
+        (401, "invalid_request_error", "invalid_api_key")
+    } else {
+        return None;
+    };
+    let body = serde_json::json!({"error": {"message": "test upstream refused this key", "type": kind, "param": null, "code": code}});
+    let mut resp = respond(status, "application/json", full(body.to_string()));
+    if status == 429 {
+        resp.headers_mut()
+            .insert("retry-after", "30".parse().unwrap());
+    }
+    Some(resp)
 }
 
 /// The answers that depend on the path alone: a model object, a token count.
