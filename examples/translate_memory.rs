@@ -102,6 +102,8 @@ fn main() {
         early_data: false,
         trace: None,
         headers: Default::default(),
+        pin: None,
+        owner: 0,
         drop_unsupported: false,
     };
     let before = peak_kib();

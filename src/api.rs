@@ -10,6 +10,9 @@ pub enum Api {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// OpenAI's Responses API: OpenAI's error shape, its own typed stream
+    /// events (`response.created` … `response.completed`, no `[DONE]`).
+    Responses,
 }
 
 /// Anthropic's error `type` for an HTTP status.
@@ -24,6 +27,15 @@ pub fn anthropic_error_type(status: u16) -> &'static str {
         s if s >= 500 => "api_error",
         _ => "invalid_request_error",
     }
+}
+
+/// A Responses API `error` event (it ends the stream; the SDKs raise it).
+pub fn responses_error_event(code: &str, message: &str) -> String {
+    crate::sse::encode(
+        Some("error"),
+        &serde_json::json!({"type": "error", "code": code, "message": message, "param": null, "sequence_number": 0})
+            .to_string(),
+    )
 }
 
 /// An Anthropic `error` event for a failure the gateway reports itself.

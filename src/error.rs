@@ -81,6 +81,8 @@ pub enum GatewayError {
     MethodNotAllowed(String),
     #[error("the model `{0}` does not exist or is not served by this gateway")]
     ModelNotFound(String),
+    #[error("No response found with id '{0}'.")]
+    ResponseNotFound(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
     #[error("the request body could not be read completely")]
@@ -160,7 +162,9 @@ impl GatewayError {
             GatewayError::ClientClosed => {
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            GatewayError::NotFound { .. } | GatewayError::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::NotFound { .. }
+            | GatewayError::ModelNotFound(_)
+            | GatewayError::ResponseNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UpstreamUnreachable(_)
@@ -194,6 +198,7 @@ impl GatewayError {
             | GatewayError::NotFound { .. }
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::ModelNotFound(_)
+            | GatewayError::ResponseNotFound(_)
             | GatewayError::PayloadTooLarge { .. } => "invalid_request_error",
             GatewayError::UpstreamUnreachable(_)
             | GatewayError::UpstreamTimeout(_)
@@ -228,6 +233,7 @@ impl GatewayError {
             GatewayError::NotFound { .. } => "not_found",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
             GatewayError::ModelNotFound(_) => "model_not_found",
+            GatewayError::ResponseNotFound(_) => "response_not_found",
             GatewayError::PayloadTooLarge { .. } => "request_too_large",
             GatewayError::UpstreamUnreachable(_) => "upstream_unreachable",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
@@ -294,7 +300,7 @@ impl GatewayError {
         let status = self.status();
         let upstream = matches!(self, GatewayError::Upstream { .. });
         match (api, status.as_u16()) {
-            (Api::OpenAi, 529) => StatusCode::SERVICE_UNAVAILABLE,
+            (Api::OpenAi | Api::Responses, 529) => StatusCode::SERVICE_UNAVAILABLE,
             (Api::Anthropic, 503) if upstream => StatusCode::from_u16(529).unwrap_or(status),
             _ => status,
         }
@@ -303,7 +309,7 @@ impl GatewayError {
     /// The response for a client of `api`, in that API's error shape.
     pub fn into_response_for(self, api: Api, request_id: &str) -> Response {
         match api {
-            Api::OpenAi => self.into_response(request_id),
+            Api::OpenAi | Api::Responses => self.into_response(request_id),
             Api::Anthropic => {
                 let body = self.anthropic_body(request_id);
                 let status = self.status_for(api);
@@ -363,6 +369,9 @@ impl GatewayError {
             }
             Api::Anthropic => {
                 crate::api::anthropic_error_event(self.status().as_u16(), &self.to_string())
+            }
+            Api::Responses => {
+                crate::api::responses_error_event(self.code().unwrap_or("error"), &self.to_string())
             }
         }
     }

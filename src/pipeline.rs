@@ -23,6 +23,7 @@
 mod context;
 mod intake;
 mod listing;
+mod stored;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -101,6 +102,7 @@ async fn dispatch(ctx: &mut Ctx<'_>, req: GatewayRequest) -> Result<Response, Ga
     ctx.end.facts.key = protect::authenticate(state, &req.headers)?;
     match (&req.method, endpoint) {
         (&Method::GET | &Method::HEAD, None) => listing::list_models(ctx).await,
+        (_, Some(endpoint)) if endpoint.is_stored() => stored::serve(ctx, req, endpoint).await,
         (m, Some(endpoint)) if *m == endpoint.method() => proxy(ctx, req, endpoint).await,
         (m, _) => Err(GatewayError::MethodNotAllowed(m.to_string())),
     }
@@ -135,14 +137,19 @@ async fn proxy(
     let early = req.headers.get("early-data").is_some_and(|v| v == "1");
     let forwarded = forwarded_headers(&ctx.state.forwardable, &req.headers);
     let ahead = intake::admit(ctx, &mut req.body).await?;
-    let intake = intake::take_in(ctx, req, endpoint, ahead).await?;
+    let mut intake = intake::take_in(ctx, req, endpoint, ahead).await?;
     protect::authorize(ctx.key(), scope, Some(&intake.model))?;
     let route = ctx.state.router.resolve(&intake.model).cloned();
+    let pin = match endpoint {
+        Endpoint::Responses => stored::previous_response(ctx, &mut intake, route.as_deref())?,
+        _ => None,
+    };
     limit(ctx, &intake, route.as_deref()).await?;
     let route = route.ok_or_else(|| GatewayError::ModelNotFound(intake.model.clone()))?;
     ctx.end.facts.route = Some(route.clone());
     let mut call = upstream_call(ctx, intake, endpoint, &route, early);
     call.headers = forwarded;
+    call.pin = pin;
     forward(ctx, route, call).await
 }
 
@@ -222,7 +229,16 @@ fn upstream_call(
         early_data: ctx.end.facts.early || early,
         trace: ctx.end.facts.trace.clone(),
         headers: http::HeaderMap::new(),
+        pin: None,
+        owner: owner(ctx),
     }
+}
+
+/// The client's gateway key as response ids carry it (0: none).
+fn owner(ctx: &Ctx<'_>) -> u32 {
+    ctx.key().map_or(0, |k| {
+        crate::translate::responses::ResponseTag::from_hex(&k.sha256)
+    })
 }
 
 /// The client's headers that some provider takes (each sends its own

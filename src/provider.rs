@@ -27,6 +27,7 @@ use crate::config::{
 };
 use crate::exchange::Body;
 use crate::metrics::ProviderMetrics;
+use crate::translate::responses::ResponseTag;
 use crate::translate::{self, Conversion, TranslateError};
 pub use client::HttpClients;
 pub use keys::retry_after;
@@ -43,6 +44,17 @@ pub enum Endpoint {
     CountTokens,
     /// `GET /v1/models/{model}`: one model, answered by its provider.
     Model,
+    /// OpenAI's Responses API, `POST /v1/responses`.
+    Responses,
+    /// `GET /v1/responses/{id}`: a stored response (the id as the upstream
+    /// knows it goes in [`UpstreamCall::model`]).
+    StoredResponse,
+    /// `DELETE /v1/responses/{id}`.
+    DeleteResponse,
+    /// `GET /v1/responses/{id}/input_items`.
+    ResponseInputItems,
+    /// `POST /v1/responses/{id}/cancel` (a background response).
+    CancelResponse,
 }
 
 impl Endpoint {
@@ -56,7 +68,32 @@ impl Endpoint {
             Endpoint::Messages => "/messages",
             Endpoint::CountTokens => "/messages/count_tokens",
             Endpoint::Model => "/models/",
+            Endpoint::Responses => "/responses",
+            Endpoint::StoredResponse
+            | Endpoint::DeleteResponse
+            | Endpoint::ResponseInputItems
+            | Endpoint::CancelResponse => "/responses/",
         }
+    }
+
+    /// What follows the id in a stored response's path.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Endpoint::ResponseInputItems => "/input_items",
+            Endpoint::CancelResponse => "/cancel",
+            _ => "",
+        }
+    }
+
+    /// One stored response's: reached by its id, not by a model's route.
+    pub fn is_stored(self) -> bool {
+        matches!(
+            self,
+            Endpoint::StoredResponse
+                | Endpoint::DeleteResponse
+                | Endpoint::ResponseInputItems
+                | Endpoint::CancelResponse
+        )
     }
 
     /// The public path this endpoint is served on.
@@ -70,14 +107,27 @@ impl Endpoint {
             p if p.len() > "/v1/models/".len() && p.starts_with("/v1/models/") => {
                 Some(Endpoint::Model)
             }
-            _ => None,
+            "/v1/responses" => Some(Endpoint::Responses),
+            p => match p.strip_prefix("/v1/responses/")?.split_once('/') {
+                None if p.len() > "/v1/responses/".len() => Some(Endpoint::StoredResponse),
+                Some((id, "input_items")) if !id.is_empty() => Some(Endpoint::ResponseInputItems),
+                Some((id, "cancel")) if !id.is_empty() => Some(Endpoint::CancelResponse),
+                _ => None,
+            },
         }
+    }
+
+    /// The stored response's id in a public path (`/v1/responses/{id}…`).
+    pub fn response_id(path: &str) -> &str {
+        let rest = path.strip_prefix("/v1/responses/").unwrap_or("");
+        rest.split('/').next().unwrap_or("")
     }
 
     /// The API whose wire format this endpoint speaks.
     pub fn api(self) -> Api {
         match self {
             Endpoint::Messages | Endpoint::CountTokens => Api::Anthropic,
+            e if e == Endpoint::Responses || e.is_stored() => Api::Responses,
             _ => Api::OpenAi,
         }
     }
@@ -86,7 +136,11 @@ impl Endpoint {
     /// `gen_ai.operation.name`, the semantic conventions' name for it.
     pub fn operation(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Messages => "chat",
+            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => "chat",
+            Endpoint::StoredResponse
+            | Endpoint::DeleteResponse
+            | Endpoint::ResponseInputItems
+            | Endpoint::CancelResponse => "responses",
             Endpoint::Completions => "text_completion",
             Endpoint::Embeddings => "embeddings",
             Endpoint::CountTokens => "count_tokens",
@@ -96,7 +150,10 @@ impl Endpoint {
 
     pub fn method(self) -> http::Method {
         match self {
-            Endpoint::Model => http::Method::GET,
+            Endpoint::Model | Endpoint::StoredResponse | Endpoint::ResponseInputItems => {
+                http::Method::GET
+            }
+            Endpoint::DeleteResponse => http::Method::DELETE,
             _ => http::Method::POST,
         }
     }
@@ -105,7 +162,10 @@ impl Endpoint {
     pub fn streams(self) -> bool {
         matches!(
             self,
-            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages
+            Endpoint::ChatCompletions
+                | Endpoint::Completions
+                | Endpoint::Messages
+                | Endpoint::Responses
         )
     }
 }
@@ -131,6 +191,11 @@ pub struct UpstreamCall {
     /// The client's headers some provider passes on (`forward_headers`,
     /// `anthropic-beta`, `openai-beta`); each provider sends its own.
     pub headers: HeaderMap,
+    /// A Responses call that must reach where a stored response lives
+    /// (`previous_response_id`, or a stored response's own path).
+    pub pin: Option<ResponseTag>,
+    /// The client's gateway key, as response ids carry it (0: none).
+    pub owner: u32,
 }
 
 /// One attempt's request, in the provider's API: what [`Provider::prepare`]
@@ -193,6 +258,8 @@ pub enum UpstreamError {
 #[derive(Debug)]
 pub struct Common {
     pub name: String,
+    /// [`ResponseTag::hash`] of the name: what its response ids carry.
+    pub tag: u32,
     /// `gen_ai.system` of its spans (`openai`, `anthropic`, `ollama`, `mock`).
     pub system: &'static str,
     /// Trace context is sent to it (`propagate_trace`).
@@ -218,6 +285,7 @@ impl Common {
         health_gauge.set(1.0);
         Common {
             name: cfg.name.clone(),
+            tag: ResponseTag::hash(&cfg.name),
             system: match cfg.kind {
                 ProviderKind::Openai => "openai",
                 ProviderKind::Anthropic => "anthropic",
@@ -314,10 +382,85 @@ impl Provider {
     /// The API this provider speaks for `endpoint` (the mock speaks both).
     fn native_api(&self, endpoint: Endpoint) -> Api {
         match self {
-            Provider::OpenAi(_) | Provider::Ollama(_) | Provider::Azure(_) => Api::OpenAi,
+            Provider::OpenAi(_) | Provider::Ollama(_) | Provider::Azure(_) => {
+                match endpoint.api() {
+                    Api::Responses => Api::Responses,
+                    _ => Api::OpenAi,
+                }
+            }
             Provider::Anthropic(_) => Api::Anthropic,
             Provider::Mock(_) => endpoint.api(),
         }
+    }
+
+    /// The credentials of an HTTP provider (the mock has none).
+    pub fn credentials(&self) -> Option<&keys::Credentials> {
+        match self {
+            Provider::OpenAi(p) => Some(p.client.credentials()),
+            Provider::Anthropic(p) => Some(p.client.credentials()),
+            Provider::Ollama(p) => Some(p.client.credentials()),
+            Provider::Azure(p) => Some(p.client.credentials()),
+            Provider::Mock(_) => None,
+        }
+    }
+
+    /// Pool key `index` as a response id carries it (0: none).
+    pub fn key_tag(&self, index: Option<usize>) -> u32 {
+        match (self.credentials(), index) {
+            (Some(c), Some(i)) => ResponseTag::from_hex(c.id(i).trim_start_matches("key-")),
+            _ => 0,
+        }
+    }
+
+    /// A Responses API call: passed through (model renamed) to an OpenAI-
+    /// family provider, the answer's response id tagged with where it was
+    /// made; one pinned to a stored response goes only to the provider and
+    /// key that made it. Other families do not speak it (another target may).
+    fn prepare_responses(
+        &self,
+        call: &UpstreamCall,
+        target_model: Option<&str>,
+    ) -> Result<Prepared, PrepareError> {
+        if self.native_api(call.endpoint) != Api::Responses {
+            return Err(PrepareError::Unsupported);
+        }
+        let mut key = None;
+        if let Some(pin) = call.pin {
+            if pin.provider != self.common().tag {
+                return Err(PrepareError::Unsupported);
+            }
+            if pin.key != 0 {
+                let credentials = self.credentials().ok_or(PrepareError::Unsupported)?;
+                let found = (0..credentials.pool_size())
+                    .find(|i| self.key_tag(Some(*i)) == pin.key)
+                    .ok_or_else(|| {
+                        PrepareError::Invalid(TranslateError::Invalid(
+                            "the API key that created this response is no longer configured".into(),
+                        ))
+                    })?;
+                key = Some(found);
+            }
+        }
+        let stored = call.endpoint.is_stored();
+        let (model, body) = if stored {
+            (call.model.to_string(), Bytes::new())
+        } else {
+            let model = target_model.unwrap_or(&call.model).to_string();
+            (model, rewrite_model(&call.body, target_model))
+        };
+        Ok(Prepared {
+            endpoint: call.endpoint,
+            model,
+            body,
+            stream: call.stream,
+            conversion: Conversion::TagResponse(ResponseTag {
+                provider: self.common().tag,
+                key: 0,
+                owner: call.owner,
+            }),
+            trace_context: None,
+            key,
+        })
     }
 
     /// One active health check: a cheap GET below the base URL.
@@ -339,6 +482,9 @@ impl Provider {
         call: &UpstreamCall,
         target_model: Option<&str>,
     ) -> Result<Prepared, PrepareError> {
+        if call.endpoint.api() == Api::Responses {
+            return self.prepare_responses(call, target_model);
+        }
         let model = target_model.unwrap_or(&call.model).to_string();
         let native = self.native_api(call.endpoint);
         let opts = translate::Options {

@@ -236,7 +236,9 @@ impl Mode {
             let translator = Translator::new(prepared.conversion, &prepared.model);
             Mode::Events(Box::new(Events::new(upstream, translator)))
         } else {
-            Mode::Json(Json::new(upstream, prepared.conversion))
+            // A stored response's usage was counted when it was made.
+            let usage = !prepared.endpoint.is_stored();
+            Mode::Json(Json::new(upstream, prepared.conversion, usage))
         }
     }
 

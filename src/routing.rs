@@ -132,6 +132,9 @@ pub struct Router {
     globs: Vec<Arc<Route>>,
     /// Names of [`Router::model_names`]: safe as metric labels.
     known: HashSet<String>,
+    /// A one-target route per provider, by its response-id tag: where a
+    /// stored response's calls go.
+    stored: HashMap<u32, Arc<Route>>,
 }
 
 impl Router {
@@ -152,7 +155,21 @@ impl Router {
             .globs
             .sort_by_key(|r| std::cmp::Reverse(r.pattern.chars().filter(|c| *c != '*').count()));
         router.known = router.model_names().into_iter().collect();
+        for (name, provider) in providers {
+            let rc = RouteConfig {
+                model: "(stored responses)".into(),
+                targets: vec![name.as_str().into()],
+                ..RouteConfig::default()
+            };
+            let route = Arc::new(build_route(&rc, providers, &mut states));
+            router.stored.insert(provider.common().tag, route);
+        }
         router
+    }
+
+    /// The route to the provider whose response ids carry `tag`.
+    pub fn stored_route(&self, tag: u32) -> Option<Arc<Route>> {
+        self.stored.get(&tag).cloned()
     }
 
     pub fn resolve(&self, model: &str) -> Option<&Arc<Route>> {

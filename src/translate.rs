@@ -16,6 +16,7 @@
 
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod stream;
 
 /// What turns the upstream's response body into the client's.
@@ -32,6 +33,9 @@ pub enum Conversion {
     ChatToMessages,
     /// Upstream Anthropic model object → OpenAI model object.
     ModelToOpenAi,
+    /// A Responses API answer: the response's id tagged with where it was
+    /// made (see [`responses`]), everything else unchanged.
+    TagResponse(responses::ResponseTag),
 }
 
 /// Why a request cannot be translated: the client's fault, a 400.

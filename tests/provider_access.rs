@@ -21,24 +21,8 @@ over_every_protocol!(
     azure_token_file_is_read_again_when_rotated,
 );
 
-/// The test gateway with `extra` appended to its configuration file and
-/// reloaded (so the new keys are read from the file, as a user writes them).
-/// `{p}` in it becomes the protocol's name: metrics are per process, so
-/// each protocol's case names its own providers.
-async fn with_config(p: Proto, extra: &str) -> Gateway {
-    let gw = Gateway::start().await;
-    let extra = extra
-        .replace("{p}", &tag(p))
-        .replace("{upstream}", &gw.upstream.base_url())
-        .replace("{addr}", &gw.upstream.addr.to_string());
-    gw.edit_config(|t| t + &extra);
-    let (status, body) = gw.reload().await;
-    assert_eq!(status, 200, "reload: {body}");
-    gw
-}
-
 fn tag(p: Proto) -> String {
-    format!("{p:?}").to_lowercase()
+    p.tag()
 }
 
 fn chat(model: &str) -> Value {
@@ -73,7 +57,7 @@ targets = [{ provider = "pool-{p}", model = "gpt-4o-mini" }]
 "#;
 
 async fn a_key_pool_spreads_requests_and_rests_a_rate_limited_key(p: Proto) {
-    let gw = with_config(p, POOL).await;
+    let gw = Gateway::with_config(p, POOL).await;
     let client = gw.client(p).await;
     for _ in 0..6 {
         let resp = client
@@ -120,7 +104,7 @@ async fn a_key_pool_spreads_requests_and_rests_a_rate_limited_key(p: Proto) {
 }
 
 async fn a_refused_key_is_out_until_reload(p: Proto) {
-    let gw = with_config(
+    let gw = Gateway::with_config(
         p,
         r#"
 [[providers]]
@@ -165,7 +149,7 @@ targets = [{ provider = "pool-{p}", model = "gpt-4o-mini" }]
 }
 
 async fn a_pool_whose_keys_all_rest_fails_over_without_calling_them(p: Proto) {
-    let gw = with_config(
+    let gw = Gateway::with_config(
         p,
         r#"
 [[providers]]
@@ -198,7 +182,7 @@ targets = [{ provider = "pool-{p}", model = "gpt-4o-mini" }, { provider = "up", 
 }
 
 async fn client_beta_headers_reach_the_provider_and_others_stay_behind(p: Proto) {
-    let gw = with_config(
+    let gw = Gateway::with_config(
         p,
         r#"
 [[providers]]
@@ -287,7 +271,7 @@ targets = [{ provider = "azure-{p}", model = "status-503" }, { provider = "up", 
 "#;
 
 async fn azure_deployment_paths_api_version_and_api_key(p: Proto) {
-    let gw = with_config(p, AZURE).await;
+    let gw = Gateway::with_config(p, AZURE).await;
     let client = gw.client(p).await;
     let resp = client
         .post_json("/v1/chat/completions", chat("azure-chat"))
@@ -351,7 +335,7 @@ async fn azure_deployment_paths_api_version_and_api_key(p: Proto) {
 }
 
 async fn azure_reached_from_the_anthropic_surface_and_failover_to_openai(p: Proto) {
-    let gw = with_config(p, AZURE).await;
+    let gw = Gateway::with_config(p, AZURE).await;
     let client = gw.client(p).await;
     let resp = client
         .post_json(
@@ -388,7 +372,7 @@ async fn azure_token_file_is_read_again_when_rotated(p: Proto) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("azure-identity-token");
     std::fs::write(&file, "test-entra-token-1\n").unwrap();
-    let gw = with_config(
+    let gw = Gateway::with_config(
         p,
         &format!(
             r#"

@@ -102,7 +102,12 @@ pub fn scope_of(endpoint: Option<Endpoint>) -> &'static str {
             Endpoint::ChatCompletions
             | Endpoint::Completions
             | Endpoint::Messages
-            | Endpoint::CountTokens,
+            | Endpoint::CountTokens
+            | Endpoint::Responses
+            | Endpoint::StoredResponse
+            | Endpoint::DeleteResponse
+            | Endpoint::ResponseInputItems
+            | Endpoint::CancelResponse,
         ) => "chat",
         Some(Endpoint::Embeddings) => "embeddings",
         Some(Endpoint::Model) | None => "models",

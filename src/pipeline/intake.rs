@@ -74,6 +74,8 @@ pub struct Fields {
     pub model: Option<String>,
     #[serde(default)]
     pub stream: bool,
+    /// (The Responses API's `max_output_tokens`.)
+    #[serde(alias = "max_output_tokens")]
     pub max_tokens: Option<u64>,
     pub max_completion_tokens: Option<u64>,
     pub stream_options: Option<UsageOption>,
@@ -150,6 +152,22 @@ fn parse(body: &[u8]) -> Result<Fields, GatewayError> {
         }
         _ => GatewayError::InvalidJson(e.to_string()),
     })
+}
+
+/// Reads (and drops) the body of a request that takes none, so HTTP/3
+/// and HTTP/2 streams end cleanly: bounded as a body is, within
+/// `request_timeout`.
+pub async fn drain(ctx: &mut Ctx<'_>, req: GatewayRequest) -> Result<(), GatewayError> {
+    let server = &ctx.state.config.server;
+    let limit = server.max_request_body.get();
+    let body = tokio::time::timeout(
+        server.request_timeout.get(),
+        read_body(ReadAhead::default(), req.body, &req.headers, limit),
+    )
+    .await
+    .map_err(|_| GatewayError::RequestTimeout)??;
+    ctx.end.facts.request_bytes = body.len() as u64;
+    Ok(())
 }
 
 /// Reads the request body, refusing it as soon as it is known to exceed

@@ -136,6 +136,7 @@ impl Upstream {
                 Endpoint::Embeddings,
                 Endpoint::Messages,
                 Endpoint::CountTokens,
+                Endpoint::Responses,
             ]
             .into_iter()
             .filter_map(|e| {
@@ -175,24 +176,29 @@ impl Upstream {
             return Ok(url.clone());
         }
         let bad = |e: url::ParseError| UpstreamError::Failed(e.to_string());
+        let e = prepared.endpoint;
+        let mut url = reqwest::Url::parse(&self.base_url).map_err(bad)?;
         match &self.paths {
             Paths::Versioned => {
-                let mut url = reqwest::Url::parse(&self.base_url).map_err(bad)?;
-                push_path(&mut url, prepared.endpoint.path(), &prepared.model);
-                Ok(url)
+                push_path(&mut url, e.path(), &prepared.model);
+                push_path(&mut url, e.suffix(), "");
             }
             Paths::Azure { api_version } => {
-                let mut url = reqwest::Url::parse(&self.base_url).map_err(bad)?;
-                push_path(&mut url, "/openai/deployments/", "");
-                if let Ok(mut segments) = url.path_segments_mut() {
-                    segments.pop_if_empty().push(&prepared.model);
+                if e == Endpoint::Responses {
+                    // The deployment is the body's `model`.
+                    push_path(&mut url, "/openai/responses", "");
+                } else if e.is_stored() {
+                    push_path(&mut url, "/openai/responses/", &prepared.model);
+                    push_path(&mut url, e.suffix(), "");
+                } else {
+                    push_path(&mut url, "/openai/deployments/", &prepared.model);
+                    push_path(&mut url, e.path(), "");
                 }
-                push_path(&mut url, prepared.endpoint.path(), "");
                 url.query_pairs_mut()
                     .append_pair("api-version", api_version);
-                Ok(url)
             }
         }
+        Ok(url)
     }
 
     /// Sends one attempt with the next key of the pool; a key answered
@@ -263,7 +269,7 @@ impl Upstream {
             .headers(headers)
             .header(header::ACCEPT, accept)
             .header("x-request-id", &*call.request_id);
-        if method == http::Method::POST {
+        if method == http::Method::POST && !prepared.body.is_empty() {
             req = req
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(prepared.body.clone());

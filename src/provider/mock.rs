@@ -13,6 +13,9 @@
 
 mod anthropic;
 mod cache;
+mod responses;
+
+pub use responses::{deleted_response, input_items, stored_response};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,6 +58,7 @@ pub struct Mock {
 #[serde(default)]
 pub struct MockRequest {
     pub model: String,
+    #[serde(alias = "max_output_tokens")]
     pub max_tokens: Option<u32>,
     pub max_completion_tokens: Option<u32>,
     pub stream_options: Option<MockStreamOptions>,
@@ -76,8 +80,15 @@ impl MockRequest {
         {
             return None;
         }
-        let last = self.messages.as_ref()?.last()?;
+        // Chat and Anthropic: `messages`; the Responses API: `input` items.
+        let input = self.input.as_ref().and_then(Value::as_array);
+        let last = match self.messages.as_ref() {
+            Some(m) => m.last()?,
+            // A plain-text `input` is a user turn.
+            None => input.and_then(|i| i.last()).unwrap_or(&Value::Null),
+        };
         let answered = last["role"] == "tool"
+            || last["type"] == "function_call_output"
             || last["content"]
                 .as_array()
                 .is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"));
@@ -87,6 +98,8 @@ impl MockRequest {
         // OpenAI: {type, function: {name, parameters}}; Anthropic: {name, input_schema}.
         let (name, schema) = match tool.get("function") {
             Some(f) => (&f["name"], &f["parameters"]),
+            // Responses: {type, name, parameters}.
+            None if tool.get("parameters").is_some() => (&tool["name"], &tool["parameters"]),
             None => (&tool["name"], &tool["input_schema"]),
         };
         let mut args = serde_json::Map::new();
@@ -132,10 +145,23 @@ impl Mock {
     }
 
     pub async fn send(&self, call: &Prepared) -> Result<UpstreamResponse, UpstreamError> {
-        if call.endpoint == Endpoint::Model {
-            return Ok(json_response(
-                json!({"id": call.model, "object": "model", "created": 0, "owned_by": self.common.name}),
-            ));
+        match call.endpoint {
+            Endpoint::Model => {
+                return Ok(json_response(
+                    json!({"id": call.model, "object": "model", "created": 0, "owned_by": self.common.name}),
+                ))
+            }
+            Endpoint::StoredResponse => {
+                return Ok(json_response(stored_response(&call.model, "mock")))
+            }
+            Endpoint::CancelResponse => {
+                let mut v = stored_response(&call.model, "mock");
+                v["status"] = json!("cancelled");
+                return Ok(json_response(v));
+            }
+            Endpoint::DeleteResponse => return Ok(json_response(deleted_response(&call.model))),
+            Endpoint::ResponseInputItems => return Ok(json_response(input_items(&call.model))),
+            _ => {}
         }
         let req: MockRequest = serde_json::from_slice(&call.body).unwrap_or_default();
         if test_panic_requested(&req.model) {
@@ -172,10 +198,10 @@ impl Mock {
             0 => Duration::ZERO,
             tps => Duration::from_secs_f64(1.0 / f64::from(tps)),
         };
-        let events = if call.endpoint == Endpoint::Messages {
-            answer.message_events()
-        } else {
-            answer.stream_events(include_usage)
+        let events = match call.endpoint {
+            Endpoint::Messages => answer.message_events(),
+            Endpoint::Responses => answer.response_events(),
+            _ => answer.stream_events(include_usage),
         };
         let stream = futures_util::stream::unfold(0usize, move |i| {
             let ev = events.get(i).cloned();
@@ -266,10 +292,16 @@ impl Answer {
         let prefix = match endpoint {
             Endpoint::Completions => "cmpl",
             Endpoint::Messages => "msg",
+            Endpoint::Responses => "resp",
             _ => "chatcmpl",
         };
         Answer {
-            id: format!("{prefix}-mock{created:x}{:04x}", rand_u16()),
+            // OpenAI's response ids are `resp_…`.
+            id: format!(
+                "{prefix}{}mock{created:x}{:04x}",
+                if prefix == "resp" { "_" } else { "-" },
+                rand_u16()
+            ),
             model: if model.is_empty() {
                 "mock".into()
             } else {
@@ -326,8 +358,10 @@ impl Answer {
 
     /// The non-streaming response body.
     pub fn complete(&self) -> Value {
-        if self.endpoint == Endpoint::Messages {
-            return self.message();
+        match self.endpoint {
+            Endpoint::Messages => return self.message(),
+            Endpoint::Responses => return self.response(),
+            _ => {}
         }
         let choice = if let Some(t) = &self.tool {
             json!({

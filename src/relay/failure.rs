@@ -45,6 +45,7 @@ impl Failure {
                 sse::encode(None, &body.to_string())
             }
             Api::Anthropic => anthropic_error_event(502, message),
+            Api::Responses => crate::api::responses_error_event(code, message),
         };
         Bytes::from(event)
     }

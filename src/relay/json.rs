@@ -21,15 +21,18 @@ pub(super) struct Json {
     upstream: Api,
     /// How the whole body becomes the client's (`None`: it passes through).
     conversion: Option<Conversion>,
+    /// Its usage is counted (not a stored response read again).
+    usage: bool,
 }
 
 impl Json {
-    pub(super) fn new(upstream: Api, conversion: Conversion) -> Self {
+    pub(super) fn new(upstream: Api, conversion: Conversion, usage: bool) -> Self {
         Json {
             chunks: Vec::new(),
             len: 0,
             upstream,
             conversion: (conversion != Conversion::None).then_some(conversion),
+            usage,
         }
     }
 
@@ -59,7 +62,7 @@ impl Json {
     /// (nothing for a body passed through, or one that is not JSON).
     pub(super) fn finish(&mut self, account: &Accounting) -> Option<Bytes> {
         let body: Vec<u8> = std::mem::take(&mut self.chunks).concat();
-        if let Some(tokens) = usage::json_body(self.upstream, &body) {
+        if let Some(tokens) = usage::json_body(self.upstream, &body).filter(|_| self.usage) {
             account.tokens(tokens);
         }
         let conversion = self.conversion?;
@@ -68,6 +71,11 @@ impl Json {
             Conversion::MessagesToChat { .. } => translate_response::message_to_chat(&value),
             Conversion::ChatToMessages => translate_response::chat_to_message(&value),
             Conversion::ModelToOpenAi => translate_response::model_to_openai(&value),
+            Conversion::TagResponse(tag) => {
+                let mut value = value;
+                tag.tag_response(&mut value);
+                value
+            }
             Conversion::None | Conversion::StripUsage => value,
         };
         Some(Bytes::from(converted.to_string()))

@@ -128,6 +128,8 @@ async fn forwarded(route: &Route, case: &Case, body: Body) -> Forwarded {
         early_data: false,
         trace: None,
         headers: Default::default(),
+        pin: None,
+        owner: 0,
         drop_unsupported: false,
     };
     let mut done = forward(route, &call, &RetryConfig::default()).await;

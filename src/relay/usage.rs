@@ -28,6 +28,8 @@ pub(super) enum Seen {
     Usage(Tokens),
     /// The upstream ended the stream cleanly.
     End,
+    /// The usage, in the event that ends the stream cleanly.
+    UsageEnd(Tokens),
     /// The upstream ended the stream with an explicit error event (passed
     /// on to the client as such).
     Failed,
@@ -40,6 +42,10 @@ pub(super) enum EventReader {
     /// Input tokens in `message_start`, output tokens (and sometimes the
     /// input again) in `message_delta`; `message_stop` ends it.
     Anthropic { input_tokens: Tokens },
+    /// The Responses API's: usage in `response.completed` (or
+    /// `.incomplete`), which ends it; `response.failed` and `error` end it
+    /// as failed.
+    Responses,
 }
 
 impl EventReader {
@@ -49,6 +55,7 @@ impl EventReader {
             Api::Anthropic => EventReader::Anthropic {
                 input_tokens: Tokens::default(),
             },
+            Api::Responses => EventReader::Responses,
         }
     }
 
@@ -56,6 +63,7 @@ impl EventReader {
         match self {
             EventReader::OpenAi => openai_event(ev),
             EventReader::Anthropic { input_tokens } => anthropic_event(ev, input_tokens),
+            EventReader::Responses => responses_event(ev),
         }
     }
 }
@@ -106,11 +114,43 @@ fn anthropic_event(ev: &sse::Event, input_tokens: &mut Tokens) -> Seen {
     }
 }
 
+fn responses_event(ev: &sse::Event) -> Seen {
+    // The event name, or (for a server that leaves `event:` out) the type.
+    let name = ev.event.as_deref().unwrap_or_else(|| {
+        [
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+            "error",
+        ]
+        .into_iter()
+        .find(|t| ev.data.contains(&format!("\"type\":\"{t}\"")))
+        .unwrap_or_default()
+    });
+    match name {
+        "response.completed" | "response.incomplete" => {
+            match serde_json::from_str::<ResponseEvent>(&ev.data) {
+                Ok(ResponseEvent {
+                    response: UsageOnly { usage: Some(u) },
+                }) => Seen::UsageEnd(u.tokens()),
+                _ => Seen::End,
+            }
+        }
+        "response.failed" | "error" => Seen::Failed,
+        _ => Seen::Nothing,
+    }
+}
+
+#[derive(Deserialize)]
+struct ResponseEvent {
+    response: UsageOnly,
+}
+
 /// The usage of a whole JSON body in `upstream`'s API, if it reports one.
 pub(super) fn json_body(upstream: Api, body: &[u8]) -> Option<Tokens> {
     match upstream {
         // Both put one object under `usage`; `Usage` knows both spellings.
-        Api::OpenAi | Api::Anthropic => {
+        Api::OpenAi | Api::Anthropic | Api::Responses => {
             let UsageOnly { usage } = serde_json::from_slice(body).ok()?;
             usage.map(|u| u.tokens())
         }
@@ -132,7 +172,9 @@ struct Usage {
     completion_tokens: u64,
     cache_read_input_tokens: u64,
     cache_creation_input_tokens: u64,
-    /// OpenAI's: `cached_tokens` (part of `prompt_tokens`).
+    /// OpenAI's: `cached_tokens` (part of `prompt_tokens`; the Responses
+    /// API's `input_tokens_details`).
+    #[serde(alias = "input_tokens_details")]
     prompt_tokens_details: Option<PromptDetails>,
 }
 

@@ -17,6 +17,7 @@ use crate::error::{FailureClass, GatewayError, Ledger, Skip};
 use crate::metrics::{self as m, Attempt};
 use crate::provider::{PrepareError, Prepared, UpstreamCall, UpstreamError, UpstreamResponse};
 use crate::trace::AttemptOutcome;
+use crate::translate::Conversion;
 
 /// Tries the route's targets until one answers with a success, a
 /// non-retryable error, or the attempts or deadline run out.
@@ -58,7 +59,11 @@ pub async fn forward(route: &Route, call: &UpstreamCall, retry: &RetryConfig) ->
         match verdict {
             Verdict::Done(response) => {
                 run.succeeded(&target, elapsed);
-                let prepared = admitted.prepared;
+                let mut prepared = admitted.prepared;
+                // A response id says which of the pool's keys made it.
+                if let Conversion::TagResponse(tag) = &mut prepared.conversion {
+                    tag.key = target.provider.key_tag(response.key);
+                }
                 let done = Attempted {
                     target,
                     response,

@@ -148,6 +148,8 @@ fn call() -> UpstreamCall {
         early_data: false,
         trace: None,
         headers: Default::default(),
+        pin: None,
+        owner: 0,
         drop_unsupported: false,
     }
 }

@@ -27,6 +27,8 @@ pub enum Translator {
     StripUsage,
     ToChat(ToChat),
     ToMessages(ToMessages),
+    /// Responses API events with the response's id tagged.
+    TagResponse(super::responses::ResponseTag),
 }
 
 impl Translator {
@@ -54,6 +56,7 @@ impl Translator {
                 usage: Value::Null,
                 ended: false,
             }),
+            Conversion::TagResponse(tag) => Translator::TagResponse(tag),
             Conversion::None | Conversion::ModelToOpenAi => return None,
         })
     }
@@ -68,6 +71,7 @@ impl Translator {
             }
             Translator::ToChat(t) => t.event(ev, out),
             Translator::ToMessages(t) => t.event(ev, out),
+            Translator::TagResponse(tag) => tag.tag_event(ev, out),
         }
     }
 

@@ -20,6 +20,13 @@ pub enum Proto {
     H3,
 }
 
+impl Proto {
+    /// `h1`, `h2`, `h3`: for names that must differ per protocol.
+    pub fn tag(self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+}
+
 /// A request body: whole (with Content-Length) or streamed in chunks without one.
 pub enum TestBody {
     Empty,

@@ -253,6 +253,23 @@ impl Gateway {
         }
     }
 
+    /// The test gateway with `extra` appended to its configuration file and
+    /// reloaded (so new settings are read from the file, as a user writes
+    /// them). `{p}` in it becomes the protocol's name (metrics are per
+    /// process: each protocol's case names its own providers), `{upstream}`
+    /// the test upstream's base URL and `{addr}` its address.
+    pub async fn with_config(p: Proto, extra: &str) -> Gateway {
+        let gw = Gateway::start().await;
+        let extra = extra
+            .replace("{p}", &p.tag())
+            .replace("{upstream}", &gw.upstream.base_url())
+            .replace("{addr}", &gw.upstream.addr.to_string());
+        gw.edit_config(|t| t + &extra);
+        let (status, body) = gw.reload().await;
+        assert_eq!(status, 200, "reload: {body}");
+        gw
+    }
+
     pub async fn client(&self, proto: Proto) -> Client {
         Client::connect(proto, self.tcp, self.udp, &self.ca).await
     }

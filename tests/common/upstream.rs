@@ -28,6 +28,11 @@
 //! `api-key`) holding `ratelimited` is answered 429 with `Retry-After: 30`,
 //! one holding `revoked` 401, as OpenAI answers them.
 //!
+//! It speaks OpenAI's Responses API on `/v1/responses` (JSON, and the typed
+//! stream events, as the mock does), and answers the stored-response calls
+//! (`GET`/`DELETE /v1/responses/{id}`, `…/input_items`, `POST …/cancel`)
+//! for any id, echoing it.
+//!
 //! It is also an Azure OpenAI resource: `/openai/deployments/{deployment}/…`
 //! answers as the same path below `/v1` does, with the deployment as the
 //! model when the body names none; without `?api-version=` it answers 404
@@ -171,10 +176,13 @@ async fn handle(
     let model = json["model"]
         .as_str()
         .map(str::to_string)
-        .or(deployment)
+        .or(deployment.filter(|d| !d.is_empty()))
         .unwrap_or_default();
     let stream = json["stream"].as_bool().unwrap_or(false);
     let anthropic = parts.headers.contains_key("anthropic-version");
+    if let Some(resp) = stored_response(&parts.method, &path) {
+        return Ok(resp);
+    }
     if let Some(resp) = fixed_answer(&path, anthropic) {
         return Ok(resp);
     }
@@ -207,12 +215,40 @@ async fn handle(
     Ok(stream_answer(model, endpoint, &json, answer, s))
 }
 
+/// A stored response's call, answered for any id.
+fn stored_response(method: &http::Method, path: &str) -> Option<hyper::Response<RespBody>> {
+    use h3gate::provider::mock;
+    let rest = path.strip_prefix("/v1/responses/")?;
+    let body = match (method.as_str(), rest.split_once('/')) {
+        ("GET", None) => mock::stored_response(rest, "gpt-4o-mini"),
+        ("DELETE", None) => mock::deleted_response(rest),
+        ("GET", Some((id, "input_items"))) => mock::input_items(id),
+        ("POST", Some((id, "cancel"))) => {
+            let mut v = mock::stored_response(id, "gpt-4o-mini");
+            v["status"] = "cancelled".into();
+            v
+        }
+        _ => {
+            return Some(respond(
+                404,
+                "application/json",
+                full(r#"{"error":{"message":"Not found","type":"invalid_request_error"}}"#.into()),
+            ))
+        }
+    };
+    Some(respond(200, "application/json", full(body.to_string())))
+}
+
 /// An Azure deployment path as the `/v1` path it stands for, and the
 /// deployment; a 404 in Azure's shape without `api-version`.
 #[allow(clippy::result_large_err)]
 fn azure_path(uri: &http::Uri) -> Option<Result<(String, String), hyper::Response<RespBody>>> {
-    let rest = uri.path().strip_prefix("/openai/deployments/")?;
-    let (deployment, op) = rest.split_once('/')?;
+    let path = uri.path();
+    let (deployment, op) = match path.strip_prefix("/openai/deployments/") {
+        Some(rest) => rest.split_once('/')?,
+        // The Responses API is not below a deployment (the body names it).
+        None => ("", path.strip_prefix("/openai/")?),
+    };
     if !uri.query().unwrap_or("").contains("api-version=") {
         let body = r#"{"error":{"code":"404","message":"Resource not found"}}"#;
         return Some(Err(respond(404, "application/json", full(body.into()))));
@@ -266,6 +302,7 @@ fn endpoint_of(path: &str) -> Endpoint {
         "/v1/completions" => Endpoint::Completions,
         "/v1/embeddings" => Endpoint::Embeddings,
         "/v1/messages" => Endpoint::Messages,
+        "/v1/responses" => Endpoint::Responses,
         _ => Endpoint::ChatCompletions,
     }
 }
@@ -337,10 +374,10 @@ fn stream_answer(
     let include_usage = json["stream_options"]["include_usage"]
         .as_bool()
         .unwrap_or(false);
-    let events = if endpoint == Endpoint::Messages {
-        answer.message_events()
-    } else {
-        answer.stream_events(include_usage)
+    let events = match endpoint {
+        Endpoint::Messages => answer.message_events(),
+        Endpoint::Responses => answer.response_events(),
+        _ => answer.stream_events(include_usage),
     };
     // Read before the response starts: a release the client makes after
     // seeing it is then always counted, whenever the task below runs.
