@@ -370,6 +370,32 @@ fn translation(c: &mut Criterion) {
             black_box(out.len())
         })
     });
+    let response_events = Answer::new("gpt-4o-mini", Endpoint::Responses, 10, 3).response_events();
+    let tag = h3gate::translate::responses::ResponseTag {
+        provider: 1,
+        key: 2,
+        owner: 3,
+    };
+    for (name, raw) in [
+        (
+            "responses: one text delta event (passed on)",
+            response_events[4].clone(),
+        ),
+        (
+            "responses: response.completed (id tagged)",
+            response_events.last().unwrap().clone(),
+        ),
+    ] {
+        let ev = event(raw);
+        c.bench_function(name, |b| {
+            let mut out = String::with_capacity(2048);
+            b.iter(|| {
+                out.clear();
+                tag.tag_event(black_box(&ev), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
     c.bench_function("translate: usage-chunk filter, one chunk", |b| {
         let mut t = Translator::new(Conversion::StripUsage, "m").expect("a converting stream");
         let mut out = String::with_capacity(512);

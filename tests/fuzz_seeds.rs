@@ -44,6 +44,11 @@ fn translate_seeds() {
 }
 
 #[test]
+fn responses_events_seeds() {
+    each_seed("responses_events", h3gate::translate::responses::fuzz_check);
+}
+
+#[test]
 fn sse_parser_seeds() {
     each_seed("sse_parser", h3gate::sse::fuzz_check);
 }

@@ -39,8 +39,14 @@ targets = [{ provider = "resp-{p}", model = "gpt-4o-mini" }]
 
 /// [`POOL`] with its provider named for one case (metrics are per process).
 fn pool(case: &str) -> String {
-    POOL.replace("name = \"resp-{p}\"", &format!("name = \"resp-{{p}}-{case}\""))
-        .replace("provider = \"resp-{p}\"", &format!("provider = \"resp-{{p}}-{case}\""))
+    POOL.replace(
+        "name = \"resp-{p}\"",
+        &format!("name = \"resp-{{p}}-{case}\""),
+    )
+    .replace(
+        "provider = \"resp-{p}\"",
+        &format!("provider = \"resp-{{p}}-{case}\""),
+    )
 }
 
 fn create(model: &str) -> Value {

@@ -1,6 +1,7 @@
 //! The official OpenAI and Anthropic Python SDKs against the gateway over
 //! HTTPS (HTTP/1.1 and HTTP/2): chat, streaming chat, tool calls (plain and
-//! streamed), embeddings, models, messages, streaming messages, tool
+//! streamed), the Responses API (create, stream, tools, retrieve, chain,
+//! delete), embeddings, models, messages, streaming messages, tool
 //! results, count_tokens and errors — across both provider families.
 //! The script asserts every result; this test asserts its summary too.
 
@@ -39,6 +40,10 @@ async fn sdk_suite(http2: bool) {
         );
     }
     assert_eq!(summary["openai.embeddings"], 2);
+    assert_eq!(summary["openai.responses"], five);
+    assert_eq!(summary["openai.responses.stream"], five);
+    assert_eq!(summary["openai.responses.tools"], "weather");
+    assert_eq!(summary["openai.responses.deleted"], true);
     assert_eq!(summary["openai.error"], 404);
     assert_eq!(summary["anthropic.count_tokens"], 42);
     assert_eq!(summary["anthropic.error"], 404);

@@ -119,6 +119,55 @@ pub fn previous_response(body: &[u8]) -> Result<Option<(Vec<u8>, ResponseTag)>, 
     )))
 }
 
+/// The fuzz target's property (here so tests run it too): tagged ids
+/// round-trip, `previous_response_id` handling never panics and leaves
+/// JSON, and tagging a stream keeps every event, its name, and the data of
+/// every event that carries no response unchanged.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Some((upstream, tag)) = ResponseTag::split(&text) {
+        assert_eq!(
+            ResponseTag::split(&tag.tag(upstream)),
+            Some((upstream, tag))
+        );
+    }
+    if let Ok(Some((body, _))) = previous_response(data) {
+        let v: Value = serde_json::from_slice(&body).expect("the body stays JSON");
+        assert!(v["previous_response_id"].is_string());
+    }
+    let tag = ResponseTag {
+        provider: 1,
+        key: 2,
+        owner: 3,
+    };
+    let mut parser = crate::sse::Parser::new(1 << 20);
+    let _ = parser.push(text.as_bytes());
+    let _ = parser.push(b"\n\n");
+    let mut upstream = Vec::new();
+    let mut out = String::new();
+    while let Ok(Some(ev)) = parser.next_event() {
+        tag.tag_event(&ev, &mut out);
+        upstream.push(ev);
+    }
+    let mut again = crate::sse::Parser::new(1 << 22);
+    let _ = again.push(out.as_bytes());
+    let mut tagged = Vec::new();
+    while let Ok(Some(ev)) = again.next_event() {
+        tagged.push(ev);
+    }
+    assert_eq!(tagged.len(), upstream.len(), "every event kept");
+    for (u, t) in upstream.iter().zip(&tagged) {
+        assert_eq!(u.event, t.event);
+        if !u.data.contains("\"response\":{") {
+            assert_eq!(
+                u.data, t.data,
+                "an event without a response passes unchanged"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +235,20 @@ mod tests {
         let mut out = String::new();
         tag.tag_event(&delta, &mut out);
         assert_eq!(out, encode(Some("response.output_text.delta"), &delta.data));
+    }
+
+    #[test]
+    fn fuzz_property_on_samples() {
+        for s in [
+            "",
+            "resp_1_h3g000000010000000200000003",
+            "event: response.created\ndata: {\"response\":{\"id\":\"resp_1\"}}\n\n",
+            "data: {\"response\":{\"id\":5}}\n\ndata\n\n:comment\n\nevent: x\n\n",
+            r#"{"previous_response_id":"resp_1_h3g000000010000000200000003"}"#,
+            r#"{"previous_response_id":"x"}"#,
+        ] {
+            fuzz_check(s.as_bytes());
+        }
     }
 
     #[test]

@@ -82,6 +82,40 @@ assert "gpt-4o-mini" in ids, ids
 assert oa.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
 summary["openai.models"] = len(ids)
 
+# The Responses API, unchanged SDK calls (OpenAI-family upstream).
+r = oa.responses.create(model="gpt-4o-mini", input="Hi", max_output_tokens=5)
+assert r.output_text == FIVE and r.status == "completed", r
+assert r.usage.input_tokens == 7 and r.usage.output_tokens == 5, r.usage
+assert "_h3g" in r.id, r.id
+summary["openai.responses"] = r.output_text
+again = oa.responses.retrieve(r.id)
+assert again.id == r.id, again
+chained = oa.responses.create(model="gpt-4o-mini", input="And?", previous_response_id=r.id)
+assert chained.output_text == FIVE, chained
+text, completed = "", None
+for event in oa.responses.create(model="gpt-4o-mini", input="Hi", stream=True):
+    if event.type == "response.output_text.delta":
+        text += event.delta
+    elif event.type == "response.completed":
+        completed = event.response
+assert text == FIVE and completed is not None and completed.usage.output_tokens == 5, (text, completed)
+assert "_h3g" in completed.id, completed.id
+summary["openai.responses.stream"] = text
+with oa.responses.stream(model="gpt-4o-mini", input="Weather in Paris?",
+                         tools=[{"type": "function", "name": "weather", "description": "Weather by city",
+                                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]) as s:
+    final = s.get_final_response()
+call = [o for o in final.output if o.type == "function_call"][0]
+assert call.name == "weather" and json.loads(call.arguments) == {"city": "mock"}, call
+summary["openai.responses.tools"] = call.name
+deleted = oa.responses.delete(r.id)
+summary["openai.responses.deleted"] = True
+try:
+    oa.responses.retrieve("resp_not_from_the_gateway")
+    raise AssertionError("expected NotFoundError")
+except openai.NotFoundError as err:
+    assert err.body["code"] == "response_not_found", err.body
+
 try:
     oa.chat.completions.create(model="nonexistent", messages=[{"role": "user", "content": "x"}])
     raise AssertionError("expected NotFoundError")
