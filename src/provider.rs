@@ -285,8 +285,12 @@ impl Provider {
         call: &UpstreamCall,
         target_model: Option<&str>,
     ) -> Result<Prepared, PrepareError> {
-        if self.native_api(call.endpoint) != Api::Responses {
-            return Err(PrepareError::Unsupported);
+        match self.native_api(call.endpoint) {
+            Api::Responses => {}
+            Api::Anthropic if call.pin.is_none() && call.endpoint == Endpoint::Responses => {
+                return self.responses_to_messages(call, target_model)
+            }
+            _ => return Err(PrepareError::Unsupported),
         }
         let mut key = None;
         if let Some(pin) = call.pin {
@@ -324,6 +328,36 @@ impl Provider {
             }),
             trace_context: None,
             key,
+        })
+    }
+
+    /// A Responses API request to an Anthropic provider: through chat
+    /// completions to messages, and the answer back the same way.
+    fn responses_to_messages(
+        &self,
+        call: &UpstreamCall,
+        target_model: Option<&str>,
+    ) -> Result<Prepared, PrepareError> {
+        let model = target_model.unwrap_or(&call.model).to_string();
+        let opts = translate::Options {
+            drop_unsupported: call.drop_unsupported,
+            default_max_tokens: self.common().default_max_tokens,
+        };
+        let invalid = PrepareError::Invalid;
+        let chat =
+            translate::responses::chat::request_to_chat(&call.body, &opts).map_err(invalid)?;
+        let chat = serde_json::to_vec(&chat)
+            .map_err(|e| invalid(TranslateError::Invalid(e.to_string())))?;
+        let body = translate::request::chat_to_messages_body(&chat, &opts, Some(&model))
+            .map_err(invalid)?;
+        Ok(Prepared {
+            endpoint: Endpoint::Messages,
+            model,
+            body: Bytes::from(body),
+            stream: call.stream,
+            conversion: Conversion::MessagesToResponses,
+            trace_context: None,
+            key: None,
         })
     }
 

@@ -36,6 +36,9 @@ pub enum Conversion {
     /// A Responses API answer: the response's id tagged with where it was
     /// made (see [`responses`]), everything else unchanged.
     TagResponse(responses::ResponseTag),
+    /// Upstream Anthropic messages → a Responses API client (through chat
+    /// completions: [`responses::chat`]).
+    MessagesToResponses,
 }
 
 /// Why a request cannot be translated: the client's fault, a 400.
@@ -103,10 +106,14 @@ pub fn fuzz_check(data: &[u8]) {
     if let Ok(v) = request::messages_to_chat(data, &opts) {
         check(&v);
     }
+    if let Ok(v) = responses::chat::request_to_chat(data, &opts) {
+        check(&v);
+    }
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
         check(&response::message_to_chat(&value));
         check(&response::chat_to_message(&value));
         check(&response::model_to_openai(&value));
+        check(&responses::chat::chat_to_response(&value));
     }
     // Streams: the input split into events at blank lines.
     let text = String::from_utf8_lossy(data);
@@ -116,6 +123,7 @@ pub fn fuzz_check(data: &[u8]) {
         },
         Conversion::ChatToMessages,
         Conversion::StripUsage,
+        Conversion::MessagesToResponses,
     ] {
         let mut t = stream::Translator::new(conv, "fuzz").expect("a converting stream");
         let mut parser = crate::sse::Parser::new(1 << 20);

@@ -21,6 +21,8 @@ over_every_protocol!(
     another_clients_response_is_not_found,
     failures_reach_a_responses_client_in_its_shape,
     the_mock_and_azure_speak_the_responses_api,
+    a_responses_client_reaches_an_anthropic_provider,
+    what_the_translation_cannot_carry_is_a_400_naming_it,
 );
 
 const FIVE_TOKENS: &str = "The quick brown fox jumps";
@@ -306,12 +308,6 @@ async fn ids_the_gateway_did_not_give_out_are_refused_clearly(p: Proto) {
         .request(Method::PUT, "/v1/responses/resp_123", &[], TestBody::Empty)
         .await;
     assert_eq!(resp.status, 405);
-    // Only an OpenAI-family provider speaks it: an Anthropic route says so.
-    let resp = client
-        .post_json("/v1/responses", create("claude-3-haiku"))
-        .await;
-    assert_eq!(resp.status, 400);
-    assert!(resp.json().await["error"]["message"].is_string());
     assert!(
         gw.upstream.seen().is_empty(),
         "none of these reached the upstream"
@@ -475,4 +471,109 @@ targets = [{ provider = "azure-resp-{p}", model = "my-deployment" }]
         seen[1].path
     );
     assert_eq!(seen[1].query, "api-version=2025-04-01-preview");
+}
+
+async fn a_responses_client_reaches_an_anthropic_provider(p: Proto) {
+    let gw = Gateway::start().await;
+    let client = gw.client(p).await;
+    let body = json!({
+        "model": "claude-3-haiku", "instructions": "Be brief.", "max_output_tokens": 40,
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"},
+                   {"type": "input_image", "image_url": "https://example.com/cat.png"}]}],
+    });
+    let resp = client.post_json("/v1/responses", body.clone()).await;
+    assert_eq!(resp.status, 200);
+    let v = resp.json().await;
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["output"][0]["type"], "message");
+    assert_eq!(v["output"][0]["content"][0]["text"], FIVE_TOKENS);
+    assert_eq!(
+        (
+            v["usage"]["input_tokens"].as_u64(),
+            v["usage"]["output_tokens"].as_u64()
+        ),
+        (Some(7), Some(5))
+    );
+    let up = &gw.upstream.seen()[0];
+    assert_eq!(up.path, "/v1/messages");
+    assert_eq!(up.body["system"][0]["text"], "Be brief.");
+    assert_eq!(up.body["max_tokens"], 40);
+    assert_eq!(up.body["messages"][0]["content"][0]["text"], "hi");
+    assert_eq!(up.body["messages"][0]["content"][1]["type"], "image");
+    // Streamed, with a tool: Anthropic events become Responses events.
+    let body = json!({
+        "model": "claude-3-haiku", "stream": true, "input": "Weather in Paris?",
+        "tools": [{"type": "function", "name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+    });
+    let resp = client.post_json("/v1/responses", body).await;
+    assert_eq!(resp.status, 200);
+    let events = sse::events(&resp.text().await);
+    let names: Vec<&str> = events
+        .iter()
+        .map(|(e, _)| e.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names[..2],
+        ["response.created", "response.in_progress"],
+        "{names:?}"
+    );
+    assert_eq!(names.last(), Some(&"response.completed"), "{names:?}");
+    let args: String = events
+        .iter()
+        .filter(|(e, _)| e.as_deref() == Some("response.function_call_arguments.delta"))
+        .map(|(_, v)| v["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"city": "mock"})
+    );
+    let done = &events.last().unwrap().1["response"];
+    assert_eq!(done["output"][0]["type"], "function_call");
+    assert_eq!(done["output"][0]["name"], "weather");
+    assert_eq!(done["usage"]["output_tokens"], 5);
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|(_, v)| v["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(gw.upstream.seen()[1].body["tools"][0]["name"], "weather");
+}
+
+async fn what_the_translation_cannot_carry_is_a_400_naming_it(p: Proto) {
+    let gw = Gateway::start().await;
+    let client = gw.client(p).await;
+    for (extra, named) in [
+        (
+            json!({"tools": [{"type": "web_search_preview"}]}),
+            "web_search_preview",
+        ),
+        (json!({"background": true}), "background"),
+        (json!({"store": true}), "store"),
+        (
+            json!({"include": ["reasoning.encrypted_content"]}),
+            "include",
+        ),
+    ] {
+        let mut body = create("claude-3-haiku");
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let resp = client.post_json("/v1/responses", body).await;
+        assert_eq!(resp.status, 400, "{named}");
+        let e = resp.json().await;
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(named),
+            "{e}"
+        );
+    }
+    // Dropped instead on a route that says so.
+    let mut body = create("lenient-x");
+    body["store"] = json!(true);
+    let resp = client.post_json("/v1/responses", body).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        gw.upstream.seen().len(),
+        1,
+        "only the lenient one went upstream"
+    );
 }

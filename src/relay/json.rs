@@ -71,6 +71,9 @@ impl Json {
             Conversion::MessagesToChat { .. } => translate_response::message_to_chat(&value),
             Conversion::ChatToMessages => translate_response::chat_to_message(&value),
             Conversion::ModelToOpenAi => translate_response::model_to_openai(&value),
+            Conversion::MessagesToResponses => crate::translate::responses::chat::chat_to_response(
+                &translate_response::message_to_chat(&value),
+            ),
             Conversion::TagResponse(tag) => {
                 let mut value = value;
                 tag.tag_response(&mut value);

@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use crate::sse::{encode, Event};
 
+pub mod chat;
+pub mod stream;
+
 const MARK: &str = "_h3g";
 
 /// Where a response was made.

@@ -29,6 +29,40 @@ pub enum Translator {
     ToMessages(ToMessages),
     /// Responses API events with the response's id tagged.
     TagResponse(super::responses::ResponseTag),
+    /// Anthropic events → chat chunks → Responses API events.
+    ToResponses(Box<ToResponses>),
+}
+
+/// A chain: the upstream's events as chat chunks (re-read), then as
+/// Responses API events.
+pub struct ToResponses {
+    chat: Box<Translator>,
+    parser: crate::sse::Parser,
+    out: super::responses::stream::ChatToResponses,
+}
+
+impl ToResponses {
+    fn event(&mut self, ev: &Event, out: &mut String) {
+        let mut chunks = String::new();
+        self.chat.event(ev, &mut chunks);
+        self.relay(&chunks, out);
+    }
+
+    fn relay(&mut self, chunks: &str, out: &mut String) {
+        if self.parser.push(chunks.as_bytes()).is_err() {
+            return;
+        }
+        while let Ok(Some(chunk)) = self.parser.next_event() {
+            self.out.chunk(&chunk.data, out);
+        }
+    }
+
+    fn finish(&mut self, out: &mut String) {
+        let mut chunks = String::new();
+        self.chat.finish(&mut chunks);
+        self.relay(&chunks, out);
+        self.out.end(out);
+    }
 }
 
 impl Translator {
@@ -57,6 +91,19 @@ impl Translator {
                 ended: false,
             }),
             Conversion::TagResponse(tag) => Translator::TagResponse(tag),
+            Conversion::MessagesToResponses => {
+                let chat = Translator::new(
+                    Conversion::MessagesToChat {
+                        include_usage: true,
+                    },
+                    model,
+                )?;
+                Translator::ToResponses(Box::new(ToResponses {
+                    chat: Box::new(chat),
+                    parser: crate::sse::Parser::new(1 << 22),
+                    out: super::responses::stream::ChatToResponses::new(model),
+                }))
+            }
             Conversion::None | Conversion::ModelToOpenAi => return None,
         })
     }
@@ -72,13 +119,16 @@ impl Translator {
             Translator::ToChat(t) => t.event(ev, out),
             Translator::ToMessages(t) => t.event(ev, out),
             Translator::TagResponse(tag) => tag.tag_event(ev, out),
+            Translator::ToResponses(t) => t.event(ev, out),
         }
     }
 
     /// Appends what a cleanly ended stream still owes (nothing, normally).
     pub fn finish(&mut self, out: &mut String) {
-        if let Translator::ToMessages(t) = self {
-            t.done(out);
+        match self {
+            Translator::ToMessages(t) => t.done(out),
+            Translator::ToResponses(t) => t.finish(out),
+            _ => {}
         }
     }
 }
