@@ -338,6 +338,9 @@ async fn every_exported_family_is_described() {
     assert_eq!(as_key(&all, "gpt-ok", false).await, 200);
     assert_eq!(as_key(&all, "gpt-ok", true).await, 200);
     assert_eq!(as_key(&all, "failover", false).await, 200);
+    for _ in 0..2 {
+        assert_eq!(as_key(&all, "keypool", false).await, 200);
+    }
     assert_eq!(as_key(&all, boom, false).await, 500, "a panic");
     assert_eq!(
         as_key(&limited, "mock-1", false).await,
@@ -373,6 +376,20 @@ async fn gateway_with_two_keys() -> (Gateway, String, String) {
         c.abuse.max_failures = 2;
         c.tracing.endpoint = Some(collector.url());
         c.tracing.export_interval = h3gate::config::Duration::millis(50);
+        // A key pool with a rate-limited key (rested, counted).
+        let mut pool = c.providers.iter().find(|p| p.name == "up").unwrap().clone();
+        pool.name = "keypool".into();
+        pool.api_key = h3gate::config::Secret::default();
+        pool.api_keys = vec![
+            h3gate::config::Secret::new("test-pool-ratelimited"),
+            h3gate::config::Secret::new("test-pool-ok"),
+        ];
+        c.providers.push(pool);
+        c.routes.push(h3gate::config::RouteConfig {
+            model: "keypool".into(),
+            targets: vec!["keypool".into()],
+            ..Default::default()
+        });
         let path = c.auth.keys_file.clone().unwrap();
         let limited = NewKey {
             name: "limited".into(),

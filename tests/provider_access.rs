@@ -271,7 +271,8 @@ targets = [{ provider = "azure-{p}", model = "status-503" }, { provider = "up", 
 "#;
 
 async fn azure_deployment_paths_api_version_and_api_key(p: Proto) {
-    let gw = Gateway::with_config(p, AZURE).await;
+    // Its own provider name: its token counts are its own.
+    let gw = Gateway::with_config(p, &AZURE.replace("azure-{p}", "azure-{p}-paths")).await;
     let client = gw.client(p).await;
     let resp = client
         .post_json("/v1/chat/completions", chat("azure-chat"))
@@ -323,7 +324,7 @@ async fn azure_deployment_paths_api_version_and_api_key(p: Proto) {
     assert_eq!(seen[1].body["stream_options"]["include_usage"], true);
     let tokens = gw
         .metric(&format!(
-            r#"h3gate_tokens_total{{direction="prompt",model="azure-chat",provider="azure-{}"}}"#,
+            r#"h3gate_tokens_total{{direction="prompt",model="azure-chat",provider="azure-{}-paths"}}"#,
             tag(p)
         ))
         .await;

@@ -195,11 +195,16 @@ impl Credentials {
         self.keys.get(index).map(|k| k.value.clone())
     }
 
-    /// What an answer says of the key it was sent with: 429 rests it for
-    /// its `Retry-After`, 401/403 until reload. Returns whether the key was
-    /// rested (so another may be tried).
+    /// What an answer says of the key it was sent with, in a pool of more
+    /// than one: 429 rests it for its `Retry-After`, 401/403 until reload.
+    /// Returns whether the key was rested (so another may be tried). A
+    /// single key is never rested: there is no other to serve meanwhile,
+    /// and the target's own cooldown (429) and error (401) handle it.
     pub fn answered(&self, index: usize, status: StatusCode, headers: &HeaderMap) -> bool {
-        let Some(key) = self.keys.get(index).filter(|_| self.file.is_none()) else {
+        if self.keys.len() < 2 || self.file.is_some() {
+            return false;
+        }
+        let Some(key) = self.keys.get(index) else {
             return false;
         };
         let reason = match status.as_u16() {
@@ -347,6 +352,14 @@ mod tests {
         }
         assert!(p.answered(1, StatusCode::FORBIDDEN, &HeaderMap::new()));
         assert_eq!(p.pick(), Pick::Refused);
+    }
+
+    #[test]
+    fn a_single_key_is_never_rested() {
+        let p = pool(&["test-key-a"]);
+        assert!(!p.answered(0, StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()));
+        assert!(!p.answered(0, StatusCode::UNAUTHORIZED, &HeaderMap::new()));
+        assert_eq!(index(p.pick()), 0);
     }
 
     #[test]
