@@ -10,6 +10,9 @@ pub enum Api {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Google's Gemini API (`generateContent`): spoken upstream only — no
+    /// client surface serves it, so a client is never `Gemini`.
+    Gemini,
 }
 
 /// Anthropic's error `type` for an HTTP status.

@@ -379,6 +379,9 @@ pub enum ProviderKind {
     Anthropic,
     /// Ollama through its OpenAI-compatible `/v1` (no key needed).
     Ollama,
+    /// Google's Gemini API (`generateContent`, `x-goog-api-key`), reached
+    /// from OpenAI and Anthropic clients through translation.
+    Gemini,
     /// Built-in mock that answers like OpenAI or Anthropic, in-process.
     Mock,
 }
@@ -390,6 +393,7 @@ impl ProviderKind {
             ProviderKind::Openai => "https://api.openai.com/v1",
             ProviderKind::Anthropic => "https://api.anthropic.com/v1",
             ProviderKind::Ollama => "http://127.0.0.1:11434/v1",
+            ProviderKind::Gemini => "https://generativelanguage.googleapis.com/v1beta",
             ProviderKind::Mock => "",
         }
     }
@@ -403,9 +407,11 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// Base URL including the API version path. Default by kind:
     /// `https://api.openai.com/v1`, `https://api.anthropic.com/v1`,
-    /// `http://127.0.0.1:11434/v1` (ollama).
+    /// `http://127.0.0.1:11434/v1` (ollama),
+    /// `https://generativelanguage.googleapis.com/v1beta` (gemini).
     pub base_url: String,
-    /// Sent as `Authorization: Bearer` (Anthropic: `x-api-key`). Use `${OPENAI_API_KEY}`.
+    /// Sent as `Authorization: Bearer` (Anthropic: `x-api-key`, Gemini:
+    /// `x-goog-api-key`). Use `${OPENAI_API_KEY}`.
     pub api_key: Secret,
     /// Left out while `api_key` is empty (e.g. `"${ANTHROPIC_API_KEY:-}"`
     /// with the variable unset): routes skip it, and a route left without
@@ -461,7 +467,10 @@ impl Default for ProviderConfig {
 impl ProviderConfig {
     /// Whether trace context goes to this provider (see `propagate_trace`).
     pub fn propagates_trace(&self) -> bool {
-        let public = matches!(self.kind, ProviderKind::Openai | ProviderKind::Anthropic)
+        let public = matches!(
+            self.kind,
+            ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Gemini
+        )
             && self.base_url.is_empty();
         self.propagate_trace.unwrap_or(!public)
     }

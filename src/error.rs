@@ -303,7 +303,7 @@ impl GatewayError {
     /// The response for a client of `api`, in that API's error shape.
     pub fn into_response_for(self, api: Api, request_id: &str) -> Response {
         match api {
-            Api::OpenAi => self.into_response(request_id),
+            Api::OpenAi | Api::Gemini => self.into_response(request_id),
             Api::Anthropic => {
                 let body = self.anthropic_body(request_id);
                 let status = self.status_for(api);
@@ -357,7 +357,7 @@ impl GatewayError {
     /// The error as the SSE event that ends a stream already committed.
     pub fn sse_event(&self, api: Api) -> String {
         match api {
-            Api::OpenAi => {
+            Api::OpenAi | Api::Gemini => {
                 let body = serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}});
                 crate::sse::encode(None, &body.to_string())
             }
@@ -408,6 +408,9 @@ impl GatewayError {
             #[serde(rename = "type")]
             kind: Option<String>,
             code: Option<serde_json::Value>,
+            /// Google's (Gemini) error name, e.g. `RESOURCE_EXHAUSTED`:
+            /// the type when there is no `type`.
+            status: Option<String>,
         }
         let parsed = serde_json::from_slice::<Outer>(body).ok().map(|o| o.error);
         let message = parsed
@@ -429,7 +432,7 @@ impl GatewayError {
         };
         let kind = parsed
             .as_ref()
-            .and_then(|e| e.kind.as_deref())
+            .and_then(|e| e.kind.as_deref().or(e.status.as_deref()))
             .and_then(ident)
             .unwrap_or_else(|| "upstream_error".into());
         let code = parsed.and_then(|e| match e.code {

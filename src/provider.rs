@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod client;
+pub mod gemini;
 pub mod mock;
 pub mod ollama;
 pub mod openai;
@@ -40,6 +41,9 @@ pub enum Endpoint {
     CountTokens,
     /// `GET /v1/models/{model}`: one model, answered by its provider.
     Model,
+    /// Gemini `POST /models/{model}:generateContent` (or
+    /// `:streamGenerateContent?alt=sse`): upstream only, never public.
+    GenerateContent,
 }
 
 impl Endpoint {
@@ -52,7 +56,17 @@ impl Endpoint {
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Messages => "/messages",
             Endpoint::CountTokens => "/messages/count_tokens",
-            Endpoint::Model => "/models/",
+            Endpoint::Model | Endpoint::GenerateContent => "/models/",
+        }
+    }
+
+    /// What follows the model name in the URL: Gemini's method (and, for a
+    /// stream, `?alt=sse`); nothing for the other endpoints.
+    pub fn suffix(self, stream: bool) -> &'static str {
+        match (self, stream) {
+            (Endpoint::GenerateContent, false) => ":generateContent",
+            (Endpoint::GenerateContent, true) => ":streamGenerateContent?alt=sse",
+            _ => "",
         }
     }
 
@@ -75,6 +89,7 @@ impl Endpoint {
     pub fn api(self) -> Api {
         match self {
             Endpoint::Messages | Endpoint::CountTokens => Api::Anthropic,
+            Endpoint::GenerateContent => Api::Gemini,
             _ => Api::OpenAi,
         }
     }
@@ -83,7 +98,7 @@ impl Endpoint {
     /// `gen_ai.operation.name`, the semantic conventions' name for it.
     pub fn operation(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Messages => "chat",
+            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::GenerateContent => "chat",
             Endpoint::Completions => "text_completion",
             Endpoint::Embeddings => "embeddings",
             Endpoint::CountTokens => "count_tokens",
@@ -102,7 +117,10 @@ impl Endpoint {
     pub fn streams(self) -> bool {
         matches!(
             self,
-            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Messages
+            Endpoint::ChatCompletions
+                | Endpoint::Completions
+                | Endpoint::Messages
+                | Endpoint::GenerateContent
         )
     }
 }
@@ -183,7 +201,8 @@ pub enum UpstreamError {
 #[derive(Debug)]
 pub struct Common {
     pub name: String,
-    /// `gen_ai.system` of its spans (`openai`, `anthropic`, `ollama`, `mock`).
+    /// `gen_ai.system` of its spans (`openai`, `anthropic`, `ollama`,
+    /// `gcp.gemini`, `mock`).
     pub system: &'static str,
     /// Trace context is sent to it (`propagate_trace`).
     pub propagate_trace: bool,
@@ -212,6 +231,8 @@ impl Common {
                 ProviderKind::Openai => "openai",
                 ProviderKind::Anthropic => "anthropic",
                 ProviderKind::Ollama => "ollama",
+                // The semantic conventions' value for the Gemini API (AI Studio).
+                ProviderKind::Gemini => "gcp.gemini",
                 ProviderKind::Mock => "mock",
             },
             propagate_trace: cfg.propagates_trace(),
@@ -258,6 +279,7 @@ pub enum Provider {
     OpenAi(openai::OpenAi),
     Anthropic(anthropic::Anthropic),
     Ollama(ollama::Ollama),
+    Gemini(gemini::Gemini),
     Mock(mock::Mock),
 }
 
@@ -272,6 +294,7 @@ impl Provider {
                 Provider::Anthropic(anthropic::Anthropic::new(common, cfg, clients)?)
             }
             ProviderKind::Ollama => Provider::Ollama(ollama::Ollama::new(common, cfg, clients)?),
+            ProviderKind::Gemini => Provider::Gemini(gemini::Gemini::new(common, cfg, clients)?),
             ProviderKind::Mock => Provider::Mock(mock::Mock::new(common, cfg)),
         })
     }
@@ -281,6 +304,7 @@ impl Provider {
             Provider::OpenAi(p) => &p.common,
             Provider::Anthropic(p) => &p.common,
             Provider::Ollama(p) => &p.common,
+            Provider::Gemini(p) => &p.common,
             Provider::Mock(p) => &p.common,
         }
     }
@@ -302,6 +326,7 @@ impl Provider {
         match self {
             Provider::OpenAi(_) | Provider::Ollama(_) => Api::OpenAi,
             Provider::Anthropic(_) => Api::Anthropic,
+            Provider::Gemini(_) => Api::Gemini,
             Provider::Mock(_) => endpoint.api(),
         }
     }
@@ -312,6 +337,7 @@ impl Provider {
             Provider::OpenAi(p) => p.client.health_check(path).await,
             Provider::Anthropic(p) => p.client.health_check(path).await,
             Provider::Ollama(p) => p.client.health_check(path).await,
+            Provider::Gemini(p) => p.client.health_check(path).await,
             Provider::Mock(_) => true,
         }
     }
@@ -366,6 +392,7 @@ impl Provider {
                 ))?,
                 Conversion::ChatToMessages,
             ),
+            (e, Api::Gemini) => gemini::prepare(e, call, &model, &opts)?,
             _ => return Err(PrepareError::Unsupported),
         };
         Ok(Prepared {
@@ -388,6 +415,7 @@ impl Provider {
             Provider::OpenAi(p) => p.client.send(call, prepared).await,
             Provider::Anthropic(p) => p.client.send(call, prepared).await,
             Provider::Ollama(p) => p.client.send(call, prepared).await,
+            Provider::Gemini(p) => p.client.send(call, prepared).await,
             Provider::Mock(p) => p.send(prepared).await,
         }
     }

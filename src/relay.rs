@@ -22,6 +22,7 @@ mod keepalive;
 #[cfg(test)]
 mod tests;
 mod usage;
+mod usage_gemini;
 
 use std::future::Future as _;
 use std::pin::Pin;

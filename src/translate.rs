@@ -14,6 +14,7 @@
 //! are translated one at a time into the output body, so a large request
 //! costs about its output's size, not tens of times its body.
 
+pub mod gemini;
 pub mod request;
 pub mod response;
 pub mod stream;
@@ -32,6 +33,10 @@ pub enum Conversion {
     ChatToMessages,
     /// Upstream Anthropic model object → OpenAI model object.
     ModelToOpenAi,
+    /// Upstream Gemini `generateContent` → client OpenAI chat completions.
+    GeminiToChat { include_usage: bool },
+    /// Upstream Gemini `generateContent` → client Anthropic messages.
+    GeminiToMessages,
 }
 
 /// Why a request cannot be translated: the client's fault, a 400.

@@ -102,7 +102,8 @@ pub fn scope_of(endpoint: Option<Endpoint>) -> &'static str {
             Endpoint::ChatCompletions
             | Endpoint::Completions
             | Endpoint::Messages
-            | Endpoint::CountTokens,
+            | Endpoint::CountTokens
+            | Endpoint::GenerateContent,
         ) => "chat",
         Some(Endpoint::Embeddings) => "embeddings",
         Some(Endpoint::Model) | None => "models",

@@ -97,7 +97,7 @@ impl<'a> Ctx<'a> {
             match self.api {
                 // Anthropic's SDKs read their own name for it.
                 Api::Anthropic => h.insert("request-id", v.clone()),
-                Api::OpenAi => None,
+                Api::OpenAi | Api::Gemini => None,
             };
             h.insert("x-request-id", v);
         }

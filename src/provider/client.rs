@@ -139,10 +139,11 @@ impl Upstream {
             Some((_, url)) => url.clone(),
             None => {
                 let url = format!(
-                    "{}{}{}",
+                    "{}{}{}{}",
                     self.base_url,
                     prepared.endpoint.path(),
-                    prepared.model
+                    prepared.model,
+                    prepared.endpoint.suffix(prepared.stream)
                 );
                 reqwest::Url::parse(&url).map_err(|e| UpstreamError::Failed(e.to_string()))?
             }

@@ -1,7 +1,9 @@
 //! The built-in mock provider: answers in-process exactly like OpenAI (chat
 //! completions JSON and SSE chunks ending in `data: [DONE]`, completions,
 //! embeddings, realistic `usage`) and like Anthropic (messages JSON and
-//! named SSE events, `count_tokens`), with configurable latency to the first
+//! named SSE events, `count_tokens`) and, asked in Gemini's API, like
+//! Gemini (`generateContent` JSON, `alt=sse` chunks, see [`gemini`]), with
+//! configurable latency to the first
 //! token and tokens per second. A request that offers tools is answered
 //! with a call to the first one (unless its last message is a tool result).
 //! A request whose first user message says `cached:N` (and `cache_write:N`)
@@ -13,6 +15,9 @@
 
 mod anthropic;
 mod cache;
+mod gemini;
+
+pub use gemini::{gemini_error, gemini_status};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -137,7 +142,12 @@ impl Mock {
                 json!({"id": call.model, "object": "model", "created": 0, "owned_by": self.common.name}),
             ));
         }
-        let req: MockRequest = serde_json::from_slice(&call.body).unwrap_or_default();
+        let req: MockRequest = if call.endpoint == Endpoint::GenerateContent {
+            let body = serde_json::from_slice(&call.body).unwrap_or_default();
+            MockRequest::from_gemini(&call.model, &body)
+        } else {
+            serde_json::from_slice(&call.body).unwrap_or_default()
+        };
         if test_panic_requested(&req.model) {
             panic!("mock provider: {PANIC_MODEL:?} requested with the test panic switch on");
         }
@@ -174,6 +184,8 @@ impl Mock {
         };
         let events = if call.endpoint == Endpoint::Messages {
             answer.message_events()
+        } else if call.endpoint == Endpoint::GenerateContent {
+            answer.gemini_events()
         } else {
             answer.stream_events(include_usage)
         };
@@ -326,6 +338,9 @@ impl Answer {
     pub fn complete(&self) -> Value {
         if self.endpoint == Endpoint::Messages {
             return self.message();
+        }
+        if self.endpoint == Endpoint::GenerateContent {
+            return self.gemini_response();
         }
         let choice = if let Some(t) = &self.tool {
             json!({

@@ -63,6 +63,10 @@ impl Events {
             Seen::Nothing => {}
             Seen::Usage(tokens) => account.tokens(tokens),
             Seen::End => self.done = true,
+            Seen::Last(tokens) => {
+                account.tokens(tokens);
+                self.done = true;
+            }
             Seen::Failed => {
                 account.record.mark_upstream_failure();
                 self.done = true;

@@ -8,6 +8,7 @@ use super::failure::Failure;
 use super::usage;
 use super::{Accounting, Step};
 use crate::api::Api;
+use crate::translate::gemini::response as gemini;
 use crate::translate::{response as translate_response, Conversion};
 
 /// Largest JSON body kept to read its `usage`; a larger one goes unread.
@@ -68,6 +69,8 @@ impl Json {
             Conversion::MessagesToChat { .. } => translate_response::message_to_chat(&value),
             Conversion::ChatToMessages => translate_response::chat_to_message(&value),
             Conversion::ModelToOpenAi => translate_response::model_to_openai(&value),
+            Conversion::GeminiToChat { .. } => gemini::to_chat(&value),
+            Conversion::GeminiToMessages => gemini::to_message(&value),
             Conversion::None | Conversion::StripUsage => value,
         };
         Some(Bytes::from(converted.to_string()))

@@ -28,6 +28,9 @@ pub(super) enum Seen {
     Usage(Tokens),
     /// The upstream ended the stream cleanly.
     End,
+    /// The upstream's last event, with the stream's usage (Gemini's chunk
+    /// with a finish reason).
+    Last(Tokens),
     /// The upstream ended the stream with an explicit error event (passed
     /// on to the client as such).
     Failed,
@@ -40,6 +43,9 @@ pub(super) enum EventReader {
     /// Input tokens in `message_start`, output tokens (and sometimes the
     /// input again) in `message_delta`; `message_stop` ends it.
     Anthropic { input_tokens: Tokens },
+    /// `usageMetadata` (running totals) in the chunks; the chunk with a
+    /// finish reason ends it, and its usage is the stream's (read once).
+    Gemini { ended: bool },
 }
 
 impl EventReader {
@@ -49,6 +55,7 @@ impl EventReader {
             Api::Anthropic => EventReader::Anthropic {
                 input_tokens: Tokens::default(),
             },
+            Api::Gemini => EventReader::Gemini { ended: false },
         }
     }
 
@@ -56,6 +63,7 @@ impl EventReader {
         match self {
             EventReader::OpenAi => openai_event(ev),
             EventReader::Anthropic { input_tokens } => anthropic_event(ev, input_tokens),
+            EventReader::Gemini { ended } => super::usage_gemini::event(ev, ended),
         }
     }
 }
@@ -114,6 +122,7 @@ pub(super) fn json_body(upstream: Api, body: &[u8]) -> Option<Tokens> {
             let UsageOnly { usage } = serde_json::from_slice(body).ok()?;
             usage.map(|u| u.tokens())
         }
+        Api::Gemini => super::usage_gemini::json_body(body),
     }
 }
 

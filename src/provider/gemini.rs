@@ -1,0 +1,86 @@
+//! Google's Gemini API: `x-goog-api-key`, and every request translated —
+//! OpenAI chat completions and Anthropic messages both become
+//! `POST {base_url}/models/{model}:generateContent` (a stream:
+//! `:streamGenerateContent?alt=sse`), answered back in the client's API
+//! (see `translate::gemini`). Other endpoints (completions, embeddings,
+//! token counts, `/v1/models/{model}`) are not served: another target may.
+
+use bytes::Bytes;
+use http::HeaderName;
+
+use super::client::{HttpClients, Upstream};
+use super::{Common, Endpoint, PrepareError, UpstreamCall};
+use crate::config::ProviderConfig;
+use crate::translate::gemini::request;
+use crate::translate::{Conversion, Options, TranslateError};
+
+#[derive(Debug)]
+pub struct Gemini {
+    pub common: Common,
+    pub client: Upstream,
+}
+
+impl Gemini {
+    pub fn new(
+        common: Common,
+        cfg: &ProviderConfig,
+        clients: &mut HttpClients,
+    ) -> Result<Self, String> {
+        let auth = (!cfg.api_key.is_empty()).then(|| {
+            (
+                HeaderName::from_static("x-goog-api-key"),
+                cfg.api_key.expose().to_string(),
+            )
+        });
+        Ok(Gemini {
+            common,
+            client: Upstream::new(cfg, clients, auth, &[])?,
+        })
+    }
+}
+
+/// Checks a Gemini model id (`gemini-2.5-flash`, without `models/`) as it
+/// goes in the URL path: letters, digits, `.`, `_` and `-` only, so a
+/// model name can never change the path or add a query.
+pub fn model_id(model: &str) -> Result<&str, TranslateError> {
+    let id = model;
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(id)
+    } else {
+        Err(TranslateError::Invalid(format!(
+            "the model name `{}` cannot be sent to a Gemini provider",
+            model.chars().take(64).collect::<String>()
+        )))
+    }
+}
+
+/// The endpoint, body and conversion of a call to a Gemini target, with
+/// `model` (already the target's) checked for the URL.
+pub fn prepare(
+    endpoint: Endpoint,
+    call: &UpstreamCall,
+    model: &str,
+    opts: &Options,
+) -> Result<(Endpoint, Bytes, Conversion), PrepareError> {
+    let (body, conversion) = match endpoint {
+        Endpoint::ChatCompletions => (
+            request::chat_to_gemini(&call.body, opts),
+            Conversion::GeminiToChat {
+                include_usage: call.include_usage,
+            },
+        ),
+        Endpoint::Messages => (
+            request::messages_to_gemini(&call.body, opts),
+            Conversion::GeminiToMessages,
+        ),
+        _ => return Err(PrepareError::Unsupported),
+    };
+    model_id(model).map_err(PrepareError::Invalid)?;
+    let body = body.map_err(PrepareError::Invalid)?;
+    Ok((Endpoint::GenerateContent, Bytes::from(body), conversion))
+}
