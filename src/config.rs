@@ -470,8 +470,7 @@ impl ProviderConfig {
         let public = matches!(
             self.kind,
             ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Gemini
-        )
-            && self.base_url.is_empty();
+        ) && self.base_url.is_empty();
         self.propagate_trace.unwrap_or(!public)
     }
 

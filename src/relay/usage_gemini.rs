@@ -51,7 +51,5 @@ pub(super) fn event(ev: &sse::Event, ended: &mut bool) -> Seen {
 /// The usage of a whole `GenerateContentResponse`, if it reports one.
 pub(super) fn json_body(body: &[u8]) -> Option<Tokens> {
     let v: Value = serde_json::from_slice(body).ok()?;
-    v.get("usageMetadata")
-        .filter(|u| u.is_object())
-        .map(tokens)
+    v.get("usageMetadata").filter(|u| u.is_object()).map(tokens)
 }

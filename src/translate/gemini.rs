@@ -99,9 +99,11 @@ pub fn stop_reason(reason: &str, tools: bool) -> &'static str {
 /// candidate's, or a blocked prompt's (`promptFeedback.blockReason`,
 /// reported as `SAFETY`).
 pub fn ended(resp: &Value) -> Option<&str> {
-    resp["candidates"][0]["finishReason"]
-        .as_str()
-        .or_else(|| resp["promptFeedback"]["blockReason"].as_str().map(|_| "SAFETY"))
+    resp["candidates"][0]["finishReason"].as_str().or_else(|| {
+        resp["promptFeedback"]["blockReason"]
+            .as_str()
+            .map(|_| "SAFETY")
+    })
 }
 
 /// A made-up tool call id (Gemini has none): `prefix` and 16 hex digits.

@@ -23,6 +23,11 @@
 //! | `status-NNN`     | an OpenAI-shaped error with status NNN (message holds a fake key) |
 //! | `status-NNN-raS` | the same, with `Retry-After: S`                                   |
 //! | `flaky-PCT`      | PCT % of requests fail: half 503, half a cut body                 |
+//!
+//! A path `…/models/{model}:generateContent` (or `:streamGenerateContent`)
+//! is Gemini's API, answered in its wire format (see [`gemini`]).
+
+mod gemini;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +54,8 @@ type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 pub struct Seen {
     pub at: tokio::time::Instant,
     pub path: String,
+    /// The query string, if any (Gemini streams: `alt=sse`).
+    pub query: Option<String>,
     pub headers: http::HeaderMap,
     pub body: Value,
 }
@@ -145,9 +152,13 @@ async fn handle(
     s.seen.lock().unwrap().push(Seen {
         at: tokio::time::Instant::now(),
         path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
         headers: parts.headers.clone(),
         body: json.clone(),
     });
+    if let Some((model, stream)) = gemini::route(parts.uri.path()) {
+        return Ok(gemini::answer(model, stream, &json, s).await);
+    }
     let model = json["model"].as_str().unwrap_or("").to_string();
     let stream = json["stream"].as_bool().unwrap_or(false);
     let anthropic = parts.headers.contains_key("anthropic-version");

@@ -165,7 +165,11 @@ mod tests {
         let mut last = Value::Null;
         while let Some(ev) = p.next_event().unwrap() {
             last = serde_json::from_str(&ev.data).unwrap();
-            text.push_str(last["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap());
+            text.push_str(
+                last["candidates"][0]["content"]["parts"][0]["text"]
+                    .as_str()
+                    .unwrap(),
+            );
         }
         assert_eq!(text, whole["candidates"][0]["content"]["parts"][0]["text"]);
         assert_eq!(last["candidates"][0]["finishReason"], "MAX_TOKENS");
@@ -185,15 +189,23 @@ mod tests {
         assert_eq!(r.max_tokens, Some(9));
         assert_eq!(r.cache_usage(), (30, 0));
         let call = r.tool_call().unwrap();
-        assert_eq!((call.name.as_str(), call.arguments.as_str()), ("weather", r#"{"city":"mock"}"#));
+        assert_eq!(
+            (call.name.as_str(), call.arguments.as_str()),
+            ("weather", r#"{"city":"mock"}"#)
+        );
         let mut answered = body.clone();
         answered["contents"].as_array_mut().unwrap().push(
             json!({"role": "user", "parts": [{"functionResponse": {"name": "weather", "response": {}}}]}),
         );
-        assert!(MockRequest::from_gemini("g", &answered).tool_call().is_none());
+        assert!(MockRequest::from_gemini("g", &answered)
+            .tool_call()
+            .is_none());
         let mut off = body;
         off["toolConfig"] = json!({"functionCallingConfig": {"mode": "NONE"}});
         assert!(MockRequest::from_gemini("g", &off).tool_call().is_none());
-        assert_eq!(gemini_error(429, "x")["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            gemini_error(429, "x")["error"]["status"],
+            "RESOURCE_EXHAUSTED"
+        );
     }
 }

@@ -255,7 +255,11 @@ fn chat_tools(tools: Value, opts: &Options) -> Result<Option<Value>> {
             continue;
         }
         let f = &tool["function"];
-        decls.push(declaration(&f["name"], &f["description"], &f["parameters"])?);
+        decls.push(declaration(
+            &f["name"],
+            &f["description"],
+            &f["parameters"],
+        )?);
     }
     Ok((!decls.is_empty()).then(|| json!([{ "functionDeclarations": decls }])))
 }
@@ -470,7 +474,11 @@ fn anthropic_tools(tools: Value, opts: &Options) -> Result<Option<Value>> {
             unsupported("tools[].type", opts)?;
             continue;
         }
-        decls.push(declaration(&t["name"], &t["description"], &t["input_schema"])?);
+        decls.push(declaration(
+            &t["name"],
+            &t["description"],
+            &t["input_schema"],
+        )?);
     }
     Ok((!decls.is_empty()).then(|| json!([{ "functionDeclarations": decls }])))
 }
@@ -492,7 +500,11 @@ fn anthropic_message(m: &Value, i: usize, opts: &Options, contents: &mut Content
     let role = match m["role"].as_str() {
         Some("user") => "user",
         Some("assistant") => "model",
-        _ => return Err(invalid(format!("messages[{i}].role must be user or assistant"))),
+        _ => {
+            return Err(invalid(format!(
+                "messages[{i}].role must be user or assistant"
+            )))
+        }
     };
     let blocks = match &m["content"] {
         Value::String(s) => {

@@ -86,7 +86,9 @@ pub fn to_message(resp: &Value) -> Value {
         content.push(json!({"type": "text", "text": text}));
     }
     for (name, input) in calls {
-        content.push(json!({"type": "tool_use", "id": call_id("toolu_"), "name": name, "input": input}));
+        content.push(
+            json!({"type": "tool_use", "id": call_id("toolu_"), "name": name, "input": input}),
+        );
     }
     json!({
         "id": format!("msg_{}", response_id(resp)),

@@ -104,7 +104,10 @@ impl ToChat {
         }
         self.started = true;
         let id = v["responseId"].as_str().filter(|s| !s.is_empty());
-        self.id = format!("chatcmpl-{}", id.map_or_else(|| call_id(""), str::to_string));
+        self.id = format!(
+            "chatcmpl-{}",
+            id.map_or_else(|| call_id(""), str::to_string)
+        );
         if let Some(m) = v["modelVersion"].as_str() {
             self.model = m.to_string();
         }

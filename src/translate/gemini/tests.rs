@@ -43,7 +43,10 @@ fn an_openai_request_becomes_gemini() {
         "tool_choice": {"type": "function", "function": {"name": "look"}},
     }))
     .unwrap();
-    assert_eq!(g["systemInstruction"], json!({"parts": [{"text": "Be brief."}]}));
+    assert_eq!(
+        g["systemInstruction"],
+        json!({"parts": [{"text": "Be brief."}]})
+    );
     assert_eq!(
         g["generationConfig"],
         json!({"temperature": 0.2, "topP": 0.9, "maxOutputTokens": 50,
@@ -107,7 +110,10 @@ fn an_anthropic_request_becomes_gemini() {
         json!({"maxOutputTokens": 20, "topK": 4, "stopSequences": ["X"]})
     );
     let c = &g["contents"];
-    assert_eq!(c[0], json!({"role": "user", "parts": [{"text": "Weather?"}]}));
+    assert_eq!(
+        c[0],
+        json!({"role": "user", "parts": [{"text": "Weather?"}]})
+    );
     assert_eq!(
         c[1],
         json!({"role": "model", "parts": [{"text": "Looking."},
@@ -145,14 +151,18 @@ fn unsupported_parameters_are_named_unless_dropped() {
         let out: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(out, chat(base.clone()).unwrap(), "{param} dropped");
     }
-    let mut body = json!({"model": "g", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let mut body =
+        json!({"model": "g", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     body["thinking"] = json!({"type": "enabled", "budget_tokens": 10});
-    assert!(matches!(messages(body), Err(TranslateError::Unsupported { param, .. }) if param == "thinking"));
+    assert!(
+        matches!(messages(body), Err(TranslateError::Unsupported { param, .. }) if param == "thinking")
+    );
     // Not translatable at all: invalid, whatever the route says.
     let url_image = json!({"model": "g", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]});
     assert!(matches!(chat(url_image), Err(TranslateError::Invalid(_))));
-    let orphan = json!({"model": "g", "messages": [{"role": "tool", "tool_call_id": "x", "content": "r"}]});
+    let orphan =
+        json!({"model": "g", "messages": [{"role": "tool", "tool_call_id": "x", "content": "r"}]});
     assert!(matches!(chat(orphan), Err(TranslateError::Invalid(m)) if m.contains("`x`")));
     assert!(chat(json!({"model": "g"})).is_err());
     assert!(chat_to_gemini(b"[1]", &Options::default()).is_err());
@@ -211,11 +221,18 @@ fn finish_reasons_map_to_both_apis() {
         ("OTHER", "stop", "end_turn"),
     ] {
         let r = gemini_answer(json!([{"text": "x"}]), gemini);
-        assert_eq!(to_chat(&r)["choices"][0]["finish_reason"], openai, "{gemini}");
+        assert_eq!(
+            to_chat(&r)["choices"][0]["finish_reason"],
+            openai,
+            "{gemini}"
+        );
         assert_eq!(to_message(&r)["stop_reason"], anthropic, "{gemini}");
     }
     let blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 4}});
-    assert_eq!(to_chat(&blocked)["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(
+        to_chat(&blocked)["choices"][0]["finish_reason"],
+        "content_filter"
+    );
     assert_eq!(to_chat(&blocked)["choices"][0]["message"]["content"], "");
 }
 
@@ -257,8 +274,16 @@ fn chunk(parts: Value, finish: Option<&str>, output: u64) -> Value {
 fn tool_stream() -> Vec<Value> {
     vec![
         chunk(json!([{"text": "Let me "}]), None, 1),
-        chunk(json!([{"text": "check."}, {"functionCall": {"name": "a", "args": {"x": 1}}}]), None, 2),
-        chunk(json!([{"functionCall": {"name": "b", "args": {}}}]), Some("STOP"), 3),
+        chunk(
+            json!([{"text": "check."}, {"functionCall": {"name": "a", "args": {"x": 1}}}]),
+            None,
+            2,
+        ),
+        chunk(
+            json!([{"functionCall": {"name": "b", "args": {}}}]),
+            Some("STOP"),
+            3,
+        ),
         // After the end: ignored.
         chunk(json!([{"text": "late"}]), Some("STOP"), 4),
     ]
@@ -266,7 +291,12 @@ fn tool_stream() -> Vec<Value> {
 
 #[test]
 fn a_stream_becomes_openai_chunks() {
-    let ev = translate(Conversion::GeminiToChat { include_usage: true }, &tool_stream());
+    let ev = translate(
+        Conversion::GeminiToChat {
+            include_usage: true,
+        },
+        &tool_stream(),
+    );
     assert_eq!(ev.last().unwrap().1, "[DONE]");
     let v: Vec<Value> = ev[..ev.len() - 1]
         .iter()
@@ -275,14 +305,20 @@ fn a_stream_becomes_openai_chunks() {
     assert_eq!(v[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(v[0]["id"], "chatcmpl-r9");
     assert_eq!(v[0]["model"], "gemini-x-001");
-    let text: String = v.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let text: String = v
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(text, "Let me check.");
     let calls: Vec<&Value> = v
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
         .collect();
     assert_eq!(calls.len(), 2);
-    assert_eq!((calls[0]["index"].as_u64(), calls[1]["index"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (calls[0]["index"].as_u64(), calls[1]["index"].as_u64()),
+        (Some(0), Some(1))
+    );
     assert_eq!(calls[0]["function"]["name"], "a");
     assert_eq!(calls[0]["function"]["arguments"], r#"{"x":1}"#);
     assert_ne!(calls[0]["id"], calls[1]["id"]);
@@ -293,7 +329,12 @@ fn a_stream_becomes_openai_chunks() {
     assert_eq!(v[n - 1]["usage"]["completion_tokens"], 3);
     assert!(!text.contains("late"));
     // Without include_usage: no usage chunk.
-    let ev = translate(Conversion::GeminiToChat { include_usage: false }, &tool_stream());
+    let ev = translate(
+        Conversion::GeminiToChat {
+            include_usage: false,
+        },
+        &tool_stream(),
+    );
     assert!(ev.iter().all(|(_, d)| !d.contains("\"usage\"")));
 }
 
@@ -319,7 +360,10 @@ fn a_stream_becomes_anthropic_events() {
             "message_stop",
         ]
     );
-    let v: Vec<Value> = ev.iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    let v: Vec<Value> = ev
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
     assert_eq!(v[0]["message"]["usage"]["input_tokens"], 7);
     assert_eq!(v[5]["content_block"]["name"], "a");
     assert_eq!(v[5]["index"], 1);
@@ -334,7 +378,12 @@ fn a_stream_becomes_anthropic_events() {
 fn an_error_chunk_becomes_the_clients_error_event() {
     let err = json!({"error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED"}});
     let chunks = [chunk(json!([{"text": "Hi"}]), None, 1), err];
-    let ev = translate(Conversion::GeminiToChat { include_usage: true }, &chunks);
+    let ev = translate(
+        Conversion::GeminiToChat {
+            include_usage: true,
+        },
+        &chunks,
+    );
     let last: Value = serde_json::from_str(&ev.last().unwrap().1).unwrap();
     assert_eq!(last["error"]["code"], "RESOURCE_EXHAUSTED");
     assert_eq!(last["error"]["message"], "Resource exhausted");
