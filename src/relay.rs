@@ -22,7 +22,6 @@ mod keepalive;
 #[cfg(test)]
 mod tests;
 mod usage;
-mod usage_gemini;
 
 use std::future::Future as _;
 use std::pin::Pin;

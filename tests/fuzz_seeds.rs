@@ -44,6 +44,11 @@ fn translate_seeds() {
 }
 
 #[test]
+fn gemini_sse_seeds() {
+    each_seed("gemini_sse", h3gate::translate::gemini::fuzz_check);
+}
+
+#[test]
 fn sse_parser_seeds() {
     each_seed("sse_parser", h3gate::sse::fuzz_check);
 }

@@ -84,3 +84,44 @@ pub fn prepare(
     let body = body.map_err(PrepareError::Invalid)?;
     Ok((Endpoint::GenerateContent, Bytes::from(body), conversion))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_cannot_change_the_path() {
+        assert!(model_id("gemini-2.5-flash").is_ok());
+        assert!(model_id("gemini-1.5-pro-002").is_ok());
+        for bad in [
+            "",
+            "a/b",
+            "models/gemini",
+            "x:generateContent",
+            "g?key=1",
+            "../x",
+            "g e",
+        ] {
+            assert!(model_id(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Endpoint::GenerateContent.suffix(false), ":generateContent");
+        assert_eq!(
+            Endpoint::GenerateContent.suffix(true),
+            ":streamGenerateContent?alt=sse"
+        );
+        assert_eq!(Endpoint::ChatCompletions.suffix(true), "");
+    }
+
+    /// Google's error body keeps its status, message and name.
+    #[test]
+    fn a_gemini_error_body_is_read() {
+        let body = br#"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#;
+        let e =
+            crate::error::GatewayError::from_upstream(http::StatusCode::TOO_MANY_REQUESTS, body);
+        let v: serde_json::Value = serde_json::from_slice(&e.body("r")).unwrap();
+        assert_eq!(v["error"]["type"], "RESOURCE_EXHAUSTED");
+        assert_eq!(v["error"]["code"], "429");
+        assert_eq!(v["error"]["message"], "Resource has been exhausted");
+        assert_eq!(e.status(), http::StatusCode::TOO_MANY_REQUESTS);
+    }
+}

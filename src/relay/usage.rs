@@ -2,6 +2,8 @@
 //! format: event by event from a stream, or from a whole JSON body. Each
 //! API family is a `match` arm, so a new one is a compiler-guided change.
 
+mod gemini;
+
 use serde::Deserialize;
 
 use crate::api::Api;
@@ -63,7 +65,7 @@ impl EventReader {
         match self {
             EventReader::OpenAi => openai_event(ev),
             EventReader::Anthropic { input_tokens } => anthropic_event(ev, input_tokens),
-            EventReader::Gemini { ended } => super::usage_gemini::event(ev, ended),
+            EventReader::Gemini { ended } => gemini::event(ev, ended),
         }
     }
 }
@@ -122,7 +124,7 @@ pub(super) fn json_body(upstream: Api, body: &[u8]) -> Option<Tokens> {
             let UsageOnly { usage } = serde_json::from_slice(body).ok()?;
             usage.map(|u| u.tokens())
         }
-        Api::Gemini => super::usage_gemini::json_body(body),
+        Api::Gemini => gemini::json_body(body),
     }
 }
 

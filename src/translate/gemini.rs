@@ -21,8 +21,6 @@ mod tests;
 
 use serde_json::{json, Value};
 
-use super::Conversion;
-
 /// Gemini's `usageMetadata` as the counts the gateway and clients use:
 /// `(prompt incl. cached, completion incl. thoughts, cached)`. Gemini's
 /// `promptTokenCount` includes `cachedContentTokenCount`; its
@@ -130,21 +128,25 @@ pub fn fuzz_check(data: &[u8]) {
         let _ = response::to_message(&value).to_string();
     }
     let text = String::from_utf8_lossy(data);
-    for conv in [
-        Conversion::GeminiToChat {
-            include_usage: true,
-        },
-        Conversion::GeminiToMessages,
-    ] {
-        let mut t = super::stream::Translator::new(conv, "fuzz").expect("a converting stream");
+    for to_chat in [true, false] {
+        let mut chat = stream::ToChat::new("fuzz", true);
+        let mut messages = stream::ToMessages::new("fuzz");
         let mut parser = crate::sse::Parser::new(1 << 20);
         let _ = parser.push(text.as_bytes());
         let _ = parser.push(b"\n\n");
         let mut out = String::new();
         while let Ok(Some(ev)) = parser.next_event() {
-            t.event(&ev, &mut out);
+            if to_chat {
+                chat.event(&ev, &mut out);
+            } else {
+                messages.event(&ev, &mut out);
+            }
         }
-        t.finish(&mut out);
+        if to_chat {
+            chat.finish(&mut out);
+        } else {
+            messages.finish(&mut out);
+        }
         let mut p = crate::sse::Parser::new(1 << 22);
         let _ = p.push(out.as_bytes());
         while let Ok(Some(ev)) = p.next_event() {

@@ -8,7 +8,6 @@
 use serde_json::{json, Value};
 
 use super::{token, Answer, MockRequest};
-use crate::sse;
 
 /// Google's status name for an HTTP status.
 pub fn gemini_status(status: u16) -> &'static str {
@@ -127,9 +126,10 @@ impl Answer {
         self.gemini_body(parts, Some(self.gemini_finish()), self.completion_tokens)
     }
 
-    /// Every chunk of the `alt=sse` stream, in order (no end marker).
+    /// Every chunk of the `alt=sse` stream, in order (no end marker),
+    /// each ended with CRLF line breaks as Google's servers send them.
     pub fn gemini_events(&self) -> Vec<String> {
-        let chunk = |v: Value| sse::encode(None, &v.to_string());
+        let chunk = |v: Value| format!("data: {v}\r\n\r\n");
         let n = self.completion_tokens;
         match self.function_call_part() {
             Some(call) => vec![chunk(self.gemini_body(
@@ -152,6 +152,7 @@ impl Answer {
 mod tests {
     use super::*;
     use crate::provider::Endpoint;
+    use crate::sse;
 
     #[test]
     fn stream_and_json_agree() {

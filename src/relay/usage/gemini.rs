@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::usage::{Seen, Tokens};
+use super::{Seen, Tokens};
 use crate::sse;
 use crate::translate::gemini::{ended as finish_of, usage_counts};
 
@@ -52,4 +52,44 @@ pub(super) fn event(ev: &sse::Event, ended: &mut bool) -> Seen {
 pub(super) fn json_body(body: &[u8]) -> Option<Tokens> {
     let v: Value = serde_json::from_slice(body).ok()?;
     v.get("usageMetadata").filter(|u| u.is_object()).map(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(data: &str) -> sse::Event {
+        sse::Event {
+            event: None,
+            data: data.to_string(),
+            id: None,
+        }
+    }
+
+    /// Running totals in every chunk: only the last one's count, once.
+    #[test]
+    fn the_stream_usage_is_read_once_at_its_end() {
+        let mut ended = false;
+        let chunk = r#"{"candidates":[{"content":{"parts":[{"text":"finishReason"}]}}],"usageMetadata":{"promptTokenCount":7,"candidatesTokenCount":1}}"#;
+        assert_eq!(event(&ev(chunk), &mut ended), Seen::Nothing);
+        let last = r#"{"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":5,"thoughtsTokenCount":2,"cachedContentTokenCount":4}}"#;
+        let want = Tokens {
+            prompt: 9,
+            completion: 7,
+            cached: 4,
+            cache_write: 0,
+        };
+        assert_eq!(event(&ev(last), &mut ended), Seen::Last(want));
+        assert_eq!(event(&ev(last), &mut ended), Seen::Nothing, "after the end");
+        let mut ended = false;
+        let err = r#"{"error":{"code":500,"message":"x","status":"INTERNAL"}}"#;
+        assert_eq!(event(&ev(err), &mut ended), Seen::Failed);
+        let mut ended = false;
+        let blocked =
+            r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":3}}"#;
+        assert!(matches!(event(&ev(blocked), &mut ended), Seen::Last(t) if t.prompt == 3));
+        assert_eq!(json_body(last.as_bytes()), Some(want));
+        assert_eq!(json_body(b"{}"), None);
+        assert_eq!(json_body(b"not json"), None);
+    }
 }
