@@ -112,6 +112,67 @@ mod tests {
         assert_eq!(Endpoint::ChatCompletions.suffix(true), "");
     }
 
+    #[test]
+    fn a_gemini_target_prepares_generate_content() {
+        use crate::config::{ProviderKind, Secret};
+        use crate::provider::{HttpClients, Provider};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cfg = ProviderConfig {
+            name: "g".into(),
+            kind: ProviderKind::Gemini,
+            api_key: Secret::new("test-key-not-real"),
+            ..Default::default()
+        };
+        assert_eq!(
+            cfg.base_url(),
+            "https://generativelanguage.googleapis.com/v1beta"
+        );
+        assert!(!cfg.propagates_trace(), "not to Google's public API");
+        let p = Provider::build(&cfg, &mut HttpClients::default()).unwrap();
+        assert_eq!(p.common().system, "gcp.gemini");
+        let call = |endpoint, body: &str| UpstreamCall {
+            endpoint,
+            model: "gemini-x".into(),
+            body: Bytes::from(body.to_string()),
+            stream: true,
+            include_usage: true,
+            request_id: "r".into(),
+            early_data: false,
+            drop_unsupported: false,
+            trace: None,
+        };
+        let chat = r#"{"model":"gemini-x","messages":[{"role":"user","content":"hi"}]}"#;
+        let prepared = p
+            .prepare(
+                &call(Endpoint::ChatCompletions, chat),
+                Some("gemini-2.5-flash"),
+            )
+            .unwrap();
+        assert_eq!(prepared.endpoint, Endpoint::GenerateContent);
+        assert_eq!(prepared.model, "gemini-2.5-flash");
+        assert_eq!(
+            prepared.conversion,
+            Conversion::GeminiToChat {
+                include_usage: true
+            }
+        );
+        assert_eq!(prepared.upstream_api(), crate::api::Api::Gemini);
+        let body: serde_json::Value = serde_json::from_slice(&prepared.body).unwrap();
+        assert_eq!(body["contents"][0]["parts"][0]["text"], "hi");
+        let messages = p.prepare(&call(Endpoint::Messages, chat), None).unwrap();
+        assert_eq!(messages.conversion, Conversion::GeminiToMessages);
+        for endpoint in [Endpoint::Embeddings, Endpoint::Model, Endpoint::CountTokens] {
+            assert_eq!(
+                p.prepare(&call(endpoint, chat), None).unwrap_err(),
+                PrepareError::Unsupported
+            );
+        }
+        assert!(matches!(
+            p.prepare(&call(Endpoint::ChatCompletions, chat), Some("a/b")),
+            Err(PrepareError::Invalid(_))
+        ));
+    }
+
     /// Google's error body keeps its status, message and name.
     #[test]
     fn a_gemini_error_body_is_read() {

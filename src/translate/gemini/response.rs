@@ -66,7 +66,7 @@ pub fn to_chat(resp: &Value) -> Value {
         "id": format!("chatcmpl-{}", response_id(resp)),
         "object": "chat.completion",
         "created": crate::clock::now_secs(),
-        "model": resp["modelVersion"],
+        "model": resp["modelVersion"].as_str().unwrap_or("gemini"),
         "choices": [{
             "index": 0,
             "message": message,
@@ -94,7 +94,7 @@ pub fn to_message(resp: &Value) -> Value {
         "id": format!("msg_{}", response_id(resp)),
         "type": "message",
         "role": "assistant",
-        "model": resp["modelVersion"],
+        "model": resp["modelVersion"].as_str().unwrap_or("gemini"),
         "content": content,
         "stop_reason": stop_reason(ended(resp).unwrap_or("STOP"), tools),
         "stop_sequence": null,
