@@ -118,7 +118,7 @@ impl ToChat {
         if self.ended {
             return;
         }
-        let Some(v) = parse(ev) else {
+        let Some(mut v) = parse(ev) else {
             return;
         };
         if let Some((code, message)) = error_of(&v) {
@@ -145,8 +145,8 @@ impl ToChat {
                 self.chunk(json!({ "tool_calls": [call] }), None, out);
             }
         }
-        if v["usageMetadata"].is_object() {
-            self.usage = v["usageMetadata"].clone();
+        if let Some(u) = v.get_mut("usageMetadata").filter(|u| u.is_object()) {
+            self.usage = u.take();
         }
         if let Some(reason) = ended(&v) {
             let reason = reason.to_string();
@@ -247,7 +247,7 @@ impl ToMessages {
         if self.ended {
             return;
         }
-        let Some(v) = parse(ev) else {
+        let Some(mut v) = parse(ev) else {
             return;
         };
         if let Some((code, message)) = error_of(&v) {
@@ -307,8 +307,8 @@ impl ToMessages {
                 );
             }
         }
-        if v["usageMetadata"].is_object() {
-            self.usage = v["usageMetadata"].clone();
+        if let Some(u) = v.get_mut("usageMetadata").filter(|u| u.is_object()) {
+            self.usage = u.take();
         }
         if let Some(reason) = ended(&v) {
             let reason = reason.to_string();
