@@ -13,6 +13,9 @@ pub enum Api {
     /// OpenAI's Responses API: OpenAI's error shape, its own typed stream
     /// events (`response.created` … `response.completed`, no `[DONE]`).
     Responses,
+    /// Google's Gemini API (`generateContent`): spoken upstream only — no
+    /// client surface serves it, so a client is never `Gemini`.
+    Gemini,
 }
 
 /// Anthropic's error `type` for an HTTP status.

@@ -300,7 +300,7 @@ impl GatewayError {
         let status = self.status();
         let upstream = matches!(self, GatewayError::Upstream { .. });
         match (api, status.as_u16()) {
-            (Api::OpenAi | Api::Responses, 529) => StatusCode::SERVICE_UNAVAILABLE,
+            (Api::OpenAi | Api::Responses | Api::Gemini, 529) => StatusCode::SERVICE_UNAVAILABLE,
             (Api::Anthropic, 503) if upstream => StatusCode::from_u16(529).unwrap_or(status),
             _ => status,
         }
@@ -309,7 +309,7 @@ impl GatewayError {
     /// The response for a client of `api`, in that API's error shape.
     pub fn into_response_for(self, api: Api, request_id: &str) -> Response {
         match api {
-            Api::OpenAi | Api::Responses => self.into_response(request_id),
+            Api::OpenAi | Api::Responses | Api::Gemini => self.into_response(request_id),
             Api::Anthropic => {
                 let body = self.anthropic_body(request_id);
                 let status = self.status_for(api);
@@ -363,7 +363,7 @@ impl GatewayError {
     /// The error as the SSE event that ends a stream already committed.
     pub fn sse_event(&self, api: Api) -> String {
         match api {
-            Api::OpenAi => {
+            Api::OpenAi | Api::Gemini => {
                 let body = serde_json::json!({"error": {"message": self.to_string(), "type": self.kind(), "code": self.code()}});
                 crate::sse::encode(None, &body.to_string())
             }
@@ -417,6 +417,9 @@ impl GatewayError {
             #[serde(rename = "type")]
             kind: Option<String>,
             code: Option<serde_json::Value>,
+            /// Google's (Gemini) error name, e.g. `RESOURCE_EXHAUSTED`:
+            /// the type when there is no `type`.
+            status: Option<String>,
         }
         let parsed = serde_json::from_slice::<Outer>(body).ok().map(|o| o.error);
         let message = parsed
@@ -438,7 +441,7 @@ impl GatewayError {
         };
         let kind = parsed
             .as_ref()
-            .and_then(|e| e.kind.as_deref())
+            .and_then(|e| e.kind.as_deref().or(e.status.as_deref()))
             .and_then(ident)
             .unwrap_or_else(|| "upstream_error".into());
         let code = parsed.and_then(|e| match e.code {

@@ -7,6 +7,7 @@ pub mod azure;
 pub mod client;
 mod endpoint;
 pub mod keys;
+pub mod gemini;
 pub mod mock;
 pub mod ollama;
 pub mod openai;
@@ -124,7 +125,8 @@ pub struct Common {
     pub name: String,
     /// [`ResponseTag::hash`] of the name: what its response ids carry.
     pub tag: u32,
-    /// `gen_ai.system` of its spans (`openai`, `anthropic`, `ollama`, `mock`).
+    /// `gen_ai.system` of its spans (`openai`, `anthropic`, `ollama`,
+    /// `az.ai.openai`, `gcp.gemini`, `mock`).
     pub system: &'static str,
     /// Trace context is sent to it (`propagate_trace`).
     pub propagate_trace: bool,
@@ -155,6 +157,8 @@ impl Common {
                 ProviderKind::Anthropic => "anthropic",
                 ProviderKind::Ollama => "ollama",
                 ProviderKind::Azure => "az.ai.openai",
+                // The semantic conventions' value for the Gemini API (AI Studio).
+                ProviderKind::Gemini => "gcp.gemini",
                 ProviderKind::Mock => "mock",
             },
             propagate_trace: cfg.propagates_trace(),
@@ -202,6 +206,7 @@ pub enum Provider {
     Anthropic(anthropic::Anthropic),
     Ollama(ollama::Ollama),
     Azure(azure::Azure),
+    Gemini(gemini::Gemini),
     Mock(mock::Mock),
 }
 
@@ -217,6 +222,7 @@ impl Provider {
             }
             ProviderKind::Ollama => Provider::Ollama(ollama::Ollama::new(common, cfg, clients)?),
             ProviderKind::Azure => Provider::Azure(azure::Azure::new(common, cfg, clients)?),
+            ProviderKind::Gemini => Provider::Gemini(gemini::Gemini::new(common, cfg, clients)?),
             ProviderKind::Mock => Provider::Mock(mock::Mock::new(common, cfg)),
         })
     }
@@ -227,6 +233,7 @@ impl Provider {
             Provider::Anthropic(p) => &p.common,
             Provider::Ollama(p) => &p.common,
             Provider::Azure(p) => &p.common,
+            Provider::Gemini(p) => &p.common,
             Provider::Mock(p) => &p.common,
         }
     }
@@ -253,6 +260,7 @@ impl Provider {
                 }
             }
             Provider::Anthropic(_) => Api::Anthropic,
+            Provider::Gemini(_) => Api::Gemini,
             Provider::Mock(_) => endpoint.api(),
         }
     }
@@ -264,6 +272,7 @@ impl Provider {
             Provider::Anthropic(p) => Some(p.client.credentials()),
             Provider::Ollama(p) => Some(p.client.credentials()),
             Provider::Azure(p) => Some(p.client.credentials()),
+            Provider::Gemini(p) => Some(p.client.credentials()),
             Provider::Mock(_) => None,
         }
     }
@@ -368,6 +377,7 @@ impl Provider {
             Provider::Anthropic(p) => p.client.health_check(path).await,
             Provider::Ollama(p) => p.client.health_check(path).await,
             Provider::Azure(p) => p.client.health_check(path).await,
+            Provider::Gemini(p) => p.client.health_check(path).await,
             Provider::Mock(_) => true,
         }
     }
@@ -429,6 +439,7 @@ impl Provider {
                 ))?,
                 Conversion::ChatToMessages,
             ),
+            (e, Api::Gemini) => gemini::prepare(e, call, &model, &opts)?,
             _ => return Err(PrepareError::Unsupported),
         };
         Ok(Prepared {
@@ -453,6 +464,7 @@ impl Provider {
             Provider::Anthropic(p) => p.client.send(call, prepared).await,
             Provider::Ollama(p) => p.client.send(call, prepared).await,
             Provider::Azure(p) => p.client.send(call, prepared).await,
+            Provider::Gemini(p) => p.client.send(call, prepared).await,
             Provider::Mock(p) => p.send(prepared).await,
         }
     }

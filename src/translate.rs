@@ -14,6 +14,7 @@
 //! are translated one at a time into the output body, so a large request
 //! costs about its output's size, not tens of times its body.
 
+pub mod gemini;
 pub mod request;
 pub mod response;
 pub mod responses;
@@ -39,6 +40,10 @@ pub enum Conversion {
     /// Upstream Anthropic messages → a Responses API client (through chat
     /// completions: [`responses::chat`]).
     MessagesToResponses,
+    /// Upstream Gemini `generateContent` → client OpenAI chat completions.
+    GeminiToChat { include_usage: bool },
+    /// Upstream Gemini `generateContent` → client Anthropic messages.
+    GeminiToMessages,
 }
 
 /// Why a request cannot be translated: the client's fault, a 400.

@@ -49,6 +49,11 @@ fn responses_events_seeds() {
 }
 
 #[test]
+fn gemini_sse_seeds() {
+    each_seed("gemini_sse", h3gate::translate::gemini::fuzz_check);
+}
+
+#[test]
 fn sse_parser_seeds() {
     each_seed("sse_parser", h3gate::sse::fuzz_check);
 }

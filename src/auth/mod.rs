@@ -103,11 +103,8 @@ pub fn scope_of(endpoint: Option<Endpoint>) -> &'static str {
             | Endpoint::Completions
             | Endpoint::Messages
             | Endpoint::CountTokens
-            | Endpoint::Responses
-            | Endpoint::StoredResponse
-            | Endpoint::DeleteResponse
-            | Endpoint::ResponseInputItems
-            | Endpoint::CancelResponse,
+            | Endpoint::CancelResponse
+            | Endpoint::GenerateContent,
         ) => "chat",
         Some(Endpoint::Embeddings) => "embeddings",
         Some(Endpoint::Model) | None => "models",

@@ -18,6 +18,9 @@ pub enum ProviderKind {
     /// deployment, `api_version` goes in every URL, the key in `api-key`
     /// (or a bearer token from `token_file`).
     Azure,
+    /// Google's Gemini API (`generateContent`, `x-goog-api-key`), reached
+    /// from OpenAI and Anthropic clients through translation.
+    Gemini,
     /// Built-in mock that answers like OpenAI or Anthropic, in-process.
     Mock,
 }
@@ -29,6 +32,7 @@ impl ProviderKind {
             ProviderKind::Openai => "https://api.openai.com/v1",
             ProviderKind::Anthropic => "https://api.anthropic.com/v1",
             ProviderKind::Ollama => "http://127.0.0.1:11434/v1",
+            ProviderKind::Gemini => "https://generativelanguage.googleapis.com/v1beta",
             ProviderKind::Azure | ProviderKind::Mock => "",
         }
     }
@@ -42,9 +46,11 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// Base URL including the API version path. Default by kind:
     /// `https://api.openai.com/v1`, `https://api.anthropic.com/v1`,
-    /// `http://127.0.0.1:11434/v1` (ollama).
+    /// `http://127.0.0.1:11434/v1` (ollama),
+    /// `https://generativelanguage.googleapis.com/v1beta` (gemini).
     pub base_url: String,
-    /// Sent as `Authorization: Bearer` (Anthropic: `x-api-key`). Use `${OPENAI_API_KEY}`.
+    /// Sent as `Authorization: Bearer` (Anthropic: `x-api-key`, Gemini:
+    /// `x-goog-api-key`, Azure: `api-key`). Use `${OPENAI_API_KEY}`.
     pub api_key: Secret,
     /// More keys for the same provider: requests are spread over `api_key`
     /// and these; a key answered 429 rests for its `Retry-After`, one
@@ -120,8 +126,10 @@ impl Default for ProviderConfig {
 impl ProviderConfig {
     /// Whether trace context goes to this provider (see `propagate_trace`).
     pub fn propagates_trace(&self) -> bool {
-        let public = matches!(self.kind, ProviderKind::Openai | ProviderKind::Anthropic)
-            && self.base_url.is_empty();
+        let public = matches!(
+            self.kind,
+            ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Gemini
+        ) && self.base_url.is_empty();
         self.propagate_trace.unwrap_or(!public)
     }
 
@@ -144,6 +152,7 @@ impl ProviderConfig {
             ProviderKind::Anthropic => &["anthropic-beta"],
             ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Ollama => &["openai-beta"],
             ProviderKind::Mock => &["openai-beta", "anthropic-beta"],
+            ProviderKind::Gemini => &[],
         };
         let mut all: Vec<String> = own.iter().map(|s| s.to_string()).collect();
         for h in &self.forward_headers {

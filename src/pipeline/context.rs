@@ -97,7 +97,7 @@ impl<'a> Ctx<'a> {
             match self.api {
                 // Anthropic's SDKs read their own name for it.
                 Api::Anthropic => h.insert("request-id", v.clone()),
-                Api::OpenAi | Api::Responses => None,
+                Api::OpenAi | Api::Responses | Api::Gemini => None,
             };
             h.insert("x-request-id", v);
         }

@@ -39,7 +39,7 @@ fn models(state: &State, key: Option<&KeyRecord>, api: Api) -> Response {
                 "first_id": names.first(), "last_id": names.last(),
             })
         }
-        Api::OpenAi | Api::Responses => {
+        Api::OpenAi | Api::Responses | Api::Gemini => {
             let data: Vec<serde_json::Value> = names
                 .iter()
                 .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "h3gate"}))

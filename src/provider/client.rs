@@ -179,9 +179,19 @@ impl Upstream {
         let e = prepared.endpoint;
         let mut url = reqwest::Url::parse(&self.base_url).map_err(bad)?;
         match &self.paths {
+            // Gemini's method follows the model in its segment:
+            // `models/{model}:generateContent`, a stream with `?alt=sse`.
+            Paths::Versioned if e == Endpoint::GenerateContent => {
+                let method = e.suffix(prepared.stream);
+                let (method, query) = method.split_once('?').unwrap_or((method, ""));
+                push_path(&mut url, e.path(), &format!("{}{method}", prepared.model));
+                if !query.is_empty() {
+                    url.set_query(Some(query));
+                }
+            }
             Paths::Versioned => {
                 push_path(&mut url, e.path(), &prepared.model);
-                push_path(&mut url, e.suffix(), "");
+                push_path(&mut url, e.suffix(prepared.stream), "");
             }
             Paths::Azure { api_version } => {
                 if e == Endpoint::Responses {
@@ -189,7 +199,7 @@ impl Upstream {
                     push_path(&mut url, "/openai/responses", "");
                 } else if e.is_stored() {
                     push_path(&mut url, "/openai/responses/", &prepared.model);
-                    push_path(&mut url, e.suffix(), "");
+                    push_path(&mut url, e.suffix(false), "");
                 } else {
                     push_path(&mut url, "/openai/deployments/", &prepared.model);
                     push_path(&mut url, e.path(), "");

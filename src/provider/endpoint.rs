@@ -26,6 +26,9 @@ pub enum Endpoint {
     ResponseInputItems,
     /// `POST /v1/responses/{id}/cancel` (a background response).
     CancelResponse,
+    /// Gemini `POST /models/{model}:generateContent` (or
+    /// `:streamGenerateContent?alt=sse`): upstream only, never public.
+    GenerateContent,
 }
 
 impl Endpoint {
@@ -38,7 +41,7 @@ impl Endpoint {
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Messages => "/messages",
             Endpoint::CountTokens => "/messages/count_tokens",
-            Endpoint::Model => "/models/",
+            Endpoint::Model | Endpoint::GenerateContent => "/models/",
             Endpoint::Responses => "/responses",
             Endpoint::StoredResponse
             | Endpoint::DeleteResponse
@@ -47,11 +50,15 @@ impl Endpoint {
         }
     }
 
-    /// What follows the id in a stored response's path.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Endpoint::ResponseInputItems => "/input_items",
-            Endpoint::CancelResponse => "/cancel",
+    /// What follows the model name (or the stored response's id) in the
+    /// URL: Gemini's method (and, for a stream, `?alt=sse`), a stored
+    /// response's operation; nothing for the other endpoints.
+    pub fn suffix(self, stream: bool) -> &'static str {
+        match (self, stream) {
+            (Endpoint::GenerateContent, false) => ":generateContent",
+            (Endpoint::GenerateContent, true) => ":streamGenerateContent?alt=sse",
+            (Endpoint::ResponseInputItems, _) => "/input_items",
+            (Endpoint::CancelResponse, _) => "/cancel",
             _ => "",
         }
     }
@@ -98,6 +105,7 @@ impl Endpoint {
     pub fn api(self) -> Api {
         match self {
             Endpoint::Messages | Endpoint::CountTokens => Api::Anthropic,
+            Endpoint::GenerateContent => Api::Gemini,
             e if e == Endpoint::Responses || e.is_stored() => Api::Responses,
             _ => Api::OpenAi,
         }
@@ -107,7 +115,10 @@ impl Endpoint {
     /// `gen_ai.operation.name`, the semantic conventions' name for it.
     pub fn operation(self) -> &'static str {
         match self {
-            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => "chat",
+            Endpoint::ChatCompletions
+            | Endpoint::Messages
+            | Endpoint::Responses
+            | Endpoint::GenerateContent => "chat",
             Endpoint::StoredResponse
             | Endpoint::DeleteResponse
             | Endpoint::ResponseInputItems
@@ -137,6 +148,7 @@ impl Endpoint {
                 | Endpoint::Completions
                 | Endpoint::Messages
                 | Endpoint::Responses
+                | Endpoint::GenerateContent
         )
     }
 }

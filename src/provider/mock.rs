@@ -1,7 +1,9 @@
 //! The built-in mock provider: answers in-process exactly like OpenAI (chat
 //! completions JSON and SSE chunks ending in `data: [DONE]`, completions,
 //! embeddings, realistic `usage`) and like Anthropic (messages JSON and
-//! named SSE events, `count_tokens`), with configurable latency to the first
+//! named SSE events, `count_tokens`) and, asked in Gemini's API, like
+//! Gemini (`generateContent` JSON, `alt=sse` chunks, see [`gemini`]), with
+//! configurable latency to the first
 //! token and tokens per second. A request that offers tools is answered
 //! with a call to the first one (unless its last message is a tool result).
 //! A request whose first user message says `cached:N` (and `cache_write:N`)
@@ -13,8 +15,11 @@
 
 mod anthropic;
 mod cache;
+mod gemini;
 mod responses;
 
+
+pub use gemini::{gemini_error, gemini_status};
 pub use responses::{deleted_response, input_items, stored_response};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,7 +168,12 @@ impl Mock {
             Endpoint::ResponseInputItems => return Ok(json_response(input_items(&call.model))),
             _ => {}
         }
-        let req: MockRequest = serde_json::from_slice(&call.body).unwrap_or_default();
+        let req: MockRequest = if call.endpoint == Endpoint::GenerateContent {
+            let body = serde_json::from_slice(&call.body).unwrap_or_default();
+            MockRequest::from_gemini(&call.model, &body)
+        } else {
+            serde_json::from_slice(&call.body).unwrap_or_default()
+        };
         if test_panic_requested(&req.model) {
             panic!("mock provider: {PANIC_MODEL:?} requested with the test panic switch on");
         }
@@ -201,6 +211,7 @@ impl Mock {
         let events = match call.endpoint {
             Endpoint::Messages => answer.message_events(),
             Endpoint::Responses => answer.response_events(),
+            Endpoint::GenerateContent => answer.gemini_events(),
             _ => answer.stream_events(include_usage),
         };
         let stream = futures_util::stream::unfold(0usize, move |i| {
@@ -362,6 +373,9 @@ impl Answer {
             Endpoint::Messages => return self.message(),
             Endpoint::Responses => return self.response(),
             _ => {}
+        }
+        if self.endpoint == Endpoint::GenerateContent {
+            return self.gemini_response();
         }
         let choice = if let Some(t) = &self.tool {
             json!({

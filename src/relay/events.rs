@@ -63,7 +63,7 @@ impl Events {
             Seen::Nothing => {}
             Seen::Usage(tokens) => account.tokens(tokens),
             Seen::End => self.done = true,
-            Seen::UsageEnd(tokens) => {
+            Seen::Last(tokens) => {
                 account.tokens(tokens);
                 self.done = true;
             }

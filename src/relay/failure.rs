@@ -38,7 +38,7 @@ impl Failure {
     pub(super) fn event(&self, client: Api) -> Bytes {
         let (message, code) = self.describe();
         let event = match client {
-            Api::OpenAi => {
+            Api::OpenAi | Api::Gemini => {
                 let body = serde_json::json!({
                     "error": {"message": message, "type": "upstream_error", "code": code}
                 });

@@ -8,6 +8,7 @@ use super::failure::Failure;
 use super::usage;
 use super::{Accounting, Step};
 use crate::api::Api;
+use crate::translate::gemini::response as gemini;
 use crate::translate::{response as translate_response, Conversion};
 
 /// Largest JSON body kept to read its `usage`; a larger one goes unread.
@@ -79,6 +80,8 @@ impl Json {
                 tag.tag_response(&mut value);
                 value
             }
+            Conversion::GeminiToChat { .. } => gemini::to_chat(&value),
+            Conversion::GeminiToMessages => gemini::to_message(&value),
             Conversion::None | Conversion::StripUsage => value,
         };
         Some(Bytes::from(converted.to_string()))

@@ -2,6 +2,8 @@
 //! format: event by event from a stream, or from a whole JSON body. Each
 //! API family is a `match` arm, so a new one is a compiler-guided change.
 
+mod gemini;
+
 use serde::Deserialize;
 
 use crate::api::Api;
@@ -28,8 +30,9 @@ pub(super) enum Seen {
     Usage(Tokens),
     /// The upstream ended the stream cleanly.
     End,
-    /// The usage, in the event that ends the stream cleanly.
-    UsageEnd(Tokens),
+    /// The upstream's last event, with the stream's usage (Gemini's chunk
+    /// with a finish reason, the Responses API's `response.completed`).
+    Last(Tokens),
     /// The upstream ended the stream with an explicit error event (passed
     /// on to the client as such).
     Failed,
@@ -46,6 +49,9 @@ pub(super) enum EventReader {
     /// `.incomplete`), which ends it; `response.failed` and `error` end it
     /// as failed.
     Responses,
+    /// `usageMetadata` (running totals) in the chunks; the chunk with a
+    /// finish reason ends it, and its usage is the stream's (read once).
+    Gemini { ended: bool },
 }
 
 impl EventReader {
@@ -56,6 +62,7 @@ impl EventReader {
                 input_tokens: Tokens::default(),
             },
             Api::Responses => EventReader::Responses,
+            Api::Gemini => EventReader::Gemini { ended: false },
         }
     }
 
@@ -64,6 +71,7 @@ impl EventReader {
             EventReader::OpenAi => openai_event(ev),
             EventReader::Anthropic { input_tokens } => anthropic_event(ev, input_tokens),
             EventReader::Responses => responses_event(ev),
+            EventReader::Gemini { ended } => gemini::event(ev, ended),
         }
     }
 }
@@ -132,7 +140,7 @@ fn responses_event(ev: &sse::Event) -> Seen {
             match serde_json::from_str::<ResponseEvent>(&ev.data) {
                 Ok(ResponseEvent {
                     response: UsageOnly { usage: Some(u) },
-                }) => Seen::UsageEnd(u.tokens()),
+                }) => Seen::Last(u.tokens()),
                 _ => Seen::End,
             }
         }
@@ -154,6 +162,7 @@ pub(super) fn json_body(upstream: Api, body: &[u8]) -> Option<Tokens> {
             let UsageOnly { usage } = serde_json::from_slice(body).ok()?;
             usage.map(|u| u.tokens())
         }
+        Api::Gemini => gemini::json_body(body),
     }
 }
 

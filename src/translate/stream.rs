@@ -27,6 +27,8 @@ pub enum Translator {
     StripUsage,
     ToChat(ToChat),
     ToMessages(ToMessages),
+    GeminiToChat(super::gemini::stream::ToChat),
+    GeminiToMessages(super::gemini::stream::ToMessages),
     /// Responses API events with the response's id tagged.
     TagResponse(super::responses::ResponseTag),
     /// Anthropic events → chat chunks → Responses API events.
@@ -104,6 +106,12 @@ impl Translator {
                     out: super::responses::stream::ChatToResponses::new(model),
                 }))
             }
+            Conversion::GeminiToChat { include_usage } => {
+                Translator::GeminiToChat(super::gemini::stream::ToChat::new(model, include_usage))
+            }
+            Conversion::GeminiToMessages => {
+                Translator::GeminiToMessages(super::gemini::stream::ToMessages::new(model))
+            }
             Conversion::None | Conversion::ModelToOpenAi => return None,
         })
     }
@@ -120,6 +128,8 @@ impl Translator {
             Translator::ToMessages(t) => t.event(ev, out),
             Translator::TagResponse(tag) => tag.tag_event(ev, out),
             Translator::ToResponses(t) => t.event(ev, out),
+            Translator::GeminiToChat(t) => t.event(ev, out),
+            Translator::GeminiToMessages(t) => t.event(ev, out),
         }
     }
 
@@ -128,6 +138,8 @@ impl Translator {
         match self {
             Translator::ToMessages(t) => t.done(out),
             Translator::ToResponses(t) => t.finish(out),
+            Translator::GeminiToChat(t) => t.finish(out),
+            Translator::GeminiToMessages(t) => t.finish(out),
             _ => {}
         }
     }

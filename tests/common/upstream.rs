@@ -37,6 +37,11 @@
 //! answers as the same path below `/v1` does, with the deployment as the
 //! model when the body names none; without `?api-version=` it answers 404
 //! as Azure does.
+//!
+//! A path `…/models/{model}:generateContent` (or `:streamGenerateContent`)
+//! is Gemini's API, answered in its wire format (see [`gemini`]).
+
+mod gemini;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -165,6 +170,9 @@ async fn handle(
         headers: parts.headers.clone(),
         body: json.clone(),
     });
+    if let Some((model, stream)) = gemini::route(parts.uri.path()) {
+        return Ok(gemini::answer(model, stream, &json, s).await);
+    }
     let (path, deployment) = match azure_path(&parts.uri) {
         Some(Ok((path, deployment))) => (path, Some(deployment)),
         Some(Err(not_found)) => return Ok(not_found),
