@@ -103,6 +103,10 @@ pub fn scope_of(endpoint: Option<Endpoint>) -> &'static str {
             | Endpoint::Completions
             | Endpoint::Messages
             | Endpoint::CountTokens
+            | Endpoint::Responses
+            | Endpoint::StoredResponse
+            | Endpoint::DeleteResponse
+            | Endpoint::ResponseInputItems
             | Endpoint::CancelResponse
             | Endpoint::GenerateContent,
         ) => "chat",

@@ -135,6 +135,9 @@ mod tests {
             early_data: false,
             drop_unsupported: false,
             trace: None,
+            headers: Default::default(),
+            pin: None,
+            owner: 0,
         };
         let chat = r#"{"model":"gemini-x","messages":[{"role":"user","content":"hi"}]}"#;
         let prepared = p

@@ -18,7 +18,6 @@ mod cache;
 mod gemini;
 mod responses;
 
-
 pub use gemini::{gemini_error, gemini_status};
 pub use responses::{deleted_response, input_items, stored_response};
 
