@@ -3,6 +3,7 @@
 //! [`UpstreamResponse`] whose body streams as the provider produces it.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod client;
 pub mod mock;
 pub mod ollama;
@@ -213,6 +214,7 @@ impl Common {
                 ProviderKind::Anthropic => "anthropic",
                 ProviderKind::Ollama => "ollama",
                 ProviderKind::Mock => "mock",
+                ProviderKind::Bedrock => "aws.bedrock",
             },
             propagate_trace: cfg.propagates_trace(),
             timeouts: cfg.timeouts.clone(),
@@ -259,6 +261,7 @@ pub enum Provider {
     Anthropic(anthropic::Anthropic),
     Ollama(ollama::Ollama),
     Mock(mock::Mock),
+    Bedrock(bedrock::Bedrock),
 }
 
 impl Provider {
@@ -273,6 +276,9 @@ impl Provider {
             }
             ProviderKind::Ollama => Provider::Ollama(ollama::Ollama::new(common, cfg, clients)?),
             ProviderKind::Mock => Provider::Mock(mock::Mock::new(common, cfg)),
+            ProviderKind::Bedrock => {
+                Provider::Bedrock(bedrock::Bedrock::new(common, cfg, clients)?)
+            }
         })
     }
 
@@ -282,6 +288,7 @@ impl Provider {
             Provider::Anthropic(p) => &p.common,
             Provider::Ollama(p) => &p.common,
             Provider::Mock(p) => &p.common,
+            Provider::Bedrock(p) => &p.common,
         }
     }
 
@@ -302,8 +309,14 @@ impl Provider {
         match self {
             Provider::OpenAi(_) | Provider::Ollama(_) => Api::OpenAi,
             Provider::Anthropic(_) => Api::Anthropic,
-            Provider::Mock(_) => endpoint.api(),
+            // (Bedrock's requests are prepared apart: `bedrock::Bedrock::prepare`.)
+            Provider::Mock(_) | Provider::Bedrock(_) => endpoint.api(),
         }
+    }
+
+    /// A mock set to answer as Bedrock does (`[providers.mock] converse`).
+    fn speaks_converse(&self) -> bool {
+        matches!(self, Provider::Mock(m) if m.speaks_converse())
     }
 
     /// One active health check: a cheap GET below the base URL.
@@ -313,6 +326,7 @@ impl Provider {
             Provider::Anthropic(p) => p.client.health_check(path).await,
             Provider::Ollama(p) => p.client.health_check(path).await,
             Provider::Mock(_) => true,
+            Provider::Bedrock(p) => p.health_check(path).await,
         }
     }
 
@@ -325,11 +339,14 @@ impl Provider {
         target_model: Option<&str>,
     ) -> Result<Prepared, PrepareError> {
         let model = target_model.unwrap_or(&call.model).to_string();
-        let native = self.native_api(call.endpoint);
         let opts = translate::Options {
             drop_unsupported: call.drop_unsupported,
             default_max_tokens: self.common().default_max_tokens,
         };
+        if matches!(self, Provider::Bedrock(_)) || self.speaks_converse() {
+            return bedrock::Bedrock::prepare(call, model, &opts);
+        }
+        let native = self.native_api(call.endpoint);
         // Translated straight to the body sent, with the target's model.
         let translated =
             |v: Result<Vec<u8>, TranslateError>| v.map(Bytes::from).map_err(PrepareError::Invalid);
@@ -389,6 +406,7 @@ impl Provider {
             Provider::Anthropic(p) => p.client.send(call, prepared).await,
             Provider::Ollama(p) => p.client.send(call, prepared).await,
             Provider::Mock(p) => p.send(prepared).await,
+            Provider::Bedrock(p) => p.send(call, prepared).await,
         }
     }
 }

@@ -8,6 +8,7 @@ use super::failure::Failure;
 use super::usage;
 use super::{Accounting, Step};
 use crate::api::Api;
+use crate::translate::bedrock::response as converse;
 use crate::translate::{response as translate_response, Conversion};
 
 /// Largest JSON body kept to read its `usage`; a larger one goes unread.
@@ -21,15 +22,22 @@ pub(super) struct Json {
     upstream: Api,
     /// How the whole body becomes the client's (`None`: it passes through).
     conversion: Option<Conversion>,
+    /// The model answering, for a Bedrock answer (which does not name it).
+    model: Option<String>,
 }
 
 impl Json {
-    pub(super) fn new(upstream: Api, conversion: Conversion) -> Self {
+    pub(super) fn new(upstream: Api, conversion: Conversion, model: &str) -> Self {
+        let converse = matches!(
+            conversion,
+            Conversion::ConverseToChat { .. } | Conversion::ConverseToMessages
+        );
         Json {
             chunks: Vec::new(),
             len: 0,
             upstream,
             conversion: (conversion != Conversion::None).then_some(conversion),
+            model: converse.then(|| model.to_string()),
         }
     }
 
@@ -68,6 +76,12 @@ impl Json {
             Conversion::MessagesToChat { .. } => translate_response::message_to_chat(&value),
             Conversion::ChatToMessages => translate_response::chat_to_message(&value),
             Conversion::ModelToOpenAi => translate_response::model_to_openai(&value),
+            Conversion::ConverseToChat { .. } => {
+                converse::converse_to_chat(&value, self.model.as_deref().unwrap_or_default())
+            }
+            Conversion::ConverseToMessages => {
+                converse::converse_to_message(&value, self.model.as_deref().unwrap_or_default())
+            }
             Conversion::None | Conversion::StripUsage => value,
         };
         Some(Bytes::from(converted.to_string()))

@@ -27,6 +27,8 @@ pub enum Translator {
     StripUsage,
     ToChat(ToChat),
     ToMessages(ToMessages),
+    ConverseToChat(super::bedrock::stream::ToChat),
+    ConverseToMessages(super::bedrock::stream::ToMessages),
 }
 
 impl Translator {
@@ -54,6 +56,12 @@ impl Translator {
                 usage: Value::Null,
                 ended: false,
             }),
+            Conversion::ConverseToChat { include_usage } => Translator::ConverseToChat(
+                super::bedrock::stream::ToChat::new(model, include_usage),
+            ),
+            Conversion::ConverseToMessages => {
+                Translator::ConverseToMessages(super::bedrock::stream::ToMessages::new(model))
+            }
             Conversion::None | Conversion::ModelToOpenAi => return None,
         })
     }
@@ -68,13 +76,18 @@ impl Translator {
             }
             Translator::ToChat(t) => t.event(ev, out),
             Translator::ToMessages(t) => t.event(ev, out),
+            Translator::ConverseToChat(t) => t.event(ev, out),
+            Translator::ConverseToMessages(t) => t.event(ev, out),
         }
     }
 
     /// Appends what a cleanly ended stream still owes (nothing, normally).
     pub fn finish(&mut self, out: &mut String) {
-        if let Translator::ToMessages(t) = self {
-            t.done(out);
+        match self {
+            Translator::ToMessages(t) => t.done(out),
+            Translator::ConverseToChat(t) => t.finish(out),
+            Translator::ConverseToMessages(t) => t.finish(out),
+            Translator::StripUsage | Translator::ToChat(_) => {}
         }
     }
 }
