@@ -31,6 +31,9 @@ pub(super) struct Events {
     done: bool,
     /// Turns upstream events into the client's (`None`: they pass through).
     translator: Option<Translator>,
+    /// An invalid frame came after events the client was still owed: they
+    /// went out, the failure comes next.
+    broken: bool,
 }
 
 impl Events {
@@ -40,6 +43,7 @@ impl Events {
             reader: EventReader::new(upstream),
             done: false,
             translator,
+            broken: false,
         }
     }
 
@@ -50,12 +54,16 @@ impl Events {
             reader: EventReader::Bedrock,
             done: false,
             translator,
+            broken: false,
         }
     }
 
     /// Reads one chunk's events; a translated stream hands the client its
     /// own events for them instead (possibly none yet).
     pub(super) fn chunk(&mut self, data: &Bytes, account: &Accounting) -> Step {
+        if self.broken {
+            return Step::Fail(Failure::BadFrame);
+        }
         let mut out = String::new();
         match &mut self.decoding {
             Decoding::Sse(parser) => {
@@ -86,7 +94,11 @@ impl Events {
                             }
                         }
                         Ok(None) => break,
-                        Err(_) => return Step::Fail(Failure::BadFrame),
+                        Err(_) if out.is_empty() => return Step::Fail(Failure::BadFrame),
+                        Err(_) => {
+                            self.broken = true;
+                            break;
+                        }
                     }
                 }
             }
@@ -129,6 +141,9 @@ impl Events {
     /// At the upstream's end: what a translated stream still owes the
     /// client, or `Truncated` if the upstream never ended the stream.
     pub(super) fn finish(&mut self) -> Result<Option<Bytes>, Failure> {
+        if self.broken {
+            return Err(Failure::BadFrame);
+        }
         if !self.done {
             return Err(Failure::Truncated);
         }

@@ -23,6 +23,9 @@
 //! | `status-NNN`     | an OpenAI-shaped error with status NNN (message holds a fake key) |
 //! | `status-NNN-raS` | the same, with `Retry-After: S`                                   |
 //! | `flaky-PCT`      | PCT % of requests fail: half 503, half a cut body                 |
+//!
+//! Bedrock's Converse API is served on `/model/…` (see `bedrock.rs`; its
+//! base URL is [`Upstream::bedrock_url`]), its SigV4 signatures checked.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,8 +44,8 @@ use tokio::sync::{mpsc, Notify};
 use h3gate::provider::mock::{Answer, DONE};
 use h3gate::provider::Endpoint;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// A request the upstream received.
 #[derive(Debug, Clone)]
@@ -99,6 +102,11 @@ impl Upstream {
         format!("http://{}/v1", self.addr)
     }
 
+    /// The base URL of its Bedrock runtime API.
+    pub fn bedrock_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Lets every `gated` stream send the rest of its chunks.
     pub fn release(&self) {
         self.shared.releases.fetch_add(1, Ordering::SeqCst);
@@ -148,6 +156,9 @@ async fn handle(
         headers: parts.headers.clone(),
         body: json.clone(),
     });
+    if parts.uri.path().starts_with("/model/") {
+        return Ok(super::bedrock::handle(&parts, &bytes, &json).await);
+    }
     let model = json["model"].as_str().unwrap_or("").to_string();
     let stream = json["stream"].as_bool().unwrap_or(false);
     let anthropic = parts.headers.contains_key("anthropic-version");
@@ -358,13 +369,13 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn full(s: String) -> RespBody {
+pub fn full(s: String) -> RespBody {
     http_body_util::Full::new(Bytes::from(s))
         .map_err(|never| match never {})
         .boxed()
 }
 
-fn respond(status: u16, content_type: &str, body: RespBody) -> hyper::Response<RespBody> {
+pub fn respond(status: u16, content_type: &str, body: RespBody) -> hyper::Response<RespBody> {
     hyper::Response::builder()
         .status(status)
         .header("content-type", content_type)
