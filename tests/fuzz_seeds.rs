@@ -44,6 +44,14 @@ fn translate_seeds() {
 }
 
 #[test]
+fn eventstream_seeds() {
+    each_seed(
+        "eventstream",
+        h3gate::provider::bedrock::eventstream::fuzz_check,
+    );
+}
+
+#[test]
 fn sse_parser_seeds() {
     each_seed("sse_parser", h3gate::sse::fuzz_check);
 }

@@ -114,7 +114,12 @@ async fn post(gw: &Gateway, p: Proto, path: &str, body: Value) -> common::client
     gw.client(p).await.post_json(path, body).await
 }
 
-async fn post_stream(gw: &Gateway, p: Proto, path: &str, body: Value) -> Vec<(Option<String>, Value)> {
+async fn post_stream(
+    gw: &Gateway,
+    p: Proto,
+    path: &str,
+    body: Value,
+) -> Vec<(Option<String>, Value)> {
     let resp = post(gw, p, path, body).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("content-type"), Some("text/event-stream"));
@@ -157,26 +162,50 @@ fn assert_signed(seen: &common::upstream::Seen) {
             && auth.contains("/us-east-1/bedrock/aws4_request"),
         "{auth}"
     );
-    assert!(auth.contains("SignedHeaders=accept;content-type;host;x-amz-date;x-amz-security-token"), "{auth}");
-    assert_eq!(seen.headers["x-amz-security-token"], "test-session-token-not-real");
+    assert!(
+        auth.contains("SignedHeaders=accept;content-type;host;x-amz-date;x-amz-security-token"),
+        "{auth}"
+    );
+    assert_eq!(
+        seen.headers["x-amz-security-token"],
+        "test-session-token-not-real"
+    );
 }
 
 async fn openai_chat_reaches_bedrock(p: Proto) {
     let gw = gateway().await;
     let resp = post(&gw, p, "/v1/chat/completions", chat("br-claude", false)).await;
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.header("x-h3gate-target"), Some(format!("bedrock/{CLAUDE_ID}").as_str()));
+    assert_eq!(
+        resp.header("x-h3gate-target"),
+        Some(format!("bedrock/{CLAUDE_ID}").as_str())
+    );
     let v = resp.json().await;
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["content"], FIVE_TOKENS);
     assert_eq!(v["choices"][0]["finish_reason"], "length");
-    assert_eq!((v["usage"]["prompt_tokens"].as_u64(), v["usage"]["completion_tokens"].as_u64()), (Some(7), Some(5)));
+    assert_eq!(
+        (
+            v["usage"]["prompt_tokens"].as_u64(),
+            v["usage"]["completion_tokens"].as_u64()
+        ),
+        (Some(7), Some(5))
+    );
     let seen = &gw.upstream.seen()[0];
-    assert_eq!(seen.path, "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse");
+    assert_eq!(
+        seen.path,
+        "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
+    );
     assert_signed(seen);
     assert_eq!(seen.body["system"], json!([{"text": "Be brief."}]));
-    assert_eq!(seen.body["messages"], json!([{"role": "user", "content": [{"text": "Say hi"}]}]));
-    assert_eq!(seen.body["inferenceConfig"], json!({"maxTokens": 5, "temperature": 0.5}));
+    assert_eq!(
+        seen.body["messages"],
+        json!([{"role": "user", "content": [{"text": "Say hi"}]}])
+    );
+    assert_eq!(
+        seen.body["inferenceConfig"],
+        json!({"maxTokens": 5, "temperature": 0.5})
+    );
     assert!(seen.body.get("model").is_none());
 }
 
@@ -191,7 +220,13 @@ async fn openai_stream_from_bedrock(p: Proto) {
     assert_eq!(finish.as_deref(), Some("length"));
     let usage = &ev[ev.len() - 2].1;
     assert_eq!(usage["choices"], json!([]));
-    assert_eq!((usage["usage"]["prompt_tokens"].as_u64(), usage["usage"]["completion_tokens"].as_u64()), (Some(7), Some(5)));
+    assert_eq!(
+        (
+            usage["usage"]["prompt_tokens"].as_u64(),
+            usage["usage"]["completion_tokens"].as_u64()
+        ),
+        (Some(7), Some(5))
+    );
     let seen = &gw.upstream.seen()[0];
     assert!(seen.path.ends_with("/converse-stream"), "{}", seen.path);
     assert_eq!(seen.headers["accept"], "application/vnd.amazon.eventstream");
@@ -207,7 +242,13 @@ async fn anthropic_messages_reach_bedrock(p: Proto) {
     assert_eq!(v["model"], CLAUDE_ID);
     assert_eq!(v["content"], json!([{"type": "text", "text": FIVE_TOKENS}]));
     assert_eq!(v["stop_reason"], "max_tokens");
-    assert_eq!((v["usage"]["input_tokens"].as_u64(), v["usage"]["output_tokens"].as_u64()), (Some(7), Some(5)));
+    assert_eq!(
+        (
+            v["usage"]["input_tokens"].as_u64(),
+            v["usage"]["output_tokens"].as_u64()
+        ),
+        (Some(7), Some(5))
+    );
     let seen = &gw.upstream.seen()[0];
     assert_eq!(seen.body["inferenceConfig"]["maxTokens"], 5);
     assert_eq!(seen.body["system"], json!([{"text": "Be brief."}]));
@@ -221,13 +262,24 @@ async fn anthropic_stream_from_bedrock(p: Proto) {
     expected.extend(["content_block_delta"; 5]);
     expected.extend(["content_block_stop", "message_delta", "message_stop"]);
     assert_eq!(names, expected);
-    let text: String = ev.iter().filter_map(|(_, v)| v["delta"]["text"].as_str()).collect();
+    let text: String = ev
+        .iter()
+        .filter_map(|(_, v)| v["delta"]["text"].as_str())
+        .collect();
     assert_eq!(text, FIVE_TOKENS);
     let delta = &ev[8].1;
     assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
-    assert_eq!((delta["usage"]["input_tokens"].as_u64(), delta["usage"]["output_tokens"].as_u64()), (Some(7), Some(5)));
+    assert_eq!(
+        (
+            delta["usage"]["input_tokens"].as_u64(),
+            delta["usage"]["output_tokens"].as_u64()
+        ),
+        (Some(7), Some(5))
+    );
     let tokens = gw
-        .metric(r#"h3gate_tokens_total{direction="completion",model="br-claude",provider="bedrock"}"#)
+        .metric(
+            r#"h3gate_tokens_total{direction="completion",model="br-claude",provider="bedrock"}"#,
+        )
         .await;
     assert!(tokens >= 5.0, "usage read from the event stream: {tokens}");
 }
@@ -244,7 +296,9 @@ async fn tool_calls_through_bedrock(p: Proto) {
         let (name, args, finish) = if stream {
             let ev = sse::events(&resp.text().await);
             let name = ev.iter().find_map(|(_, v)| {
-                v["choices"][0]["delta"]["tool_calls"][0]["function"]["name"].as_str().map(str::to_string)
+                v["choices"][0]["delta"]["tool_calls"][0]["function"]["name"]
+                    .as_str()
+                    .map(str::to_string)
             });
             let (_, args, finish) = assemble_openai(&ev);
             (name.unwrap(), args, finish.unwrap())
@@ -254,17 +308,27 @@ async fn tool_calls_through_bedrock(p: Proto) {
             (
                 call["function"]["name"].as_str().unwrap().to_string(),
                 call["function"]["arguments"].as_str().unwrap().to_string(),
-                v["choices"][0]["finish_reason"].as_str().unwrap().to_string(),
+                v["choices"][0]["finish_reason"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
             )
         };
         assert_eq!(name, "weather");
-        assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"city": "mock"}));
+        assert_eq!(
+            serde_json::from_str::<Value>(&args).unwrap(),
+            json!({"city": "mock"})
+        );
         assert_eq!(finish, "tool_calls");
     }
     let seen = &gw.upstream.seen()[0];
-    assert_eq!(seen.body["toolConfig"]["tools"][0]["toolSpec"]["name"], "weather");
     assert_eq!(
-        seen.body["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]["properties"]["city"]["type"],
+        seen.body["toolConfig"]["tools"][0]["toolSpec"]["name"],
+        "weather"
+    );
+    assert_eq!(
+        seen.body["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"]["properties"]
+            ["city"]["type"],
         "string"
     );
     // An Anthropic client, streaming: a tool_use block with its input.
@@ -272,21 +336,39 @@ async fn tool_calls_through_bedrock(p: Proto) {
         "tools": [{"name": "weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}],
         "messages": [{"role": "user", "content": "Weather?"}]});
     let ev = post_stream(&gw, p, "/v1/messages", body).await;
-    let block = ev.iter().find(|(n, _)| n.as_deref() == Some("content_block_start")).unwrap();
+    let block = ev
+        .iter()
+        .find(|(n, _)| n.as_deref() == Some("content_block_start"))
+        .unwrap();
     assert_eq!(block.1["content_block"]["type"], "tool_use");
     assert_eq!(block.1["content_block"]["name"], "weather");
-    let input: String = ev.iter().filter_map(|(_, v)| v["delta"]["partial_json"].as_str()).collect();
-    assert_eq!(serde_json::from_str::<Value>(&input).unwrap(), json!({"city": "mock"}));
-    let delta = ev.iter().find(|(n, _)| n.as_deref() == Some("message_delta")).unwrap();
+    let input: String = ev
+        .iter()
+        .filter_map(|(_, v)| v["delta"]["partial_json"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&input).unwrap(),
+        json!({"city": "mock"})
+    );
+    let delta = ev
+        .iter()
+        .find(|(n, _)| n.as_deref() == Some("message_delta"))
+        .unwrap();
     assert_eq!(delta.1["delta"]["stop_reason"], "tool_use");
 }
 
 async fn usage_reaches_metrics_without_include_usage(p: Proto) {
     let gw = gateway().await;
     let ev = post_stream(&gw, p, "/v1/chat/completions", chat("br-usage", true)).await;
-    assert!(ev.iter().all(|(_, v)| v.get("usage").is_none_or(Value::is_null)), "no usage chunk: {ev:?}");
+    assert!(
+        ev.iter()
+            .all(|(_, v)| v.get("usage").is_none_or(Value::is_null)),
+        "no usage chunk: {ev:?}"
+    );
     assert_eq!(ev.last().unwrap().1, "[DONE]");
-    let metric = |dir: &str| format!(r#"h3gate_tokens_total{{direction="{dir}",model="br-*",provider="bedrock"}}"#);
+    let metric = |dir: &str| {
+        format!(r#"h3gate_tokens_total{{direction="{dir}",model="br-*",provider="bedrock"}}"#)
+    };
     assert!(gw.metric(&metric("completion")).await >= 5.0);
     assert!(gw.metric(&metric("prompt")).await >= 7.0);
     // And from a JSON answer.
@@ -298,24 +380,49 @@ async fn usage_reaches_metrics_without_include_usage(p: Proto) {
 async fn bedrock_errors_come_in_the_client_api_shape(p: Proto) {
     let gw = gateway().await;
     let c = gw.client(p).await;
-    let resp = c.post_json("/v1/chat/completions", chat("br-status-400", false)).await;
+    let resp = c
+        .post_json("/v1/chat/completions", chat("br-status-400", false))
+        .await;
     assert_eq!(resp.status, 400);
     let v = resp.json().await;
     assert_eq!(v["error"]["type"], "ValidationException", "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("Too many requests"), "{v}");
-    let resp = c.post_json("/v1/messages", anthropic("br-status-429", false)).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Too many requests"),
+        "{v}"
+    );
+    let resp = c
+        .post_json("/v1/messages", anthropic("br-status-429", false))
+        .await;
     assert_eq!(resp.status, 429);
     let v = resp.json().await;
-    assert_eq!((v["type"].as_str(), v["error"]["type"].as_str()), (Some("error"), Some("rate_limit_error")), "{v}");
-    let resp = c.post_json("/v1/messages", anthropic("br-status-503", true)).await;
+    assert_eq!(
+        (v["type"].as_str(), v["error"]["type"].as_str()),
+        (Some("error"), Some("rate_limit_error")),
+        "{v}"
+    );
+    let resp = c
+        .post_json("/v1/messages", anthropic("br-status-503", true))
+        .await;
     assert_eq!(resp.status, 529, "Anthropic's overloaded status");
     // A refused signature is the gateway's credential problem: a 502,
     // whose body names no secret.
-    let resp = c.post_json("/v1/chat/completions", chat("badsig", false)).await;
+    let resp = c
+        .post_json("/v1/chat/completions", chat("badsig", false))
+        .await;
     assert_eq!(resp.status, 502);
     let text = resp.text().await;
-    assert!(text.contains("credentials were refused") && !text.contains("not-real"), "{text}");
-    assert!(gw.upstream.seen().iter().all(|s| s.path.starts_with("/model/")));
+    assert!(
+        text.contains("credentials were refused") && !text.contains("not-real"),
+        "{text}"
+    );
+    assert!(gw
+        .upstream
+        .seen()
+        .iter()
+        .all(|s| s.path.starts_with("/model/")));
 }
 
 async fn mid_stream_failures_end_in_the_clients_error_event(p: Proto) {
@@ -334,9 +441,18 @@ async fn mid_stream_failures_end_in_the_clients_error_event(p: Proto) {
         let (name, last) = ev.last().unwrap();
         assert_eq!(name.as_deref(), Some("error"), "{model}: {ev:?}");
         assert_eq!(last["type"], "error");
-        assert!(ev.iter().all(|(n, _)| n.as_deref() != Some("message_stop")), "{model}");
+        assert!(
+            ev.iter().all(|(n, _)| n.as_deref() != Some("message_stop")),
+            "{model}"
+        );
     }
-    let v = post_stream(&gw, p, "/v1/messages", anthropic("br-exception-mid-stream", true)).await;
+    let v = post_stream(
+        &gw,
+        p,
+        "/v1/messages",
+        anthropic("br-exception-mid-stream", true),
+    )
+    .await;
     let last = &v.last().unwrap().1;
     assert_eq!(last["error"]["type"], "rate_limit_error");
     assert_eq!(last["error"]["message"], "Too many tokens");
@@ -347,7 +463,10 @@ async fn failover_from_bedrock_to_openai(p: Proto) {
     let resp = post(&gw, p, "/v1/chat/completions", chat("br-failover", false)).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-h3gate-target"), Some("up/gpt-4o-mini"));
-    assert_eq!(resp.json().await["choices"][0]["message"]["content"], FIVE_TOKENS);
+    assert_eq!(
+        resp.json().await["choices"][0]["message"]["content"],
+        FIVE_TOKENS
+    );
     let seen = gw.upstream.seen();
     assert_eq!(seen[0].path, "/model/status-503/converse");
     assert_eq!(seen.last().unwrap().path, "/v1/chat/completions");
@@ -360,7 +479,10 @@ async fn failover_from_bedrock_to_openai(p: Proto) {
 async fn inference_profile_arns_are_encoded_in_the_path(p: Proto) {
     let gw = gateway().await;
     let resp = post(&gw, p, "/v1/messages", anthropic("br-arn", false)).await;
-    assert_eq!(resp.status, 200, "the signature over the encoded path checks out");
+    assert_eq!(
+        resp.status, 200,
+        "the signature over the encoded path checks out"
+    );
     let seen = &gw.upstream.seen()[0];
     assert_eq!(
         seen.path,
@@ -376,7 +498,10 @@ async fn unsupported_parameter_is_400_naming_it(p: Proto) {
     assert_eq!(resp.status, 400);
     let v = resp.json().await;
     let message = v["error"]["message"].as_str().unwrap();
-    assert!(message.contains("`logit_bias`") && message.contains("Bedrock"), "{v}");
+    assert!(
+        message.contains("`logit_bias`") && message.contains("Bedrock"),
+        "{v}"
+    );
     let mut body = anthropic("br-claude", false);
     body["top_k"] = json!(5);
     let resp = post(&gw, p, "/v1/messages", body).await;
@@ -394,7 +519,10 @@ async fn in_process_mock_speaks_converse(p: Proto) {
     assert_eq!(v["usage"]["completion_tokens"], 5);
     let ev = post_stream(&gw, p, "/v1/messages", anthropic("mockbr-1", true)).await;
     assert_eq!(ev.last().unwrap().0.as_deref(), Some("message_stop"));
-    let text: String = ev.iter().filter_map(|(_, v)| v["delta"]["text"].as_str()).collect();
+    let text: String = ev
+        .iter()
+        .filter_map(|(_, v)| v["delta"]["text"].as_str())
+        .collect();
     assert_eq!(text, FIVE_TOKENS);
 }
 
@@ -409,7 +537,9 @@ async fn credentials_changed_in_the_environment_are_picked_up() {
         std::env::set_var("AWS_ACCESS_KEY_ID", key);
         std::env::set_var("AWS_SECRET_ACCESS_KEY", secret_for(key));
         std::env::remove_var("AWS_SESSION_TOKEN");
-        let resp = c.post_json("/v1/chat/completions", chat("env-claude", false)).await;
+        let resp = c
+            .post_json("/v1/chat/completions", chat("env-claude", false))
+            .await;
         assert_eq!(resp.status, 200, "{key}");
         let seen = gw.upstream.seen().pop().unwrap();
         let auth = seen.headers["authorization"].to_str().unwrap().to_string();
@@ -418,18 +548,27 @@ async fn credentials_changed_in_the_environment_are_picked_up() {
     }
     // A session token set later is signed and sent.
     std::env::set_var("AWS_SESSION_TOKEN", "rotated-session-token-not-real");
-    let resp = c.post_json("/v1/messages", anthropic("env-claude", false)).await;
+    let resp = c
+        .post_json("/v1/messages", anthropic("env-claude", false))
+        .await;
     assert_eq!(resp.status, 200);
     let seen = gw.upstream.seen().pop().unwrap();
-    assert_eq!(seen.headers["x-amz-security-token"], "rotated-session-token-not-real");
+    assert_eq!(
+        seen.headers["x-amz-security-token"],
+        "rotated-session-token-not-real"
+    );
     // A secret that no longer matches: refused upstream, a 502 here.
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "stale-secret-not-real");
-    let resp = c.post_json("/v1/chat/completions", chat("env-claude", false)).await;
+    let resp = c
+        .post_json("/v1/chat/completions", chat("env-claude", false))
+        .await;
     assert_eq!(resp.status, 502);
     // No credentials at all: nothing is sent.
     std::env::remove_var("AWS_ACCESS_KEY_ID");
     let sent = gw.upstream.seen().len();
-    let resp = c.post_json("/v1/chat/completions", chat("env-claude", false)).await;
+    let resp = c
+        .post_json("/v1/chat/completions", chat("env-claude", false))
+        .await;
     assert_eq!(resp.status, 502);
     assert_eq!(gw.upstream.seen().len(), sent);
 }

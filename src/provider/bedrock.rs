@@ -168,8 +168,16 @@ impl Bedrock {
     }
 
     fn url(&self, model: &str, stream: bool) -> String {
-        let action = if stream { "converse-stream" } else { "converse" };
-        format!("{}/model/{}/{action}", self.base_url, encode_model_id(model))
+        let action = if stream {
+            "converse-stream"
+        } else {
+            "converse"
+        };
+        format!(
+            "{}/model/{}/{action}",
+            self.base_url,
+            encode_model_id(model)
+        )
     }
 
     /// The signed request's headers (the signature's and the signed ones).
@@ -199,7 +207,12 @@ impl Bedrock {
         let added = sigv4::sign_headers(method, url, &signed, body, &creds, &scope)
             .map_err(|e| UpstreamError::Failed(e.to_string()))?;
         let mut headers = self.headers.clone();
-        for (name, value) in signed.iter().skip(1).map(|(n, v)| (*n, v.to_string())).chain(added) {
+        for (name, value) in signed
+            .iter()
+            .skip(1)
+            .map(|(n, v)| (*n, v.to_string()))
+            .chain(added)
+        {
             let mut v = HeaderValue::try_from(value)
                 .map_err(|_| UpstreamError::Failed("a signed header is invalid".into()))?;
             v.set_sensitive(matches!(name, "authorization" | "x-amz-security-token"));

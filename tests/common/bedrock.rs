@@ -130,8 +130,10 @@ pub async fn handle(
             403,
             "The request signature we calculated does not match the signature you provided.",
         );
-        resp.headers_mut()
-            .insert("x-amzn-errortype", "InvalidSignatureException".parse().unwrap());
+        resp.headers_mut().insert(
+            "x-amzn-errortype",
+            "InvalidSignatureException".parse().unwrap(),
+        );
         return resp;
     }
     let model = model.strip_prefix("br-").unwrap_or(&model).to_string();
@@ -174,12 +176,13 @@ pub async fn handle(
         }
     }
     // A gap before a cut (the behaviour: a stream that dies later).
-    let pieces = futures_util::StreamExt::then(futures_util::stream::iter(pieces), |p| async move {
-        if p.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        p
-    });
+    let pieces =
+        futures_util::StreamExt::then(futures_util::stream::iter(pieces), |p| async move {
+            if p.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            p
+        });
     let body = StreamBody::new(pieces).boxed();
     respond(200, h3gate::provider::bedrock::EVENT_STREAM, body)
 }

@@ -167,7 +167,9 @@ fn parse_headers(mut b: &[u8]) -> Result<Vec<(String, HeaderValue)>, FrameError>
                 let len = u16::from_be_bytes([len[0], len[1]]) as usize;
                 let bytes = take(&mut b, len)?;
                 if kind == 7 {
-                    HeaderValue::String(String::from_utf8(bytes).map_err(|_| FrameError::BadHeader)?)
+                    HeaderValue::String(
+                        String::from_utf8(bytes).map_err(|_| FrameError::BadHeader)?,
+                    )
                 } else {
                     HeaderValue::Other
                 }
@@ -192,8 +194,8 @@ fn skip(b: &mut &[u8], n: usize) -> Result<HeaderValue, FrameError> {
 pub fn encode_frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     let mut h = Vec::new();
     for (name, value) in headers {
-        let name = &name.as_bytes()[..name.len().min(255)];
-        let value = &value.as_bytes()[..value.len().min(u16::MAX as usize)];
+        let name = truncated(name, 255).as_bytes();
+        let value = truncated(value, u16::MAX as usize).as_bytes();
         h.push(name.len() as u8);
         h.extend_from_slice(name);
         h.push(7);
@@ -211,6 +213,15 @@ pub fn encode_frame(headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// An `event` frame: `:event-type` `event_type`, a JSON payload.
@@ -252,8 +263,7 @@ pub fn to_event(msg: &Message) -> Option<sse::Event> {
             id: None,
         }),
         Some("exception") => {
-            let body: serde_json::Value =
-                serde_json::from_slice(&msg.payload).unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
             let message = body["message"]
                 .as_str()
                 .or(body["Message"].as_str())
@@ -270,6 +280,78 @@ pub fn to_event(msg: &Message) -> Option<sse::Event> {
         )),
         _ => None,
     }
+}
+
+/// The fuzz target's property, here so tests run it too: any bytes, fed
+/// whole, one byte at a time or split where the first byte says, decode to
+/// the same messages and the same error (never a panic); every message
+/// read goes through both client translators, whose output is SSE with
+/// JSON events; and any bytes framed by [`encode_frame`] decode back.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    use crate::translate::stream::Translator;
+    use crate::translate::Conversion;
+
+    let decode = |pieces: &mut dyn Iterator<Item = &[u8]>| {
+        let mut d = Decoder::new(1 << 16);
+        let mut out = Vec::new();
+        for piece in pieces {
+            d.push(piece);
+            loop {
+                match d.next_message() {
+                    Ok(Some(m)) => out.push(m),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    };
+    let whole = decode(&mut std::iter::once(data));
+    assert_eq!(whole, decode(&mut data.chunks(1)), "byte by byte");
+    let cut = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
+    let (a, b) = data.split_at(cut);
+    assert_eq!(whole, decode(&mut [a, b].into_iter()), "split at {cut}");
+
+    for conv in [
+        Conversion::ConverseToChat {
+            include_usage: true,
+        },
+        Conversion::ConverseToMessages,
+    ] {
+        let mut t = Translator::new(conv, "fuzz").expect("a converting stream");
+        let mut out = String::new();
+        for m in &whole.0 {
+            if let Some(ev) = to_event(m) {
+                t.event(&ev, &mut out);
+            }
+        }
+        t.finish(&mut out);
+        let mut p = sse::Parser::new(1 << 22);
+        let _ = p.push(out.as_bytes());
+        while let Ok(Some(ev)) = p.next_event() {
+            if ev.data != "[DONE]" {
+                serde_json::from_str::<serde_json::Value>(&ev.data)
+                    .expect("translated events carry JSON");
+            }
+        }
+    }
+
+    let text = String::from_utf8_lossy(data);
+    let mut mid = text.len() / 2;
+    while !text.is_char_boundary(mid) {
+        mid += 1;
+    }
+    let (name, value) = text.split_at(mid);
+    let frame = encode_frame(&[(":event-type", name), ("v", value)], data);
+    let mut d = Decoder::new(MAX_FRAME);
+    d.push(&frame);
+    let m = d
+        .next_message()
+        .expect("an encoded frame decodes")
+        .expect("whole");
+    assert_eq!(&m.payload[..], data);
+    assert!(!d.is_mid_frame());
 }
 
 #[cfg(test)]

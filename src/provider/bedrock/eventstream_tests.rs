@@ -8,7 +8,10 @@ fn stream() -> Vec<u8> {
         "contentBlockDelta",
         &json!({"contentBlockIndex": 0, "delta": {"text": "Hé"}, "p": "abc"}),
     ));
-    out.extend(event_frame("messageStop", &json!({"stopReason": "end_turn"})));
+    out.extend(event_frame(
+        "messageStop",
+        &json!({"stopReason": "end_turn"}),
+    ));
     out.extend(exception_frame("throttlingException", "Too many requests"));
     out
 }
@@ -102,7 +105,10 @@ fn a_bad_checksum_is_refused() {
 
 #[test]
 fn an_oversize_frame_is_refused_from_its_prelude() {
-    let big = event_frame("contentBlockDelta", &json!({"delta": {"text": "x".repeat(2000)}}));
+    let big = event_frame(
+        "contentBlockDelta",
+        &json!({"delta": {"text": "x".repeat(2000)}}),
+    );
     let mut d = Decoder::new(1024);
     d.push(&big[..12]);
     assert!(matches!(d.next_message(), Err(FrameError::TooLarge(n)) if n == big.len()));
@@ -133,7 +139,10 @@ fn other_header_types_are_read_past() {
         h.extend_from_slice(&value);
     }
     let payload = br#"{"role":"assistant"}"#;
-    let mut inner = encode_frame(&[(":message-type", "event"), (":event-type", "messageStart")], payload);
+    let mut inner = encode_frame(
+        &[(":message-type", "event"), (":event-type", "messageStart")],
+        payload,
+    );
     // Rebuild with the extra headers in front.
     let strings_len = be32(&inner[4..8]);
     let mut headers = h.clone();
@@ -158,4 +167,32 @@ fn other_header_types_are_read_past() {
     let mut bad = h[..5].to_vec();
     bad.truncate(5);
     assert_eq!(parse_headers(&bad), Err(FrameError::BadHeader));
+}
+
+/// The fuzz property on hand-picked shapes (the fuzz target explores the rest).
+#[test]
+fn fuzz_property_on_samples() {
+    let mut samples: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0; 12],
+        vec![0xff; 40],
+        "é".repeat(200).into_bytes(),
+        stream(),
+        exception_frame("validationException", "bad"),
+    ];
+    let mut bad = stream();
+    bad[20] ^= 1;
+    samples.push(bad);
+    let mut cut = stream();
+    cut.truncate(cut.len() - 3);
+    samples.push(cut);
+    // Events whose payloads are not what the translators expect.
+    let mut odd = event_frame("contentBlockDelta", &json!({"delta": 5}));
+    odd.extend(event_frame("metadata", &json!({"usage": "x"})));
+    odd.extend(encode_frame(&[(":message-type", "event")], b"not json"));
+    odd.extend(event_frame("messageStop", &json!([])));
+    samples.push(odd);
+    for s in samples {
+        fuzz_check(&s);
+    }
 }

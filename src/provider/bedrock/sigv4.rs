@@ -113,10 +113,7 @@ pub fn sign_headers(
     let identity = AwsCredentials::new(
         creds.access_key_id.clone(),
         creds.secret_access_key.expose().to_string(),
-        creds
-            .session_token
-            .as_ref()
-            .map(|t| t.expose().to_string()),
+        creds.session_token.as_ref().map(|t| t.expose().to_string()),
         None,
         "h3gate",
     )

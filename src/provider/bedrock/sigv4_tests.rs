@@ -144,25 +144,77 @@ fn verify_accepts_our_signature_and_refuses_another() {
     ];
     let added = sign_headers("POST", uri, &headers, body, &creds, &scope).unwrap();
     let mut map = http::HeaderMap::new();
-    for (n, v) in headers.iter().copied().chain(added.iter().map(|(n, v)| (*n, v.as_str()))) {
+    for (n, v) in headers
+        .iter()
+        .copied()
+        .chain(added.iter().map(|(n, v)| (*n, v.as_str())))
+    {
         map.insert(
             http::HeaderName::from_static(n),
             http::HeaderValue::from_str(v).unwrap(),
         );
     }
-    assert!(verify("POST", uri, &map, body, &creds, "us-east-1", "bedrock"));
+    assert!(verify(
+        "POST",
+        uri,
+        &map,
+        body,
+        &creds,
+        "us-east-1",
+        "bedrock"
+    ));
     // Another body, region, secret or path: refused.
-    assert!(!verify("POST", uri, &map, b"{}", &creds, "us-east-1", "bedrock"));
-    assert!(!verify("POST", uri, &map, body, &creds, "eu-west-1", "bedrock"));
+    assert!(!verify(
+        "POST",
+        uri,
+        &map,
+        b"{}",
+        &creds,
+        "us-east-1",
+        "bedrock"
+    ));
+    assert!(!verify(
+        "POST",
+        uri,
+        &map,
+        body,
+        &creds,
+        "eu-west-1",
+        "bedrock"
+    ));
     let other = Credentials {
         secret_access_key: Secret::new("another-fake-secret"),
         ..creds.clone()
     };
-    assert!(!verify("POST", uri, &map, body, &other, "us-east-1", "bedrock"));
+    assert!(!verify(
+        "POST",
+        uri,
+        &map,
+        body,
+        &other,
+        "us-east-1",
+        "bedrock"
+    ));
     let moved = uri.replace("converse", "converse-stream");
-    assert!(!verify("POST", &moved, &map, body, &creds, "us-east-1", "bedrock"));
+    assert!(!verify(
+        "POST",
+        &moved,
+        &map,
+        body,
+        &creds,
+        "us-east-1",
+        "bedrock"
+    ));
     map.remove("authorization");
-    assert!(!verify("POST", uri, &map, body, &creds, "us-east-1", "bedrock"));
+    assert!(!verify(
+        "POST",
+        uri,
+        &map,
+        body,
+        &creds,
+        "us-east-1",
+        "bedrock"
+    ));
 }
 
 #[test]

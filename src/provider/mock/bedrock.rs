@@ -93,7 +93,9 @@ impl Answer {
     }
 
     fn converse_tool_id(&self) -> Option<String> {
-        self.tool.as_ref().map(|t| t.id.replace("call_", "tooluse_"))
+        self.tool
+            .as_ref()
+            .map(|t| t.id.replace("call_", "tooluse_"))
     }
 
     /// Converse `usage`: `inputTokens` leaves the cache's tokens out.
@@ -197,14 +199,22 @@ impl Mock {
             .unwrap_or(self.cfg.completion_tokens)
             .clamp(1, 4096);
         let (cached, written) = req.cache_usage();
-        let mut answer = Answer::new(&req.model, Endpoint::Messages, estimate_tokens(call.body.len()), n)
-            .with_cache(cached, written);
+        let mut answer = Answer::new(
+            &req.model,
+            Endpoint::Messages,
+            estimate_tokens(call.body.len()),
+            n,
+        )
+        .with_cache(cached, written);
         answer.tool = req.tool_call();
         let first = self.cfg.first_token_latency.get();
         let mut headers = HeaderMap::new();
         if !call.stream {
             tokio::time::sleep(first).await;
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             return Ok(UpstreamResponse {
                 status: StatusCode::OK,
                 headers,

@@ -43,7 +43,9 @@ pub fn chat_to_converse_body(body: &[u8], opts: &Options) -> Result<Vec<u8>> {
         ..*opts
     };
     let anthropic = chat_to_messages_body(body, &inner, None).map_err(|e| match e {
-        TranslateError::Unsupported { param, .. } => TranslateError::Unsupported { param, api: API },
+        TranslateError::Unsupported { param, .. } => {
+            TranslateError::Unsupported { param, api: API }
+        }
         e => e,
     })?;
     converse(&anthropic, opts, true)
@@ -286,7 +288,9 @@ fn tool_result_content(content: &Value, i: usize, opts: &Options) -> Result<Vec<
             let mut out = Vec::with_capacity(parts.len());
             for p in parts {
                 match p["type"].as_str() {
-                    Some("text") => out.push(json!({"text": p["text"].as_str().unwrap_or_default()})),
+                    Some("text") => {
+                        out.push(json!({"text": p["text"].as_str().unwrap_or_default()}))
+                    }
                     Some("image") => {
                         if let Some(img) = image(&p["source"], i, opts)? {
                             out.push(img);
@@ -318,11 +322,9 @@ fn image(source: &Value, i: usize, opts: &Options) -> Result<Option<Value>> {
                 "image/jpeg" | "image/jpg" => "jpeg",
                 "image/gif" => "gif",
                 "image/webp" => "webp",
-                other => {
-                    return Err(invalid(format!(
-                        "messages[{i}]: image type `{other}` is not supported (png, jpeg, gif, webp)"
-                    )))
-                }
+                other => return Err(invalid(format!(
+                    "messages[{i}]: image type `{other}` is not supported (png, jpeg, gif, webp)"
+                ))),
             };
             Ok(Some(json!({"image": {
                 "format": format,

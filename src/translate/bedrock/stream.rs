@@ -28,7 +28,11 @@ fn parse(ev: &Event) -> Option<(&str, Value)> {
 
 /// The HTTP status an exception type stands for (Bedrock's own mapping).
 pub fn exception_status(kind: &str) -> u16 {
-    match kind.trim_end_matches("Exception").to_ascii_lowercase().as_str() {
+    match kind
+        .trim_end_matches("Exception")
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "throttling" => 429,
         "validation" => 400,
         "accessdenied" => 403,

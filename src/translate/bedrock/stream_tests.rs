@@ -14,16 +14,34 @@ fn ev(name: &str, data: Value) -> Event {
 fn text_stream() -> Vec<Event> {
     vec![
         ev("messageStart", json!({"role": "assistant"})),
-        ev("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": "Hello"}})),
-        ev("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": " world"}})),
+        ev(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": "Hello"}}),
+        ),
+        ev(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": " world"}}),
+        ),
         ev("contentBlockStop", json!({"contentBlockIndex": 0})),
-        ev("contentBlockStart", json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tu_1", "name": "f"}}})),
-        ev("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"a\":"}}})),
-        ev("contentBlockDelta", json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "1}"}}})),
+        ev(
+            "contentBlockStart",
+            json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tu_1", "name": "f"}}}),
+        ),
+        ev(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"a\":"}}}),
+        ),
+        ev(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "1}"}}}),
+        ),
         ev("contentBlockStop", json!({"contentBlockIndex": 1})),
         ev("messageStop", json!({"stopReason": "tool_use"})),
-        ev("metadata", json!({"usage": {"inputTokens": 10, "outputTokens": 4, "totalTokens": 16,
-            "cacheReadInputTokens": 2}, "metrics": {"latencyMs": 5}})),
+        ev(
+            "metadata",
+            json!({"usage": {"inputTokens": 10, "outputTokens": 4, "totalTokens": 16,
+            "cacheReadInputTokens": 2}, "metrics": {"latencyMs": 5}}),
+        ),
     ]
 }
 
@@ -64,7 +82,9 @@ fn converse_stream_to_openai_chunks() {
         assert_eq!(call, Some("f"));
         let args: String = chunks
             .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+            })
             .collect();
         assert_eq!(args, "{\"a\":1}");
         let finish = chunks
@@ -107,12 +127,21 @@ fn converse_stream_to_anthropic_events() {
             "message_stop"
         ]
     );
-    let v: Vec<Value> = events.iter().map(|(_, d)| serde_json::from_str(d).unwrap()).collect();
+    let v: Vec<Value> = events
+        .iter()
+        .map(|(_, d)| serde_json::from_str(d).unwrap())
+        .collect();
     assert_eq!(v[0]["message"]["model"], "claude");
     assert_eq!(v[1]["content_block"]["type"], "text");
-    assert_eq!(v[5]["content_block"], json!({"type": "tool_use", "id": "tu_1", "name": "f", "input": {}}));
+    assert_eq!(
+        v[5]["content_block"],
+        json!({"type": "tool_use", "id": "tu_1", "name": "f", "input": {}})
+    );
     assert_eq!(v[6]["index"], 1);
-    assert_eq!(v[6]["delta"], json!({"type": "input_json_delta", "partial_json": "{\"a\":"}));
+    assert_eq!(
+        v[6]["delta"],
+        json!({"type": "input_json_delta", "partial_json": "{\"a\":"})
+    );
     assert_eq!(v[9]["delta"]["stop_reason"], "tool_use");
     assert_eq!(v[9]["usage"]["output_tokens"], 4);
     assert_eq!(v[9]["usage"]["input_tokens"], 10);
@@ -165,7 +194,10 @@ fn a_mid_stream_exception_is_the_clients_error_event() {
     assert_eq!(name.as_deref(), Some("error"));
     let v: Value = serde_json::from_str(&data).unwrap();
     assert_eq!(v["error"]["type"], "rate_limit_error");
-    let e = ev("exception", json!({"type": "modelStreamErrorException", "message": "boom"}));
+    let e = ev(
+        "exception",
+        json!({"type": "modelStreamErrorException", "message": "boom"}),
+    );
     let mut messages = ToMessages::new("m");
     let mut out = String::new();
     messages.event(&e, &mut out);

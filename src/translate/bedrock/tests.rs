@@ -77,8 +77,10 @@ fn openai_chat_becomes_converse() {
 
 #[test]
 fn unsupported_parameters_name_the_converse_api() {
-    let e = chat(json!({"model": "m", "logit_bias": {}, "messages": [{"role": "user", "content": "Hi"}]}))
-        .unwrap_err();
+    let e = chat(
+        json!({"model": "m", "logit_bias": {}, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .unwrap_err();
     assert_eq!(
         e,
         TranslateError::Unsupported {
@@ -87,12 +89,12 @@ fn unsupported_parameters_name_the_converse_api() {
         }
     );
     let body = json!({"model": "m", "max_tokens": 5, "top_k": 3, "tool_choice": {"type": "none"},
-        "tools": [{"name": "t", "input_schema": {"type": "object"}}],
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "Hi"},
-            {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
-            {"type": "document", "source": {}}
-        ]}]});
+    "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+    "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Hi"},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+        {"type": "document", "source": {}}
+    ]}]});
     let e = messages(body.clone(), false).unwrap_err();
     assert!(e.to_string().contains("AWS Bedrock Converse"), "{e}");
     // Dropped instead, when the route says so.
@@ -102,7 +104,10 @@ fn unsupported_parameters_name_the_converse_api() {
     assert!(c.get("top_k").is_none());
     // Bad input is a clear 400, not a panic.
     assert!(matches!(
-        messages(json!({"messages": [{"role": "system", "content": "x"}]}), false),
+        messages(
+            json!({"messages": [{"role": "system", "content": "x"}]}),
+            false
+        ),
         Err(TranslateError::Invalid(_))
     ));
     assert!(matches!(
@@ -132,8 +137,14 @@ fn anthropic_messages_become_converse() {
         c["system"],
         json!([{"text": "Sys"}, {"cachePoint": {"type": "default"}}])
     );
-    assert_eq!(c["inferenceConfig"], json!({"maxTokens": 9, "stopSequences": ["X"]}));
-    assert_eq!(c["toolConfig"]["toolChoice"], json!({"tool": {"name": "t"}}));
+    assert_eq!(
+        c["inferenceConfig"],
+        json!({"maxTokens": 9, "stopSequences": ["X"]})
+    );
+    assert_eq!(
+        c["toolConfig"]["toolChoice"],
+        json!({"tool": {"name": "t"}})
+    );
     assert_eq!(c["messages"][0]["content"], json!([{"text": "Hi"}]));
     assert_eq!(
         c["messages"][2]["content"][0]["toolResult"],
@@ -160,7 +171,10 @@ fn converse_answers_become_the_clients() {
     assert_eq!(m["type"], "message");
     assert_eq!(m["model"], "claude-on-bedrock");
     assert_eq!(m["stop_reason"], "tool_use");
-    assert_eq!(m["content"][0], json!({"type": "text", "text": "Let me look."}));
+    assert_eq!(
+        m["content"][0],
+        json!({"type": "text", "text": "Let me look."})
+    );
     assert_eq!(
         m["content"][1],
         json!({"type": "tool_use", "id": "tooluse_1", "name": "weather", "input": {"city": "Paris"}})
@@ -173,7 +187,10 @@ fn converse_answers_become_the_clients() {
     assert_eq!(c["object"], "chat.completion");
     assert!(c["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
-    assert_eq!(c["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "weather");
+    assert_eq!(
+        c["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "weather"
+    );
     assert_eq!(c["usage"]["prompt_tokens"], 15, "cached input counted in");
     assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
     assert_eq!(c["usage"]["completion_tokens"], 7);
@@ -190,7 +207,11 @@ fn stop_reasons_map_to_both_apis() {
         ("content_filtered", "refusal", "content_filter"),
     ] {
         let a = converse_answer(bedrock);
-        assert_eq!(converse_to_message(&a, "m")["stop_reason"], anthropic, "{bedrock}");
+        assert_eq!(
+            converse_to_message(&a, "m")["stop_reason"],
+            anthropic,
+            "{bedrock}"
+        );
         assert_eq!(
             converse_to_chat(&a, "m")["choices"][0]["finish_reason"],
             openai,
