@@ -70,10 +70,7 @@ impl Events {
                 if parser.push(data).is_err() {
                     return self.unreadable();
                 }
-                loop {
-                    let Decoding::Sse(parser) = &mut self.decoding else {
-                        break;
-                    };
+                while let Decoding::Sse(parser) = &mut self.decoding {
                     match parser.next_event() {
                         Ok(Some(ev)) => self.event(&ev, account, &mut out),
                         Ok(None) => break,
@@ -83,10 +80,7 @@ impl Events {
             }
             Decoding::Aws(decoder) => {
                 decoder.push(data);
-                loop {
-                    let Decoding::Aws(decoder) = &mut self.decoding else {
-                        break;
-                    };
+                while let Decoding::Aws(decoder) = &mut self.decoding {
                     match decoder.next_message() {
                         Ok(Some(msg)) => {
                             if let Some(ev) = eventstream::to_event(&msg) {

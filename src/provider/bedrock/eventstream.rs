@@ -355,5 +355,4 @@ pub fn fuzz_check(data: &[u8]) {
 }
 
 #[cfg(test)]
-#[path = "eventstream_tests.rs"]
 mod tests;

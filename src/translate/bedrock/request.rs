@@ -322,9 +322,11 @@ fn image(source: &Value, i: usize, opts: &Options) -> Result<Option<Value>> {
                 "image/jpeg" | "image/jpg" => "jpeg",
                 "image/gif" => "gif",
                 "image/webp" => "webp",
-                other => return Err(invalid(format!(
+                other => {
+                    return Err(invalid(format!(
                     "messages[{i}]: image type `{other}` is not supported (png, jpeg, gif, webp)"
-                ))),
+                )))
+                }
             };
             Ok(Some(json!({"image": {
                 "format": format,

@@ -281,10 +281,8 @@ impl ToMessages {
                     out,
                 );
             }
-            "contentBlockStop" => {
-                if self.blocks.get(&block_index(&v)) == self.open.as_ref() {
-                    self.close(out);
-                }
+            "contentBlockStop" if self.blocks.get(&block_index(&v)) == self.open.as_ref() => {
+                self.close(out);
             }
             "messageStop" => {
                 self.close(out);
@@ -333,5 +331,4 @@ impl ToMessages {
 }
 
 #[cfg(test)]
-#[path = "stream_tests.rs"]
 mod tests;
