@@ -71,6 +71,19 @@ pub fn region(cfg: &ProviderConfig) -> Option<String> {
     valid.then_some(region)
 }
 
+/// Whether credentials are there to sign with: the config's keys, or the
+/// environment's at this moment (an `optional` provider without either is
+/// left out).
+pub fn has_credentials(cfg: &ProviderConfig) -> bool {
+    CredentialSource::new(
+        &cfg.access_key_id,
+        &cfg.secret_access_key,
+        &cfg.session_token,
+    )
+    .current()
+    .is_some()
+}
+
 /// `base_url`, or `https://bedrock-runtime.{region}.amazonaws.com`.
 pub fn base_url(cfg: &ProviderConfig, region: &str) -> String {
     if cfg.base_url.is_empty() {
@@ -398,5 +411,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(region(&bad), None);
+    }
+
+    #[test]
+    fn config_keys_are_credentials() {
+        let cfg = ProviderConfig {
+            access_key_id: crate::config::Secret::new("AKIDEXAMPLE"),
+            secret_access_key: crate::config::Secret::new("fake-secret-not-real"),
+            ..Default::default()
+        };
+        assert!(has_credentials(&cfg));
     }
 }
