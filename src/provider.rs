@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
 pub mod client;
 mod endpoint;
 pub mod gemini;
@@ -160,6 +161,7 @@ impl Common {
                 // The semantic conventions' value for the Gemini API (AI Studio).
                 ProviderKind::Gemini => "gcp.gemini",
                 ProviderKind::Mock => "mock",
+                ProviderKind::Bedrock => "aws.bedrock",
             },
             propagate_trace: cfg.propagates_trace(),
             timeouts: cfg.timeouts.clone(),
@@ -208,6 +210,7 @@ pub enum Provider {
     Azure(azure::Azure),
     Gemini(gemini::Gemini),
     Mock(mock::Mock),
+    Bedrock(bedrock::Bedrock),
 }
 
 impl Provider {
@@ -224,6 +227,9 @@ impl Provider {
             ProviderKind::Azure => Provider::Azure(azure::Azure::new(common, cfg, clients)?),
             ProviderKind::Gemini => Provider::Gemini(gemini::Gemini::new(common, cfg, clients)?),
             ProviderKind::Mock => Provider::Mock(mock::Mock::new(common, cfg)),
+            ProviderKind::Bedrock => {
+                Provider::Bedrock(bedrock::Bedrock::new(common, cfg, clients)?)
+            }
         })
     }
 
@@ -235,6 +241,7 @@ impl Provider {
             Provider::Azure(p) => &p.common,
             Provider::Gemini(p) => &p.common,
             Provider::Mock(p) => &p.common,
+            Provider::Bedrock(p) => &p.common,
         }
     }
 
@@ -261,8 +268,14 @@ impl Provider {
             }
             Provider::Anthropic(_) => Api::Anthropic,
             Provider::Gemini(_) => Api::Gemini,
-            Provider::Mock(_) => endpoint.api(),
+            // (Bedrock's requests are prepared apart: `bedrock::Bedrock::prepare`.)
+            Provider::Mock(_) | Provider::Bedrock(_) => endpoint.api(),
         }
+    }
+
+    /// A mock set to answer as Bedrock does (`[providers.mock] converse`).
+    fn speaks_converse(&self) -> bool {
+        matches!(self, Provider::Mock(m) if m.speaks_converse())
     }
 
     /// The credentials of an HTTP provider (the mock has none).
@@ -273,7 +286,7 @@ impl Provider {
             Provider::Ollama(p) => Some(p.client.credentials()),
             Provider::Azure(p) => Some(p.client.credentials()),
             Provider::Gemini(p) => Some(p.client.credentials()),
-            Provider::Mock(_) => None,
+            Provider::Mock(_) | Provider::Bedrock(_) => None,
         }
     }
 
@@ -294,6 +307,9 @@ impl Provider {
         call: &UpstreamCall,
         target_model: Option<&str>,
     ) -> Result<Prepared, PrepareError> {
+        if matches!(self, Provider::Bedrock(_)) || self.speaks_converse() {
+            return Err(PrepareError::Unsupported);
+        }
         match self.native_api(call.endpoint) {
             Api::Responses => {}
             Api::Anthropic if call.pin.is_none() && call.endpoint == Endpoint::Responses => {
@@ -379,6 +395,7 @@ impl Provider {
             Provider::Azure(p) => p.client.health_check(path).await,
             Provider::Gemini(p) => p.client.health_check(path).await,
             Provider::Mock(_) => true,
+            Provider::Bedrock(p) => p.health_check(path).await,
         }
     }
 
@@ -394,11 +411,14 @@ impl Provider {
             return self.prepare_responses(call, target_model);
         }
         let model = target_model.unwrap_or(&call.model).to_string();
-        let native = self.native_api(call.endpoint);
         let opts = translate::Options {
             drop_unsupported: call.drop_unsupported,
             default_max_tokens: self.common().default_max_tokens,
         };
+        if matches!(self, Provider::Bedrock(_)) || self.speaks_converse() {
+            return bedrock::Bedrock::prepare(call, model, &opts);
+        }
+        let native = self.native_api(call.endpoint);
         // Translated straight to the body sent, with the target's model.
         let translated =
             |v: Result<Vec<u8>, TranslateError>| v.map(Bytes::from).map_err(PrepareError::Invalid);
@@ -466,6 +486,7 @@ impl Provider {
             Provider::Azure(p) => p.client.send(call, prepared).await,
             Provider::Gemini(p) => p.client.send(call, prepared).await,
             Provider::Mock(p) => p.send(prepared).await,
+            Provider::Bedrock(p) => p.send(call, prepared).await,
         }
     }
 }

@@ -146,19 +146,22 @@ impl RelayBody {
             started,
             guard,
         } = attempted;
+        let content_type = up
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        // Bedrock's binary event stream, translated to the client's SSE.
+        let aws_events = content_type.starts_with(crate::provider::bedrock::EVENT_STREAM);
         let sse = match framing {
             Framing::EventStream => true,
-            Framing::Upstream => up
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream")),
+            Framing::Upstream => content_type.starts_with("text/event-stream") || aws_events,
         };
         let provider = target.provider.clone();
         client.record.served(provider.name(), &prepared.model);
         let body = RelayBody {
             upstream: Some(up.body),
-            mode: Mode::new(sse, &prepared),
+            mode: Mode::new(sse, aws_events, &prepared),
             timers: Timers::new(&provider, started),
             account: Accounting {
                 target: provider,
@@ -177,6 +180,12 @@ impl RelayBody {
         if sse {
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        if aws_events {
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
         }
         if let Ok(v) = HeaderValue::from_str(&target.name) {
             resp.headers_mut().insert("x-h3gate-target", v);
@@ -230,15 +239,25 @@ impl RelayBody {
 }
 
 impl Mode {
-    fn new(sse: bool, prepared: &Prepared) -> Self {
+    /// `aws_events`: the body is an AWS event stream (Bedrock's).
+    fn new(sse: bool, aws_events: bool, prepared: &Prepared) -> Self {
         let upstream = prepared.upstream_api();
         if sse {
             let translator = Translator::new(prepared.conversion, &prepared.model);
-            Mode::Events(Box::new(Events::new(upstream, translator)))
+            Mode::Events(Box::new(if aws_events {
+                Events::aws(translator)
+            } else {
+                Events::new(upstream, translator)
+            }))
         } else {
             // A stored response's usage was counted when it was made.
             let usage = !prepared.endpoint.is_stored();
-            Mode::Json(Json::new(upstream, prepared.conversion, usage))
+            Mode::Json(Json::new(
+                upstream,
+                prepared.conversion,
+                &prepared.model,
+                usage,
+            ))
         }
     }
 

@@ -245,13 +245,22 @@ impl State {
     }
 }
 
+/// A provider without its credential: an `api_key`, or for Bedrock AWS
+/// credentials (its config keys, or the environment's now).
+fn keyless(p: &crate::config::ProviderConfig) -> bool {
+    match p.kind {
+        crate::config::ProviderKind::Bedrock => !crate::provider::bedrock::has_credentials(p),
+        _ => !p.has_credentials(),
+    }
+}
+
 /// Removes `optional` providers without an `api_key`, their route targets,
 /// and routes left without a target (the effective configuration, as
 /// `h3gate check` prints it, no longer has them).
 fn leave_out_keyless_optional_providers(config: &mut Config) {
     let (out, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut config.providers)
         .into_iter()
-        .partition(|p| p.optional && !p.has_credentials());
+        .partition(|p| p.optional && keyless(p));
     config.providers = kept;
     if out.is_empty() {
         return;

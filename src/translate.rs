@@ -1,5 +1,6 @@
-//! OpenAI chat completions ↔ Anthropic messages: requests, responses,
-//! streaming events and errors, so any API surface reaches any provider.
+//! OpenAI chat completions ↔ Anthropic messages (and both → AWS Bedrock
+//! Converse, [`bedrock`]): requests, responses, streaming events and
+//! errors, so any API surface reaches any provider.
 //!
 //! - [`request`]: a client's request body in one API → the provider's API
 //!   (an unsupported parameter is a 400 naming it, unless the route drops them).
@@ -14,6 +15,7 @@
 //! are translated one at a time into the output body, so a large request
 //! costs about its output's size, not tens of times its body.
 
+pub mod bedrock;
 pub mod gemini;
 pub mod request;
 pub mod response;
@@ -44,6 +46,11 @@ pub enum Conversion {
     GeminiToChat { include_usage: bool },
     /// Upstream Gemini `generateContent` → client Anthropic messages.
     GeminiToMessages,
+    /// Upstream Bedrock Converse (JSON, or an event stream) → client
+    /// OpenAI chat completions.
+    ConverseToChat { include_usage: bool },
+    /// Upstream Bedrock Converse → client Anthropic messages.
+    ConverseToMessages,
 }
 
 /// Why a request cannot be translated: the client's fault, a 400.

@@ -54,6 +54,14 @@ fn gemini_sse_seeds() {
 }
 
 #[test]
+fn eventstream_seeds() {
+    each_seed(
+        "eventstream",
+        h3gate::provider::bedrock::eventstream::fuzz_check,
+    );
+}
+
+#[test]
 fn sse_parser_seeds() {
     each_seed("sse_parser", h3gate::sse::fuzz_check);
 }

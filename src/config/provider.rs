@@ -23,6 +23,8 @@ pub enum ProviderKind {
     Gemini,
     /// Built-in mock that answers like OpenAI or Anthropic, in-process.
     Mock,
+    /// AWS Bedrock's Converse API (SigV4-signed; see `region`).
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -33,7 +35,8 @@ impl ProviderKind {
             ProviderKind::Anthropic => "https://api.anthropic.com/v1",
             ProviderKind::Ollama => "http://127.0.0.1:11434/v1",
             ProviderKind::Gemini => "https://generativelanguage.googleapis.com/v1beta",
-            ProviderKind::Azure | ProviderKind::Mock => "",
+            // Bedrock's depends on the region (`provider::bedrock::base_url`).
+            ProviderKind::Azure | ProviderKind::Mock | ProviderKind::Bedrock => "",
         }
     }
 }
@@ -95,6 +98,12 @@ pub struct ProviderConfig {
     /// `[tracing]` on), so the trace continues into the server. Default
     /// true, except for `openai` and `anthropic` at their public URLs.
     pub propagate_trace: Option<bool>,
+    /// Bedrock: the region (else `AWS_REGION`, `AWS_DEFAULT_REGION`), and keys
+    /// winning over `AWS_ACCESS_KEY_ID` … (those are read at every request).
+    pub region: String,
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    pub session_token: Secret,
 }
 
 impl Default for ProviderConfig {
@@ -119,6 +128,10 @@ impl Default for ProviderConfig {
             health_check: None,
             mock: MockConfig::default(),
             propagate_trace: None,
+            region: String::new(),
+            access_key_id: Secret::default(),
+            secret_access_key: Secret::default(),
+            session_token: Secret::default(),
         }
     }
 }
@@ -126,10 +139,8 @@ impl Default for ProviderConfig {
 impl ProviderConfig {
     /// Whether trace context goes to this provider (see `propagate_trace`).
     pub fn propagates_trace(&self) -> bool {
-        let public = matches!(
-            self.kind,
-            ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Gemini
-        ) && self.base_url.is_empty();
+        let public = !matches!(self.kind, ProviderKind::Ollama | ProviderKind::Mock)
+            && self.base_url.is_empty();
         self.propagate_trace.unwrap_or(!public)
     }
 
@@ -152,7 +163,7 @@ impl ProviderConfig {
             ProviderKind::Anthropic => &["anthropic-beta"],
             ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Ollama => &["openai-beta"],
             ProviderKind::Mock => &["openai-beta", "anthropic-beta"],
-            ProviderKind::Gemini => &[],
+            ProviderKind::Gemini | ProviderKind::Bedrock => &[],
         };
         let mut all: Vec<String> = own.iter().map(|s| s.to_string()).collect();
         for h in &self.forward_headers {
@@ -209,6 +220,8 @@ pub struct MockConfig {
     pub tokens_per_second: u32,
     /// Tokens in an answer when the request sets no `max_tokens`. Default 16.
     pub completion_tokens: u32,
+    /// Speak Bedrock's Converse API (JSON and event stream). Default false.
+    pub converse: bool,
 }
 
 impl Default for MockConfig {
@@ -217,6 +230,7 @@ impl Default for MockConfig {
             first_token_latency: Duration::secs(0),
             tokens_per_second: 0,
             completion_tokens: 16,
+            converse: false,
         }
     }
 }

@@ -266,7 +266,9 @@ fn check_provider_endpoint(
     at: &dyn Fn(&str) -> String,
     p: &mut Problems,
 ) {
-    if provider.kind != ProviderKind::Mock {
+    // Bedrock's default URL is made from its region (checked when built).
+    let derived = provider.kind == ProviderKind::Bedrock && provider.base_url.is_empty();
+    if provider.kind != ProviderKind::Mock && !derived {
         match reqwest::Url::parse(provider.base_url()) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
             Ok(_) => p.add(at("base_url"), "must be an http:// or https:// URL"),

@@ -29,7 +29,7 @@ pub struct HttpClients {
 }
 
 impl HttpClients {
-    fn get(&mut self, connect_timeout: Duration) -> Result<reqwest::Client, String> {
+    pub(super) fn get(&mut self, connect_timeout: Duration) -> Result<reqwest::Client, String> {
         if let Some(c) = self.by_connect_timeout.get(&connect_timeout) {
             return Ok(c.clone());
         }

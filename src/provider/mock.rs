@@ -10,10 +10,13 @@
 //! is answered with that many more prompt tokens, reported as read from
 //! (written to) the prompt cache in each API's own usage fields (see
 //! [`MockRequest::cache_usage`]).
+//! With `converse = true` it answers as AWS Bedrock's Converse API instead
+//! ([`bedrock`]).
 //! The wire-format builders here are public so test and benchmark upstreams
 //! speak the very same format.
 
 mod anthropic;
+pub mod bedrock;
 mod cache;
 mod gemini;
 mod responses;
@@ -149,6 +152,9 @@ impl Mock {
     }
 
     pub async fn send(&self, call: &Prepared) -> Result<UpstreamResponse, UpstreamError> {
+        if self.speaks_converse() {
+            return self.send_converse(call).await;
+        }
         match call.endpoint {
             Endpoint::Model => {
                 return Ok(json_response(

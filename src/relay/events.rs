@@ -1,5 +1,7 @@
 //! The event-stream mode: an upstream SSE stream read event by event for
 //! its usage and its end, passed through or translated to the client's API.
+//! A Bedrock answer's AWS event stream is decoded frame by frame first
+//! (each frame becoming an event the translator reads at once).
 
 use bytes::Bytes;
 
@@ -7,54 +9,105 @@ use super::failure::Failure;
 use super::usage::{EventReader, Seen};
 use super::{Accounting, Step};
 use crate::api::Api;
+use crate::provider::bedrock::eventstream;
 use crate::sse;
 use crate::translate::stream::Translator;
 
 /// Largest SSE event the relay inspects; larger ones pass through unread.
 const MAX_OBSERVED_EVENT: usize = 1 << 20;
 
+/// How the upstream's bytes become events.
+enum Decoding {
+    Sse(sse::Parser),
+    /// AWS event-stream frames (Bedrock's ConverseStream).
+    Aws(eventstream::Decoder),
+}
+
 pub(super) struct Events {
-    parser: sse::Parser,
+    decoding: Decoding,
     reader: EventReader,
     /// The upstream ended the stream itself (`[DONE]`, `message_stop`, or
     /// an error event): a stream that stops short of this was cut.
     done: bool,
     /// Turns upstream events into the client's (`None`: they pass through).
     translator: Option<Translator>,
+    /// An invalid frame came after events the client was still owed: they
+    /// went out, the failure comes next.
+    broken: bool,
 }
 
 impl Events {
     pub(super) fn new(upstream: Api, translator: Option<Translator>) -> Self {
         Events {
-            parser: sse::Parser::new(MAX_OBSERVED_EVENT),
+            decoding: Decoding::Sse(sse::Parser::new(MAX_OBSERVED_EVENT)),
             reader: EventReader::new(upstream),
             done: false,
             translator,
+            broken: false,
+        }
+    }
+
+    /// A Bedrock event stream, translated (frames of at most 1 MiB).
+    pub(super) fn aws(translator: Option<Translator>) -> Self {
+        Events {
+            decoding: Decoding::Aws(eventstream::Decoder::new(MAX_OBSERVED_EVENT)),
+            reader: EventReader::Bedrock,
+            done: false,
+            translator,
+            broken: false,
         }
     }
 
     /// Reads one chunk's events; a translated stream hands the client its
     /// own events for them instead (possibly none yet).
     pub(super) fn chunk(&mut self, data: &Bytes, account: &Accounting) -> Step {
-        if self.parser.push(data).is_err() {
-            return self.unreadable();
+        if self.broken {
+            return Step::Fail(Failure::BadFrame);
         }
         let mut out = String::new();
-        loop {
-            match self.parser.next_event() {
-                Ok(Some(ev)) => {
-                    self.read(&ev, account);
-                    if let Some(t) = self.translator.as_mut() {
-                        t.event(&ev, &mut out);
+        match &mut self.decoding {
+            Decoding::Sse(parser) => {
+                if parser.push(data).is_err() {
+                    return self.unreadable();
+                }
+                while let Decoding::Sse(parser) = &mut self.decoding {
+                    match parser.next_event() {
+                        Ok(Some(ev)) => self.event(&ev, account, &mut out),
+                        Ok(None) => break,
+                        Err(_) => return self.unreadable(),
                     }
                 }
-                Ok(None) => break,
-                Err(_) => return self.unreadable(),
+            }
+            Decoding::Aws(decoder) => {
+                decoder.push(data);
+                while let Decoding::Aws(decoder) = &mut self.decoding {
+                    match decoder.next_message() {
+                        Ok(Some(msg)) => {
+                            if let Some(ev) = eventstream::to_event(&msg) {
+                                self.event(&ev, account, &mut out);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) if out.is_empty() => return Step::Fail(Failure::BadFrame),
+                        Err(_) => {
+                            self.broken = true;
+                            break;
+                        }
+                    }
+                }
             }
         }
         match self.translator {
             Some(_) => Step::Replace(Bytes::from(out)),
             None => Step::Pass,
+        }
+    }
+
+    /// One upstream event: read, and translated into `out`.
+    fn event(&mut self, ev: &sse::Event, account: &Accounting, out: &mut String) {
+        self.read(ev, account);
+        if let Some(t) = self.translator.as_mut() {
+            t.event(ev, out);
         }
     }
 
@@ -86,6 +139,9 @@ impl Events {
     /// At the upstream's end: what a translated stream still owes the
     /// client, or `Truncated` if the upstream never ended the stream.
     pub(super) fn finish(&mut self) -> Result<Option<Bytes>, Failure> {
+        if self.broken {
+            return Err(Failure::BadFrame);
+        }
         if !self.done {
             return Err(Failure::Truncated);
         }

@@ -20,6 +20,8 @@ pub(super) enum Failure {
     Total,
     #[error("upstream response too large to translate")]
     Untranslatable,
+    #[error("upstream sent an invalid event stream frame")]
+    BadFrame,
 }
 
 impl Failure {
@@ -31,6 +33,7 @@ impl Failure {
             Failure::Idle(_) => "idle_timeout",
             Failure::Total => "total_timeout",
             Failure::Untranslatable => "untranslatable",
+            Failure::BadFrame => "bad_frame",
         }
     }
 
@@ -72,6 +75,10 @@ impl Failure {
             Failure::Untranslatable => (
                 "the upstream response was too large to translate",
                 "upstream_untranslatable",
+            ),
+            Failure::BadFrame => (
+                "the upstream provider sent an invalid event stream",
+                "upstream_bad_frame",
             ),
         }
     }

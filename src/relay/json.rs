@@ -8,6 +8,7 @@ use super::failure::Failure;
 use super::usage;
 use super::{Accounting, Step};
 use crate::api::Api;
+use crate::translate::bedrock::response as converse;
 use crate::translate::gemini::response as gemini;
 use crate::translate::{response as translate_response, Conversion};
 
@@ -24,16 +25,23 @@ pub(super) struct Json {
     conversion: Option<Conversion>,
     /// Its usage is counted (not a stored response read again).
     usage: bool,
+    /// The model answering, for a Bedrock answer (which does not name it).
+    model: Option<String>,
 }
 
 impl Json {
-    pub(super) fn new(upstream: Api, conversion: Conversion, usage: bool) -> Self {
+    pub(super) fn new(upstream: Api, conversion: Conversion, model: &str, usage: bool) -> Self {
+        let converse = matches!(
+            conversion,
+            Conversion::ConverseToChat { .. } | Conversion::ConverseToMessages
+        );
         Json {
             chunks: Vec::new(),
             len: 0,
             upstream,
             conversion: (conversion != Conversion::None).then_some(conversion),
             usage,
+            model: converse.then(|| model.to_string()),
         }
     }
 
@@ -82,6 +90,12 @@ impl Json {
             }
             Conversion::GeminiToChat { .. } => gemini::to_chat(&value),
             Conversion::GeminiToMessages => gemini::to_message(&value),
+            Conversion::ConverseToChat { .. } => {
+                converse::converse_to_chat(&value, self.model.as_deref().unwrap_or_default())
+            }
+            Conversion::ConverseToMessages => {
+                converse::converse_to_message(&value, self.model.as_deref().unwrap_or_default())
+            }
             Conversion::None | Conversion::StripUsage => value,
         };
         Some(Bytes::from(converted.to_string()))

@@ -52,6 +52,9 @@ pub(super) enum EventReader {
     /// `usageMetadata` (running totals) in the chunks; the chunk with a
     /// finish reason ends it, and its usage is the stream's (read once).
     Gemini { ended: bool },
+    /// Bedrock's ConverseStream, its frames decoded to events: the usage in
+    /// `metadata` (after `messageStop`, which ends it); `exception` fails it.
+    Bedrock,
 }
 
 impl EventReader {
@@ -72,6 +75,7 @@ impl EventReader {
             EventReader::Anthropic { input_tokens } => anthropic_event(ev, input_tokens),
             EventReader::Responses => responses_event(ev),
             EventReader::Gemini { ended } => gemini::event(ev, ended),
+            EventReader::Bedrock => bedrock_event(ev),
         }
     }
 }
@@ -149,12 +153,25 @@ fn responses_event(ev: &sse::Event) -> Seen {
     }
 }
 
+fn bedrock_event(ev: &sse::Event) -> Seen {
+    match ev.event.as_deref().unwrap_or_default() {
+        "metadata" => match serde_json::from_str(&ev.data) {
+            Ok(UsageOnly { usage: Some(u) }) => Seen::Usage(u.tokens()),
+            _ => Seen::Nothing,
+        },
+        "messageStop" => Seen::End,
+        "exception" => Seen::Failed,
+        _ => Seen::Nothing,
+    }
+}
+
 #[derive(Deserialize)]
 struct ResponseEvent {
     response: UsageOnly,
 }
 
-/// The usage of a whole JSON body in `upstream`'s API, if it reports one.
+/// The usage of a whole JSON body in `upstream`'s API, if it reports one
+/// (Bedrock's Converse too: its `usage` is read under its own names).
 pub(super) fn json_body(upstream: Api, body: &[u8]) -> Option<Tokens> {
     match upstream {
         // Both put one object under `usage`; `Usage` knows both spellings.
@@ -171,15 +188,18 @@ struct UsageOnly {
     usage: Option<Usage>,
 }
 
-/// OpenAI's usage, or Anthropic's under its own names.
+/// OpenAI's usage, or Anthropic's or Bedrock's under their own names
+/// (Bedrock's `inputTokens`, like Anthropic's, leaves the cache's out).
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct Usage {
-    #[serde(alias = "input_tokens")]
+    #[serde(alias = "input_tokens", alias = "inputTokens")]
     prompt_tokens: u64,
-    #[serde(alias = "output_tokens")]
+    #[serde(alias = "output_tokens", alias = "outputTokens")]
     completion_tokens: u64,
+    #[serde(alias = "cacheReadInputTokens")]
     cache_read_input_tokens: u64,
+    #[serde(alias = "cacheWriteInputTokens")]
     cache_creation_input_tokens: u64,
     /// OpenAI's: `cached_tokens` (part of `prompt_tokens`; the Responses
     /// API's `input_tokens_details`).

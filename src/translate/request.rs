@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Options, TranslateError};
 
-mod body;
+pub(in crate::translate) mod body;
 
 type Result<T> = std::result::Result<T, TranslateError>;
 

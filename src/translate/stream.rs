@@ -27,6 +27,8 @@ pub enum Translator {
     StripUsage,
     ToChat(ToChat),
     ToMessages(ToMessages),
+    ConverseToChat(super::bedrock::stream::ToChat),
+    ConverseToMessages(super::bedrock::stream::ToMessages),
     GeminiToChat(super::gemini::stream::ToChat),
     GeminiToMessages(super::gemini::stream::ToMessages),
     /// Responses API events with the response's id tagged.
@@ -112,6 +114,12 @@ impl Translator {
             Conversion::GeminiToMessages => {
                 Translator::GeminiToMessages(super::gemini::stream::ToMessages::new(model))
             }
+            Conversion::ConverseToChat { include_usage } => Translator::ConverseToChat(
+                super::bedrock::stream::ToChat::new(model, include_usage),
+            ),
+            Conversion::ConverseToMessages => {
+                Translator::ConverseToMessages(super::bedrock::stream::ToMessages::new(model))
+            }
             Conversion::None | Conversion::ModelToOpenAi => return None,
         })
     }
@@ -130,6 +138,8 @@ impl Translator {
             Translator::ToResponses(t) => t.event(ev, out),
             Translator::GeminiToChat(t) => t.event(ev, out),
             Translator::GeminiToMessages(t) => t.event(ev, out),
+            Translator::ConverseToChat(t) => t.event(ev, out),
+            Translator::ConverseToMessages(t) => t.event(ev, out),
         }
     }
 
@@ -140,6 +150,8 @@ impl Translator {
             Translator::ToResponses(t) => t.finish(out),
             Translator::GeminiToChat(t) => t.finish(out),
             Translator::GeminiToMessages(t) => t.finish(out),
+            Translator::ConverseToChat(t) => t.finish(out),
+            Translator::ConverseToMessages(t) => t.finish(out),
             _ => {}
         }
     }

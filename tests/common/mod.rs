@@ -2,6 +2,7 @@
 //! the test upstream, with a freshly generated development CA.
 #![allow(dead_code, unused_imports)]
 
+pub mod bedrock;
 pub mod browser;
 pub mod client;
 pub mod cluster;

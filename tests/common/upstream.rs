@@ -40,6 +40,9 @@
 //!
 //! A path `…/models/{model}:generateContent` (or `:streamGenerateContent`)
 //! is Gemini's API, answered in its wire format (see [`gemini`]).
+//!
+//! Bedrock's Converse API is served on `/model/…` (see `bedrock.rs`; its
+//! base URL is [`Upstream::bedrock_url`]), its SigV4 signatures checked.
 
 mod gemini;
 
@@ -60,8 +63,8 @@ use tokio::sync::{mpsc, Notify};
 use h3gate::provider::mock::{Answer, DONE};
 use h3gate::provider::Endpoint;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type RespBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// A request the upstream received.
 #[derive(Debug, Clone)]
@@ -120,6 +123,11 @@ impl Upstream {
         format!("http://{}/v1", self.addr)
     }
 
+    /// The base URL of its Bedrock runtime API.
+    pub fn bedrock_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Lets every `gated` stream send the rest of its chunks.
     pub fn release(&self) {
         self.shared.releases.fetch_add(1, Ordering::SeqCst);
@@ -172,6 +180,9 @@ async fn handle(
     });
     if let Some((model, stream)) = gemini::route(parts.uri.path()) {
         return Ok(gemini::answer(model, stream, &json, s).await);
+    }
+    if parts.uri.path().starts_with("/model/") {
+        return Ok(super::bedrock::handle(&parts, &bytes, &json).await);
     }
     let (path, deployment) = match azure_path(&parts.uri) {
         Some(Ok((path, deployment))) => (path, Some(deployment)),
@@ -462,13 +473,13 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn full(s: String) -> RespBody {
+pub fn full(s: String) -> RespBody {
     http_body_util::Full::new(Bytes::from(s))
         .map_err(|never| match never {})
         .boxed()
 }
 
-fn respond(status: u16, content_type: &str, body: RespBody) -> hyper::Response<RespBody> {
+pub fn respond(status: u16, content_type: &str, body: RespBody) -> hyper::Response<RespBody> {
     hyper::Response::builder()
         .status(status)
         .header("content-type", content_type)

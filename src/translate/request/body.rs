@@ -13,7 +13,7 @@ use super::{invalid, Result};
 use crate::translate::TranslateError;
 
 /// A request's top level, with `messages` left in the body.
-pub(super) struct Top {
+pub(in crate::translate) struct Top {
     /// Every top-level parameter except `messages` (the last of duplicates).
     pub params: Map<String, Value>,
     /// Which `messages` key counts (the last, as a JSON object reader
@@ -22,7 +22,7 @@ pub(super) struct Top {
 }
 
 /// First pass: the parameters, and whether `messages` is an array.
-pub(super) fn top_level(body: &[u8]) -> Result<Top> {
+pub(in crate::translate) fn top_level(body: &[u8]) -> Result<Top> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let top = de
         .deserialize_map(TopVisitor)
@@ -39,7 +39,7 @@ pub(super) fn top_level(body: &[u8]) -> Result<Top> {
 
 /// Second pass: `each(index, message)` for every message, in order; stops
 /// at the first error `each` returns.
-pub(super) fn for_each_message(
+pub(in crate::translate) fn for_each_message(
     body: &[u8],
     top: &Top,
     each: &mut dyn FnMut(usize, Value) -> Result<()>,
