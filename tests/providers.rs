@@ -26,24 +26,6 @@ over_every_protocol!(
     ollama_provider_and_extra_headers,
 );
 
-/// Text and tool-call arguments assembled from OpenAI chunks; the finish reason.
-fn assemble_openai(ev: &[(Option<String>, Value)]) -> (String, String, Option<String>) {
-    let (mut text, mut args, mut finish) = (String::new(), String::new(), None);
-    for (_, v) in ev {
-        let Some(c) = v["choices"].get(0) else {
-            continue;
-        };
-        text.push_str(c["delta"]["content"].as_str().unwrap_or(""));
-        for call in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
-            args.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
-        }
-        if let Some(f) = c["finish_reason"].as_str() {
-            finish = Some(f.to_string());
-        }
-    }
-    (text, args, finish)
-}
-
 const FIVE_TOKENS: &str = "The quick brown fox jumps";
 
 async fn post(gw: &Gateway, p: Proto, path: &str, body: Value) -> common::client::TestResponse {
@@ -101,7 +83,7 @@ async fn openai_stream_from_an_anthropic_provider(p: Proto) {
     body["stream_options"] = json!({"include_usage": true});
     let ev = post_stream(&gw, p, "/v1/chat/completions", body).await;
     assert_eq!(ev.last().unwrap().1, "[DONE]");
-    let (text, _, finish) = assemble_openai(&ev);
+    let (text, _, finish) = sse::assemble_openai(&ev);
     assert_eq!(text, FIVE_TOKENS);
     assert_eq!(finish.as_deref(), Some("length"));
     let usage = &ev[ev.len() - 2].1["usage"];
@@ -139,7 +121,7 @@ async fn openai_tool_call_stream_from_an_anthropic_provider(p: Proto) {
                     .map(str::to_string)
             });
             assert_eq!(first_call.as_deref(), Some("weather"));
-            let (_, args, finish) = assemble_openai(&ev);
+            let (_, args, finish) = sse::assemble_openai(&ev);
             (args, finish.unwrap())
         } else {
             let v = resp.json().await;
@@ -420,7 +402,7 @@ async fn usage_chunk_is_requested_and_stripped(p: Proto) {
             .all(|(_, v)| v.get("usage").is_none_or(Value::is_null)),
         "no usage chunk"
     );
-    assert_eq!(assemble_openai(&ev).0, FIVE_TOKENS);
+    assert_eq!(sse::assemble_openai(&ev).0, FIVE_TOKENS);
     assert_eq!(ev.last().unwrap().1, "[DONE]");
     assert_eq!(
         gw.upstream.seen()[0].body["stream_options"]["include_usage"],

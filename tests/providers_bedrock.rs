@@ -136,24 +136,6 @@ fn anthropic(model: &str, stream: bool) -> Value {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
 }
 
-/// Text, tool-call arguments and the finish reason of OpenAI chunks.
-fn assemble_openai(ev: &[(Option<String>, Value)]) -> (String, String, Option<String>) {
-    let (mut text, mut args, mut finish) = (String::new(), String::new(), None);
-    for (_, v) in ev {
-        let Some(c) = v["choices"].get(0) else {
-            continue;
-        };
-        text.push_str(c["delta"]["content"].as_str().unwrap_or(""));
-        for call in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
-            args.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
-        }
-        if let Some(f) = c["finish_reason"].as_str() {
-            finish = Some(f.to_string());
-        }
-    }
-    (text, args, finish)
-}
-
 /// The one upstream request: signed with the config's key and session token.
 fn assert_signed(seen: &common::upstream::Seen) {
     let auth = seen.headers["authorization"].to_str().unwrap();
@@ -215,7 +197,7 @@ async fn openai_stream_from_bedrock(p: Proto) {
     body["stream_options"] = json!({"include_usage": true});
     let ev = post_stream(&gw, p, "/v1/chat/completions", body).await;
     assert_eq!(ev.last().unwrap().1, "[DONE]");
-    let (text, _, finish) = assemble_openai(&ev);
+    let (text, _, finish) = sse::assemble_openai(&ev);
     assert_eq!(text, FIVE_TOKENS);
     assert_eq!(finish.as_deref(), Some("length"));
     let usage = &ev[ev.len() - 2].1;
@@ -300,7 +282,7 @@ async fn tool_calls_through_bedrock(p: Proto) {
                     .as_str()
                     .map(str::to_string)
             });
-            let (_, args, finish) = assemble_openai(&ev);
+            let (_, args, finish) = sse::assemble_openai(&ev);
             (name.unwrap(), args, finish.unwrap())
         } else {
             let v = resp.json().await;

@@ -146,24 +146,6 @@ fn anthropic(model: &str, stream: bool) -> Value {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
 }
 
-/// Text, tool-call arguments and finish reason assembled from OpenAI chunks.
-fn assemble(ev: &[(Option<String>, Value)]) -> (String, String, Option<String>) {
-    let (mut text, mut args, mut finish) = (String::new(), String::new(), None);
-    for (_, v) in ev {
-        let Some(c) = v["choices"].get(0) else {
-            continue;
-        };
-        text.push_str(c["delta"]["content"].as_str().unwrap_or(""));
-        for call in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
-            args.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
-        }
-        if let Some(f) = c["finish_reason"].as_str() {
-            finish = Some(f.to_string());
-        }
-    }
-    (text, args, finish)
-}
-
 async fn openai_chat_reaches_a_gemini_provider(p: Proto) {
     let gw = start("gem").await;
     let resp = post(&gw, p, "/v1/chat/completions", chat("gemini-x", false)).await;
@@ -199,7 +181,7 @@ async fn openai_stream_from_a_gemini_provider(p: Proto) {
     let ev = post_stream(&gw, p, "/v1/chat/completions", body).await;
     assert_eq!(ev.last().unwrap().1, "[DONE]");
     assert_eq!(ev[0].1["choices"][0]["delta"]["role"], "assistant");
-    let (text, _, finish) = assemble(&ev);
+    let (text, _, finish) = sse::assemble_openai(&ev);
     assert_eq!(text, FIVE_TOKENS);
     assert_eq!(finish.as_deref(), Some("length"));
     let usage = &ev[ev.len() - 2].1["usage"];
@@ -217,7 +199,7 @@ async fn openai_stream_from_a_gemini_provider(p: Proto) {
     assert!(ev
         .iter()
         .all(|(_, v)| v.get("usage").is_none_or(Value::is_null)));
-    assert_eq!(assemble(&ev).0, FIVE_TOKENS);
+    assert_eq!(sse::assemble_openai(&ev).0, FIVE_TOKENS);
     assert_eq!(ev.last().unwrap().1, "[DONE]");
 }
 
@@ -284,7 +266,7 @@ async fn tool_calls_round_trip_through_gemini(p: Proto) {
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
     let ev = post_stream(&gw, p, "/v1/chat/completions", streamed).await;
-    let (_, args, finish) = assemble(&ev);
+    let (_, args, finish) = sse::assemble_openai(&ev);
     assert_eq!(
         (args.as_str(), finish.as_deref()),
         (r#"{"city":"mock"}"#, Some("tool_calls"))

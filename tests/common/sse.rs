@@ -45,3 +45,22 @@ pub fn openai_text(body: &str) -> (String, bool) {
     }
     (text, done)
 }
+
+/// Text, tool-call arguments and the finish reason assembled from OpenAI
+/// chat chunks.
+pub fn assemble_openai(ev: &[(Option<String>, Value)]) -> (String, String, Option<String>) {
+    let (mut text, mut args, mut finish) = (String::new(), String::new(), None);
+    for (_, v) in ev {
+        let Some(c) = v["choices"].get(0) else {
+            continue;
+        };
+        text.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+        for call in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            args.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+        }
+        if let Some(f) = c["finish_reason"].as_str() {
+            finish = Some(f.to_string());
+        }
+    }
+    (text, args, finish)
+}
