@@ -64,6 +64,11 @@ pub enum TranslateError {
     Invalid(String),
 }
 
+/// A request the translation cannot read: the client's fault (400).
+pub(crate) fn invalid(msg: impl Into<String>) -> TranslateError {
+    TranslateError::Invalid(msg.into())
+}
+
 /// Translation settings of the route and provider serving a request.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -71,6 +76,21 @@ pub struct Options {
     pub drop_unsupported: bool,
     /// `max_tokens` for Anthropic when the client gave none (it is required there).
     pub default_max_tokens: u32,
+}
+
+impl Options {
+    /// `param` has no counterpart in `api`: refused (a 400 naming it), or
+    /// let through to be dropped when the route says so.
+    pub(crate) fn refuse(&self, param: &str, api: &'static str) -> Result<(), TranslateError> {
+        if self.drop_unsupported {
+            Ok(())
+        } else {
+            Err(TranslateError::Unsupported {
+                param: param.to_string(),
+                api,
+            })
+        }
+    }
 }
 
 impl Default for Options {

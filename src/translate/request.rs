@@ -10,15 +10,11 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{Options, TranslateError};
+use super::{invalid, Options, TranslateError};
 
 pub(in crate::translate) mod body;
 
 type Result<T> = std::result::Result<T, TranslateError>;
-
-fn invalid(msg: impl Into<String>) -> TranslateError {
-    TranslateError::Invalid(msg.into())
-}
 
 /// A fresh output buffer: about twice the body, so it rarely grows (pages
 /// never written are not resident).
@@ -49,14 +45,7 @@ fn finish(mut out: Vec<u8>, mut params: Map<String, Value>, model: Option<&str>)
 
 /// Refuses `param`, or lets it be dropped when the route allows that.
 fn unsupported(param: &str, api: &'static str, opts: &Options) -> Result<()> {
-    if opts.drop_unsupported {
-        Ok(())
-    } else {
-        Err(TranslateError::Unsupported {
-            param: param.to_string(),
-            api,
-        })
-    }
+    opts.refuse(param, api)
 }
 
 // ---------------------------------------------------------------------------

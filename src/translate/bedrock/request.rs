@@ -11,23 +11,12 @@ use serde_json::{json, Map, Value};
 
 use super::API;
 use crate::translate::request::{body, chat_to_messages_body};
-use crate::translate::{Options, TranslateError};
+use crate::translate::{invalid, Options, TranslateError};
 
 type Result<T> = std::result::Result<T, TranslateError>;
 
-fn invalid(msg: impl Into<String>) -> TranslateError {
-    TranslateError::Invalid(msg.into())
-}
-
 fn unsupported(param: &str, opts: &Options) -> Result<()> {
-    if opts.drop_unsupported {
-        Ok(())
-    } else {
-        Err(TranslateError::Unsupported {
-            param: param.to_string(),
-            api: API,
-        })
-    }
+    opts.refuse(param, API)
 }
 
 fn write(out: &mut Vec<u8>, v: &impl serde::Serialize) {

@@ -16,25 +16,14 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use crate::translate::{Options, TranslateError};
+use crate::translate::{invalid, Options, TranslateError};
 
 type Result<T> = std::result::Result<T, TranslateError>;
 
 const API: &str = "Gemini generateContent";
 
-fn invalid(msg: impl Into<String>) -> TranslateError {
-    TranslateError::Invalid(msg.into())
-}
-
 fn unsupported(param: &str, opts: &Options) -> Result<()> {
-    if opts.drop_unsupported {
-        Ok(())
-    } else {
-        Err(TranslateError::Unsupported {
-            param: param.to_string(),
-            api: API,
-        })
-    }
+    opts.refuse(param, API)
 }
 
 /// The body's top-level object.

@@ -8,25 +8,14 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::translate::{Options, TranslateError};
+use crate::translate::{invalid, Options, TranslateError};
 
 type Result<T> = std::result::Result<T, TranslateError>;
 
 const API: &str = "chat-completions (translated from the Responses API)";
 
 fn unsupported(param: &str, opts: &Options) -> Result<()> {
-    if opts.drop_unsupported {
-        Ok(())
-    } else {
-        Err(TranslateError::Unsupported {
-            param: param.to_string(),
-            api: API,
-        })
-    }
-}
-
-fn invalid(msg: impl Into<String>) -> TranslateError {
-    TranslateError::Invalid(msg.into())
+    opts.refuse(param, API)
 }
 
 /// A Responses API request body as a chat completions request.
