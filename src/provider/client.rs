@@ -64,6 +64,8 @@ pub enum Paths {
 /// the pooled client.
 pub struct Upstream {
     base_url: String,
+    /// `base_url` parsed once: the start of every per-call URL.
+    base: Option<reqwest::Url>,
     paths: Paths,
     /// `base_url` + each fixed endpoint path, parsed once (not per request).
     urls: Vec<(Endpoint, reqwest::Url)>,
@@ -150,6 +152,7 @@ impl Upstream {
         };
         Ok(Upstream {
             urls,
+            base: reqwest::Url::parse(&base_url).ok(),
             base_url,
             paths,
             headers,
@@ -175,9 +178,11 @@ impl Upstream {
         if let Some((_, url)) = self.urls.iter().find(|(e, _)| *e == prepared.endpoint) {
             return Ok(url.clone());
         }
-        let bad = |e: url::ParseError| UpstreamError::Failed(e.to_string());
         let e = prepared.endpoint;
-        let mut url = reqwest::Url::parse(&self.base_url).map_err(bad)?;
+        let mut url = self
+            .base
+            .clone()
+            .ok_or_else(|| UpstreamError::Failed("the base URL is not a valid URL".into()))?;
         match &self.paths {
             // Gemini's method follows the model in its segment:
             // `models/{model}:generateContent`, a stream with `?alt=sse`.
