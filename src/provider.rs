@@ -12,6 +12,7 @@ pub mod keys;
 pub mod mock;
 pub mod ollama;
 pub mod openai;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;

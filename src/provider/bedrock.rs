@@ -14,16 +14,16 @@ pub mod sigv4;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::{BodyExt, Full};
 
+use super::transport::HttpClient;
 use super::{
     Common, Endpoint, HttpClients, PrepareError, Prepared, UpstreamCall, UpstreamError,
     UpstreamResponse,
 };
 use crate::config::ProviderConfig;
-use crate::exchange::{full, BodyError};
+use crate::exchange::full;
 use crate::translate::bedrock::request as converse;
 use crate::translate::{Conversion, Options};
 use sigv4::{CredentialSource, Scope};
@@ -37,7 +37,7 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 pub struct Bedrock {
     pub common: Common,
-    client: reqwest::Client,
+    client: HttpClient,
     /// Without a trailing slash.
     base_url: String,
     /// `host[:port]` of `base_url`, as the request's `Host` says it.
@@ -246,25 +246,16 @@ impl Bedrock {
         } else {
             "application/json"
         };
-        let headers = self.signed("POST", &url, accept, &prepared.body)?;
-        let parsed = reqwest::Url::parse(&url).map_err(|e| UpstreamError::Failed(e.to_string()))?;
-        let mut req = self
-            .client
-            .post(parsed)
-            .headers(headers)
-            .header("x-request-id", &*call.request_id)
-            .body(prepared.body.clone());
-        if let Some((parent, state)) = &prepared.trace_context {
-            req = req.header("traceparent", parent);
-            if let Some(state) = state {
-                req = req.header("tracestate", state);
-            }
+        let mut headers = self.signed("POST", &url, accept, &prepared.body)?;
+        if let Ok(id) = HeaderValue::from_str(&call.request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), id);
         }
+        super::client::trace_headers(&mut headers, prepared);
+        let req = request(http::Method::POST, &url, headers, prepared.body.clone())?;
         let started = tokio::time::Instant::now();
-        let resp = match tokio::time::timeout(self.first_byte, req.send()).await {
+        let resp = match tokio::time::timeout(self.first_byte, self.client.send(req)).await {
             Err(_) => return Err(UpstreamError::Timeout(self.first_byte)),
-            Ok(Err(e)) => return Err(classify(e, self.first_byte)),
-            Ok(Ok(resp)) => resp,
+            Ok(result) => result?,
         };
         let status = resp.status();
         let mut headers = HeaderMap::new();
@@ -294,14 +285,10 @@ impl Bedrock {
                 key: None,
             });
         }
-        let stream = resp
-            .bytes_stream()
-            .map_ok(http_body::Frame::data)
-            .map_err(|e| -> BodyError { Box::new(e) });
         Ok(UpstreamResponse {
             status,
             headers,
-            body: StreamBody::new(stream).boxed_unsync(),
+            body: super::transport::body(resp),
             key: None,
         })
     }
@@ -314,19 +301,39 @@ impl Bedrock {
         let Ok(headers) = self.signed("GET", &url, "application/json", b"") else {
             return false;
         };
+        let Ok(req) = request(http::Method::GET, &url, headers, Bytes::new()) else {
+            return false;
+        };
         self.client
-            .get(url)
-            .headers(headers)
-            .send()
+            .send(req)
             .await
             .is_ok_and(|r| r.status().as_u16() < 500)
     }
 }
 
-async fn read_bounded(mut resp: reqwest::Response) -> Vec<u8> {
+/// A request to `url` with `headers` (and the gateway's `User-Agent`).
+fn request(
+    method: http::Method,
+    url: &str,
+    mut headers: HeaderMap,
+    body: Bytes,
+) -> Result<http::Request<Full<Bytes>>, UpstreamError> {
+    let uri = http::Uri::try_from(url).map_err(|e| UpstreamError::Failed(e.to_string()))?;
+    headers.insert(header::USER_AGENT, super::client::USER_AGENT);
+    let mut req = http::Request::new(Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+async fn read_bounded(resp: http::Response<hyper::body::Incoming>) -> Vec<u8> {
+    let mut body = resp.into_body();
     let mut buf = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        buf.extend_from_slice(&chunk);
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(chunk) = frame.into_data() {
+            buf.extend_from_slice(&chunk);
+        }
         if buf.len() >= MAX_ERROR_BODY {
             break;
         }
@@ -348,20 +355,6 @@ pub fn openai_error(status: u16, kind: Option<&str>, body: &[u8]) -> String {
         .or(v["__type"].as_str())
         .unwrap_or("upstream_error");
     serde_json::json!({"error": {"message": message, "type": kind, "code": kind}}).to_string()
-}
-
-fn classify(e: reqwest::Error, first_byte: Duration) -> UpstreamError {
-    let mut cause: &(dyn std::error::Error + 'static) = &e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    if e.is_connect() {
-        UpstreamError::Connect(cause.to_string())
-    } else if e.is_timeout() {
-        UpstreamError::Timeout(first_byte)
-    } else {
-        UpstreamError::Failed(cause.to_string())
-    }
 }
 
 #[cfg(test)]

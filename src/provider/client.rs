@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http_body_util::{BodyExt, StreamBody};
+use http::Uri;
+use http_body_util::Full;
 
 use super::keys::{Credentials, Pick};
+use super::transport::HttpClient;
 use super::{Endpoint, Prepared, UpstreamCall, UpstreamError, UpstreamResponse};
 use crate::config::ProviderConfig;
-use crate::exchange::BodyError;
 
 /// Upstream response headers passed on to the client.
 const PASSED_HEADERS: [HeaderName; 3] = [
@@ -21,33 +22,28 @@ const PASSED_HEADERS: [HeaderName; 3] = [
     HeaderName::from_static("retry-after-ms"),
 ];
 
-/// Pooled upstream HTTP clients (rustls, HTTP/1.1 and HTTP/2), one per
-/// distinct connect timeout, so providers share connections where they can.
+/// Pooled upstream HTTP clients (src/provider/transport.rs), one per distinct
+/// connect timeout, so providers share connections where they can.
 #[derive(Default)]
 pub struct HttpClients {
-    by_connect_timeout: HashMap<Duration, reqwest::Client>,
+    by_connect_timeout: HashMap<Duration, HttpClient>,
 }
 
 impl HttpClients {
-    pub(super) fn get(&mut self, connect_timeout: Duration) -> Result<reqwest::Client, String> {
+    pub(super) fn get(&mut self, connect_timeout: Duration) -> Result<HttpClient, String> {
         if let Some(c) = self.by_connect_timeout.get(&connect_timeout) {
             return Ok(c.clone());
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .http2_adaptive_window(true)
-            .user_agent(concat!("h3gate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        let client = HttpClient::new(connect_timeout)?;
         self.by_connect_timeout
             .insert(connect_timeout, client.clone());
         Ok(client)
     }
 }
+
+/// The `User-Agent` of every upstream request.
+pub const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("h3gate/", env!("CARGO_PKG_VERSION")));
 
 /// Where a kind's endpoints are below its base URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,12 +64,14 @@ pub struct Upstream {
     base: Option<reqwest::Url>,
     paths: Paths,
     /// `base_url` + each fixed endpoint path, parsed once (not per request).
-    urls: Vec<(Endpoint, reqwest::Url)>,
+    urls: Vec<(Endpoint, Uri)>,
+    /// The headers every request carries (the fixed ones, the configured
+    /// ones, `User-Agent`, a forward proxy's `Proxy-Authorization`).
     headers: HeaderMap,
     credentials: Credentials,
     /// Client request headers passed on (lowercase names).
     forwarded: Vec<HeaderName>,
-    client: reqwest::Client,
+    client: HttpClient,
     first_byte: Duration,
 }
 
@@ -142,14 +140,20 @@ impl Upstream {
             ]
             .into_iter()
             .filter_map(|e| {
-                Some((
-                    e,
-                    reqwest::Url::parse(&format!("{base_url}{}", e.path())).ok()?,
-                ))
+                let url = reqwest::Url::parse(&format!("{base_url}{}", e.path())).ok()?;
+                Some((e, Uri::try_from(url.as_str()).ok()?))
             })
             .collect(),
             Paths::Azure { .. } => Vec::new(),
         };
+        let client = clients.get(cfg.timeouts.connect.get())?;
+        headers.insert(header::USER_AGENT, USER_AGENT);
+        if let Some(auth) = Uri::try_from(&base_url)
+            .ok()
+            .and_then(|uri| client.forward_proxy_auth(&uri))
+        {
+            headers.insert(header::PROXY_AUTHORIZATION, auth);
+        }
         Ok(Upstream {
             urls,
             base: reqwest::Url::parse(&base_url).ok(),
@@ -158,7 +162,7 @@ impl Upstream {
             headers,
             credentials,
             forwarded,
-            client: clients.get(cfg.timeouts.connect.get())?,
+            client,
             first_byte: cfg.timeouts.first_byte.get(),
         })
     }
@@ -174,10 +178,17 @@ impl Upstream {
     }
 
     /// The URL of a prepared call.
-    fn url(&self, prepared: &Prepared) -> Result<reqwest::Url, UpstreamError> {
+    fn url(&self, prepared: &Prepared) -> Result<Uri, UpstreamError> {
         if let Some((_, url)) = self.urls.iter().find(|(e, _)| *e == prepared.endpoint) {
             return Ok(url.clone());
         }
+        let url = self.built_url(prepared)?;
+        Uri::try_from(url.as_str()).map_err(|e| UpstreamError::Failed(e.to_string()))
+    }
+
+    /// The URL of a call whose path depends on it (the model in the path,
+    /// Azure's deployments and `api-version`).
+    fn built_url(&self, prepared: &Prepared) -> Result<reqwest::Url, UpstreamError> {
         let e = prepared.endpoint;
         let mut url = self
             .base
@@ -260,7 +271,7 @@ impl Upstream {
         &self,
         call: &UpstreamCall,
         prepared: &Prepared,
-        url: reqwest::Url,
+        url: Uri,
         auth: Option<HeaderValue>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let accept = if prepared.stream {
@@ -278,30 +289,30 @@ impl Upstream {
         if let Some(auth) = auth {
             headers.insert(self.credentials.header().clone(), auth);
         }
-        let mut req = self
-            .client
-            .request(method.clone(), url)
-            .headers(headers)
-            .header(header::ACCEPT, accept)
-            .header("x-request-id", &*call.request_id);
-        if method == http::Method::POST && !prepared.body.is_empty() {
-            req = req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(prepared.body.clone());
+        headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+        if let Ok(id) = HeaderValue::from_str(&call.request_id) {
+            headers.insert(X_REQUEST_ID, id);
         }
+        let body = if method == http::Method::POST && !prepared.body.is_empty() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            prepared.body.clone()
+        } else {
+            Bytes::new()
+        };
         if call.early_data {
-            req = req.header("early-data", "1");
+            headers.insert(EARLY_DATA, HeaderValue::from_static("1"));
         }
-        if let Some((parent, state)) = &prepared.trace_context {
-            req = req.header("traceparent", parent);
-            if let Some(state) = state {
-                req = req.header("tracestate", state);
-            }
-        }
-        let resp = match tokio::time::timeout(self.first_byte, req.send()).await {
+        trace_headers(&mut headers, prepared);
+        let mut req = http::Request::new(Full::new(body));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = url;
+        *req.headers_mut() = headers;
+        let resp = match tokio::time::timeout(self.first_byte, self.client.send(req)).await {
             Err(_) => return Err(UpstreamError::Timeout(self.first_byte)),
-            Ok(Err(e)) => return Err(classify(e, self.first_byte)),
-            Ok(Ok(resp)) => resp,
+            Ok(result) => result?,
         };
         let status = resp.status();
         let mut headers = HeaderMap::new();
@@ -310,47 +321,41 @@ impl Upstream {
                 headers.insert(name, v.clone());
             }
         }
-        let stream = resp
-            .bytes_stream()
-            .map_ok(http_body::Frame::data)
-            .map_err(|e| -> BodyError { Box::new(e) });
         Ok(UpstreamResponse {
             status,
             headers,
-            body: StreamBody::new(stream).boxed_unsync(),
+            body: super::transport::body(resp),
             key: None,
         })
     }
 
     /// One active health check: a GET below the base URL, 2xx is healthy.
     pub async fn health_check(&self, path: &str) -> bool {
+        let Ok(uri) = Uri::try_from(format!("{}{path}", self.base_url)) else {
+            return false;
+        };
+        let mut req = http::Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers.clone();
         self.client
-            .get(format!("{}{path}", self.base_url))
-            .headers(self.headers.clone())
-            .send()
+            .send(req)
             .await
             .is_ok_and(|r| r.status().is_success())
     }
 }
 
-fn classify(e: reqwest::Error, first_byte: Duration) -> UpstreamError {
-    // reqwest's messages name the URL; keep only the kind of failure.
-    if e.is_connect() {
-        UpstreamError::Connect(error_chain(&e))
-    } else if e.is_timeout() {
-        UpstreamError::Timeout(first_byte)
-    } else {
-        UpstreamError::Failed(error_chain(&e))
-    }
-}
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
 
-/// The innermost cause of an error: the useful part (e.g. "Connection refused").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
+/// `traceparent` / `tracestate` of a call that propagates its trace.
+pub(super) fn trace_headers(headers: &mut HeaderMap, prepared: &Prepared) {
+    let Some((parent, state)) = &prepared.trace_context else {
+        return;
+    };
+    headers.insert(HeaderName::from_static("traceparent"), parent.clone());
+    if let Some(state) = state {
+        headers.insert(HeaderName::from_static("tracestate"), state.clone());
     }
-    cur.to_string()
 }
 
 /// `url` with `path` (and `then`, one segment, when not empty) appended
