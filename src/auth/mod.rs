@@ -189,7 +189,8 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-type ByHash = HashMap<String, Arc<KeyRecord>>;
+/// Keyed by the SHA-256 of a key (not attacker-chosen): foldhash, not SipHash.
+type ByHash = HashMap<String, Arc<KeyRecord>, foldhash::fast::RandomState>;
 
 /// The live key set, swapped atomically on every change.
 pub struct Keys {

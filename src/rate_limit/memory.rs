@@ -23,7 +23,8 @@ use tokio::time::Instant;
 use super::budget::{BudgetCounter, Budgets};
 use super::{Bucket, Claim, Correction, Decision, Kind, Limit, Limiter, Pending, Subject};
 
-type Shard = HashMap<Bucket, Instant>;
+/// foldhash with a random seed, as the budgets' map (SipHash was ~4% of a request).
+type Shard = HashMap<Bucket, Instant, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 pub struct MemoryLimiter {
@@ -41,7 +42,7 @@ const SWEEP_AT: usize = 4096;
 impl Default for MemoryLimiter {
     fn default() -> Self {
         MemoryLimiter {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::default())),
             budgets: Budgets::default(),
         }
     }
