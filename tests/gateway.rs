@@ -350,6 +350,31 @@ async fn incoming_request_id_is_reused(p: Proto) {
         )
         .await;
     assert_eq!(resp.header("x-request-id"), Some("trace-abc.123"));
+    // Every character an id may have, and ids that differ on each request
+    // of one connection: the header blocks (HPACK's dynamic table, QPACK's
+    // table-driven Huffman code in vendor/h3) decode back to what was
+    // sent, and so do the headers around them.
+    let client = gw.client(p).await;
+    let all: String = ('A'..='Z')
+        .chain('a'..='z')
+        .chain('0'..='9')
+        .chain("._:-".chars())
+        .collect();
+    for i in 0..5 {
+        let id = format!("{i}{all}{i}");
+        let resp = client
+            .request(
+                Method::GET,
+                "/v1/models",
+                &[("x-request-id", id.as_str())],
+                TestBody::Empty,
+            )
+            .await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-request-id"), Some(id.as_str()));
+        assert_eq!(resp.header("content-type"), Some("application/json"));
+        assert!(resp.json().await["data"].is_array());
+    }
 }
 
 async fn alt_svc_advertises_http3(p: Proto) {
