@@ -44,6 +44,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PEERS = os.environ.get("PEERS_DIR", os.path.join(ROOT, "target", "bench-peers"))
 UP, UP_SLOW, GW, CADDY, LITELLM, PORTKEY, RELAY, ADMIN = (18080, 18081, 18443, 18444, 18445, 18446,
                                                          18447, 18901)
+GW_BEFORE, ADMIN_BEFORE = 18448, 18902
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
 STREAM_BODY = ('{"model":"gpt-4o-mini","stream":true,'
                '"messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}')
@@ -235,19 +236,22 @@ async def concurrent_streams(url, headers, ca, pid, n=1000):
 
 # --- targets -----------------------------------------------------------------
 
-def h3gate_target(work, bin_dir):
+def h3gate_target(work, bin_dir, exe=None, name="h3gate", port=GW, admin=ADMIN):
+    """h3gate with auth + limits + metrics; `exe` another build of it (--before)."""
+    exe = exe or f"{bin_dir}/h3gate"
     certs = os.path.join(work, "certs")
-    subprocess.run([f"{bin_dir}/h3gate", "certs", "--out", certs, "--host", "localhost",
-                    "--host", "127.0.0.1"], check=True, capture_output=True)
-    keys = os.path.join(work, "keys.json")
+    if not os.path.exists(os.path.join(certs, "ca.pem")):
+        subprocess.run([f"{bin_dir}/h3gate", "certs", "--out", certs, "--host", "localhost",
+                        "--host", "127.0.0.1"], check=True, capture_output=True)
+    keys = os.path.join(work, f"keys-{port}.json")
     key = subprocess.run([f"{bin_dir}/h3gate", "keys", "create", "--keys-file", keys, "--name",
                           "bench", "--rpm", "100000000", "--tpm", "2000000000"],
                          check=True, capture_output=True, text=True).stdout.strip()
-    cfg = os.path.join(work, "h3gate.toml")
+    cfg = os.path.join(work, f"h3gate-{port}.toml")
     with open(cfg, "w") as f:
         f.write(f"""
 [server]
-listen = "127.0.0.1:{GW}"
+listen = "127.0.0.1:{port}"
 [tls]
 cert = "{certs}/cert.pem"
 key = "{certs}/key.pem"
@@ -257,11 +261,15 @@ keys_file = "{keys}"
 [rate_limit]
 per_ip_rpm = 100000000
 per_ip_burst = 1000000
+[http]
+# The 1,000-stream check opens 1,000 connections from 127.0.0.1 (the
+# default cap is 256 per address).
+max_connections_per_ip = 4096
 [admission]
 max_per_client = 0
 max_concurrent = 4096
 [admin]
-listen = "127.0.0.1:{ADMIN}"
+listen = "127.0.0.1:{admin}"
 [log]
 format = "json"
 level = "warn"
@@ -280,8 +288,8 @@ targets = ["slow"]
 model = "*"
 targets = ["up"]
 """)
-    return {"name": "h3gate", "cmd": [f"{bin_dir}/h3gate", "serve", "--config", cfg],
-            "url": f"https://localhost:{GW}/v1/chat/completions", "ca": f"{certs}/ca.pem",
+    return {"name": name, "cmd": [exe, "serve", "--config", cfg],
+            "url": f"https://localhost:{port}/v1/chat/completions", "ca": f"{certs}/ca.pem",
             "headers": {"authorization": f"Bearer {key}"}, "protocols": ["h1", "h2", "h3"]}
 
 
@@ -373,24 +381,40 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def measure(t, args, results):
-    """Everything but the fixed-rate latencies (see `latencies`)."""
+def saturation(targets, args):
+    """Requests/s at saturation, median of the runs. The runs are
+    interleaved like the fixed-rate ones: run 1 of every target and
+    protocol, then run 2, ... so that the shared machine's drift lands on
+    all of them alike (one target's runs back to back had it land on one)."""
+    runs = {}
+    for _ in range(args.runs):
+        for t in targets:
+            pid = t.get("proc").pid if t.get("proc") else None
+            for proto in t["protocols"]:
+                c0 = cpu_seconds(pid) if pid else 0
+                r = oha(t["url"], proto, t["headers"], t["ca"], args.duration)
+                if r and pid:
+                    r["cpu_per_1k"] = (cpu_seconds(pid) - c0) / max(r["ok"], 1) * 1000
+                runs.setdefault((t["name"], proto), []).append(r)
+    for t in targets:
+        row = t["row"]
+        for proto in t["protocols"]:
+            ok = [r for r in runs[(t["name"], proto)] if r]
+            row[f"{proto}.rps"] = median([r["rps"] for r in ok])
+            row[f"{proto}.cpu"] = median([r.get("cpu_per_1k") for r in ok])
+            each = ", ".join(str(round(r["rps"])) for r in ok)
+            log(f"  {t['name']} {proto}: {row.get(f'{proto}.rps') or 0:.0f} req/s (runs: {each})")
+
+
+def measure(t, args, results, saturate=True):
+    """Everything but the fixed-rate latencies (see `latencies`); with
+    `saturate=False`, the saturation figures were taken by `saturation`."""
     pid = t.get("proc").pid if t.get("proc") else None
     row = t["row"]
     if pid:
         row["rss_idle"] = rss_mb(pid)
-    for proto in t["protocols"]:
-        runs = []
-        for _ in range(args.runs):
-            c0 = cpu_seconds(pid) if pid else 0
-            r = oha(t["url"], proto, t["headers"], t["ca"], args.duration)
-            if r and pid:
-                r["cpu_per_1k"] = (cpu_seconds(pid) - c0) / max(r["ok"], 1) * 1000
-            runs.append(r)
-        ok = [r for r in runs if r]
-        row[f"{proto}.rps"] = median([r["rps"] for r in ok])
-        row[f"{proto}.cpu"] = median([r.get("cpu_per_1k") for r in ok])
-        log(f"  {t['name']} {proto}: {row.get(f'{proto}.rps') or 0:.0f} req/s")
+    if saturate:
+        saturation([t], args)
     try:
         row["stream"] = asyncio.run(streaming(t["url"], t["headers"], t["ca"], args.stream_samples))
     except Exception as e:  # a peer that cannot stream is reported, not fatal
@@ -502,6 +526,9 @@ def main():
     ap.add_argument("--rates", default="100,1000,5000")
     ap.add_argument("--soak", type=int, default=0, help="h3gate RSS soak, seconds at 1,000 req/s")
     ap.add_argument("--streams", type=int, default=1000, help="concurrent streams for the RSS check")
+    ap.add_argument("--before", metavar="BIN",
+                    help="another h3gate binary measured beside this one (same config, same run)")
+    ap.add_argument("--before-name", default="before", help="its label in the tables")
     ap.add_argument("--stream-samples", type=int, default=200,
                     help="sequential streamed requests per target (TTFT and gap percentiles)")
     args = ap.parse_args()
@@ -532,6 +559,12 @@ def main():
         # interleaved; LiteLLM and Portkey (milliseconds, not fractions of
         # one) run alone afterwards.
         fast, slow = [relay_target(bin_dir, certs), gw], []
+        if args.before:
+            # Another build of h3gate (e.g. the commit before a change), the
+            # same configuration on other ports, interleaved with the rest.
+            fast.append(h3gate_target(work, bin_dir, exe=os.path.abspath(args.before),
+                                      name=f"h3gate before ({args.before_name})",
+                                      port=GW_BEFORE, admin=ADMIN_BEFORE))
         for peer in [p for p in args.peers.split(",") if p]:
             t, why = {"caddy": lambda: caddy_target(work, certs),
                       "litellm": lambda: litellm_target(work),
@@ -554,8 +587,12 @@ def main():
                 stop(t["proc"])
         time.sleep(2)
         for t in running:
+            t["row"]["rss_idle"] = rss_mb(t["proc"].pid)
+        log("measuring: saturation, interleaved")
+        saturation(running, args)
+        for t in running:
             log(f"measuring: {t['name']}")
-            measure(t, args, results)
+            measure(t, args, results, saturate=False)
         log("measuring: fixed rates, interleaved")
         latencies([direct] + running, args, direct)
         if gw in running:

@@ -6,6 +6,7 @@ callgrind (deterministic: other load on the machine does not change them).
     benches/instructions.py --check          # ... and compare with benches/instructions.baseline
     benches/instructions.py --update         # ... and write benches/instructions.baseline
     benches/instructions.py --repo /tmp/wt-before --check   # count another checkout
+    benches/instructions.py > counts.txt; benches/instructions.py --compare counts.txt   # later, again
 
 Only the gateway runs under `valgrind --tool=callgrind` (built with
 `--profile callgrind`, single-threaded runtime: TOKIO_WORKER_THREADS=1); the
@@ -532,7 +533,19 @@ def main():
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--check", action="store_true", help="compare with the baseline")
     g.add_argument("--update", action="store_true", help="write the baseline")
+    g.add_argument("--compare", metavar="FILE",
+                   help="compare counts saved earlier (this script's output) with the baseline, "
+                        "without building or counting: the same exit status as --check")
     args = ap.parse_args()
+    if args.compare:
+        with open(args.compare) as f:
+            meta, figs = parse(f.read())
+        missing = [k for k in ("rustc", "gateway_deps_sha256", "profile") if k not in meta]
+        if missing:
+            print(f"{args.compare}: not this script's output (no {', '.join(missing)})")
+            return 2
+        meta.setdefault("cargo_lock_sha256", "")
+        return check(meta, figs, args.baseline, args.tolerance)
     for kv in args.gateway_env:
         name, sep, value = kv.partition("=")
         if not sep or not name:
