@@ -327,7 +327,7 @@ fn request(
     Ok(req)
 }
 
-async fn read_bounded(resp: http::Response<hyper::body::Incoming>) -> Vec<u8> {
+async fn read_bounded(resp: super::transport::Response) -> Vec<u8> {
     let mut body = resp.into_body();
     let mut buf = Vec::new();
     while let Some(Ok(frame)) = body.frame().await {

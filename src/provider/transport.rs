@@ -98,10 +98,7 @@ impl HttpClient {
     }
 
     /// Sends one request; the error keeps only what kind of failure it was.
-    pub async fn send(
-        &self,
-        req: http::Request<Full<Bytes>>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: http::Request<Full<Bytes>>) -> Result<Response, UpstreamError> {
         self.client.request(req).await.map_err(|e| {
             // The innermost cause is the useful part ("Connection refused");
             // hyper-util's outer messages name no URL, nor does this.
@@ -123,9 +120,12 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// An upstream response, its body still streaming.
+pub type Response = http::Response<Incoming>;
+
 /// An upstream response body as the relay reads it: its data frames (an
 /// upstream's trailers stay behind, as with reqwest), errors boxed.
-pub fn body(resp: http::Response<Incoming>) -> ResponseBody {
+pub fn body(resp: Response) -> ResponseBody {
     DataOnly(resp.into_body()).boxed_unsync()
 }
 
