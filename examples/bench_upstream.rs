@@ -9,7 +9,9 @@
 //! with `"stream": true`, CHUNKS SSE chunks (default 20) INTERVAL_MS apart
 //! (default 0) ending in `data: [DONE]`. Each streamed chunk carries the
 //! microsecond timestamp at which it was sent, so a client can tell how long
-//! the gateway held it.
+//! the gateway held it. A non-streamed request for the model `bench-1mb`
+//! gets a chat completion whose content is 1 MiB of text (the bulk
+//! throughput check of `benches/streams.sh`).
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +25,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 const COMPLETION: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":10,"total_tokens":22}}"#;
+
+/// A completion whose content is 1 MiB of text, built once.
+fn big_completion() -> Bytes {
+    static BIG: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BIG.get_or_init(|| {
+        let content = "lorem ipsum dolor sit amet ".repeat((1 << 20) / 27 + 1);
+        let content = &content[..1 << 20];
+        Bytes::from(COMPLETION.replace("The quick brown fox jumps over the lazy dog.", content))
+    })
+    .clone()
+}
 
 fn now_us() -> u128 {
     SystemTime::now()
@@ -52,6 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .unwrap_or_default();
                 let has = |pat: &[u8]| body.windows(pat.len()).any(|w| w == pat);
                 let stream = has(b"\"stream\":true") || has(b"\"stream\": true");
+                let big = has(b"\"bench-1mb\"");
                 let resp: hyper::Response<BoxBody> = if stream {
                     let s = futures_util::stream::unfold(0usize, move |i| async move {
                         if i > chunks {
@@ -75,9 +89,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .body(BodyExt::boxed_unsync(StreamBody::new(s)))
                         .unwrap_or_default()
                 } else {
+                    let body = if big {
+                        big_completion()
+                    } else {
+                        Bytes::from_static(COMPLETION.as_bytes())
+                    };
                     hyper::Response::builder()
                         .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from_static(COMPLETION.as_bytes())).boxed_unsync())
+                        .body(Full::new(body).boxed_unsync())
                         .unwrap_or_default()
                 };
                 Ok::<_, Infallible>(resp)
