@@ -37,29 +37,12 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import log, start, stop  # noqa: E402
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 UP, RELAY, GW, ADMIN = 18180, 18547, 18543, 18911
 BIN = os.path.join(ROOT, "target", "release")
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
-
-
-def start(cmd, cpu):
-    return subprocess.Popen(["taskset", "-c", str(cpu)] + cmd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def stop(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def wait_port(port, timeout=60):

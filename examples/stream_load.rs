@@ -234,7 +234,12 @@ impl Tracker {
         }
     }
 
-    fn finish(self, status: u16, error: Option<String>) {
+    /// The stream ended: its status, or the error that ended it.
+    fn finish(self, result: Result<u16, Error>) {
+        let (status, error) = match result {
+            Ok(st) => (st, None),
+            Err(e) => (0, Some(e.to_string())),
+        };
         let s = &self.shared;
         s.done.fetch_add(1, Ordering::Relaxed);
         if self.stalled {
@@ -293,10 +298,7 @@ async fn h3_connection(
                 Ok(resp.status().as_u16())
             }
             .await;
-            match r {
-                Ok(st) => t.finish(st, None),
-                Err(e) => t.finish(0, Some(e.to_string())),
-            }
+            t.finish(r);
         }));
     }
     for t in tasks {
@@ -376,10 +378,7 @@ async fn h2_connection(
                 Ok(status)
             }
             .await;
-            match r {
-                Ok(st) => t.finish(st, None),
-                Err(e) => t.finish(0, Some(e.to_string())),
-            }
+            t.finish(r);
         }));
     }
     for t in tasks {
