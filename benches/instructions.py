@@ -132,7 +132,7 @@ def identity(repo, prof):
     try:
         commit = run(["git", "rev-parse", "HEAD"], cwd=repo)
         dirty = run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "Cargo.toml",
-                     "Cargo.lock", "examples/bench_upstream.rs"], cwd=repo)
+                     "Cargo.lock", "vendor", "examples/bench_upstream.rs"], cwd=repo)
         if dirty:
             commit += "+modified"
     except (subprocess.CalledProcessError, FileNotFoundError):

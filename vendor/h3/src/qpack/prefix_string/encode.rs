@@ -384,7 +384,7 @@ const HPACK_STRING: [EncodeValue; 256] = bits_encode![
 
 /// h3gate patch: each byte's Huffman code right-aligned in a `u32`, and
 /// its length in bits, computed at compile time from `HPACK_STRING`.
-const CODES: [(u32, u8); 256] = {
+pub(super) const CODES: [(u32, u8); 256] = {
     let mut out = [(0u32, 0u8); 256];
     let mut i = 0;
     while i < 256 {
@@ -434,7 +434,8 @@ pub fn huffman<B: bytes::BufMut>(value: &[u8], buf: &mut B) {
 
 /// h3gate patch: the table-driven encoder against the crate's bitwise
 /// one, on every single byte, all bytes in a row and 300 pseudo-random
-/// strings (h3gate's tests/qpack_huffman.rs runs it).
+/// strings, then the canonical decoder (`decode::selfcheck`) on them
+/// (h3gate's tests/qpack_huffman.rs runs it).
 pub fn selfcheck() -> Result<(), String> {
     let mut inputs: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
     inputs.push((0..=255u8).collect());
@@ -450,15 +451,16 @@ pub fn selfcheck() -> Result<(), String> {
         }
         inputs.push(v);
     }
-    for input in inputs {
+    for input in &inputs {
         let slow = input.hpack_encode().map_err(|e| format!("{e:?}"))?;
         let mut fast = Vec::new();
-        huffman(&input, &mut fast);
-        if fast != slow || huffman_len(&input) != slow.len() {
+        huffman(input, &mut fast);
+        if fast != slow || huffman_len(input) != slow.len() {
             return Err(format!("{input:?}: {fast:?} != {slow:?}"));
         }
     }
-    Ok(())
+    // h3gate patch: and the canonical decoder on the same strings.
+    super::decode::selfcheck(&inputs)
 }
 
 pub trait HpackStringEncode {

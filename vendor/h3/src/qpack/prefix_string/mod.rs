@@ -46,15 +46,14 @@ pub fn decode<B: Buf>(size: u8, buf: &mut B) -> Result<Vec<u8>, Error> {
         return Err(Error::UnexpectedEnd);
     }
 
+    // h3gate patch: the octets copied at once, and Huffman through the
+    // canonical decoder (`decode::huffman`); upstream h3 0.0.8 collected
+    // them one by one and decoded bit window by bit window.
     let payload = buf.copy_to_bytes(len);
     let value = if flags & 1 == 0 {
-        payload.into_iter().collect()
+        payload.to_vec()
     } else {
-        let mut decoded = Vec::new();
-        for byte in payload.into_iter().collect::<Vec<u8>>().hpack_decode() {
-            decoded.push(byte?);
-        }
-        decoded
+        decode::huffman(&payload)?
     };
     Ok(value)
 }
