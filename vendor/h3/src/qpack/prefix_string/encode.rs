@@ -419,14 +419,20 @@ pub fn huffman<B: bytes::BufMut>(value: &[u8], buf: &mut B) {
     let mut n: u32 = 0;
     for b in value {
         let (code, len) = CODES[*b as usize];
+        // n < 32 before, a code has at most 30 bits: no overflow.
         acc = (acc << len) | code as u64;
         n += len as u32;
-        while n >= 8 {
-            n -= 8;
-            buf.put_u8((acc >> n) as u8);
+        if n >= 32 {
+            n -= 32;
+            buf.put_u32((acc >> n) as u32);
+            acc &= (1u64 << n) - 1;
         }
-        acc &= (1u64 << n) - 1;
     }
+    while n >= 8 {
+        n -= 8;
+        buf.put_u8((acc >> n) as u8);
+    }
+    acc &= (1u64 << n) - 1;
     if n > 0 {
         buf.put_u8(((acc << (8 - n)) as u8) | (0xff >> n));
     }
