@@ -236,8 +236,11 @@ async def concurrent_streams(url, headers, ca, pid, n=1000):
 
 # --- targets -----------------------------------------------------------------
 
-def h3gate_target(work, bin_dir, exe=None, name="h3gate", port=GW, admin=ADMIN):
-    """h3gate with auth + limits + metrics; `exe` another build of it (--before)."""
+def h3gate_target(work, bin_dir, exe=None, name="h3gate", port=GW, admin=ADMIN, up=UP,
+                  up_slow=UP_SLOW, max_concurrent=4096, max_queue=None):
+    """h3gate with auth + limits + metrics; `exe` another build of it (--before).
+    benches/streams.py raises the admission limits and points it at its own
+    upstream."""
     exe = exe or f"{bin_dir}/h3gate"
     certs = os.path.join(work, "certs")
     if not os.path.exists(os.path.join(certs, "ca.pem")):
@@ -247,6 +250,7 @@ def h3gate_target(work, bin_dir, exe=None, name="h3gate", port=GW, admin=ADMIN):
     key = subprocess.run([f"{bin_dir}/h3gate", "keys", "create", "--keys-file", keys, "--name",
                           "bench", "--rpm", "100000000", "--tpm", "2000000000"],
                          check=True, capture_output=True, text=True).stdout.strip()
+    queue = f"max_queue = {max_queue}" if max_queue else ""
     cfg = os.path.join(work, f"h3gate-{port}.toml")
     with open(cfg, "w") as f:
         f.write(f"""
@@ -263,11 +267,15 @@ per_ip_rpm = 100000000
 per_ip_burst = 1000000
 [http]
 # The 1,000-stream check opens 1,000 connections from 127.0.0.1 (the
-# default cap is 256 per address).
+# default cap is 256 per address); streams.py's QUIC connections come from
+# 50 addresses, up to 100 from each.
+max_connections_per_ip = 4096
+[quic]
 max_connections_per_ip = 4096
 [admission]
 max_per_client = 0
-max_concurrent = 4096
+max_concurrent = {max_concurrent}
+{queue}
 [admin]
 listen = "127.0.0.1:{admin}"
 [log]
@@ -276,11 +284,11 @@ level = "warn"
 [[providers]]
 name = "up"
 kind = "openai"
-base_url = "http://127.0.0.1:{UP}/v1"
+base_url = "http://127.0.0.1:{up}/v1"
 [[providers]]
 name = "slow"
 kind = "openai"
-base_url = "http://127.0.0.1:{UP_SLOW}/v1"
+base_url = "http://127.0.0.1:{up_slow}/v1"
 [[routes]]
 model = "bench-slow"
 targets = ["slow"]

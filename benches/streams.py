@@ -38,70 +38,21 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import log, start, stop  # noqa: E402
+from compare import h3gate_target, log, start, stop  # noqa: E402
+from instructions import wait_port  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 UP, RELAY, GW, ADMIN = 18180, 18547, 18543, 18911
 BIN = os.path.join(ROOT, "target", "release")
 
 
-def wait_port(port, timeout=60):
-    import socket
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing listening on {port}")
-
-
-def gateway_config(work):
-    certs = os.path.join(work, "certs")
-    subprocess.run([f"{BIN}/h3gate", "certs", "--out", certs, "--host", "localhost",
-                    "--host", "127.0.0.1"], check=True, capture_output=True)
-    keys = os.path.join(work, "keys.json")
-    key = subprocess.run([f"{BIN}/h3gate", "keys", "create", "--keys-file", keys, "--name",
-                          "bench", "--rpm", "100000000", "--tpm", "2000000000"],
-                         check=True, capture_output=True, text=True).stdout.strip()
-    cfg = os.path.join(work, "h3gate.toml")
-    with open(cfg, "w") as f:
-        f.write(f"""
-[server]
-listen = "127.0.0.1:{GW}"
-[tls]
-cert = "{certs}/cert.pem"
-key = "{certs}/key.pem"
-[auth]
-required = true
-keys_file = "{keys}"
-[rate_limit]
-per_ip_rpm = 100000000
-per_ip_burst = 1000000
-# Raised for the run: 10,000 streams from 50 addresses.
-[http]
-max_connections_per_ip = 4096
-[quic]
-max_connections_per_ip = 4096
-[admission]
-max_per_client = 0
-max_concurrent = 20000
-max_queue = 20000
-[admin]
-listen = "127.0.0.1:{ADMIN}"
-[log]
-format = "json"
-level = "warn"
-[[providers]]
-name = "up"
-kind = "openai"
-base_url = "http://127.0.0.1:{UP}/v1"
-[[routes]]
-model = "*"
-targets = ["up"]
-""")
-    return cfg, certs, key
+def gateway(work):
+    """compare.py's h3gate (auth, limits, metrics on), on this script's ports,
+    the admission limit raised for 10,000 streams: its command, CA
+    directory and key."""
+    t = h3gate_target(work, BIN, port=GW, admin=ADMIN, up=UP, up_slow=UP,
+                      max_concurrent=20000, max_queue=20000)
+    return t["cmd"], os.path.dirname(t["ca"]), t["headers"]["authorization"].split()[-1]
 
 
 def load(url, proto, n, pid, certs, key, ramp, deadline, extra=()):
@@ -169,7 +120,7 @@ def main():
                         "--example", "bench_upstream", "--example", "tls_relay",
                         "--example", "stream_load"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="h3gate-streams-")
-    cfg, certs, key = gateway_config(work)
+    gw_cmd, certs, key = gateway(work)
     stream_s = args.chunks / 10
     deadline = int(args.ramp + stream_s + 30)
     procs = []
@@ -178,10 +129,10 @@ def main():
                     "100"], 1)
         relay = start([f"{BIN}/examples/tls_relay", f"127.0.0.1:{RELAY}", f"127.0.0.1:{UP}",
                        f"{certs}/cert.pem", f"{certs}/key.pem"], 0)
-        gw = start([f"{BIN}/h3gate", "serve", "--config", cfg], 0)
+        gw = start(gw_cmd, 0)
         procs += [up, relay, gw]
         for p in (UP, RELAY, GW):
-            wait_port(p)
+            wait_port(p, 60)
         time.sleep(1)
         results = []
         for n in [int(x) for x in args.levels.split(",") if x]:

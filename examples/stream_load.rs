@@ -164,7 +164,6 @@ struct Shared {
     stalled: AtomicU64,
     chunks: AtomicU64,
     steady: AtomicBool,
-    steady_chunks: AtomicU64,
     gaps_us: Mutex<Vec<u32>>,
     holds_us: Mutex<Vec<u32>>,
     errors: Mutex<Vec<String>>,
@@ -224,7 +223,6 @@ impl Tracker {
                     self.stalled = true;
                 }
                 if self.shared.steady.load(Ordering::Relaxed) {
-                    self.shared.steady_chunks.fetch_add(1, Ordering::Relaxed);
                     self.gaps.push(gap.as_micros().min(u32::MAX as u128) as u32);
                     self.holds
                         .push(wall.saturating_sub(sent).min(u32::MAX as u64) as u32);
@@ -268,6 +266,29 @@ impl Tracker {
     }
 }
 
+/// `n` streams of one connection, each `one(tracker)` in a task of its own
+/// (it returns the tracker and the stream's status); waits for them all.
+async fn run_streams<F, Fut>(n: usize, shared: &Arc<Shared>, one: F)
+where
+    F: Fn(Tracker) -> Fut,
+    Fut: std::future::Future<Output = (Tracker, Result<u16, Error>)> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let stream = one(Tracker::new(shared.clone()));
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shared.opened.fetch_add(1, Ordering::Relaxed);
+                let (t, r) = stream.await;
+                t.finish(r);
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 // --- HTTP/3 -------------------------------------------------------------------
 
 async fn h3_connection(
@@ -279,15 +300,10 @@ async fn h3_connection(
     let conn = endpoint.connect(args.addr, &args.host)?.await?;
     let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
     let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
-    let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut send = send.clone();
-        let args = args.clone();
-        let shared = shared.clone();
-        tasks.push(tokio::spawn(async move {
-            shared.opened.fetch_add(1, Ordering::Relaxed);
-            let mut t = Tracker::new(shared);
-            let r: Result<u16, Error> = async {
+    run_streams(n, &shared, |mut t| {
+        let (mut send, args) = (send.clone(), args.clone());
+        async move {
+            let r = async {
                 let mut s = send.send_request(request(&args)).await?;
                 s.send_data(body(&args, true)).await?;
                 s.finish().await?;
@@ -298,12 +314,10 @@ async fn h3_connection(
                 Ok(resp.status().as_u16())
             }
             .await;
-            t.finish(r);
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+            (t, r)
+        }
+    })
+    .await;
     drop(send);
     drive.abort();
     Ok(())
@@ -356,15 +370,10 @@ async fn h2_connection(
     shared: Arc<Shared>,
 ) -> Result<(), Error> {
     let send = h2_sender(&args, src).await?;
-    let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let mut send = send.clone();
-        let args = args.clone();
-        let shared = shared.clone();
-        tasks.push(tokio::spawn(async move {
-            shared.opened.fetch_add(1, Ordering::Relaxed);
-            let mut t = Tracker::new(shared);
-            let r: Result<u16, Error> = async {
+    run_streams(n, &shared, |mut t| {
+        let (mut send, args) = (send.clone(), args.clone());
+        async move {
+            let r = async {
                 send.ready().await?;
                 let req = request(&args).map(|()| Full::new(body(&args, true)));
                 let resp = send.send_request(req).await?;
@@ -378,12 +387,10 @@ async fn h2_connection(
                 Ok(status)
             }
             .await;
-            t.finish(r);
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
+            (t, r)
+        }
+    })
+    .await;
     Ok(())
 }
 
